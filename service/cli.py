@@ -1,0 +1,101 @@
+"""The ``featurestore`` command.
+
+    featurestore serve --repo feature_repo [--host 127.0.0.1] [--port 6566] [--workers N] [--insecure]
+    featurestore demo  --repo feature_repo [--rows 20000]
+    featurestore env   --repo feature_repo      # eval "$(featurestore env --repo feature_repo)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service import environment
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Settings travel to the uvicorn workers through the environment: each worker
+    # process builds its own app (and its own Redis pool) from them.
+    os.environ.update(
+        {
+            "FEATURESTORE_REPO_PATH": str(Path(args.repo).resolve()),
+            "FEATURESTORE_HOST": args.host,
+            "FEATURESTORE_PORT": str(args.port),
+            "FEATURESTORE_WORKERS": str(args.workers),
+            "FEATURESTORE_INSECURE": "true" if args.insecure else "false",
+        }
+    )
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        print(f"featurestore serve: refusing to start: {messages}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    with environment.backends(settings.repo_path):
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            access_log=False,
+            log_level="info",
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(Path(args.repo), rows=args.rows)
+
+
+def _env(args: argparse.Namespace) -> int:
+    print("\n".join(environment.export_lines(Path(args.repo))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="featurestore", description="Feast-native feature store service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP feature server")
+    serve.add_argument("--repo", default="feature_repo", help="Feast repo with feature_store.yaml")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=6566)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with its own pool")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address without authentication",
+    )
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="generate data, apply, materialize, serve one lookup and a training set")
+    demo.add_argument("--repo", default="feature_repo")
+    demo.add_argument("--rows", type=int, default=20_000, help="driver-stats rows to generate")
+    demo.set_defaults(func=_demo)
+
+    env = sub.add_parser("env", help="print shell exports so plain `feast` commands use the defaults")
+    env.add_argument("--repo", default="feature_repo")
+    env.set_defaults(func=_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
