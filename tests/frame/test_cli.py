@@ -1,0 +1,64 @@
+"""The `featurestore` command: the non-loopback guard and a real serve/health cycle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from online_store.embedded import free_port
+from tests.frame.conftest import BIN
+
+
+def _serve(repo: Path, redis_url: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    env["FEATURESTORE_REDIS_URL"] = redis_url
+    return subprocess.Popen(
+        [str(BIN / "featurestore"), "serve", "--repo", str(repo), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_health(port: int, proc: subprocess.Popen[str]) -> httpx.Response:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("service never answered /health")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
+def test_non_loopback_bind_without_auth_refuses_to_start(example_repo: Path, redis_url: str, host: str) -> None:
+    proc = _serve(example_repo, redis_url, "--host", host, "--port", str(free_port()))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--insecure" in err
+    assert host in err
+
+
+@pytest.mark.parametrize(("host", "extra"), [("127.0.0.1", ()), ("0.0.0.0", ("--insecure",))])
+def test_serve_answers_health(example_repo: Path, redis_url: str, host: str, extra: tuple[str, ...]) -> None:
+    port = free_port()
+    proc = _serve(example_repo, redis_url, "--host", host, "--port", str(port), *extra)
+    try:
+        assert _wait_health(port, proc).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_env_prints_the_sqlite_default(example_repo: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    out = subprocess.run(
+        [str(BIN / "featurestore"), "env", "--repo", str(example_repo)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == f"export FEATURESTORE_REGISTRY_URL='sqlite:///{example_repo.resolve()}/data/registry.db'"
