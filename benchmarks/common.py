@@ -12,7 +12,8 @@ from typing import Any
 # Appended to a child's Python code: prints the child's own peak RSS as the last line.
 _RSS_TAIL = (
     "\nimport resource, json, sys\n"
-    "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)\n"
+    "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "print(json.dumps({'peak_rss_mb': rss}), file=sys.stderr)\n"
 )
 
 

@@ -106,7 +106,9 @@ def _with_corrections(rng: np.random.Generator, table: pa.Table, redraw: pa.Tabl
     return pa.concat_tables([table, fixed])
 
 
-def _driver_stats(rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime) -> pa.Table:
+def _driver_stats(
+    rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime
+) -> pa.Table:
     n = len(rows)
     ts = _event_times(rng, rows // scale.drivers, end, timedelta(days=1))
     created = ts + rng.integers(0, 600_000_000, size=n)
@@ -161,7 +163,9 @@ def _customer_profile(
     )
 
 
-def _pair_stats(rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime) -> pa.Table:
+def _pair_stats(
+    rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime
+) -> pa.Table:
     n = len(rows)
     pair = rows % max(1, scale.pair_rows // 5)
     ts = _event_times(rng, rows // max(1, scale.pair_rows // 5), end, timedelta(days=6))
@@ -261,7 +265,7 @@ def generate(out: Path, *, rows: int, seed: int, end: datetime) -> dict[str, int
 
 
 def default_end() -> datetime:
-    """The start of the current UTC hour: recent enough for the one-day TTL, stable within the hour."""
+    """The start of the current UTC hour: inside the one-day TTL, stable within the hour."""
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
@@ -269,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000, help="driver-stats rows (1k-100M)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--end", type=datetime.fromisoformat, default=None, help="newest event time (ISO 8601, UTC if naive)")
+    parser.add_argument(
+        "--end",
+        type=datetime.fromisoformat,
+        default=None,
+        help="newest event time (ISO 8601, UTC if naive)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     args = parser.parse_args(argv)
     if args.rows < 1:

@@ -1,8 +1,8 @@
 """The ``featurestore`` command.
 
-    featurestore serve --repo feature_repo [--host 127.0.0.1] [--port 6566] [--workers N] [--insecure]
-    featurestore demo  --repo feature_repo [--rows 20000]
-    featurestore env   --repo feature_repo      # eval "$(featurestore env --repo feature_repo)"
+featurestore serve --repo feature_repo [--host 127.0.0.1] [--port 6566] [--workers N] [--insecure]
+featurestore demo  --repo feature_repo [--rows 20000]
+featurestore env   --repo feature_repo      # eval "$(featurestore env --repo feature_repo)"
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ def _env(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="featurestore", description="Feast-native feature store service.")
+    parser = argparse.ArgumentParser(
+        prog="featurestore", description="Feast-native feature store service."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP feature server")
     serve.add_argument("--repo", default="feature_repo", help="Feast repo with feature_store.yaml")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=6566)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with its own pool")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes, each with its own pool"
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -81,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    demo = sub.add_parser("demo", help="generate data, apply, materialize, serve one lookup and a training set")
+    demo = sub.add_parser(
+        "demo", help="generate data, apply, materialize, serve one lookup and a training set"
+    )
     demo.add_argument("--repo", default="feature_repo")
     demo.add_argument("--rows", type=int, default=20_000, help="driver-stats rows to generate")
     demo.set_defaults(func=_demo)
 
-    env = sub.add_parser("env", help="print shell exports so plain `feast` commands use the defaults")
+    env = sub.add_parser(
+        "env", help="print shell exports so plain `feast` commands use the defaults"
+    )
     env.add_argument("--repo", default="feature_repo")
     env.set_defaults(func=_env)
     return parser

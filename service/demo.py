@@ -46,7 +46,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the service exited with code {proc.returncode} before it was ready")
+            raise RuntimeError(
+                f"the service exited with code {proc.returncode} before it was ready"
+            )
         try:
             if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
                 return
@@ -60,7 +62,6 @@ def training_head(repo: Path, rows: int = 5) -> pd.DataFrame:
     """A point-in-time training set for the first trips, through the training SDK."""
     import pyarrow.parquet as pq
     from feast import FeatureStore
-
     from offline_store.sdk import get_training_dataset
 
     trips = pq.read_table(environment.data_dir(repo) / "trips.parquet").slice(0, 1000).to_pandas()
@@ -75,7 +76,14 @@ def run_demo(repo: Path, *, rows: int) -> int:
     repo = repo.resolve()
     _step(f"generating {rows:,} driver-stats rows (and related sources) under {repo / 'data'}")
     subprocess.run(
-        [sys.executable, str(repo / "generate.py"), "--rows", str(rows), "--out", str(repo / "data")],
+        [
+            sys.executable,
+            str(repo / "generate.py"),
+            "--rows",
+            str(rows),
+            "--out",
+            str(repo / "data"),
+        ],
         check=True,
     )
     with environment.backends(repo) as env:
@@ -91,7 +99,14 @@ def run_demo(repo: Path, *, rows: int) -> int:
         url = f"http://127.0.0.1:{port}"
         _step(f"starting the service on {url}")
         server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("featurestore")), "serve", "--repo", str(repo), "--port", str(port)],
+            [
+                str(Path(sys.executable).with_name("featurestore")),
+                "serve",
+                "--repo",
+                str(repo),
+                "--port",
+                str(port),
+            ],
             env=os.environ.copy(),
         )
         try:

@@ -17,7 +17,9 @@ DATA_END = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 def copy_example_repo(dest: Path, *, rows: int = 2000) -> Path:
     """Copy ``feature_repo/`` (code only) to ``dest`` and generate its data."""
-    shutil.copytree(ROOT / "feature_repo", dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    shutil.copytree(
+        ROOT / "feature_repo", dest, ignore=shutil.ignore_patterns("data", "__pycache__")
+    )
     subprocess.run(
         [sys.executable, str(dest / "generate.py"), "--rows", str(rows), "--seed", "11",
          "--end", DATA_END.isoformat(), "--out", str(dest / "data")],

@@ -35,7 +35,9 @@ def _wait_health(port: int, proc: subprocess.Popen[str]) -> httpx.Response:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
-def test_non_loopback_bind_without_auth_refuses_to_start(example_repo: Path, redis_url: str, host: str) -> None:
+def test_non_loopback_bind_without_auth_refuses_to_start(
+    example_repo: Path, redis_url: str, host: str
+) -> None:
     proc = _serve(example_repo, redis_url, "--host", host, "--port", str(free_port()))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -44,7 +46,9 @@ def test_non_loopback_bind_without_auth_refuses_to_start(example_repo: Path, red
 
 
 @pytest.mark.parametrize(("host", "extra"), [("127.0.0.1", ()), ("0.0.0.0", ("--insecure",))])
-def test_serve_answers_health(example_repo: Path, redis_url: str, host: str, extra: tuple[str, ...]) -> None:
+def test_serve_answers_health(
+    example_repo: Path, redis_url: str, host: str, extra: tuple[str, ...]
+) -> None:
     port = free_port()
     proc = _serve(example_repo, redis_url, "--host", host, "--port", str(port), *extra)
     try:
@@ -61,4 +65,7 @@ def test_env_prints_the_sqlite_default(example_repo: Path) -> None:
         [str(BIN / "featurestore"), "env", "--repo", str(example_repo)],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert out.strip() == f"export FEATURESTORE_REGISTRY_URL='sqlite:///{example_repo.resolve()}/data/registry.db'"
+    assert (
+        out.strip()
+        == f"export FEATURESTORE_REGISTRY_URL='sqlite:///{example_repo.resolve()}/data/registry.db'"
+    )

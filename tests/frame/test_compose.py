@@ -39,7 +39,14 @@ def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
     broken = tmp_path / "docker-compose.yml"
     broken.write_text("services:\n  redis:\n    image: redis\n    ports: 6379\n    bogus_key: 1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(broken)],
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(broken),
+        ],
         capture_output=True,
         text=True,
     )
@@ -84,9 +91,11 @@ def test_init_applies_and_materializes(compose: dict[str, Any]) -> None:
 def test_dockerfile_runs_as_non_root_from_a_slim_base() -> None:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert bases and all("slim" in base for base in bases)
+    assert bases
+    assert all("slim" in base for base in bases)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0")
+    assert users
+    assert users[-1] not in ("root", "0")
     # Only runtime dependencies: the final stage installs the wheel without extras.
     final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
     assert not any("[dev]" in line for line in final)

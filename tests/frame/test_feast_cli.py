@@ -26,7 +26,9 @@ def _feast(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     result = subprocess.run(
         [str(BIN / "feast"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, f"feast {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"feast {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
@@ -92,9 +94,7 @@ def shared_redis() -> Iterator[str]:
 def test_apply_and_materialize_on_postgres_and_running_redis(
     example_repo: Path, pg_url: str, shared_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = _clean_env(
-        FEATURESTORE_REGISTRY_URL=pg_url, FEATURESTORE_REDIS_URL=shared_redis
-    )
+    env = _clean_env(FEATURESTORE_REGISTRY_URL=pg_url, FEATURESTORE_REDIS_URL=shared_redis)
     _feast(example_repo, env, "apply")
     _materialize_all(example_repo, env)
 
@@ -109,14 +109,21 @@ def test_apply_and_materialize_on_postgres_and_running_redis(
     assert redis.Redis.from_url(shared_redis).dbsize() > 0
 
 
-def test_apply_and_materialize_on_embedded_defaults(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apply_and_materialize_on_embedded_defaults(
+    example_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = _clean_env()
     exports = subprocess.run(
         [str(BIN / "featurestore"), "env", "--repo", str(example_repo)],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert f"FEATURESTORE_REGISTRY_URL='{environment.default_registry_url(example_repo)}'" in exports
-    script = f'eval "{exports}" && feast apply && feast materialize 2000-01-01T00:00:00 2100-01-01T00:00:00'
+    assert (
+        f"FEATURESTORE_REGISTRY_URL='{environment.default_registry_url(example_repo)}'" in exports
+    )
+    script = (
+        f'eval "{exports}" && feast apply'
+        " && feast materialize 2000-01-01T00:00:00 2100-01-01T00:00:00"
+    )
     result = subprocess.run(
         ["bash", "-c", script], cwd=example_repo, env={**env, "PATH": f"{BIN}:{env['PATH']}"},
         capture_output=True, text=True, timeout=300,
@@ -130,14 +137,18 @@ def test_apply_and_materialize_on_embedded_defaults(example_repo: Path, monkeypa
     assert not (redis_dir / "server.json").exists()
     with EmbeddedRedis(redis_dir) as server:
         assert redis.Redis.from_url(server.url).dbsize() > 0
-        monkeypatch.setenv("FEATURESTORE_REGISTRY_URL", environment.default_registry_url(example_repo))
+        monkeypatch.setenv(
+            "FEATURESTORE_REGISTRY_URL", environment.default_registry_url(example_repo)
+        )
         monkeypatch.setenv("FEATURESTORE_REDIS_URL", server.url)
         store = FeatureStore(repo_path=str(example_repo))
         _assert_registry_round_trip(store)
         _assert_online_matches_parquet(example_repo, store)
 
 
-def test_registry_round_trip_on_sqlite_file_survives_a_new_store(example_repo: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_round_trip_on_sqlite_file_survives_a_new_store(
+    example_repo: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = _clean_env(
         FEATURESTORE_REGISTRY_URL=environment.default_registry_url(example_repo),
         FEATURESTORE_REDIS_URL=redis_url,
@@ -152,7 +163,10 @@ def test_registry_round_trip_on_sqlite_file_survives_a_new_store(example_repo: P
     text = definitions.read_text().replace(
         "        driver_customer_stats,\n        fare_estimate,", "        fare_estimate,"
     )
-    text = text[: text.index("driver_customer_source = FileSource(")] + text[text.index("trip_request = RequestSource("):]
+    text = (
+        text[: text.index("driver_customer_source = FileSource(")]
+        + text[text.index("trip_request = RequestSource(") :]
+    )
     definitions.write_text(text)
     _feast(example_repo, env, "apply")
     names = {v.name for v in FeatureStore(repo_path=str(example_repo)).list_feature_views()}

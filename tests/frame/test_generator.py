@@ -19,8 +19,11 @@ END = datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def gen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fr_generate", ROOT / "feature_repo" / "generate.py")
-    assert spec and spec.loader
+    spec = importlib.util.spec_from_file_location(
+        "fr_generate", ROOT / "feature_repo" / "generate.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["fr_generate"] = module
     spec.loader.exec_module(module)
@@ -35,7 +38,11 @@ def test_same_seed_writes_the_same_rows(gen: ModuleType, tmp_path: Path) -> None
     gen.generate(tmp_path / "a", rows=3000, seed=7, end=END)
     gen.generate(tmp_path / "b", rows=3000, seed=7, end=END)
     a, b = _read_all(tmp_path / "a"), _read_all(tmp_path / "b")
-    assert a.keys() == b.keys() == {"driver_stats", "customer_profile", "driver_customer_stats", "trips"}
+    assert (
+        a.keys()
+        == b.keys()
+        == {"driver_stats", "customer_profile", "driver_customer_stats", "trips"}
+    )
     for name in a:
         assert a[name].equals(b[name]), name
 
@@ -47,7 +54,9 @@ def test_other_seed_writes_other_rows(gen: ModuleType, tmp_path: Path) -> None:
     assert not a["driver_stats"].equals(b["driver_stats"])
 
 
-def test_streams_in_bounded_chunks_across_row_groups(gen: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_streams_in_bounded_chunks_across_row_groups(
+    gen: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(gen, "CHUNK_ROWS", 1000)
     counts = gen.generate(tmp_path, rows=5000, seed=1, end=END)
     meta = pq.ParquetFile(tmp_path / "driver_stats.parquet").metadata
@@ -66,13 +75,16 @@ def test_every_source_has_nulls_and_corrections(gen: ModuleType, tmp_path: Path)
     }
     for name, join_keys in keys.items():
         table = tables[name]
-        features = [c for c in table.column_names if c not in (*join_keys, "event_timestamp", "created")]
+        features = [
+            c for c in table.column_names if c not in (*join_keys, "event_timestamp", "created")
+        ]
         assert sum(table[c].null_count for c in features) > 0, f"{name} has no nulls"
         groups = table.group_by([*join_keys, "event_timestamp"]).aggregate(
             [("created", "count_distinct")]
         )
         corrected = pc.sum(pc.greater(groups["created_count_distinct"], 1)).as_py()
-        assert corrected and corrected > 0, f"{name} has no corrections"
+        assert corrected is not None
+        assert corrected > 0, f"{name} has no corrections"
 
 
 def test_timestamps_are_utc_and_not_after_end(gen: ModuleType, tmp_path: Path) -> None:
