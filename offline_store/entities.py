@@ -1,0 +1,148 @@
+"""Loading the entity rows of a point-in-time request into DuckDB.
+
+An entity source is a pandas DataFrame, an Arrow table, a Parquet path (file, directory, glob)
+or an SQL query over the offline data (each feature view's source is visible as a view named
+after the view and after its batch source). Whatever the kind, the rows land in one temp table
+whose ``rowid`` is the input order, behind a view that adds the UTC event timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TypeAlias
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
+from offline_store.sources import execute, fetch_all, parquet_glob, parquet_scan, quote_ident
+from service.errors import InvalidRequestError, InvalidTimestampError
+
+EntitySource: TypeAlias = pd.DataFrame | pa.Table | str | Path
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
+_ROWS_TABLE = "__entity_rows"
+_TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
+_SQL_STARTS = ("select", "with", "from", "(", "values", "table")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEntities:
+    """What the join needs to know about the loaded entity rows.
+
+    Attributes:
+        columns: the input columns, in input order.
+        types: DuckDB type of each input column.
+        timestamp_column: the column used as the entity event time.
+        num_rows: how many entity rows.
+        min_ts: earliest entity time (UTC), ``None`` when there are no rows.
+        max_ts: latest entity time (UTC).
+    """
+
+    columns: list[str]
+    types: dict[str, str]
+    timestamp_column: str
+    num_rows: int
+    min_ts: datetime | None
+    max_ts: datetime | None
+
+
+def is_sql(source: str) -> bool:
+    """Whether an entity source string is an SQL query rather than a Parquet path."""
+    return source.lstrip().lower().startswith(_SQL_STARTS) and not os.path.exists(source)
+
+
+def _input_relation(con: duckdb.DuckDBPyConnection, source: EntitySource) -> str:
+    """Register the source on ``con`` and return SQL text for it after ``FROM``."""
+    if isinstance(source, pd.DataFrame):
+        try:
+            table = pa.Table.from_pandas(source, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InvalidTimestampError(
+                f"entity DataFrame cannot be converted to Arrow ({exc}); a column mixes "
+                "types, often naive and timezone-aware timestamps: make them all one kind",
+            ) from exc
+        con.register("__entity_input", table)
+        return "__entity_input"
+    if isinstance(source, pa.Table):
+        con.register("__entity_input", source)
+        return "__entity_input"
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        if isinstance(source, str) and is_sql(text):
+            return f"({text})"
+        return parquet_scan(parquet_glob(text))
+    raise InvalidRequestError(
+        f"unsupported entity source of type {type(source).__name__}; pass a pandas "
+        "DataFrame, a pyarrow Table, a Parquet path or an SQL query string",
+    )
+
+
+def _pick_timestamp_column(types: dict[str, str]) -> str:
+    if DEFAULT_TIMESTAMP_COLUMN in types:
+        return DEFAULT_TIMESTAMP_COLUMN
+    candidates = [c for c, t in types.items() if t.upper().startswith(_TIMESTAMP_TYPES)]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise InvalidTimestampError(
+        f"entity rows need a column named {DEFAULT_TIMESTAMP_COLUMN!r} with the time of each "
+        f"row (found columns {sorted(types)}); rename your timestamp column",
+        columns=sorted(types),
+    )
+
+
+def load_entities(con: duckdb.DuckDBPyConnection, source: EntitySource) -> LoadedEntities:
+    """Materialize the entity rows into ``__entities`` (plus row id and UTC time).
+
+    Args:
+        con: the connection the join will run on.
+        source: a DataFrame, Arrow table, Parquet path or SQL query.
+
+    Returns:
+        Column names, types, the timestamp column, row count and time range.
+
+    Raises:
+        InvalidRequestError: the source cannot be read (bad SQL, missing file).
+        InvalidTimestampError: no usable timestamp column, unparseable or null timestamps.
+    """
+    relation = _input_relation(con, source)
+    try:
+        execute(con, f"CREATE TEMP TABLE {_ROWS_TABLE} AS SELECT * FROM {relation}")
+    except duckdb.Error as exc:
+        raise InvalidRequestError(
+            f"cannot read the entity rows: {exc}; check the SQL or the Parquet path",
+        ) from exc
+    types = {str(r[0]): str(r[1]) for r in fetch_all(con, f"DESCRIBE SELECT * FROM {_ROWS_TABLE}")}
+    ts_col = _pick_timestamp_column(types)
+    ts = quote_ident(ts_col)
+    bad = fetch_all(
+        con,
+        f"SELECT count(*) FILTER (WHERE {ts} IS NULL), "
+        f"count(*) FILTER (WHERE {ts} IS NOT NULL AND TRY_CAST({ts} AS TIMESTAMPTZ) IS NULL) "
+        f"FROM {_ROWS_TABLE}",
+    )[0]
+    if bad[0] or bad[1]:
+        raise InvalidTimestampError(
+            f"entity column {ts_col!r} has {bad[0]} null and {bad[1]} unparseable timestamps; "
+            "every entity row needs a time (ISO 8601 strings or datetimes; naive means UTC)",
+            column=ts_col,
+        )
+    execute(
+        con,
+        f"CREATE TEMP VIEW {ENTITY_TABLE} AS SELECT rowid AS {ROW_ID}, *, "
+        f"CAST({ts} AS TIMESTAMPTZ) AS {ENTITY_TS} FROM {_ROWS_TABLE}",
+    )
+    row = fetch_all(
+        con, f"SELECT count(*), min({ENTITY_TS}), max({ENTITY_TS}) FROM {ENTITY_TABLE}"
+    )[0]
+    return LoadedEntities(
+        columns=list(types),
+        types=types,
+        timestamp_column=ts_col,
+        num_rows=int(row[0]),
+        min_ts=row[1],
+        max_ts=row[2],
+    )

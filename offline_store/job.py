@@ -1,0 +1,253 @@
+"""The retrieval job: a lazily run DuckDB query with bounded-memory outputs.
+
+Besides Feast's ``to_df``/``to_arrow``, a job can stream (:meth:`DuckDBRetrievalJob.iter_batches`)
+and write Parquet straight from DuckDB (:meth:`DuckDBRetrievalJob.to_parquet`), so results larger
+than RAM never become one in-memory table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.saved_dataset import SavedDatasetStorage
+
+from offline_store.sources import DuckDBSettings, connect, execute, quote_literal
+from service.errors import ConflictError, FeatureStoreError, InvalidRequestError
+
+# Sets up temp tables on a fresh connection and returns the query to run there.
+Prepare = Callable[[duckdb.DuckDBPyConnection], str]
+
+
+class DuckDBRetrievalJob(RetrievalJob):
+    """A query over Parquet that runs only when a result is asked for.
+
+    Args:
+        settings: DuckDB resource limits for the connection the query runs on.
+        prepare: registers inputs on the connection and returns the SQL to run.
+        full_feature_names: whether feature columns are ``view__feature``.
+        on_demand_feature_views: ODFVs Feast's ``to_arrow`` applies to the result.
+        metadata: a callable computing the retrieval metadata on first use (it may need to
+            read the entity rows, which is not free).
+    """
+
+    def __init__(
+        self,
+        settings: DuckDBSettings,
+        prepare: Prepare,
+        *,
+        full_feature_names: bool = False,
+        on_demand_feature_views: list[OnDemandFeatureView] | None = None,
+        metadata: Callable[[], RetrievalMetadata] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._prepare = prepare
+        self._full_feature_names = full_feature_names
+        self._odfvs = on_demand_feature_views or []
+        self._metadata_fn = metadata
+        self._metadata: RetrievalMetadata | None = None
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        return self._odfvs
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        if self._metadata is None and self._metadata_fn is not None:
+            self._metadata = self._metadata_fn()
+        return self._metadata
+
+    def _run(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+        sql = self._prepare(con)
+        try:
+            return con.sql(sql)
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        con = connect(self._settings)
+        try:
+            try:
+                return self._run(con).to_arrow_table()
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
+        finally:
+            con.close()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        frame: pd.DataFrame = self._to_arrow_internal(timeout).to_pandas()
+        return frame
+
+    def to_sql(self) -> str:
+        """The SQL the job runs (it refers to temp tables the job creates first)."""
+        con = connect(self._settings)
+        try:
+            return self._prepare(con)
+        finally:
+            con.close()
+
+    def iter_batches(self, max_rows: int) -> Iterator[pa.RecordBatch]:
+        """Stream the result in record batches of at most ``max_rows`` rows.
+
+        DuckDB produces the rows incrementally under its memory limit (sorts and joins spill
+        to the temp directory), so memory stays bounded whatever the size of the result.
+        On-demand feature views are applied batch by batch.
+
+        Args:
+            max_rows: the largest batch to yield; must be positive.
+
+        Yields:
+            Record batches in result order, all with the same schema.
+
+        Raises:
+            InvalidRequestError: ``max_rows`` is not positive.
+            FeatureStoreError: the query failed.
+        """
+        if max_rows <= 0:
+            raise InvalidRequestError(f"max_rows must be positive, got {max_rows}")
+        con = connect(self._settings)
+        try:
+            try:
+                reader = self._run(con).to_arrow_reader(max_rows)
+                for batch in reader:
+                    # DuckDB batches are vector-aligned and can exceed the request.
+                    for start in range(0, batch.num_rows, max_rows):
+                        yield self._with_odfvs(batch.slice(start, max_rows))
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
+        finally:
+            con.close()
+
+    def _with_odfvs(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not self._odfvs:
+            return batch
+        table = apply_odfvs(pa.Table.from_batches([batch]), self)
+        return table.combine_chunks().to_batches()[0] if table.num_rows else _empty(table)
+
+    def to_parquet(self, path: str | Path, *, allow_overwrite: bool = True) -> str:
+        """Write the result to one Parquet file without building it in Python memory.
+
+        Without on-demand views this is a single DuckDB ``COPY ... TO``; with them, batches
+        are streamed through the transformations into a Parquet writer.
+
+        Args:
+            path: the destination file.
+            allow_overwrite: if false, refuse to replace an existing file.
+
+        Returns:
+            The absolute path written.
+
+        Raises:
+            ConflictError: the file exists and ``allow_overwrite`` is false.
+            FeatureStoreError: the query failed.
+        """
+        dest = os.path.abspath(path)
+        if not allow_overwrite and os.path.exists(dest):
+            raise ConflictError(
+                f"{dest} already exists; pass allow_overwrite=True or choose another path",
+                path=dest,
+            )
+        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        if self._odfvs:
+            writer: pq.ParquetWriter | None = None
+            try:
+                for batch in self.iter_batches(65_536):
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, batch.schema)
+                    writer.write_batch(batch)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:
+                pq.write_table(self.to_arrow().slice(0, 0), tmp)
+        else:
+            con = connect(self._settings)
+            try:
+                sql = self._prepare(con)
+                execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
+            except duckdb.Error as exc:
+                raise _translate(exc) from exc
+            finally:
+                con.close()
+        # Readers never see a half-written file.
+        os.replace(tmp, dest)
+        return dest
+
+    def persist(
+        self,
+        storage: SavedDatasetStorage,
+        allow_overwrite: bool = False,
+        timeout: int | None = None,
+    ) -> None:
+        """Write the result to a Feast ``SavedDatasetFileStorage`` location (Parquet)."""
+        if not isinstance(storage, SavedDatasetFileStorage):
+            raise InvalidRequestError(
+                f"cannot persist to {type(storage).__name__}; use SavedDatasetFileStorage"
+            )
+        self.to_parquet(storage.file_options.uri, allow_overwrite=allow_overwrite)
+
+    def supports_remote_storage_export(self) -> bool:
+        return False
+
+
+def _empty(table: pa.Table) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+def apply_odfvs(table: pa.Table, job: RetrievalJob) -> pa.Table:
+    """Append on-demand feature columns the way Feast's ``RetrievalJob.to_arrow`` does.
+
+    Args:
+        table: the joined batch features.
+        job: supplies the ODFVs, ``full_feature_names`` and the requested feature refs.
+
+    Returns:
+        ``table`` with the requested ODFV outputs appended.
+    """
+    metadata = job.metadata
+    requested: dict[str, set[str]] = {}
+    for ref in metadata.features if metadata else []:
+        view_name, _, feature = ref.partition(":")
+        for odfv in job.on_demand_feature_views:
+            if view_name in (odfv.name, odfv.projection.name_to_use()):
+                name = (
+                    f"{odfv.projection.name_to_use()}__{feature}"
+                    if job.full_feature_names
+                    else feature
+                )
+                requested.setdefault(odfv.name, set()).add(name)
+    for odfv in job.on_demand_feature_views:
+        transformed = odfv.transform_arrow(table, job.full_feature_names)
+        wanted = requested.get(odfv.name)
+        for col in transformed.column_names:
+            if col.startswith("__index"):
+                continue
+            if wanted is None or col in wanted:
+                table = table.append_column(col, transformed[col])
+    return table
+
+
+def _translate(exc: Exception) -> FeatureStoreError:
+    """Map DuckDB errors to our tree: bad input is the caller's fault, the rest is ours."""
+    text = str(exc)
+    if isinstance(exc, (duckdb.BinderException, duckdb.ConversionException)):
+        return InvalidRequestError(f"offline query rejected: {text}")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return FeatureStoreError(
+            f"offline query ran out of memory: {text}; raise offline_store.memory_limit or "
+            "check that offline_store.temp_directory is writable",
+        )
+    return FeatureStoreError(f"offline query failed: {text}")

@@ -1,0 +1,179 @@
+"""Exact point-in-time join as one DuckDB query.
+
+Semantics (DESIGN.md): for each entity row (keys k, time t) and view V with TTL d (0 means
+unlimited), take V's rows with the same keys and ``t - d <= event_ts <= t`` and pick the one
+with the greatest (event_ts, created_ts); none -> nulls. Every entity row comes back exactly once,
+in input order, with its extra columns.
+
+How the query gets there, per view:
+
+1. Scan the source, keeping only rows whose keys occur among the entity rows and whose event
+   time can fall in some entity row's window (cheap pruning pushed into the Parquet scan).
+2. Keep one row per (keys, event_ts): greatest created_ts (nulls lowest), then the later file
+   and row in the source, so that ties are broken deterministically.
+3. ``ASOF LEFT JOIN`` the entity rows to those rows on the keys and ``event_ts <= t``. Because
+   event times are now unique per key, the ASOF match is exactly the greatest (event_ts,
+   created_ts) at or before t; if that row is older than ``t - d`` every other candidate is too,
+   so the TTL check is a filter on the match.
+
+The views are then joined back to the entity rows on a row id (1:1) and ordered by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from offline_store.sources import quote_ident, timestamp_literal
+
+ENTITY_TABLE = "__entities"
+ROW_ID = "__row_id"
+ENTITY_TS = "__entity_ts"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """One requested feature: its column in the (mapped) source and its output name."""
+
+    source_column: str
+    output_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """What the join needs to know about one feature view.
+
+    Attributes:
+        name: the view name used in error messages and full feature names.
+        scan_sql: a table expression over the source with ``filename``/``file_row_number``.
+        column_map: source column -> column name after the source's field mapping.
+        join_keys: pairs (entity-side column, mapped source column).
+        timestamp_field: mapped event timestamp column.
+        created_timestamp_column: mapped created timestamp column, if any.
+        features: requested features.
+        ttl_seconds: the view TTL; 0 means unlimited.
+    """
+
+    name: str
+    scan_sql: str
+    column_map: dict[str, str]
+    join_keys: tuple[tuple[str, str], ...]
+    timestamp_field: str
+    created_timestamp_column: str | None
+    features: tuple[FeatureSpec, ...]
+    ttl_seconds: float
+
+
+def _source_column(view: ViewSpec, mapped: str) -> str:
+    """Raw source column whose mapped name is ``mapped`` (identity when unmapped)."""
+    for raw, target in view.column_map.items():
+        if target == mapped:
+            return raw
+    return mapped
+
+
+def _view_ctes(
+    index: int, view: ViewSpec, min_ts: datetime | None, max_ts: datetime | None
+) -> tuple[list[str], list[str]]:
+    """CTEs for one view and the names of its output columns in the ``v{index}`` CTE."""
+    q = quote_ident
+    src, dedup, joined = f"__v{index}_src", f"__v{index}_dedup", f"__v{index}"
+    key_cols = [f"__k{j}" for j in range(len(view.join_keys))]
+    feat_cols = [f"__f{j}" for j in range(len(view.features))]
+
+    ts_raw = q(_source_column(view, view.timestamp_field))
+    cr_raw = (
+        q(_source_column(view, view.created_timestamp_column))
+        if view.created_timestamp_column
+        else "NULL"
+    )
+    select = [
+        f"{q(_source_column(view, mapped))} AS {k}"
+        for (_, mapped), k in zip(view.join_keys, key_cols, strict=True)
+    ]
+    select += [
+        f"{q(_source_column(view, f.source_column))} AS {c}"
+        for f, c in zip(view.features, feat_cols, strict=True)
+    ]
+    select += [
+        f"CAST({ts_raw} AS TIMESTAMPTZ) AS __ts",
+        f"CAST({cr_raw} AS TIMESTAMPTZ) AS __cr",
+        "filename AS __file",
+        "file_row_number AS __rn",
+    ]
+    where = [f"{ts_raw} IS NOT NULL"]
+    # Pruning by the entity time range: rows after the last entity time or before the first
+    # window can never match. Comparing on the cast keeps naive columns read as UTC.
+    if max_ts is not None:
+        where.append(f"CAST({ts_raw} AS TIMESTAMPTZ) <= {timestamp_literal(max_ts)}")
+    if min_ts is not None and view.ttl_seconds > 0:
+        where.append(
+            f"CAST({ts_raw} AS TIMESTAMPTZ) >= {timestamp_literal(min_ts)} "
+            f"- to_microseconds(CAST({int(view.ttl_seconds * 1_000_000)} AS BIGINT))"
+        )
+    if view.join_keys:
+        ent_keys = ", ".join(q(e) for e, _ in view.join_keys)
+        src_keys = ", ".join(q(_source_column(view, m)) for _, m in view.join_keys)
+        where.append(f"({src_keys}) IN (SELECT DISTINCT {ent_keys} FROM {ENTITY_TABLE})")
+    partition = ", ".join([*key_cols, "__ts"])
+    ctes = [
+        f"{src} AS (SELECT {', '.join(select)} FROM {view.scan_sql} WHERE {' AND '.join(where)})",
+        f"{dedup} AS (SELECT * FROM {src} QUALIFY row_number() OVER (PARTITION BY {partition} "
+        "ORDER BY __cr DESC NULLS LAST, __file DESC, __rn DESC) = 1)",
+    ]
+    on = [f"e.{q(e)} = f.{k}" for (e, _), k in zip(view.join_keys, key_cols, strict=True)]
+    on.append(f"e.{ENTITY_TS} >= f.__ts")
+    if view.ttl_seconds > 0:
+        ttl_us = int(view.ttl_seconds * 1_000_000)
+        in_window = f"f.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
+    else:
+        in_window = "f.__ts IS NOT NULL"
+    outs = [f"__o{index}_{j}" for j in range(len(view.features))]
+    cols = [
+        f"CASE WHEN {in_window} THEN f.{c} END AS {o}" for c, o in zip(feat_cols, outs, strict=True)
+    ]
+    ctes.append(
+        f"{joined} AS (SELECT e.{ROW_ID}, {', '.join(cols) if cols else 'NULL AS __none'} "
+        f"FROM {ENTITY_TABLE} e ASOF LEFT JOIN {dedup} f ON {' AND '.join(on)})"
+    )
+    return ctes, outs
+
+
+def build_pit_query(
+    views: list[ViewSpec],
+    entity_columns: list[str],
+    timestamp_column: str,
+    *,
+    min_ts: datetime | None = None,
+    max_ts: datetime | None = None,
+) -> str:
+    """The full point-in-time query over ``__entities``.
+
+    Args:
+        views: the views to join, in output order.
+        entity_columns: entity table columns to return, in input order.
+        timestamp_column: the entity event timestamp column; returned as UTC TIMESTAMPTZ.
+        min_ts: earliest entity timestamp (pruning only; ``None`` disables it).
+        max_ts: latest entity timestamp (pruning only).
+
+    Returns:
+        One SQL statement producing entity columns then feature columns, in entity-row order.
+    """
+    q = quote_ident
+    ctes: list[str] = []
+    select = [
+        f"e.{ENTITY_TS} AS {q(c)}" if c == timestamp_column else f"e.{q(c)}" for c in entity_columns
+    ]
+    joins: list[str] = []
+    for i, view in enumerate(views):
+        view_ctes, outs = _view_ctes(i, view, min_ts, max_ts)
+        ctes.extend(view_ctes)
+        select += [
+            f"__v{i}.{o} AS {q(f.output_name)}" for o, f in zip(outs, view.features, strict=True)
+        ]
+        joins.append(f"LEFT JOIN __v{i} ON __v{i}.{ROW_ID} = e.{ROW_ID}")
+    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
+    return (
+        f"{with_clause}SELECT {', '.join(select)} FROM {ENTITY_TABLE} e "
+        f"{' '.join(joins)} ORDER BY e.{ROW_ID}"
+    )

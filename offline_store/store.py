@@ -1,0 +1,349 @@
+"""The Feast ``OfflineStore`` plugin: Parquet on DuckDB.
+
+Select it in ``feature_store.yaml``::
+
+    offline_store:
+      type: offline_store.store.DuckDBParquetOfflineStore
+      memory_limit: 4GB          # beyond this, DuckDB spills to temp_directory
+      temp_directory: /var/tmp/featurestore-duckdb
+      threads: 4                 # default: all cores
+
+Sources are Feast ``FileSource``s pointing at a Parquet file, a directory (hive partitions
+detected), or a glob. The point-in-time join is in :mod:`offline_store.pit_join`, the pulls in
+:mod:`offline_store.pulls`, push writes in :mod:`offline_store.writes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+from feast.data_source import DataSource
+from feast.feature_view import FeatureView
+from feast.infra.offline_stores.file_source import FileSource
+from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalMetadata
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.utils import _get_requested_feature_views_to_features_dict
+
+from offline_store.entities import EntitySource, load_entities
+from offline_store.job import DuckDBRetrievalJob
+from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query
+from offline_store.pulls import build_pull_query
+from offline_store.sources import (
+    DuckDBSettings,
+    connect,
+    execute,
+    parquet_glob,
+    parquet_scan,
+    quote_ident,
+    resolve_path,
+)
+from offline_store.writes import write_batch
+from service.errors import FeatureViewNotFoundError, InvalidEntityError, InvalidRequestError
+
+
+class DuckDBParquetOfflineStoreConfig(FeastConfigBaseModel):
+    """``offline_store:`` section of ``feature_store.yaml`` for this plugin."""
+
+    type: Literal["offline_store.store.DuckDBParquetOfflineStore"] = (
+        "offline_store.store.DuckDBParquetOfflineStore"
+    )
+    memory_limit: str = "4GB"
+    """DuckDB memory limit; joins and sorts beyond it spill to ``temp_directory``."""
+    temp_directory: str | None = None
+    """Spill directory; default ``$TMPDIR/featurestore-duckdb``."""
+    threads: int | None = None
+    """DuckDB worker threads; default all cores."""
+
+
+def settings_from_config(config: RepoConfig) -> DuckDBSettings:
+    """DuckDB limits from a repo config (defaults when another offline store is configured)."""
+    oc = config.offline_store
+    if isinstance(oc, DuckDBParquetOfflineStoreConfig):
+        return DuckDBSettings(oc.memory_limit, oc.temp_directory, oc.threads)
+    return DuckDBSettings()
+
+
+def _file_source(source: DataSource | None, owner: str) -> FileSource:
+    if not isinstance(source, FileSource):
+        raise InvalidRequestError(
+            f"{owner} reads from {type(source).__name__}; the DuckDB offline store reads "
+            "only FileSource (Parquet) sources",
+        )
+    return source
+
+
+def source_pattern(config: RepoConfig, source: FileSource) -> str:
+    """The read pattern (file, ``dir/**/*.parquet`` or glob) of a FileSource."""
+    return parquet_glob(resolve_path(config.repo_path, source.path))
+
+
+def _view_spec(
+    config: RepoConfig, fv: FeatureView, features: list[str], full_feature_names: bool
+) -> ViewSpec:
+    source = _file_source(fv.batch_source, f"feature view {fv.name!r}")
+    prefix = fv.projection.name_to_use()
+    join_keys = tuple(
+        (fv.projection.join_key_map.get(col.name, col.name), col.name) for col in fv.entity_columns
+    )
+    return ViewSpec(
+        name=prefix,
+        scan_sql=parquet_scan(source_pattern(config, source), with_order_columns=True),
+        column_map=dict(source.field_mapping or {}),
+        join_keys=join_keys,
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=source.created_timestamp_column or None,
+        features=tuple(
+            FeatureSpec(f, f"{prefix}__{f}" if full_feature_names else f) for f in features
+        ),
+        ttl_seconds=fv.ttl.total_seconds() if fv.ttl else 0.0,
+    )
+
+
+def _register_source_views(
+    con: duckdb.DuckDBPyConnection, config: RepoConfig, views: list[FeatureView]
+) -> None:
+    """Expose each source as a view named after its feature view and its batch source."""
+    for fv in views:
+        source = _file_source(fv.batch_source, f"feature view {fv.name!r}")
+        scan = parquet_scan(source_pattern(config, source))
+        for name in {fv.name, source.name} - {""}:
+            execute(con, f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {scan}")
+
+
+def _check_entities(views: list[ViewSpec], types: dict[str, str]) -> None:
+    for view in views:
+        for entity_col, _ in view.join_keys:
+            if entity_col not in types:
+                raise InvalidEntityError(
+                    f"entity rows lack join key {entity_col!r} needed by feature view "
+                    f"{view.name!r}; add a {entity_col!r} column",
+                    join_key=entity_col,
+                    feature_view=view.name,
+                )
+        for feature in view.features:
+            if feature.output_name in types:
+                raise InvalidRequestError(
+                    f"feature {feature.output_name!r} of view {view.name!r} has the same name "
+                    "as an entity column; rename the column or use full_feature_names=True",
+                    column=feature.output_name,
+                )
+
+
+class DuckDBParquetOfflineStore(OfflineStore):
+    """Exact point-in-time joins and bounded-memory pulls over Parquet, on DuckDB."""
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: EntitySource | None,
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> DuckDBRetrievalJob:
+        """Point-in-time correct features for each entity row (see :mod:`offline_store.pit_join`).
+
+        Args:
+            config: the repo config.
+            feature_views: views referenced by ``feature_refs``.
+            feature_refs: ``view:feature`` references (ODFV inputs included by Feast).
+            entity_df: DataFrame, Arrow table, Parquet path or SQL over the offline data.
+            registry: used to look up requested on-demand views.
+            project: the Feast project.
+            full_feature_names: name feature columns ``view__feature``.
+            **kwargs: Feast passes ``start_date``/``end_date`` only without ``entity_df``.
+
+        Returns:
+            A lazy job; nothing is read until a result is requested.
+
+        Raises:
+            InvalidRequestError: no entity rows given, or a non-Parquet source.
+            FeatureViewNotFoundError: a reference names no known view.
+        """
+        if entity_df is None:
+            raise InvalidRequestError(
+                "entity rows are required: pass entity_df (a DataFrame, Arrow table, Parquet "
+                "path or SQL query) with the join keys and an event_timestamp column",
+            )
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        try:
+            by_view, _ = _get_requested_feature_views_to_features_dict(
+                feature_refs, feature_views, odfvs
+            )
+        except ValueError as exc:
+            raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
+        specs = [_view_spec(config, fv, feats, full_feature_names) for fv, feats in by_view.items()]
+        settings = settings_from_config(config)
+
+        def prepare(con: duckdb.DuckDBPyConnection) -> str:
+            _register_source_views(con, config, list(by_view))
+            loaded = load_entities(con, entity_df)
+            _check_entities(specs, loaded.types)
+            return build_pit_query(
+                specs,
+                loaded.columns,
+                loaded.timestamp_column,
+                min_ts=loaded.min_ts,
+                max_ts=loaded.max_ts,
+            )
+
+        def metadata() -> RetrievalMetadata:
+            con = connect(settings)
+            try:
+                _register_source_views(con, config, list(by_view))
+                loaded = load_entities(con, entity_df)
+            finally:
+                con.close()
+            return RetrievalMetadata(
+                features=feature_refs,
+                keys=[c for c in loaded.columns if c != loaded.timestamp_column],
+                min_event_timestamp=loaded.min_ts,
+                max_event_timestamp=loaded.max_ts,
+            )
+
+        return DuckDBRetrievalJob(
+            settings,
+            prepare,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=odfvs,
+            metadata=metadata,
+        )
+
+    @staticmethod
+    def _pull(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime | None,
+        end_date: datetime | None,
+        *,
+        latest_only: bool,
+    ) -> DuckDBRetrievalJob:
+        source = _file_source(data_source, f"data source {data_source.name!r}")
+        scan = parquet_scan(source_pattern(config, source), with_order_columns=True)
+
+        def prepare(con: duckdb.DuckDBPyConnection) -> str:
+            return build_pull_query(
+                con,
+                scan,
+                join_key_columns=list(join_key_columns),
+                feature_name_columns=list(feature_name_columns),
+                timestamp_field=timestamp_field,
+                created_timestamp_column=created_timestamp_column,
+                start_date=start_date,
+                end_date=end_date,
+                latest_only=latest_only,
+            )
+
+        return DuckDBRetrievalJob(settings_from_config(config), prepare)
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> DuckDBRetrievalJob:
+        """Latest row per join key with ``start_date <= event_ts < end_date``.
+
+        Latest means greatest (event_ts, created_ts); exact duplicates resolve to the later
+        file and row of the source. Stream it with ``job.iter_batches(max_rows)``.
+
+        Args:
+            config: the repo config.
+            data_source: a FileSource.
+            join_key_columns: raw source join key columns (empty: entity-less view).
+            feature_name_columns: raw source feature columns.
+            timestamp_field: raw event timestamp column.
+            created_timestamp_column: raw created timestamp column, if any.
+            start_date: inclusive window start (naive = UTC).
+            end_date: exclusive window end (naive = UTC).
+
+        Returns:
+            A lazy job returning keys, features, event and created timestamps.
+
+        Raises:
+            InvalidRequestError: not a FileSource, or a column is missing (at run time).
+        """
+        return DuckDBParquetOfflineStore._pull(
+            config,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+            latest_only=True,
+        )
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> DuckDBRetrievalJob:
+        """Every row with ``start_date <= event_ts < end_date`` (bounds optional).
+
+        Args and Returns are as for :meth:`pull_latest_from_table_or_query`.
+
+        Raises:
+            InvalidRequestError: not a FileSource, or a column is missing (at run time).
+        """
+        return DuckDBParquetOfflineStore._pull(
+            config,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+            latest_only=False,
+        )
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Append rows to a feature view's Parquet source (Feast's push ``to=offline``).
+
+        See :func:`offline_store.writes.write_batch` for how each source shape is appended.
+
+        Args:
+            config: the repo config.
+            feature_view: the view whose batch source receives the rows.
+            table: rows with the source's columns (any order; cast to the source types).
+            progress: called with the number of rows written.
+
+        Raises:
+            SchemaMismatchError: columns missing, unknown, or not castable.
+            InvalidRequestError: the source is not a FileSource.
+        """
+        source = _file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
+        write_batch(resolve_path(config.repo_path, source.path), table)
+        if progress is not None:
+            progress(table.num_rows)
