@@ -1,0 +1,416 @@
+"""Feast 0.67 Redis byte layout, encoded a whole Arrow column at a time.
+
+Everything here produces exactly the bytes stock Feast's ``RedisOnlineStore`` writes
+(``docs/online-format.md`` describes them); protobuf never appears on the hot path.
+Fixed-width values are laid out in a NumPy byte matrix and sliced; varints are built
+seven bits at a time for the whole column at once.
+
+Where Feast's own conversion has quirks we reproduce the ones that are deterministic
+(so stock Feast reads back what it would have written itself):
+
+- a NaN float is stored as null (``b""``), as Feast's ``pd.isnull`` check does;
+- a null scalar timestamp is stored as ``unix_timestamp_val = INT64_MIN`` (NumPy's NaT);
+- timestamp lists in nanosecond unit store raw nanoseconds, other units whole seconds
+  truncated towards zero; scalar timestamps are floored to seconds;
+- null elements inside lists become the element type's default (0, "", False, NaT).
+
+One deliberate difference: an int64 column with nulls keeps its exact values, whereas
+Feast routes it through float64 and loses precision above 2**53.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import mmh3
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from feast.value_type import ValueType
+
+from service.errors import InvalidEntityError, UnsupportedTypeError
+
+INT64_MIN = -(2**63)
+
+# Value proto field tags (field number << 3 | wire type), see feast/types/Value.proto.
+VALUE_TAGS: dict[ValueType, bytes] = {
+    ValueType.BYTES: b"\x0a",
+    ValueType.STRING: b"\x12",
+    ValueType.INT32: b"\x18",
+    ValueType.INT64: b"\x20",
+    ValueType.DOUBLE: b"\x29",
+    ValueType.FLOAT: b"\x35",
+    ValueType.BOOL: b"\x38",
+    ValueType.UNIX_TIMESTAMP: b"\x40",
+    ValueType.BYTES_LIST: b"\x5a",
+    ValueType.STRING_LIST: b"\x62",
+    ValueType.INT32_LIST: b"\x6a",
+    ValueType.INT64_LIST: b"\x72",
+    ValueType.DOUBLE_LIST: b"\x7a",
+    ValueType.FLOAT_LIST: b"\x82\x01",
+    ValueType.BOOL_LIST: b"\x8a\x01",
+    ValueType.UNIX_TIMESTAMP_LIST: b"\x92\x01",
+}
+SUPPORTED_FEATURE_TYPES = frozenset(VALUE_TAGS)
+SUPPORTED_ENTITY_TYPES = frozenset(
+    {ValueType.INT64, ValueType.INT32, ValueType.STRING, ValueType.BYTES}
+)
+# Entity key serialization v3 stores the ValueType enum number of each value.
+_ENTITY_TYPE_CODE = {
+    ValueType.BYTES: 1,
+    ValueType.STRING: 2,
+    ValueType.INT32: 3,
+    ValueType.INT64: 4,
+    ValueType.UNIX_TIMESTAMP: 8,
+}
+_LIST_ELEMENT_DEFAULT: dict[ValueType, object] = {
+    ValueType.STRING_LIST: "",
+    ValueType.BYTES_LIST: b"",
+    ValueType.INT32_LIST: 0,
+    ValueType.INT64_LIST: 0,
+    ValueType.FLOAT_LIST: 0.0,
+    ValueType.DOUBLE_LIST: 0.0,
+    ValueType.BOOL_LIST: False,
+    ValueType.UNIX_TIMESTAMP_LIST: INT64_MIN,
+}
+_UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def check_feature_type(view: str, feature: str, value_type: ValueType) -> None:
+    """Refuse a feature type the online codec cannot store.
+
+    Raises:
+        UnsupportedTypeError: the type is not one a Parquet column carries into Redis.
+    """
+    if value_type not in SUPPORTED_FEATURE_TYPES:
+        supported = ", ".join(sorted(t.name for t in SUPPORTED_FEATURE_TYPES))
+        raise UnsupportedTypeError(
+            f"feature '{view}:{feature}' has type {value_type.name}, which the Redis online "
+            f"store does not support; use one of {supported} in the view's schema",
+            feature_view=view,
+            feature=feature,
+        )
+
+
+def check_entity_type(view: str, join_key: str, value_type: ValueType) -> None:
+    """Refuse a join key type Feast's entity key serialization cannot encode.
+
+    Raises:
+        UnsupportedTypeError: not INT64, INT32, STRING or BYTES.
+    """
+    if value_type not in SUPPORTED_ENTITY_TYPES:
+        raise UnsupportedTypeError(
+            f"join key '{join_key}' of feature view '{view}' has type {value_type.name}; "
+            "entity keys must be Int64, Int32, String or Bytes",
+            feature_view=view,
+            join_key=join_key,
+        )
+
+
+def field_name(view: str, feature: str) -> bytes:
+    """The hash field of one feature: murmur3_32 (seed 0) of ``view:feature``, 4 bytes LE."""
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
+
+
+def ts_field(view: str) -> bytes:
+    """The hash field holding the view's event timestamp."""
+    return f"_ts:{view}".encode()
+
+
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a (two's complement 64-bit) integer."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_LEN_PREFIX = [varint(n) for n in range(16384)]
+
+
+def _len_prefix(n: int) -> bytes:
+    return _LEN_PREFIX[n] if n < 16384 else varint(n)
+
+
+def _slice_rows(buf: bytes, ends: npt.NDArray[np.int64]) -> list[bytes]:
+    starts = [0, *ends[:-1].tolist()]
+    return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
+
+
+def varint_column(values: npt.NDArray[np.int64], prefix: bytes = b"") -> list[bytes]:
+    """``prefix + varint(v)`` for every value, built for the whole array at once."""
+    n = len(values)
+    if n == 0:
+        return []
+    u = values.astype(np.int64, copy=False).view(np.uint64)
+    groups = np.empty((n, 10), dtype=np.uint8)
+    lens = np.ones(n, dtype=np.int64)
+    for k in range(10):
+        shifted = u >> np.uint64(7 * k)
+        groups[:, k] = (shifted & np.uint64(0x7F)).astype(np.uint8)
+        if k:
+            lens += shifted != 0
+    cont = np.arange(10)[None, :] < (lens - 1)[:, None]
+    groups[cont] |= 0x80
+    p = len(prefix)
+    matrix = np.empty((n, p + 10), dtype=np.uint8)
+    if p:
+        matrix[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
+    matrix[:, p:] = groups
+    keep = np.arange(p + 10)[None, :] < (lens + p)[:, None]
+    return _slice_rows(matrix[keep].tobytes(), np.cumsum(lens + p))
+
+
+def _fixed_column(tag: bytes, raw: npt.NDArray[np.uint8], width: int) -> list[bytes]:
+    n = raw.shape[0] // width if width else 0
+    matrix = np.empty((n, len(tag) + width), dtype=np.uint8)
+    matrix[:, : len(tag)] = np.frombuffer(tag, dtype=np.uint8)
+    matrix[:, len(tag) :] = raw.reshape(n, width)
+    row = len(tag) + width
+    buf = matrix.tobytes()
+    return [buf[i : i + row] for i in range(0, n * row, row)]
+
+
+def _blank_nulls(out: list[bytes], mask: npt.NDArray[np.bool_]) -> list[bytes]:
+    for i in np.flatnonzero(mask).tolist():
+        out[i] = b""
+    return out
+
+
+def _null_mask(arr: pa.Array) -> npt.NDArray[np.bool_]:
+    return np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _ints(arr: pa.Array, dtype: type[np.integer[object]]) -> npt.NDArray[np.int64]:
+    filled = arr.fill_null(0) if arr.null_count else arr
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=dtype).astype(np.int64)
+
+
+def timestamp_seconds(arr: pa.Array) -> npt.NDArray[np.int64]:
+    """Whole seconds (floored) of a timestamp or integer column; nulls as INT64_MIN."""
+    if pa.types.is_timestamp(arr.type):
+        per_second = _UNIT_PER_SECOND[arr.type.unit]
+        raw = _ints(arr.cast(pa.int64()), np.int64) // per_second
+    elif pa.types.is_date(arr.type):
+        raw = _ints(arr.cast(pa.timestamp("s")).cast(pa.int64()), np.int64)
+    else:
+        raw = _ints(arr.cast(pa.int64()), np.int64)
+    if arr.null_count:
+        raw[_null_mask(arr)] = INT64_MIN
+    return raw
+
+
+def event_micros(arr: pa.Array) -> npt.NDArray[np.int64]:
+    """Event times as UTC epoch microseconds (floored, like ``Timestamp.FromDatetime``).
+
+    Raises:
+        InvalidEntityError: the column has nulls (Feast cannot store a row without a time).
+    """
+    if arr.null_count:
+        raise InvalidEntityError(
+            "event timestamp column has null values; every row needs an event time"
+        )
+    if not pa.types.is_timestamp(arr.type):
+        arr = arr.cast(pa.timestamp("us"))
+    per_second = _UNIT_PER_SECOND[arr.type.unit]
+    raw = np.asarray(arr.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if per_second == 1_000_000:
+        return raw
+    if per_second > 1_000_000:
+        return raw // (per_second // 1_000_000)
+    return raw * (1_000_000 // per_second)
+
+
+def encode_timestamps(micros: npt.NDArray[np.int64]) -> list[bytes]:
+    """Serialized ``google.protobuf.Timestamp`` per event time (the ``_ts:<view>`` value)."""
+    seconds = micros // 1_000_000
+    nanos = (micros % 1_000_000) * 1000
+    sec_part = varint_column(seconds, b"\x08")
+    nano_part = varint_column(nanos, b"\x10")
+    # proto3 omits zero scalars, so seconds == 0 or nanos == 0 contribute no bytes.
+    for i in np.flatnonzero(seconds == 0).tolist():
+        sec_part[i] = b""
+    for i in np.flatnonzero(nanos == 0).tolist():
+        nano_part[i] = b""
+    return [a + b for a, b in zip(sec_part, nano_part, strict=True)]
+
+
+def _length_delimited(tag: bytes, items: list[bytes | None]) -> list[bytes]:
+    return [b"" if b is None else tag + _len_prefix(len(b)) + b for b in items]
+
+
+def _list_payload(vt: ValueType, items: list[object]) -> bytes:
+    if not items:
+        return b""
+    if vt in (ValueType.STRING_LIST, ValueType.BYTES_LIST):
+        parts = [s.encode() if isinstance(s, str) else s for s in items]
+        return b"".join(b"\x0a" + _len_prefix(len(p)) + p for p in parts)  # type: ignore[operator, arg-type]
+    if vt == ValueType.DOUBLE_LIST:
+        packed = struct.pack(f"<{len(items)}d", *items)
+    elif vt == ValueType.FLOAT_LIST:
+        packed = struct.pack(f"<{len(items)}f", *items)
+    elif vt == ValueType.BOOL_LIST:
+        packed = bytes(1 if x else 0 for x in items)
+    else:
+        packed = b"".join(varint(int(x)) for x in items)  # type: ignore[call-overload]
+    return b"\x0a" + _len_prefix(len(packed)) + packed
+
+
+def _list_items(arr: pa.Array, vt: ValueType) -> list[list[object] | None]:
+    values_type = arr.type.value_type
+    if vt == ValueType.UNIX_TIMESTAMP_LIST and pa.types.is_timestamp(values_type):
+        unit = values_type.unit
+        flat = arr.flatten()
+        ints = flat.cast(pa.int64())
+        if unit != "ns":
+            # Feast goes through datetime.timestamp() and int(): truncation towards zero.
+            per = _UNIT_PER_SECOND[unit]
+            ints = pc.divide(ints, per)  # integer division in Arrow truncates towards zero
+        arr = pa.ListArray.from_arrays(arr.offsets, ints, mask=arr.is_null())
+    default = _LIST_ELEMENT_DEFAULT[vt]
+    rows: list[list[object] | None] = arr.to_pylist()
+    for row in rows:
+        if row is not None and None in row:
+            row[:] = [default if x is None else x for x in row]
+    return rows
+
+
+def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]:
+    """Serialized ``feast.types.Value`` for every row of a column (``b""`` for null).
+
+    Args:
+        arr: the Arrow column, any type Arrow can cast to the feature's type.
+        vt: the feature's Feast value type.
+
+    Returns:
+        One bytes object per row, byte-identical to Feast's ``Value.SerializeToString()``.
+
+    Raises:
+        UnsupportedTypeError: ``vt`` is not supported.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    tag = VALUE_TAGS.get(vt)
+    if tag is None:
+        raise UnsupportedTypeError(f"value type {vt.name} is not supported by the online codec")
+    if vt in (ValueType.DOUBLE, ValueType.FLOAT):
+        np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
+        arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
+        floats = np.asarray(
+            arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type
+        )
+        raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
+        out = _fixed_column(tag, raw.view(np.uint8), raw.itemsize)
+        return _blank_nulls(out, np.isnan(floats))
+    if vt == ValueType.BOOL:
+        lut = [tag + b"\x00", tag + b"\x01"]
+        bools = arr.cast(pa.bool_())
+        out = [lut[b] for b in _ints(bools.cast(pa.int8()), np.int8).tolist()]
+        return _blank_nulls(out, _null_mask(bools)) if arr.null_count else out
+    if vt in (ValueType.INT64, ValueType.INT32):
+        target = pa.int64() if vt == ValueType.INT64 else pa.int32()
+        cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
+        out = varint_column(_ints(cast, np.int64), tag)
+        nulls = _null_mask(arr)
+        if pa.types.is_floating(arr.type):
+            nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
+        return _blank_nulls(out, nulls) if nulls.any() else out
+    if vt == ValueType.UNIX_TIMESTAMP:
+        return varint_column(timestamp_seconds(arr), tag)
+    if vt in (ValueType.STRING, ValueType.BYTES):
+        items: list[bytes | None] = arr.cast(pa.binary()).to_pylist()
+        return _length_delimited(tag, items)
+    rows = _list_items(arr, vt)
+    return [
+        b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
+        for row in rows
+    ]
+
+
+def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
+    """The name part of a v3 entity key (also the SCAN prefix Feast deletes by)."""
+    names = sorted(join_keys)
+    out = [struct.pack("<I", len(names))]
+    for name in names:
+        raw = name.encode()
+        out.append(struct.pack("<II", 2, len(raw)) + raw)
+    return b"".join(out)
+
+
+def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
+    if arr.null_count:
+        raise InvalidEntityError(
+            f"join key column '{name}' has {arr.null_count} null values; entity keys "
+            "must be present in every row",
+            join_key=name,
+        )
+    code = _ENTITY_TYPE_CODE[vt]
+    if vt in (ValueType.INT64, ValueType.INT32):
+        width, fmt = (8, "<i8") if vt == ValueType.INT64 else (4, "<i4")
+        raw = np.ascontiguousarray(
+            np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)
+        ).view(np.uint8)
+        return _fixed_column(struct.pack("<II", code, width), raw, width)
+    items: list[bytes] = arr.cast(pa.binary()).to_pylist()
+    head = struct.pack("<I", code)
+    return [head + struct.pack("<I", len(b)) + b for b in items]
+
+
+def encode_entity_keys(
+    columns: Sequence[pa.Array | pa.ChunkedArray],
+    join_keys: Sequence[str],
+    types: Sequence[ValueType],
+    project: str,
+) -> list[bytes]:
+    """Redis keys (entity key serialization v3 + project name) for every row.
+
+    Args:
+        columns: one Arrow column per join key, in the order of ``join_keys``.
+        join_keys: join key names (any order; Feast sorts them by name).
+        types: Feast value type per join key.
+        project: the Feast project, appended to every key.
+
+    Returns:
+        One key per row.
+
+    Raises:
+        InvalidEntityError: a join key column has nulls.
+        UnsupportedTypeError: a join key type is not supported.
+    """
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
+    parts = []
+    for i in order:
+        check_entity_type("?", join_keys[i], types[i])
+        col = columns[i]
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        parts.append(_entity_parts(col, types[i], join_keys[i]))
+    prefix = entity_key_prefix(join_keys)
+    suffix = project.encode()
+    if len(parts) == 1:
+        return [prefix + p + suffix for p in parts[0]]
+    return [prefix + b"".join(row) + suffix for row in zip(*parts, strict=True)]
+
+
+def entity_key_from_values(
+    values: Sequence[object], join_keys: Sequence[str], types: Sequence[ValueType], project: str
+) -> bytes:
+    """One Redis key from Python values (already validated), for the read path."""
+    pairs = sorted(zip(join_keys, values, types, strict=True), key=lambda p: p[0])
+    out = [entity_key_prefix(join_keys)]
+    for _, value, vt in pairs:
+        if vt == ValueType.INT64:
+            out.append(struct.pack("<IIq", 4, 8, value))
+        elif vt == ValueType.INT32:
+            out.append(struct.pack("<IIi", 3, 4, value))
+        else:
+            raw = value.encode() if isinstance(value, str) else value
+            assert isinstance(raw, bytes)
+            out.append(struct.pack("<II", _ENTITY_TYPE_CODE[vt], len(raw)) + raw)
+    out.append(project.encode())
+    return b"".join(out)

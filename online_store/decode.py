@@ -1,0 +1,117 @@
+"""Decoding of stored ``feast.types.Value`` and ``Timestamp`` bytes without protobuf objects.
+
+Scalars are decoded by hand from their one tag byte; only list values fall back to the
+protobuf runtime (they are rare on the read path and their packed encodings vary).
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime, timedelta
+
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from online_store.codec import INT64_MIN
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNPACK_D = struct.Struct("<d").unpack_from
+_UNPACK_F = struct.Struct("<f").unpack_from
+_LIST_FIELDS = {
+    0x5A: "bytes_list_val",
+    0x62: "string_list_val",
+    0x6A: "int32_list_val",
+    0x72: "int64_list_val",
+    0x7A: "double_list_val",
+}
+_LIST_FIELDS_2 = {
+    0x82: "float_list_val",
+    0x8A: "bool_list_val",
+    0x92: "unix_timestamp_list_val",
+}
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Decode one base-128 varint at ``pos``; returns (unsigned value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+class UndecodableValueError(ValueError):
+    """Stored bytes are not a Value this codec knows (written by something else)."""
+
+
+def decode_value(raw: bytes) -> object:
+    """Python value of a serialized ``feast.types.Value``.
+
+    Args:
+        raw: the stored bytes; ``b""`` is Feast's null.
+
+    Returns:
+        None for null (and for the NaT timestamp Feast stores for null times); int, float,
+        bool, str or bytes for scalars (timestamps as epoch seconds); a list for lists.
+
+    Raises:
+        UndecodableValueError: the bytes carry a Value kind we do not support.
+    """
+    if not raw:
+        return None
+    tag = raw[0]
+    if tag == 0x29:
+        return float(_UNPACK_D(raw, 1)[0])
+    if tag == 0x35:
+        return float(_UNPACK_F(raw, 1)[0])
+    if tag in (0x20, 0x18, 0x40):
+        value = _signed64(read_varint(raw, 1)[0])
+        if tag == 0x40 and value == INT64_MIN:
+            return None
+        return value
+    if tag == 0x12 or tag == 0x0A:
+        length, pos = read_varint(raw, 1)
+        data = raw[pos : pos + length]
+        return data.decode() if tag == 0x12 else data
+    if tag == 0x38:
+        return raw[1] != 0
+    field = _LIST_FIELDS.get(tag) or (_LIST_FIELDS_2.get(tag) if raw[1:2] == b"\x01" else None)
+    if field is not None:
+        proto = ValueProto.FromString(raw)
+        return list(getattr(proto, field).val)
+    raise UndecodableValueError(f"stored value with tag byte 0x{tag:02x} is not supported")
+
+
+def decode_timestamp(raw: bytes) -> tuple[int, int]:
+    """(seconds, nanos) of a serialized ``google.protobuf.Timestamp``."""
+    seconds = 0
+    nanos = 0
+    pos = 0
+    end = len(raw)
+    while pos < end:
+        key = raw[pos]
+        value, pos = read_varint(raw, pos + 1)
+        if key == 0x08:
+            seconds = _signed64(value)
+        elif key == 0x10:
+            nanos = _signed64(value)
+    return seconds, nanos
+
+
+def timestamp_nanos(raw: bytes) -> int:
+    """Total nanoseconds of a serialized Timestamp (the writer's comparison key)."""
+    seconds, nanos = decode_timestamp(raw)
+    return seconds * 1_000_000_000 + nanos
+
+
+def timestamp_datetime(raw: bytes) -> datetime:
+    """Aware UTC datetime of a serialized Timestamp (microsecond precision)."""
+    seconds, nanos = decode_timestamp(raw)
+    return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)

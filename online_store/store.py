@@ -1,0 +1,302 @@
+"""The Feast ``OnlineStore`` plugin: ``type: online_store.store.FastRedisOnlineStore``.
+
+Same configuration keys as Feast's ``RedisOnlineStoreConfig`` and the same byte layout
+(``docs/online-format.md``), so an existing Feast repo switches by changing ``type:``.
+Writes go through :mod:`online_store.writer`, reads through :mod:`online_store.reader`.
+Unsupported feature or entity types are refused in :meth:`update`, which ``feast apply``
+calls before it commits the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+import numpy as np
+import redis
+from feast import Entity, FeatureView, RepoConfig
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import FeastConfigBaseModel
+from feast.utils import make_tzaware
+from feast.value_type import ValueType
+from pydantic import StrictStr
+from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
+
+from online_store.codec import (
+    check_entity_type,
+    check_feature_type,
+    encode_timestamps,
+    entity_key_prefix,
+    field_name,
+    ts_field,
+)
+from online_store.connection import make_client, parse_connection_string, resolve_target
+from online_store.decode import timestamp_datetime, timestamp_nanos
+from online_store.reader import ReadPlan, ViewReadSpec
+from service.errors import BackendUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Client = redis.Redis | RedisCluster
+
+
+class RedisType(str, Enum):
+    redis = "redis"
+    redis_cluster = "redis_cluster"
+    redis_sentinel = "redis_sentinel"
+
+
+class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
+    """Config keys of Feast's Redis store; ``connection_string`` may also be a URL."""
+
+    type: Literal["online_store.store.FastRedisOnlineStore"] = (
+        "online_store.store.FastRedisOnlineStore"
+    )
+    redis_type: RedisType = RedisType.redis
+    client: Literal["redis", "glide"] = "redis"
+    sentinel_master: StrictStr = "mymaster"
+    connection_string: StrictStr | None = None
+    key_ttl_seconds: int | None = None
+    full_scan_for_deletion: bool | None = True
+    skip_dedup: bool = False
+    write_chunk_rows: int = 20_000
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    out = bytearray()
+    for b in raw:
+        if b in b"*?[]\\":
+            out.append(0x5C)
+        out.append(b)
+    return bytes(out)
+
+
+def _proto_scalar(v: ValueProto) -> tuple[object, ValueType]:
+    kind = v.WhichOneof("val")
+    mapping = {
+        "int64_val": ValueType.INT64,
+        "int32_val": ValueType.INT32,
+        "string_val": ValueType.STRING,
+        "bytes_val": ValueType.BYTES,
+    }
+    if kind not in mapping:
+        raise ValueError(f"entity value kind {kind} is not supported")
+    return getattr(v, kind), mapping[kind]
+
+
+class FastRedisOnlineStore(OnlineStore):
+    """Redis online store with Feast's layout, vectorized writes and one-round-trip reads."""
+
+    def __init__(self) -> None:
+        self._client: Client | None = None
+        self._plans: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], ReadPlan] = {}
+
+    # -- connections -------------------------------------------------------------------
+    def client(self, config: RepoConfig) -> Client:
+        """The (cached) synchronous client for this repo's Redis.
+
+        Raises:
+            BackendUnavailableError: Redis cannot be reached.
+        """
+        if self._client is None:
+            store_config: FastRedisOnlineStoreConfig = config.online_store
+            target = resolve_target(store_config.connection_string, config.repo_path)
+            if store_config.redis_type == RedisType.redis_sentinel:
+                nodes, params = parse_connection_string(target)
+                sentinel = Sentinel([(n["host"], n["port"]) for n in nodes], **params)
+                self._client = sentinel.master_for(store_config.sentinel_master)
+            else:
+                cluster = store_config.redis_type == RedisType.redis_cluster
+                self._client = make_client(target, cluster=cluster)
+            try:
+                self._client.ping()
+            except redis.RedisError as exc:
+                self._client = None
+                raise BackendUnavailableError(
+                    f"cannot reach the Redis online store ({type(exc).__name__}); check "
+                    "online_store.connection_string or FEATURESTORE_REDIS_URL"
+                ) from None
+        return self._client
+
+    # -- writes ------------------------------------------------------------------------
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Feast's protobuf-row write path (SDK push); same rule as the Arrow writer."""
+        client = self.client(config)
+        store_config: FastRedisOnlineStoreConfig = config.online_store
+        project = config.project.encode()
+        ts_name = ts_field(table.name)
+        latest: dict[bytes, tuple[int, int]] = {}
+        for i, (entity_key, _, timestamp, _) in enumerate(data):
+            key = serialize_entity_key(entity_key, entity_key_serialization_version=3) + project
+            ts = make_tzaware(timestamp)
+            micros = int(ts.timestamp()) * 1_000_000 + ts.microsecond
+            if key not in latest or micros > latest[key][0]:
+                latest[key] = (micros, i)
+        keys = list(latest)
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, [ts_name])
+            stored = pipe.execute()
+        with client.pipeline(transaction=False) as pipe:
+            for key, (old,) in zip(keys, stored, strict=True):
+                micros, i = latest[key]
+                if old and micros * 1000 <= timestamp_nanos(old) and timestamp_nanos(old) != 0:
+                    continue
+                values = data[i][1]
+                items: list[bytes] = [ts_name, encode_timestamps(np.array([micros]))[0]]
+                for name, value in values.items():
+                    items += [field_name(table.name, name), value.SerializeToString()]
+                pipe.execute_command("HSET", key, *items)
+                if store_config.key_ttl_seconds:
+                    pipe.expire(key, store_config.key_ttl_seconds)
+            pipe.execute()
+        if progress:
+            progress(len(data))
+
+    # -- reads -------------------------------------------------------------------------
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """Feast's read hook, served by :class:`ReadPlan` (missing entity -> ``(None, None)``).
+
+        Feature view TTL is not applied here: Feast's contract for this hook is "what is
+        stored"; our HTTP service applies TTL through the reader's statuses.
+        """
+        if not entity_keys:
+            return []
+        features = tuple(requested_features or [f.name for f in table.features])
+        join_keys = tuple(entity_keys[0].join_keys)
+        columns: list[list[object]] = [[] for _ in join_keys]
+        types: list[ValueType] = []
+        for ek in entity_keys:
+            for j, v in enumerate(ek.entity_values):
+                value, vt = _proto_scalar(v)
+                columns[j].append(value)
+                if len(types) <= j:
+                    types.append(vt)
+        cache_key = (config.project, table.name, join_keys, features)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            spec = ViewReadSpec(table.name, join_keys, tuple(types), features, 0)
+            plan = self._plans[cache_key] = ReadPlan.compile(config.project, [spec])
+        raw = plan.read_raw(self.client(config), dict(zip(join_keys, columns, strict=True)))[0]
+        slot = plan.groups[0].views[0]
+        decoded: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
+        for reply in raw.replies:
+            ts_raw = reply[slot.ts_index]
+            if not ts_raw:
+                decoded.append((None, None))
+                continue
+            values = {
+                name: ValueProto.FromString(reply[idx] or b"")
+                for name, idx in zip(features, slot.feature_indexes, strict=True)
+            }
+            decoded.append((timestamp_datetime(ts_raw), values))
+        return [decoded[u] for u in raw.row_to_unique]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        """Validate kept views' types, then delete removed views' data like Feast does.
+
+        Raises:
+            UnsupportedTypeError: a kept view has a feature or join key type we cannot store.
+        """
+        for table in tables_to_keep:
+            if not hasattr(table, "entity_columns"):
+                continue  # on-demand views are not stored unless written explicitly
+            for column in table.entity_columns:
+                check_entity_type(table.name, column.name, column.dtype.to_value_type())
+            for feature in table.features:
+                check_feature_type(table.name, feature.name, feature.dtype.to_value_type())
+        store_config: FastRedisOnlineStoreConfig = config.online_store
+        if store_config.full_scan_for_deletion:
+            for table in tables_to_delete:
+                if hasattr(table, "join_keys"):
+                    self.delete_table(config, table)
+
+    def teardown(
+        self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
+    ) -> None:
+        """Delete every key of the torn-down views' join key sets (Feast's teardown)."""
+        for join_keys in {tuple(t.join_keys) for t in tables if hasattr(t, "join_keys")}:
+            self.delete_entity_values(config, list(join_keys))
+
+    def _scan(self, config: RepoConfig, join_keys: Sequence[str]) -> list[bytes]:
+        pattern = (
+            _glob_escape(entity_key_prefix(join_keys))
+            + b"*"
+            + _glob_escape(config.project.encode())
+        )
+        return list(self.client(config).scan_iter(match=pattern, count=10_000))
+
+    def delete_entity_values(self, config: RepoConfig, join_keys: list[str]) -> int:
+        """Delete all keys for a join key set in this project.
+
+        Returns:
+            Number of keys deleted.
+        """
+        keys = self._scan(config, join_keys)
+        client = self.client(config)
+        for start in range(0, len(keys), 10_000):
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + 10_000]:
+                    pipe.delete(key)
+                pipe.execute()
+        return len(keys)
+
+    def delete_table(self, config: RepoConfig, table: FeatureView) -> int:
+        """Remove one view's fields from every hash; delete hashes left with no view.
+
+        Returns:
+            Number of hashes touched.
+        """
+        client = self.client(config)
+        view_ts = table.name.encode()
+        fields = [field_name(table.name, f.name) for f in table.features]
+        fields.append(ts_field(table.name))
+        keys = self._scan(config, table.join_keys)
+        touched = 0
+        for start in range(0, len(keys), 10_000):
+            chunk = keys[start : start + 10_000]
+            with client.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hkeys(key)
+                all_fields = pipe.execute()
+            with client.pipeline(transaction=False) as pipe:
+                for key, names in zip(chunk, all_fields, strict=True):
+                    views = {n[4:] for n in names if n.startswith(b"_ts:")}
+                    if view_ts not in views:
+                        continue
+                    if len(views) == 1:
+                        pipe.delete(key)
+                    else:
+                        pipe.hdel(key, *fields)
+                    touched += 1
+                pipe.execute()
+        logger.debug("deleted %d rows of feature view %s", touched, table.name)
+        return touched

@@ -1,0 +1,263 @@
+"""Vectorized writes of Arrow data into Feast's Redis layout.
+
+Public entry points:
+
+``write_arrow(client, feature_view, data, *, project, key_ttl_seconds=None,
+chunk_rows=20_000, progress=None) -> WriteStats``
+    Write a ``pyarrow.Table`` or ``RecordBatch`` for a Feast ``FeatureView`` (push and
+    ``write-to-online-store``). Columns are the view's join keys, feature names and its
+    batch source's timestamp field (created timestamp column optional).
+
+``write_batches(client, spec, batches, *, project, ...) -> WriteStats``
+    The same for a stream of record batches and a precomputed :class:`WriteSpec`
+    (what the materialization engine uses).
+
+Feast's rule is kept: for each chunk the stored ``_ts:<view>`` of every key is read
+first, and a row is written only when its event time is strictly newer than the stored
+one and than any earlier row for the same key (ties inside a chunk go to the greater
+created timestamp, then the earlier row). Every batch is cut into bounded chunks, each
+one ``HMGET`` pipeline and one ``HSET`` (+ ``EXPIRE``) pipeline, so memory stays flat
+whatever the input size. Works unchanged with ``redis.RedisCluster`` (its pipelines route
+per slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import redis
+from feast import FeatureView
+
+from online_store.codec import (
+    check_entity_type,
+    check_feature_type,
+    encode_entity_keys,
+    encode_timestamps,
+    encode_values,
+    event_micros,
+    field_name,
+    ts_field,
+)
+from online_store.decode import timestamp_nanos
+from service.errors import SchemaMismatchError
+
+DEFAULT_CHUNK_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSpec:
+    """Everything the writer needs about a view, precomputed once."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    join_key_types: tuple[Any, ...]
+    features: tuple[str, ...]
+    feature_types: tuple[Any, ...]
+    timestamp_field: str
+    created_timestamp_field: str | None = None
+
+    @classmethod
+    def from_feature_view(cls, feature_view: FeatureView) -> WriteSpec:
+        """Spec of a Feast feature view (its entity columns, features, source timestamps).
+
+        Raises:
+            UnsupportedTypeError: a feature or join key type is not supported.
+        """
+        join_keys = tuple(c.name for c in feature_view.entity_columns)
+        join_types = tuple(c.dtype.to_value_type() for c in feature_view.entity_columns)
+        features = tuple(f.name for f in feature_view.features)
+        feature_types = tuple(f.dtype.to_value_type() for f in feature_view.features)
+        for key, vt in zip(join_keys, join_types, strict=True):
+            check_entity_type(feature_view.name, key, vt)
+        for feature, vt in zip(features, feature_types, strict=True):
+            check_feature_type(feature_view.name, feature, vt)
+        source = feature_view.batch_source
+        ts = source.timestamp_field if source is not None else "event_timestamp"
+        created = (source.created_timestamp_column or None) if source is not None else None
+        return cls(feature_view.name, join_keys, join_types, features, feature_types, ts, created)
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """Counts of one write call."""
+
+    rows_in: int = 0
+    rows_written: int = 0
+
+
+def _column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        raise SchemaMismatchError(
+            f"column '{name}' of feature view '{view}' is missing from the data "
+            f"(got {batch.schema.names}); include it",
+            feature_view=view,
+            column=name,
+        )
+    return batch.column(idx)
+
+
+def _winners(keys: list[bytes], micros: np.ndarray, created: np.ndarray | None) -> np.ndarray:
+    """Row index of the newest row per key (event time, then created time, then first)."""
+    codes, _ = pd.factorize(np.asarray(keys, dtype=object))
+    n = len(keys)
+    sort_keys: list[np.ndarray] = [np.arange(n)]
+    if created is not None:
+        sort_keys.append(-created)
+    sort_keys += [-micros, codes]
+    order = np.lexsort(sort_keys)
+    sorted_codes = codes[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    return np.sort(order[first])
+
+
+def _write_chunk(
+    client: redis.Redis | redis.RedisCluster,
+    spec: WriteSpec,
+    chunk: pa.RecordBatch,
+    *,
+    project: str,
+    key_ttl_seconds: int | None,
+    fields: list[bytes],
+    ts_name: bytes,
+) -> int:
+    keys = encode_entity_keys(
+        [_column(chunk, k, spec.name) for k in spec.join_keys],
+        spec.join_keys,
+        spec.join_key_types,
+        project,
+    )
+    micros = event_micros(_column(chunk, spec.timestamp_field, spec.name))
+    created = None
+    if spec.created_timestamp_field and spec.created_timestamp_field in chunk.schema.names:
+        created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
+        if created_col.null_count == 0:
+            created = event_micros(created_col)
+    rows = _winners(keys, micros, created)
+    with client.pipeline(transaction=False) as pipe:
+        for i in rows.tolist():
+            pipe.hmget(keys[i], [ts_name])
+        stored: list[Any] = pipe.execute()
+    new_nanos = (micros[rows] * 1000).tolist()
+    keep = [
+        i
+        for i, new, (old,) in zip(rows.tolist(), new_nanos, stored, strict=True)
+        # Feast treats a zero stored time like a missing one.
+        if not old or new > (old_ns := timestamp_nanos(old)) or old_ns == 0
+    ]
+    if not keep:
+        return 0
+    take = pa.array(keep, type=pa.int64())
+    encoded = [
+        encode_values(_column(chunk, f, spec.name).take(take), vt)
+        for f, vt in zip(spec.features, spec.feature_types, strict=True)
+    ]
+    ts_values = encode_timestamps(micros[np.asarray(keep)])
+    with client.pipeline(transaction=False) as pipe:
+        for j, i in enumerate(keep):
+            items: list[bytes] = [ts_name, ts_values[j]]
+            for f, col in zip(fields, encoded, strict=True):
+                items.append(f)
+                items.append(col[j])
+            pipe.execute_command("HSET", keys[i], *items)
+            if key_ttl_seconds:
+                pipe.expire(keys[i], key_ttl_seconds)
+        pipe.execute()
+    return len(keep)
+
+
+def write_batches(
+    client: redis.Redis | redis.RedisCluster,
+    spec: WriteSpec,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    project: str,
+    key_ttl_seconds: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> WriteStats:
+    """Write record batches for one view, never overwriting newer stored events.
+
+    Args:
+        client: redis-py client (``Redis`` or ``RedisCluster``), ``decode_responses=False``.
+        spec: the view (see :meth:`WriteSpec.from_feature_view`).
+        batches: Arrow record batches with join keys, features and the timestamp column.
+        project: Feast project (key suffix).
+        key_ttl_seconds: ``EXPIRE`` each written key after this many seconds when set.
+        chunk_rows: rows per pipeline round trip (bounds memory and Redis buffers).
+        progress: called with the number of input rows after each chunk.
+
+    Returns:
+        Rows seen and rows written.
+
+    Raises:
+        SchemaMismatchError: a needed column is missing.
+        InvalidEntityError: null join keys or event times.
+    """
+    fields = [field_name(spec.name, f) for f in spec.features]
+    ts_name = ts_field(spec.name)
+    stats = WriteStats()
+    for batch in batches:
+        for start in range(0, batch.num_rows, chunk_rows):
+            chunk = batch.slice(start, chunk_rows)
+            stats.rows_written += _write_chunk(
+                client,
+                spec,
+                chunk,
+                project=project,
+                key_ttl_seconds=key_ttl_seconds,
+                fields=fields,
+                ts_name=ts_name,
+            )
+            stats.rows_in += chunk.num_rows
+            if progress is not None:
+                progress(chunk.num_rows)
+    return stats
+
+
+def write_arrow(
+    client: redis.Redis | redis.RedisCluster,
+    feature_view: FeatureView,
+    data: pa.Table | pa.RecordBatch,
+    *,
+    project: str,
+    key_ttl_seconds: int | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> WriteStats:
+    """Write a table for a Feast feature view (push / write-to-online-store).
+
+    Args:
+        client: redis-py client, ``decode_responses=False``.
+        feature_view: the target view; its batch source names the timestamp column.
+        data: rows with the view's join keys, features and timestamp column.
+        project: Feast project.
+        key_ttl_seconds: the online store's ``key_ttl_seconds``.
+        chunk_rows: rows per pipeline round trip.
+        progress: called with rows processed after each chunk.
+
+    Returns:
+        Rows seen and rows written.
+
+    Raises:
+        SchemaMismatchError: a needed column is missing.
+        InvalidEntityError: null join keys or event times.
+        UnsupportedTypeError: the view has a type the codec cannot store.
+    """
+    spec = WriteSpec.from_feature_view(feature_view)
+    batches = data.to_batches() if isinstance(data, pa.Table) else [data]
+    return write_batches(
+        client,
+        spec,
+        batches,
+        project=project,
+        key_ttl_seconds=key_ttl_seconds,
+        chunk_rows=chunk_rows,
+        progress=progress,
+    )
