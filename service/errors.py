@@ -13,6 +13,7 @@ class's ``status_code``. Nothing here imports FastAPI.
     │   ├── FeatureViewNotFoundError
     │   ├── FeatureNotFoundError
     │   ├── FeatureServiceNotFoundError
+    │   ├── PushSourceNotFoundError
     │   └── JobNotFoundError
     ├── RequestTooLargeError (413)         too many entities / features / bytes
     ├── UnsupportedTypeError (422)         a feature type the online codec cannot store
@@ -85,6 +86,10 @@ class FeatureNotFoundError(NotFoundError):
 
 class FeatureServiceNotFoundError(NotFoundError):
     error_type = "feature_service_not_found"
+
+
+class PushSourceNotFoundError(NotFoundError):
+    error_type = "push_source_not_found"
 
 
 class JobNotFoundError(NotFoundError):

@@ -1,0 +1,124 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+``featurestore serve`` runs ``uvicorn.run("service.app:create_app", factory=True,
+workers=N)``; each worker process builds its own app from ``FEATURESTORE_*``
+environment variables, so each has its own Redis pool, registry snapshot and
+refresh task. Uvicorn's default of no ``limit_max_requests`` means workers are never
+recycled under load (``feast serve`` restarts its worker every ~1000 requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import handlers
+from service.backends import open_feature_store, open_redis, open_sync_redis, resolve_redis_url
+from service.catalog import Catalog
+from service.deps import ServiceState
+from service.errors import BackendUnavailableError
+from service.jobs import JobManager
+from service.limits import BodyLimitMiddleware
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import materialize, online, ops, registry, writes
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """
+Feature server for a Feast repo. `/get-online-features`, `/push`,
+`/write-to-online-store`, `/materialize` and `/materialize-incremental` accept
+the same JSON as `feast serve` (Feast 0.67), so Feast HTTP clients work unchanged;
+statuses are right where Feast's are not (`NOT_FOUND` for missing entities,
+`OUTSIDE_MAX_AGE` past the view TTL). Every error is
+`{"error": {"type", "message", ...}}`.
+"""
+
+
+def _include_training(app: FastAPI) -> None:
+    # The training router belongs to the offline layer's owner; mount it when present.
+    if importlib.util.find_spec("service.routes.training") is None:
+        return
+    training = importlib.import_module("service.routes.training")
+    app.include_router(training.router)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: service settings; ``None`` reads them from ``FEATURESTORE_*``.
+
+    Returns:
+        The FastAPI app. Backends are opened by its lifespan; ``app.state.feature_store``
+        (a :class:`feast.FeatureStore` for the repo) is available right away.
+    """
+    settings = settings or Settings()
+    store = open_feature_store(settings)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = await asyncio.to_thread(resolve_redis_url, settings, store.config)
+        client = open_redis(url, settings)
+        sync_client = open_sync_redis(url, settings)
+        catalog = Catalog(store, refresh_seconds=settings.registry_refresh_seconds)
+        metrics.bind(catalog)
+        try:
+            await asyncio.to_thread(catalog.reload)
+        except BackendUnavailableError as exc:
+            # Start anyway: /ready says why, and the refresh loop keeps trying.
+            log.warning("starting without a registry snapshot: %s", exc.message)
+        jobs = JobManager(
+            store=store,
+            async_client=client,
+            sync_client=sync_client,
+            max_jobs=settings.materialize_max_jobs,
+        )
+        app.state.services = ServiceState(
+            settings=settings,
+            store=store,
+            catalog=catalog,
+            redis=client,
+            redis_sync=sync_client,
+            redis_url=url,
+            metrics=metrics,
+            jobs=jobs,
+        )
+        refresher = asyncio.create_task(catalog.refresh_forever(), name="registry-refresh")
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            jobs.shutdown()
+            await client.aclose()
+            sync_client.close()
+
+    app = FastAPI(
+        title="featurestore",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.feature_store = store
+    app.state.settings = settings
+    app.state.metrics = metrics
+    handlers.install(app)
+    app.include_router(online.router)
+    app.include_router(writes.router)
+    app.include_router(materialize.router)
+    app.include_router(registry.router)
+    app.include_router(ops.router)
+    _include_training(app)
+    # Added last = outermost: metrics see every response, including 413s.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

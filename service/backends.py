@@ -1,0 +1,150 @@
+"""Opening the backends the service talks to: the Feast store (registry) and Redis.
+
+Kept apart from ``app.py`` so tests and the benchmark can open the same things the
+service does, and so the rules for defaults (embedded Redis, SQLite registry) live
+in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import redis
+import redis.asyncio as aioredis
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from online_store.connection import parse_connection_string, resolve_target
+from service.errors import FeatureStoreError
+from service.settings import Settings
+
+_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    # Same contract as os.path.expandvars (unknown variables stay as written) but with
+    # an explicit mapping, so settings override the environment without mutating it.
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(sub, text)
+
+
+def load_repo_config(settings: Settings) -> RepoConfig:
+    """Read ``feature_store.yaml`` with the registry URL from ``settings``.
+
+    Args:
+        settings: service settings (``repo_path``, ``registry_url``, ``redis_url``).
+
+    Returns:
+        The Feast repo config, with ``repo_path`` set.
+
+    Raises:
+        FeatureStoreError: the repo or its ``feature_store.yaml`` is missing or invalid.
+    """
+    repo = settings.resolved_repo_path()
+    yaml_path = repo / "feature_store.yaml"
+    if not yaml_path.is_file():
+        raise FeatureStoreError(
+            f"no feature_store.yaml in {repo}; pass --repo (FEATURESTORE_REPO_PATH) "
+            "pointing at a Feast repo"
+        )
+    env = dict(os.environ)
+    env["FEATURESTORE_REGISTRY_URL"] = settings.resolved_registry_url()
+    if settings.redis_url:
+        env["FEATURESTORE_REDIS_URL"] = settings.redis_url
+    raw: dict[str, Any] = yaml.safe_load(_expand(yaml_path.read_text(), env))
+    try:
+        config = RepoConfig(**raw)
+    except Exception as exc:  # pydantic errors from Feast's own config classes
+        raise FeatureStoreError(f"invalid {yaml_path}: {exc}") from exc
+    config.repo_path = repo
+    return config
+
+
+def open_feature_store(settings: Settings) -> FeatureStore:
+    """A :class:`feast.FeatureStore` for the repo in ``settings``."""
+    config = load_repo_config(settings)
+    return FeatureStore(repo_path=str(settings.resolved_repo_path()), config=config)
+
+
+def _as_url(target: str) -> str:
+    """A ``redis://`` URL for a URL or Feast connection string (``host:port,db=0,...``)."""
+    if "://" in target:
+        return target
+    nodes, params = parse_connection_string(target)
+    node = nodes[0] if nodes else {"host": "localhost", "port": 6379}
+    scheme = "rediss" if params.get("ssl") in (True, "true") else "redis"
+    auth = ""
+    if "password" in params:
+        user = quote(str(params.get("username", "")), safe="")
+        auth = f"{user}:{quote(str(params['password']), safe='')}@"
+    return f"{scheme}://{auth}{node['host']}:{node['port']}/{params.get('db', 0)}"
+
+
+def resolve_redis_url(settings: Settings, config: RepoConfig) -> str:
+    """Which Redis to use: the same one the online store plugin writes to.
+
+    Order, as ``online_store.connection.resolve_target``: the repo's
+    ``online_store.connection_string``; else ``FEATURESTORE_REDIS_URL``
+    (``settings.redis_url``); else the embedded server under ``<repo>/data/redis``
+    (reused if another process runs it; started and stopped at exit otherwise).
+
+    Args:
+        settings: service settings.
+        config: the repo config.
+
+    Returns:
+        A ``redis://`` URL.
+
+    Raises:
+        BackendUnavailableError: the embedded Redis cannot be started.
+    """
+    connection_string = getattr(config.online_store, "connection_string", None)
+    if connection_string and "connection_string" in config.online_store.model_fields_set:
+        return _as_url(str(connection_string))
+    if settings.redis_url:
+        return _as_url(settings.redis_url)
+    repo = Path(config.repo_path or settings.resolved_repo_path())
+    return resolve_target(None, repo)
+
+
+def open_redis(url: str, settings: Settings) -> aioredis.Redis:
+    """An asyncio Redis client with a bounded, blocking connection pool.
+
+    A blocking pool makes bursts wait for a free connection (up to the Redis timeout)
+    instead of failing, and caps the connections one worker opens.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def open_sync_redis(url: str, settings: Settings) -> redis.Redis:
+    """A blocking Redis client for work done in threads (writes, job bookkeeping)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=max(settings.redis_timeout_seconds, 10.0),
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+
+
+__all__ = [
+    "load_repo_config",
+    "open_feature_store",
+    "open_redis",
+    "open_sync_redis",
+    "resolve_redis_url",
+]

@@ -1,0 +1,282 @@
+"""The registry as the service sees it: an immutable snapshot, refreshed in the background.
+
+Request handlers never parse the registry. A background task re-reads it every
+``registry_refresh_seconds`` (in a worker thread: the SQL registry is blocking),
+fingerprints the result and, only when something changed, swaps in a new
+:class:`RegistrySnapshot`. Compiled read plans hang off the snapshot, so a swap
+drops them all at once and a ``feast apply`` shows up without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from threading import Lock
+from typing import Any, Generic, TypeVar
+
+from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
+from feast.data_source import PushSource
+from feast.value_type import ValueType
+
+from service.errors import (
+    BackendUnavailableError,
+    FeatureServiceNotFoundError,
+    FeatureViewNotFoundError,
+    NotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_PLAN_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureInfo:
+    """One feature column of a view."""
+
+    name: str
+    value_type: ValueType
+    dtype: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInfo:
+    """What the hot path needs about a batch feature view, precomputed."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    join_key_types: tuple[ValueType, ...]
+    features: dict[str, FeatureInfo]
+    ttl_seconds: int
+    view: FeatureView
+
+
+class PlanCache(Generic[T]):
+    """A small thread-safe LRU: callers may send any feature list, so it must be bounded."""
+
+    def __init__(self, size: int = _PLAN_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, T] = OrderedDict()
+        self._lock = Lock()
+
+    def get_or_build(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The cached value for ``key``, building (outside the lock) on a miss."""
+        item = self._items.get(key)
+        if item is not None:
+            return item
+        built = build()
+        with self._lock:
+            self._items[key] = built
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return built
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _view_info(view: FeatureView) -> ViewInfo:
+    entity_columns = list(view.entity_columns)
+    features = {
+        f.name: FeatureInfo(f.name, f.dtype.to_value_type(), str(f.dtype)) for f in view.features
+    }
+    ttl = int(view.ttl.total_seconds()) if view.ttl else 0
+    return ViewInfo(
+        name=view.name,
+        join_keys=tuple(c.name for c in entity_columns),
+        join_key_types=tuple(c.dtype.to_value_type() for c in entity_columns),
+        features=features,
+        ttl_seconds=ttl,
+        view=view,
+    )
+
+
+@dataclass(slots=True)
+class RegistrySnapshot:
+    """Everything the registry held at one refresh, indexed by name."""
+
+    project: str
+    fingerprint: str
+    loaded_at: datetime
+    entities: dict[str, Entity]
+    views: dict[str, ViewInfo]
+    on_demand_views: dict[str, OnDemandFeatureView]
+    feature_services: dict[str, FeatureService]
+    push_sources: dict[str, list[str]]
+    plans: PlanCache[Any] = field(default_factory=PlanCache)
+
+    def view(self, name: str) -> ViewInfo:
+        """The batch feature view ``name``.
+
+        Raises:
+            FeatureViewNotFoundError: no such view in the project.
+        """
+        try:
+            return self.views[name]
+        except KeyError:
+            raise FeatureViewNotFoundError(
+                f"feature view {name!r} not in project {self.project!r}; known views: "
+                f"{sorted(self.views)}; run `feast apply` in the repo if it is new",
+                feature_view=name,
+            ) from None
+
+    def feature_service(self, name: str) -> FeatureService:
+        """The feature service ``name``.
+
+        Raises:
+            FeatureServiceNotFoundError: no such service in the project.
+        """
+        try:
+            return self.feature_services[name]
+        except KeyError:
+            raise FeatureServiceNotFoundError(
+                f"feature service {name!r} not in project {self.project!r}; known services: "
+                f"{sorted(self.feature_services)}",
+                feature_service=name,
+            ) from None
+
+    def entity(self, name: str) -> Entity:
+        """The entity ``name``.
+
+        Raises:
+            NotFoundError: no such entity in the project.
+        """
+        try:
+            return self.entities[name]
+        except KeyError:
+            raise NotFoundError(
+                f"entity {name!r} not in project {self.project!r}; known entities: "
+                f"{sorted(self.entities)}",
+                entity=name,
+            ) from None
+
+
+def load_snapshot(store: FeatureStore, *, previous: RegistrySnapshot | None) -> RegistrySnapshot:
+    """Re-read the registry (blocking) and return a snapshot.
+
+    Args:
+        store: the Feast store whose registry to read.
+        previous: the current snapshot; returned as is when nothing changed, so its
+            compiled plans survive.
+
+    Returns:
+        A snapshot of the registry now.
+    """
+    registry = store.registry
+    store.refresh_registry()
+    proto = getattr(registry, "cached_registry_proto", None)
+    if proto is not None:
+        fingerprint = hashlib.blake2b(
+            proto.SerializeToString(deterministic=True), digest_size=16
+        ).hexdigest()
+    else:  # registries without a cached proto: rebuild every time
+        fingerprint = f"t{time.time_ns()}"
+    now = datetime.now(UTC)
+    if previous is not None and previous.fingerprint == fingerprint:
+        previous.loaded_at = now
+        return previous
+    project = store.project
+    views = registry.list_feature_views(project, allow_cache=True)
+    push_sources: dict[str, list[str]] = {}
+    for view in views:
+        source = view.stream_source
+        if isinstance(source, PushSource):
+            push_sources.setdefault(source.name, []).append(view.name)
+    for source in registry.list_data_sources(project, allow_cache=True):
+        if isinstance(source, PushSource):
+            push_sources.setdefault(source.name, [])
+    return RegistrySnapshot(
+        project=project,
+        fingerprint=fingerprint,
+        loaded_at=now,
+        entities={e.name: e for e in registry.list_entities(project, allow_cache=True)},
+        views={v.name: _view_info(v) for v in views},
+        on_demand_views={
+            v.name: v for v in registry.list_on_demand_feature_views(project, allow_cache=True)
+        },
+        feature_services={
+            s.name: s for s in registry.list_feature_services(project, allow_cache=True)
+        },
+        push_sources=push_sources,
+    )
+
+
+class Catalog:
+    """Holds the current :class:`RegistrySnapshot` and refreshes it in the background.
+
+    Args:
+        store: the Feast store.
+        refresh_seconds: interval between background refreshes.
+    """
+
+    def __init__(self, store: FeatureStore, *, refresh_seconds: float) -> None:
+        self.store = store
+        self.refresh_seconds = refresh_seconds
+        self._snapshot: RegistrySnapshot | None = None
+        self.last_success_monotonic: float | None = None
+        self.last_error: str | None = None
+        self._listeners: list[Callable[[RegistrySnapshot], None]] = []
+
+    @property
+    def snapshot(self) -> RegistrySnapshot:
+        """The current snapshot.
+
+        Raises:
+            BackendUnavailableError: the registry was never read successfully.
+        """
+        if self._snapshot is None:
+            raise BackendUnavailableError(
+                f"the registry has not been loaded yet: {self.last_error or 'starting up'}; "
+                "check FEATURESTORE_REGISTRY_URL and that `feast apply` has run"
+            )
+        return self._snapshot
+
+    def on_change(self, listener: Callable[[RegistrySnapshot], None]) -> None:
+        """Call ``listener`` with every new snapshot (e.g. to update metrics)."""
+        self._listeners.append(listener)
+
+    def age_seconds(self) -> float:
+        """Seconds since the last successful refresh (inf when never)."""
+        if self.last_success_monotonic is None:
+            return float("inf")
+        return time.monotonic() - self.last_success_monotonic
+
+    def reload(self) -> RegistrySnapshot:
+        """Refresh now (blocking; call from a worker thread in async code).
+
+        Raises:
+            BackendUnavailableError: the registry could not be read.
+        """
+        try:
+            snapshot = load_snapshot(self.store, previous=self._snapshot)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise BackendUnavailableError(
+                f"cannot read the registry: {self.last_error}", backend="registry"
+            ) from exc
+        changed = snapshot is not self._snapshot
+        self._snapshot = snapshot
+        self.last_success_monotonic = time.monotonic()
+        self.last_error = None
+        if changed:
+            log.info("registry snapshot %s loaded", snapshot.fingerprint[:8])
+            for listener in self._listeners:
+                listener(snapshot)
+        return snapshot
+
+    async def refresh_forever(self) -> None:
+        """Background loop: refresh every ``refresh_seconds`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await asyncio.to_thread(self.reload)
+            except BackendUnavailableError as exc:
+                # Keep serving the last good snapshot; /ready reports the failure.
+                log.warning("registry refresh failed: %s", exc.message)

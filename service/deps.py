@@ -1,0 +1,81 @@
+"""Request-scoped access to the app's long-lived objects, as ``Annotated`` aliases.
+
+Routers declare what they need (``snapshot: SnapshotDep``) and never reach into
+``app.state`` themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from feast import FeatureStore
+from redis import Redis as SyncRedis
+
+from service.catalog import Catalog, RegistrySnapshot
+from service.jobs import JobManager
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """Everything the lifespan opens; one per worker process."""
+
+    settings: Settings
+    store: FeatureStore
+    catalog: Catalog
+    redis: aioredis.Redis
+    redis_sync: SyncRedis
+    redis_url: str
+    metrics: Metrics
+    jobs: JobManager
+
+
+def get_state(request: Request) -> ServiceState:
+    """The worker's :class:`ServiceState` (set by the lifespan)."""
+    state: ServiceState = request.app.state.services
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_catalog(state: StateDep) -> Catalog:
+    return state.catalog
+
+
+def get_snapshot(state: StateDep) -> RegistrySnapshot:
+    """The current registry snapshot (503 if the registry was never read)."""
+    return state.catalog.snapshot
+
+
+def get_redis(state: StateDep) -> aioredis.Redis:
+    return state.redis
+
+
+def get_metrics(state: StateDep) -> Metrics:
+    return state.metrics
+
+
+def get_jobs(state: StateDep) -> JobManager:
+    return state.jobs
+
+
+def get_store(state: StateDep) -> FeatureStore:
+    return state.store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+SnapshotDep = Annotated[RegistrySnapshot, Depends(get_snapshot)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+StoreDep = Annotated[FeatureStore, Depends(get_store)]

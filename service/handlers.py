@@ -1,0 +1,98 @@
+"""The one place where errors become HTTP responses.
+
+Every error leaves the service as ``{"error": {"type", "message", ...details}}``
+with the status code of its class in :mod:`service.errors`. Request validation
+errors (malformed JSON, wrong field types) are the same shape with 422, unknown
+routes 404/405, and anything unexpected is logged and answered with a generic 500
+that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.errors import FeatureStoreError
+
+log = logging.getLogger(__name__)
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def json_error(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON error response (serialised once: never double-encoded)."""
+    return Response(
+        orjson.dumps({"error": body}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _validation_body(errors: list[Any]) -> dict[str, Any]:
+    problems = []
+    for err in errors:
+        loc = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(
+            {"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        )
+    summary = "; ".join(f"{p['loc'] or 'body'}: {p['msg']}" for p in problems[:5])
+    return {
+        "type": "validation_error",
+        "message": f"invalid request: {summary}; see /docs for the request schema",
+        "errors": problems,
+    }
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """Map any exception to the JSON error shape.
+
+    Args:
+        request: the request that failed.
+        exc: what was raised.
+
+    Returns:
+        The JSON error response.
+    """
+    if isinstance(exc, FeatureStoreError):
+        if exc.status_code >= 500:
+            log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status_code, exc)
+        return json_error(exc.status_code, exc.to_dict())
+    if isinstance(exc, RequestValidationError):
+        return json_error(422, _validation_body(list(exc.errors())))
+    if isinstance(exc, StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no route {request.method} {request.url.path}; see /docs for the API"
+        body = {"type": _HTTP_TYPES.get(exc.status_code, "http_error"), "message": detail}
+        return json_error(exc.status_code, body, headers=dict(exc.headers or {}))
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_error(
+        500,
+        {"type": "internal_error", "message": "internal server error; see the server log"},
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Route every error class through :func:`handle_error`."""
+    for exc_class in (
+        FeatureStoreError,
+        RequestValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(exc_class, handle_error)

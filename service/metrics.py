@@ -1,0 +1,162 @@
+"""Prometheus metrics and the ASGI middleware that records them.
+
+Each app has its own :class:`CollectorRegistry` (tests build many apps in one
+process). With ``--workers N`` each worker process exports its own counters;
+Prometheus sums them across scrapes of the instances as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.catalog import Catalog
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+_REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+
+class _FreshnessCollector(Collector):
+    """Per-view freshness computed at scrape time from the registry snapshot."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        freshness = GaugeMetricFamily(
+            "featurestore_feature_view_freshness_seconds",
+            "Now minus the newest event time known to be in the online store for the view "
+            "(end of the latest materialized interval, or the newest pushed event).",
+            labels=["feature_view"],
+        )
+        catalog = self._metrics.catalog
+        snapshot = catalog._snapshot if catalog is not None else None
+        if snapshot is not None:
+            now = datetime.now(UTC)
+            for name, info in snapshot.views.items():
+                newest = max((end for _, end in info.view.materialization_intervals), default=None)
+                pushed = self._metrics.pushed_event_times.get(name)
+                if pushed is not None and (newest is None or pushed > newest):
+                    newest = pushed
+                if newest is not None:
+                    if newest.tzinfo is None:
+                        newest = newest.replace(tzinfo=UTC)
+                    freshness.add_metric([name], (now - newest).total_seconds())
+        yield freshness
+
+
+class Metrics:
+    """The service's metrics, registered on a private registry.
+
+    The catalog (source of registry age and per-view freshness) is attached by the
+    lifespan with :meth:`bind`, after the middleware already holds this object.
+    """
+
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "featurestore_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "featurestore_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_latency = Histogram(
+            "featurestore_redis_call_duration_seconds",
+            "Latency of Redis calls (one pipelined round trip each) by operation.",
+            ["operation"],
+            buckets=_REDIS_BUCKETS,
+            registry=self.registry,
+        )
+        registry_age = Gauge(
+            "featurestore_registry_age_seconds",
+            "Seconds since the registry was last read successfully.",
+            registry=self.registry,
+        )
+        registry_age.set_function(
+            lambda: self.catalog.age_seconds() if self.catalog is not None else float("inf")
+        )
+        self.pushed_event_times: dict[str, datetime] = {}
+        self.registry.register(_FreshnessCollector(self))
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._redis_children: dict[str, Any] = {}
+
+    def bind(self, catalog: Catalog) -> None:
+        """Report registry age and freshness from ``catalog``."""
+        self.catalog = catalog
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and record its latency."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (route, method, str(status))
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def redis_observer(self, operation: str) -> Callable[[float], None]:
+        """A callback recording Redis call durations for ``operation``."""
+        child = self._redis_children.get(operation)
+        if child is None:
+            child = self._redis_children[operation] = self.redis_latency.labels(operation)
+        return child.observe  # type: ignore[no-any-return]
+
+    def note_pushed(self, view: str, newest: datetime) -> None:
+        """Remember the newest event time written to ``view`` by this process."""
+        current = self.pushed_event_times.get(view)
+        if current is None or newest > current:
+            self.pushed_event_times[view] = newest
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request task like ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # Route templates (not raw paths) keep label cardinality bounded.
+            path = getattr(route, "path", None) or "<unmatched>"
+            self.metrics.observe_request(
+                path, scope["method"], status, time.perf_counter() - started
+            )

@@ -1,0 +1,450 @@
+"""Online lookups: compile a feature set once, then answer each request in one Redis trip.
+
+A request names a feature set (a list of refs or a feature service, plus
+``full_feature_names``). The first request for a set compiles an
+:class:`OnlinePlan`: which views and features to read (including the inputs of
+on-demand views), the read plan of ``online_store.reader`` (keys, field hashes,
+decoders), the response columns and their JSON encoders. The plan is cached on the
+registry snapshot, so later requests only validate entities, run one pipelined
+read and serialise with orjson.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import redis.asyncio as aioredis
+from feast import OnDemandFeatureView
+from feast.value_type import ValueType
+from redis.exceptions import RedisError
+
+from online_store.reader import ReadPlan, ReadResult, ViewReadSpec
+from service.catalog import RegistrySnapshot
+from service.errors import (
+    BackendUnavailableError,
+    FeatureNotFoundError,
+    FeatureViewNotFoundError,
+    InvalidEntityError,
+    InvalidRequestError,
+    RequestTooLargeError,
+)
+
+EPOCH = "1970-01-01T00:00:00Z"
+_INF = (math.inf, -math.inf)
+
+Encoder = Callable[[list[Any]], list[Any]]
+
+
+@lru_cache(maxsize=65536)
+def format_timestamp(ts: datetime) -> str:
+    """RFC 3339 with ``Z``, with the adaptive precision Feast's JSON uses.
+
+    Args:
+        ts: an aware UTC datetime.
+
+    Returns:
+        e.g. ``2026-11-26T09:00:00Z``, ``...:00.250Z`` or ``...:00.250001Z``.
+    """
+    base = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    micros = ts.microsecond
+    if micros == 0:
+        return base + "Z"
+    if micros % 1000 == 0:
+        return f"{base}.{micros // 1000:03d}Z"
+    return f"{base}.{micros:06d}Z"
+
+
+def _float_json(v: Any) -> Any:
+    # JSON has no NaN/Infinity; Feast answers with protobuf-JSON strings for them.
+    if v is None or (v == v and v not in _INF):
+        return v
+    if v != v:
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def _encode_floats(values: list[Any]) -> list[Any]:
+    for v in values:
+        if v is not None and (v != v or v in _INF):
+            return [_float_json(x) for x in values]
+    return values
+
+
+def _encode_float_lists(values: list[Any]) -> list[Any]:
+    return [None if v is None else _encode_floats(v) for v in values]
+
+
+def _b64(v: bytes) -> str:
+    return base64.b64encode(v).decode("ascii")
+
+
+def _encode_bytes(values: list[Any]) -> list[Any]:
+    return [None if v is None else _b64(v) for v in values]
+
+
+def _encode_bytes_lists(values: list[Any]) -> list[Any]:
+    return [None if v is None else [_b64(x) for x in v] for v in values]
+
+
+_ENCODERS: dict[ValueType, Encoder] = {
+    ValueType.FLOAT: _encode_floats,
+    ValueType.DOUBLE: _encode_floats,
+    ValueType.FLOAT_LIST: _encode_float_lists,
+    ValueType.DOUBLE_LIST: _encode_float_lists,
+    ValueType.BYTES: _encode_bytes,
+    ValueType.BYTES_LIST: _encode_bytes_lists,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """One response column: where its values come from and how they become JSON."""
+
+    name: str
+    key: str  # "view:feature" in the read result, or the ODFV's transformed column name
+    from_odfv: bool
+    encoder: Encoder | None
+
+
+@dataclass(frozen=True, slots=True)
+class OdfvStep:
+    """An on-demand view to run after the read."""
+
+    view: OnDemandFeatureView
+    inputs: tuple[tuple[str, str, ValueType], ...]  # (input column, read key, type)
+    request_fields: tuple[str, ...]
+    outputs: tuple[tuple[str, str], ...]  # (transformed column, response column key)
+
+
+@dataclass(frozen=True, slots=True)
+class OnlinePlan:
+    """A compiled feature set: everything a request needs except the entity values."""
+
+    join_keys: frozenset[str]
+    request_fields: frozenset[str]
+    read_plan: ReadPlan
+    outputs: tuple[OutputColumn, ...]
+    odfvs: tuple[OdfvStep, ...]
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    view, sep, feature = ref.partition(":")
+    if not sep or not view or not feature or ":" in feature or "@" in view:
+        raise InvalidRequestError(
+            f'feature reference {ref!r} is malformed; write it as "<feature_view>:<feature>", '
+            'e.g. "driver_hourly_stats:conv_rate"',
+            feature=ref,
+        )
+    return view, feature
+
+
+def _refs_of_service(snapshot: RegistrySnapshot, name: str) -> list[tuple[str, str, str]]:
+    service = snapshot.feature_service(name)
+    refs = []
+    for projection in service.feature_view_projections:
+        shown = projection.name_alias or projection.name
+        for feature in projection.features:
+            refs.append((projection.name, shown, feature.name))
+    return refs
+
+
+def compile_plan(
+    snapshot: RegistrySnapshot,
+    *,
+    features: Sequence[str],
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> OnlinePlan:
+    """Resolve a feature set against the registry snapshot.
+
+    Args:
+        snapshot: the registry snapshot.
+        features: ``view:feature`` refs (ignored when ``feature_service`` is given).
+        feature_service: a feature service name.
+        full_feature_names: name columns ``view__feature``.
+
+    Returns:
+        The compiled plan.
+
+    Raises:
+        InvalidRequestError: malformed refs or colliding names.
+        FeatureViewNotFoundError, FeatureNotFoundError, FeatureServiceNotFoundError:
+            a name the registry does not know.
+    """
+    if feature_service is not None:
+        refs = _refs_of_service(snapshot, feature_service)
+    else:
+        refs = [(v, v, f) for v, f in map(_split_ref, features)]
+
+    read_features: dict[str, list[str]] = {}  # view -> features to read, in order
+
+    def need(view: str, feature: str) -> None:
+        wanted = read_features.setdefault(view, [])
+        if feature not in wanted:
+            wanted.append(feature)
+
+    outputs: list[OutputColumn] = []
+    odfv_outputs: dict[str, list[tuple[str, str]]] = {}
+    for view_name, shown, feature in refs:
+        column = f"{shown}__{feature}" if full_feature_names else feature
+        if view_name in snapshot.views:
+            info = snapshot.views[view_name]
+            if feature not in info.features:
+                raise FeatureNotFoundError(
+                    f"feature {feature!r} not in feature view {view_name!r}; it has "
+                    f"{list(info.features)}",
+                    feature=f"{view_name}:{feature}",
+                )
+            need(view_name, feature)
+            encoder = _ENCODERS.get(info.features[feature].value_type)
+            outputs.append(OutputColumn(column, f"{view_name}:{feature}", False, encoder))
+        elif view_name in snapshot.on_demand_views:
+            odfv = snapshot.on_demand_views[view_name]
+            by_name = {f.name: f for f in odfv.features}
+            if feature not in by_name:
+                raise FeatureNotFoundError(
+                    f"feature {feature!r} not in on-demand feature view {view_name!r}; it has "
+                    f"{list(by_name)}",
+                    feature=f"{view_name}:{feature}",
+                )
+            transformed = (
+                f"{odfv.projection.name_to_use()}__{feature}" if full_feature_names else feature
+            )
+            odfv_outputs.setdefault(view_name, []).append((transformed, column))
+            encoder = _ENCODERS.get(by_name[feature].dtype.to_value_type())
+            outputs.append(OutputColumn(column, column, True, encoder))
+        else:
+            raise FeatureViewNotFoundError(
+                f"feature view {view_name!r} (from {view_name}:{feature}) not in project "
+                f"{snapshot.project!r}; known views: "
+                f"{sorted([*snapshot.views, *snapshot.on_demand_views])}",
+                feature_view=view_name,
+            )
+
+    seen: dict[str, int] = {}
+    for out in outputs:
+        seen[out.name] = seen.get(out.name, 0) + 1
+    collisions = sorted(name for name, n in seen.items() if n > 1)
+    if collisions:
+        raise InvalidRequestError(
+            f"feature names collide in the response: {collisions}; set "
+            '"full_feature_names": true or request each feature once',
+            collisions=collisions,
+        )
+
+    steps: list[OdfvStep] = []
+    request_fields: set[str] = set()
+    for odfv_name, outs in odfv_outputs.items():
+        odfv = snapshot.on_demand_views[odfv_name]
+        if odfv.write_to_online_store:
+            raise InvalidRequestError(
+                f"on-demand feature view {odfv_name!r} has write_to_online_store=True, which "
+                "this server does not read yet; request its source features instead"
+            )
+        inputs: list[tuple[str, str, ValueType]] = []
+        for projection in odfv.source_feature_view_projections.values():
+            info = snapshot.view(projection.name)
+            for f in projection.features:
+                need(projection.name, f.name)
+                inputs.append(
+                    (f"{projection.name}__{f.name}", f"{projection.name}:{f.name}",
+                     info.features[f.name].value_type)
+                )  # fmt: skip
+        fields = tuple(odfv.get_request_data_schema())
+        request_fields.update(fields)
+        steps.append(OdfvStep(odfv, tuple(inputs), fields, tuple(outs)))
+
+    specs = []
+    join_keys: set[str] = set()
+    for view_name, feats in read_features.items():
+        info = snapshot.views[view_name]
+        join_keys.update(info.join_keys)
+        specs.append(
+            ViewReadSpec(
+                name=view_name,
+                join_keys=info.join_keys,
+                join_key_types=info.join_key_types,
+                features=tuple(feats),
+                ttl_seconds=info.ttl_seconds,
+            )
+        )
+    return OnlinePlan(
+        join_keys=frozenset(join_keys),
+        request_fields=frozenset(request_fields),
+        read_plan=ReadPlan.compile(snapshot.project, specs),
+        outputs=tuple(outputs),
+        odfvs=tuple(steps),
+    )
+
+
+def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: int) -> int:
+    """Validate the shape of ``entities`` against a plan.
+
+    Returns:
+        The number of entity rows.
+
+    Raises:
+        InvalidEntityError: missing join keys or request data, ragged columns.
+        RequestTooLargeError: more rows than ``max_rows``.
+    """
+    missing = sorted(plan.join_keys - entities.keys())
+    if missing:
+        raise InvalidEntityError(
+            f"missing join key(s) {missing} in entities; the requested features are keyed by "
+            f"{sorted(plan.join_keys)}; add a list of values for each",
+            missing=missing,
+        )
+    missing = sorted(plan.request_fields - entities.keys())
+    if missing:
+        raise InvalidEntityError(
+            f"missing request data {missing} for the requested on-demand features; pass them "
+            "in entities alongside the join keys, one value per row",
+            missing=missing,
+        )
+    lengths = {
+        k: len(v) for k, v in entities.items() if k in plan.join_keys or k in plan.request_fields
+    }
+    n = next(iter(lengths.values()), 0)
+    if any(length != n for length in lengths.values()):
+        raise InvalidEntityError(
+            f"entity columns have different lengths {lengths}; give every join key and "
+            "request field one value per entity row",
+            lengths=lengths,
+        )
+    if n > max_rows:
+        raise RequestTooLargeError(
+            f"{n} entity rows in one request; the limit is {max_rows} "
+            "(FEATURESTORE_MAX_ENTITIES_PER_REQUEST); split the request",
+            limit=max_rows,
+        )
+    return n
+
+
+def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
+    # Feast hands on-demand transforms Python values: timestamps as datetimes.
+    if value_type == ValueType.UNIX_TIMESTAMP and isinstance(value, int):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return value
+
+
+def run_odfv(
+    step: OdfvStep,
+    entities: Mapping[str, Sequence[Any]],
+    result: ReadResult,
+    *,
+    full_feature_names: bool,
+) -> dict[str, list[Any]]:
+    """Run one on-demand view on the read result, as Feast's online path does.
+
+    Returns:
+        Response column key -> values.
+
+    Raises:
+        InvalidRequestError: the transformation failed on this input (e.g. wrong
+            request data types).
+    """
+    odfv = step.view
+    columns: dict[str, list[Any]] = {}
+    for entity in odfv.entity_columns:
+        if entity.name in entities:
+            columns[entity.name] = list(entities[entity.name])
+    for name in step.request_fields:
+        columns[name] = list(entities[name])
+    for column, key, value_type in step.inputs:
+        values = result.columns[key].values
+        if value_type == ValueType.UNIX_TIMESTAMP:
+            values = [_odfv_input_value(v, value_type) for v in values]
+        columns[column] = list(values)
+    try:
+        if odfv.mode == "python":
+            out_dict = odfv.transform_dict(columns)
+            return {resp: list(out_dict[t]) for t, resp in step.outputs}
+        table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
+        return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
+    except (pa.ArrowException, TypeError, ValueError, KeyError) as exc:
+        raise InvalidRequestError(
+            f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
+            f"request data types against its request source schema "
+            f"{ {k: v.name for k, v in odfv.get_request_data_schema().items()} }",
+            feature_view=odfv.name,
+        ) from exc
+
+
+async def read_online(
+    plan: OnlinePlan,
+    client: aioredis.Redis,
+    entities: Mapping[str, Sequence[Any]],
+    *,
+    full_feature_names: bool,
+    observe_redis: Callable[[float], None] | None = None,
+) -> bytes:
+    """Answer one request with a compiled plan: one Redis round trip, then JSON bytes.
+
+    Args:
+        plan: the compiled feature set.
+        client: asyncio Redis client.
+        entities: the request's entities (already checked by :func:`check_entities`).
+        full_feature_names: as requested (on-demand output naming).
+        observe_redis: called with the Redis call duration in seconds.
+
+    Returns:
+        The response body, Feast's JSON.
+
+    Raises:
+        InvalidEntityError: a join key value of the wrong type.
+        BackendUnavailableError: Redis failed or timed out.
+    """
+    keys = {k: v for k, v in entities.items() if k in plan.join_keys}
+    started = time.perf_counter()
+    try:
+        result = await plan.read_plan.read_async(client, keys)
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise BackendUnavailableError(
+            f"Redis read failed: {type(exc).__name__}: {exc}", backend="redis"
+        ) from exc
+    finally:
+        if observe_redis is not None:
+            observe_redis(time.perf_counter() - started)
+
+    n = len(next(iter(keys.values()), ()))
+    names: list[str] = []
+    results: list[dict[str, Any]] = []
+    if keys:
+        epochs = [EPOCH] * n
+        present = ["PRESENT"] * n
+        for key, values in entities.items():
+            if key in plan.join_keys:
+                names.append(key)
+                results.append({"values": values, "statuses": present, "event_timestamps": epochs})
+    odfv_values: dict[str, list[Any]] = {}
+    for step in plan.odfvs:
+        odfv_values.update(run_odfv(step, entities, result, full_feature_names=full_feature_names))
+    for out in plan.outputs:
+        names.append(out.name)
+        if out.from_odfv:
+            values = odfv_values[out.key]
+            vector = {
+                "values": out.encoder(values) if out.encoder else values,
+                "statuses": ["PRESENT"] * len(values),
+                "event_timestamps": [EPOCH] * len(values),
+            }
+        else:
+            col = result.columns[out.key]
+            vector = {
+                "values": out.encoder(col.values) if out.encoder else col.values,
+                "statuses": col.statuses,
+                "event_timestamps": [
+                    EPOCH if ts is None else format_timestamp(ts) for ts in col.event_timestamps
+                ],
+            }
+        results.append(vector)
+    return orjson.dumps({"metadata": {"feature_names": names}, "results": results})

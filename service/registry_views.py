@@ -1,0 +1,135 @@
+"""Registry objects as JSON models for the browsing endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from feast import Entity, FeatureService, OnDemandFeatureView
+from feast.data_source import PushSource
+from pydantic import BaseModel, Field
+
+from service.catalog import ViewInfo
+
+
+class Column(BaseModel):
+    name: str
+    dtype: str
+
+
+class EntityOut(BaseModel):
+    name: str
+    join_key: str
+    value_type: str
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+    owner: str = ""
+
+
+class Interval(BaseModel):
+    start: datetime
+    end: datetime
+
+
+class FeatureViewOut(BaseModel):
+    """A batch feature view."""
+
+    name: str
+    entities: list[str]
+    join_keys: list[Column]
+    features: list[Column]
+    ttl_seconds: int = Field(description="0 = values never expire.")
+    online: bool
+    source: str | None
+    push_source: str | None
+    tags: dict[str, str]
+    description: str
+    owner: str
+    materialized_intervals: list[Interval]
+
+
+class OnDemandFeatureViewOut(BaseModel):
+    name: str
+    mode: str
+    source_feature_views: list[str]
+    request_schema: list[Column]
+    features: list[Column]
+    tags: dict[str, str]
+    description: str
+
+
+class ServiceProjection(BaseModel):
+    feature_view: str
+    features: list[str]
+
+
+class FeatureServiceOut(BaseModel):
+    name: str
+    features: list[ServiceProjection]
+    tags: dict[str, str]
+    description: str
+    owner: str
+
+
+def entity_out(entity: Entity) -> EntityOut:
+    """JSON view of an entity."""
+    return EntityOut(
+        name=entity.name,
+        join_key=entity.join_key,
+        value_type=entity.value_type.name,
+        description=entity.description or "",
+        tags=dict(entity.tags or {}),
+        owner=entity.owner or "",
+    )
+
+
+def feature_view_out(info: ViewInfo) -> FeatureViewOut:
+    """JSON view of a batch feature view (schema, TTL, tags, materialized intervals)."""
+    view = info.view
+    stream = view.stream_source
+    return FeatureViewOut(
+        name=view.name,
+        entities=list(view.entities),
+        join_keys=[Column(name=c.name, dtype=str(c.dtype)) for c in view.entity_columns],
+        features=[Column(name=f.name, dtype=f.dtype) for f in info.features.values()],
+        ttl_seconds=info.ttl_seconds,
+        online=view.online,
+        source=view.batch_source.name if view.batch_source is not None else None,
+        push_source=stream.name if isinstance(stream, PushSource) else None,
+        tags=dict(view.tags or {}),
+        description=view.description or "",
+        owner=view.owner or "",
+        materialized_intervals=[
+            Interval(start=start, end=end) for start, end in view.materialization_intervals
+        ],
+    )
+
+
+def on_demand_view_out(view: OnDemandFeatureView) -> OnDemandFeatureViewOut:
+    """JSON view of an on-demand feature view."""
+    return OnDemandFeatureViewOut(
+        name=view.name,
+        mode=str(view.mode),
+        source_feature_views=list(view.source_feature_view_projections),
+        request_schema=[
+            Column(name=name, dtype=vt.name) for name, vt in view.get_request_data_schema().items()
+        ],
+        features=[Column(name=f.name, dtype=str(f.dtype)) for f in view.features],
+        tags=dict(view.tags or {}),
+        description=view.description or "",
+    )
+
+
+def feature_service_out(service: FeatureService) -> FeatureServiceOut:
+    """JSON view of a feature service."""
+    return FeatureServiceOut(
+        name=service.name,
+        features=[
+            ServiceProjection(
+                feature_view=p.name_alias or p.name, features=[f.name for f in p.features]
+            )
+            for p in service.feature_view_projections
+        ],
+        tags=dict(service.tags or {}),
+        description=service.description or "",
+        owner=service.owner or "",
+    )

@@ -1,0 +1,68 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.deps import StateDep
+from service.errors import BackendUnavailableError
+from service.metrics import CONTENT_TYPE
+from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> HealthResponse:
+    """Always 200 while the process runs; use ``/ready`` for backend checks."""
+    return HealthResponse()
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: Redis and the registry are reachable",
+    responses={503: {"model": ErrorResponse}},
+)
+async def ready(state: StateDep) -> ReadyResponse:
+    """200 when Redis answers PING and the registry can be queried; else 503."""
+    timeout = state.settings.redis_timeout_seconds
+    try:
+        await asyncio.wait_for(state.redis.ping(), timeout)  # type: ignore[arg-type]
+        redis_status = "ok"
+    except Exception as exc:
+        redis_status = f"unreachable: {type(exc).__name__}: {exc}"
+    store = state.store
+    try:
+        await asyncio.wait_for(
+            asyncio.to_thread(store.registry.get_project, store.project, allow_cache=False),
+            max(timeout, 5.0),
+        )
+        registry_status = "ok" if state.catalog.last_success_monotonic else "not loaded yet"
+    except Exception as exc:
+        registry_status = f"unreachable: {type(exc).__name__}: {exc}"
+    age = state.catalog.age_seconds()
+    age_value = None if age == float("inf") else round(age, 3)
+    if redis_status != "ok" or registry_status != "ok":
+        raise BackendUnavailableError(
+            f"not ready: redis {redis_status}; registry {registry_status}",
+            redis=redis_status,
+            registry=registry_status,
+            registry_age_seconds=age_value,
+        )
+    return ReadyResponse(
+        status="ready", redis=redis_status, registry=registry_status, registry_age_seconds=age_value
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(state: StateDep) -> Response:
+    """Requests and latency by route and status, Redis latency, registry age, freshness."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

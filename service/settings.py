@@ -1,0 +1,106 @@
+"""Service settings: one pydantic-settings class, read from ``FEATURESTORE_*`` env vars.
+
+The CLI (``featurestore serve``) passes its flags through these variables so that
+every uvicorn worker process builds the same :class:`Settings` in
+``service.app.create_app``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine.
+
+    Args:
+        host: a host name or IP literal as given to ``--host``.
+
+    Returns:
+        True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1).
+    """
+    name = host.strip().strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the HTTP service needs to start.
+
+    Every field maps to ``FEATURESTORE_<FIELD>`` (e.g. ``FEATURESTORE_REDIS_URL``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FEATURESTORE_", extra="ignore")
+
+    repo_path: Path = Field(
+        default=Path("feature_repo"), description="Feast repo holding feature_store.yaml."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to read/write; unset = the repo's online store config, "
+        "else the embedded Redis under <repo>/data/redis.",
+    )
+    registry_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the SQL registry; unset = SQLite under <repo>/data/.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=6566, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    insecure: bool = Field(
+        default=False, description="Allow binding a non-loopback host without auth."
+    )
+    environment: Literal["development", "production"] = "development"
+    registry_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=10,
+        description="How often the registry is re-read in the background (<= 10 s).",
+    )
+    max_entities_per_request: int = Field(default=10_000, ge=1)
+    max_features_per_request: int = Field(default=1_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_push_rows: int = Field(default=100_000, ge=1)
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=1)
+    materialize_max_jobs: int = Field(
+        default=2, ge=1, description="Materialization jobs running at once per worker."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        # Auth lands in a later issue; until then a public bind must be an explicit choice.
+        if not is_loopback(self.host) and not self.insecure:
+            raise ValueError(
+                f"refusing to bind non-loopback host {self.host!r} without authentication; "
+                "bind 127.0.0.1, or pass --insecure (FEATURESTORE_INSECURE=true) if this "
+                "network is trusted"
+            )
+        if self.environment == "production" and (not self.redis_url or not self.registry_url):
+            raise ValueError(
+                "environment=production needs an explicit Redis and registry: set "
+                "FEATURESTORE_REDIS_URL and FEATURESTORE_REGISTRY_URL (the embedded Redis "
+                "and SQLite registry are for development only)"
+            )
+        return self
+
+    def resolved_repo_path(self) -> Path:
+        """The repo path made absolute (workers may not share the parent's cwd assumptions)."""
+        return self.repo_path.expanduser().resolve()
+
+    def resolved_registry_url(self) -> str:
+        """The registry URL to use, defaulting to SQLite under ``<repo>/data/registry.db``."""
+        if self.registry_url:
+            return self.registry_url
+        return f"sqlite:///{self.resolved_repo_path() / 'data' / 'registry.db'}"
