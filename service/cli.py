@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from service import environment
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,6 +45,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; turning
+    # it into SystemExit lets `backends()` stop the embedded Redis it may have started.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with environment.backends(settings.repo_path):
         uvicorn.run(
             "service.app:create_app",

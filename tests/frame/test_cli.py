@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -9,14 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from online_store.embedded import free_port
 from tests.frame.conftest import BIN
 
 
-def _serve(repo: Path, redis_url: str, *args: str) -> subprocess.Popen[str]:
+def _serve(repo: Path, redis_url: str | None, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-    env["FEATURESTORE_REDIS_URL"] = redis_url
+    if redis_url:
+        env["FEATURESTORE_REDIS_URL"] = redis_url
     return subprocess.Popen(
         [str(BIN / "featurestore"), "serve", "--repo", str(repo), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -57,6 +60,24 @@ def test_serve_answers_health(
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_serve_without_redis_url_runs_and_stops_an_embedded_redis(example_repo: Path) -> None:
+    port = free_port()
+    proc = _serve(example_repo, None, "--port", str(port))
+    state = example_repo / "data" / "redis" / "server.json"
+    try:
+        assert _wait_health(port, proc).status_code == 200
+        assert state.exists()
+        url = json.loads(state.read_text())["url"]
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert not state.exists()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
 
 
 def test_env_prints_the_sqlite_default(example_repo: Path) -> None:
