@@ -67,6 +67,46 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.repo), rows=args.rows)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from service.auth import KeyStore, Scope, upgrade
+    from service.errors import FeatureStoreError
+
+    url = environment.sqlalchemy_url(environment.registry_url(Path(args.repo)))
+    if url == environment.default_registry_url(Path(args.repo)):
+        environment.data_dir(Path(args.repo)).mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    try:
+        upgrade(engine)
+        store = KeyStore(engine)
+        if args.keys_command == "create":
+            key = store.create(Scope.parse(args.scope), name=args.name)
+            print(key)
+            print("store this key now: it is not shown again", file=sys.stderr)
+        elif args.keys_command == "revoke":
+            store.revoke(args.key_id)
+            print(f"revoked {args.key_id}", file=sys.stderr)
+        else:
+            for info in store.list():
+                state = "revoked" if info.revoked else "active"
+                created = info.created_at.isoformat(timespec="seconds")
+                print(f"{info.key_id}\t{info.scope.name.lower()}\t{state}\t{created}\t{info.name}")
+    except FeatureStoreError as exc:
+        print(f"featurestore keys: {exc.message}", file=sys.stderr)
+        return 1
+    except sa.exc.OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        print(
+            f"featurestore keys: cannot use the registry database {where}: {exc.orig}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _env(args: argparse.Namespace) -> int:
     print("\n".join(environment.export_lines(Path(args.repo))))
     return 0
@@ -99,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repo", default="feature_repo")
     demo.add_argument("--rows", type=int, default=20_000, help="driver-stats rows to generate")
     demo.set_defaults(func=_demo)
+
+    keys = sub.add_parser("keys", help="manage API keys (stored hashed next to the registry)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--scope", choices=["read", "write", "admin"], required=True)
+    create.add_argument("--name", default="", help="a note saying who or what uses the key")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", help="the id part of fsk_<id>_<secret>")
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    for parser_ in (create, revoke, listing):
+        parser_.add_argument("--repo", default="feature_repo")
+    keys.set_defaults(func=_keys)
 
     env = sub.add_parser(
         "env", help="print shell exports so plain `feast` commands use the defaults"

@@ -35,6 +35,13 @@ def registry_url(repo: Path) -> str:
     return os.environ.get(REGISTRY_ENV) or default_registry_url(repo)
 
 
+def sqlalchemy_url(url: str) -> str:
+    """``url`` with a bare ``postgresql://`` scheme pinned to psycopg 3, as Feast does."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
 def export_lines(repo: Path) -> list[str]:
     """Shell ``export`` lines that make plain ``feast`` commands use the defaults."""
     lines = [f"export {REGISTRY_ENV}='{registry_url(repo)}'"]
