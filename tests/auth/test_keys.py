@@ -1,0 +1,120 @@
+"""API key storage: hashed, scoped, revocable, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from service.auth import ApiKey, KeyStore, Scope, upgrade
+from service.errors import AuthenticationError, NotFoundError
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    eng = sa.create_engine(url)
+    upgrade(eng)
+    yield eng
+    with eng.begin() as conn:
+        conn.execute(sa.delete(ApiKey.__table__))
+    eng.dispose()
+
+
+def test_created_key_verifies_with_its_scope(engine: sa.Engine) -> None:
+    store = KeyStore(engine)
+    for scope in Scope:
+        assert store.verify(store.create(scope)) is scope
+
+
+def test_only_a_hash_of_the_secret_is_stored(engine: sa.Engine) -> None:
+    key = KeyStore(engine).create(Scope.ADMIN, name="ops")
+    secret = key.split("_", 2)[2]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ApiKey.__table__)).mappings().all()
+    assert len(rows) == 1
+    assert all(secret not in str(value) for value in rows[0].values())
+
+
+def test_revoked_key_is_refused_even_when_cached(engine: sa.Engine) -> None:
+    store = KeyStore(engine, cache_seconds=60)
+    key = store.create(Scope.READ)
+    assert store.verify(key) is Scope.READ
+    store.revoke(key.split("_")[1])
+    with pytest.raises(AuthenticationError):
+        store.verify(key)
+
+
+def test_revocation_in_another_process_takes_effect_after_the_cache_window(
+    engine: sa.Engine,
+) -> None:
+    issuer, server = KeyStore(engine), KeyStore(engine, cache_seconds=0)
+    key = issuer.create(Scope.WRITE)
+    assert server.verify(key) is Scope.WRITE
+    issuer.revoke(key.split("_")[1])
+    with pytest.raises(AuthenticationError):
+        server.verify(key)
+
+
+@pytest.mark.parametrize("bad", ["", "Bearer", "fsk_", "fsk_abc", "xyz_abc_def", "fsk__secret"])
+def test_malformed_keys_are_refused(engine: sa.Engine, bad: str) -> None:
+    with pytest.raises(AuthenticationError):
+        KeyStore(engine).verify(bad)
+
+
+def test_wrong_secret_for_a_real_id_is_refused(engine: sa.Engine) -> None:
+    store = KeyStore(engine)
+    key = store.create(Scope.ADMIN)
+    prefix, key_id, _ = key.split("_", 2)
+    with pytest.raises(AuthenticationError):
+        store.verify(f"{prefix}_{key_id}_not-the-secret")
+
+
+def test_revoking_an_unknown_id_names_the_fix(engine: sa.Engine) -> None:
+    with pytest.raises(NotFoundError, match="featurestore keys list"):
+        KeyStore(engine).revoke("does-not-exist")
+
+
+def test_migrations_are_idempotent(engine: sa.Engine) -> None:
+    upgrade(engine)
+    assert KeyStore(engine).list() == []
+
+
+def test_scopes_are_ordered() -> None:
+    assert Scope.ADMIN > Scope.WRITE > Scope.READ
+    with pytest.raises(ValueError, match="read, write or admin"):
+        Scope.parse("superuser")
+
+
+def test_cli_prints_a_key_once_and_lists_without_secrets(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "featurestore"), "keys", *args, "--repo", str(tmp_path)],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    created = run("create", "--scope", "write", "--name", "pusher")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("fsk_")
+    listed = run("list")
+    key_id = key.split("_")[1]
+    assert f"{key_id}\twrite\tactive" in listed.stdout
+    assert key.split("_", 2)[2] not in listed.stdout
+    assert run("revoke", key_id).returncode == 0
+    assert f"{key_id}\twrite\trevoked" in run("list").stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'registry.db'}")
+    with pytest.raises(AuthenticationError):
+        KeyStore(engine).verify(key)
