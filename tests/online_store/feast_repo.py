@@ -26,6 +26,8 @@ class RepoSpec:
     ours_engine: bool
     offline: str = "file"
     key_ttl_seconds: int | None = None
+    registry_path: Path | None = None
+    engine_options: dict[str, Any] | None = None
 
 
 def to_connection_string(redis_url: str) -> str:
@@ -39,17 +41,25 @@ def write_repo(path: Path, spec: RepoSpec) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     online: dict[str, Any] = {
         "type": OURS_ONLINE if spec.ours_online else "redis",
-        "connection_string": spec.redis_url if spec.ours_online else to_connection_string(spec.redis_url),
+        "connection_string": (
+            spec.redis_url if spec.ours_online else to_connection_string(spec.redis_url)
+        ),
     }
     if spec.key_ttl_seconds:
         online["key_ttl_seconds"] = spec.key_ttl_seconds
     config = {
         "project": spec.project,
         "provider": "local",
-        "registry": {"registry_type": "sql", "path": f"sqlite:///{path}/registry.db", "cache_ttl_seconds": 0},
+        "registry": {
+            "registry_type": "sql",
+            "path": f"sqlite:///{spec.registry_path or path / 'registry.db'}",
+            "cache_ttl_seconds": 0,
+        },
         "online_store": online,
         "offline_store": {"type": spec.offline},
-        "batch_engine": {"type": OURS_ENGINE} if spec.ours_engine else "local",
+        "batch_engine": (
+            {"type": OURS_ENGINE, **(spec.engine_options or {})} if spec.ours_engine else "local"
+        ),
         "entity_key_serialization_version": 3,
     }
     (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
@@ -63,3 +73,9 @@ def make_store(
     store = FeatureStore(repo_path=str(path))
     store.apply(list(objects()))
     return store
+
+
+def open_store(path: Path, spec: RepoSpec) -> FeatureStore:
+    """A store over an existing registry (no apply), e.g. stock Feast reading our Redis."""
+    write_repo(path, spec)
+    return FeatureStore(repo_path=str(path))
