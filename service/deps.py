@@ -34,8 +34,9 @@ class ServiceState:
     jobs: JobManager
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     """The worker's :class:`ServiceState` (set by the lifespan)."""
+    # async: FastAPI runs plain `def` dependencies in a thread pool, a hop per request.
     state: ServiceState = request.app.state.services
     return state
 
@@ -43,32 +44,32 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def get_catalog(state: StateDep) -> Catalog:
+async def get_catalog(state: StateDep) -> Catalog:
     return state.catalog
 
 
-def get_snapshot(state: StateDep) -> RegistrySnapshot:
+async def get_snapshot(state: StateDep) -> RegistrySnapshot:
     """The current registry snapshot (503 if the registry was never read)."""
     return state.catalog.snapshot
 
 
-def get_redis(state: StateDep) -> aioredis.Redis:
+async def get_redis(state: StateDep) -> aioredis.Redis:
     return state.redis
 
 
-def get_metrics(state: StateDep) -> Metrics:
+async def get_metrics(state: StateDep) -> Metrics:
     return state.metrics
 
 
-def get_jobs(state: StateDep) -> JobManager:
+async def get_jobs(state: StateDep) -> JobManager:
     return state.jobs
 
 
-def get_store(state: StateDep) -> FeatureStore:
+async def get_store(state: StateDep) -> FeatureStore:
     return state.store
 
 

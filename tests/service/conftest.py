@@ -1,0 +1,225 @@
+"""Service test fixtures: one real repo (our plugins), real Redis, an in-process client.
+
+The session repo is the ride-hailing example (``feature_repo/definitions.py``) with a
+SQLite registry and its own private ``redis-server``, generated data ending an hour
+ago and materialized once, so every test reads the same known state. Tests that
+write use entity ids the generator never produces (>= 900_000 for drivers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from fastapi import FastAPI
+
+from online_store.embedded import EmbeddedRedis
+from service.app import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Repo:
+    path: Path
+    registry_url: str
+    redis_url: str
+    end: datetime
+
+    def table(self, name: str) -> pa.Table:
+        return pq.read_table(self.path / "data" / f"{name}.parquet")
+
+    def latest(self, name: str, keys: list[str]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """Naive reference: newest row per entity by (event_timestamp, created)."""
+        rows = self.table(name).to_pylist()
+        best: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in rows:
+            key = tuple(row[k] for k in keys)
+            cur = best.get(key)
+            if cur is None or (row["event_timestamp"], row["created"]) > (
+                cur["event_timestamp"],
+                cur["created"],
+            ):
+                best[key] = row
+        return best
+
+
+def write_yaml(path: Path, *, registry_url: str, redis_url: str, stock: bool) -> None:
+    """feature_store.yaml: our plugins, or stock Feast's Redis store (for `feast serve`)."""
+    online: dict[str, Any]
+    if stock:
+        rest = redis_url.split("://", 1)[1]
+        hostport, _, db = rest.partition("/")
+        online = {"type": "redis", "connection_string": f"{hostport},db={db or 0}"}
+    else:
+        # No connection_string: like feature_repo/, Redis comes from FEATURESTORE_REDIS_URL.
+        online = {"type": "online_store.store.FastRedisOnlineStore"}
+    config = {
+        "project": "rides",
+        "provider": "local",
+        "registry": {"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 1},
+        "online_store": online,
+        "offline_store": {
+            "type": "file" if stock else "offline_store.store.DuckDBParquetOfflineStore"
+        },
+        "entity_key_serialization_version": 3,
+    }
+    if not stock:
+        config["batch_engine"] = {"type": "online_store.engine.StreamingMaterializationEngine"}
+    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
+
+
+def feast_cli(repo: Path, redis_url: str, *args: str, timeout: float = 120) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["FEATURESTORE_REDIS_URL"] = redis_url
+    subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), *args],
+        cwd=repo,
+        env=env,
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def service_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("service-redis"), persistent=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis) -> Repo:
+    sys.path.insert(0, str(ROOT / "feature_repo"))
+    from generate import generate  # the repo's seeded generator
+
+    path = tmp_path_factory.mktemp("repo")
+    (path / "data").mkdir()
+    shutil.copy(ROOT / "feature_repo" / "definitions.py", path / "definitions.py")
+    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
+    write_yaml(path, registry_url=registry_url, redis_url=service_redis.url, stock=False)
+    end = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    generate(path / "data", rows=1000, seed=11, end=end)
+    feast_cli(path, service_redis.url, "apply")
+    start = (end - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S")
+    feast_cli(
+        path, service_redis.url, "materialize", start, (end + timedelta(seconds=1)).isoformat()
+    )
+    return Repo(path=path, registry_url=registry_url, redis_url=service_redis.url, end=end)
+
+
+class AppClient:
+    """An httpx client over ``ASGITransport`` with the app's lifespan running.
+
+    The app lives on its own event loop thread so session-scoped apps work from plain
+    synchronous tests.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._lifespan = app.router.lifespan_context(app)
+        self.run(self._lifespan.__aenter__())
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=120)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self.run(self.client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.services
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self.run(self._lifespan.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+def make_settings(repo: Repo, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "repo_path": repo.path,
+        "redis_url": repo.redis_url,
+        "registry_url": repo.registry_url,
+        "registry_refresh_seconds": 0.5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def client(repo: Repo) -> Iterator[AppClient]:
+    app_client = AppClient(create_app(make_settings(repo, max_entities_per_request=500)))
+    yield app_client
+    app_client.close()
+
+
+@pytest.fixture
+def app_factory(repo: Repo) -> Iterator[Any]:
+    """Build extra apps with other settings; closed after the test."""
+    made: list[AppClient] = []
+
+    def make(**overrides: Any) -> AppClient:
+        app_client = AppClient(create_app(make_settings(repo, **overrides)))
+        made.append(app_client)
+        return app_client
+
+    yield make
+    for app_client in made:
+        app_client.close()
+
+
+def columns(body: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """Feast's column-oriented response indexed by feature name."""
+    names = body["metadata"]["feature_names"]
+    assert len(names) == len(body["results"])
+    return dict(zip(names, body["results"], strict=True))
+
+
+def rfc3339(ts: datetime) -> str:
+    """What the service (and Feast) print for an event time."""
+    ts = ts.astimezone(UTC)
+    base = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    if ts.microsecond == 0:
+        return base + "Z"
+    if ts.microsecond % 1000 == 0:
+        return f"{base}.{ts.microsecond // 1000:03d}Z"
+    return f"{base}.{ts.microsecond:06d}Z"
+
+
+def some_ids(repo: Repo, table: str, column: str, n: int) -> list[Any]:
+    values = pc.unique(repo.table(table).column(column)).to_pylist()
+    return sorted(values)[:n]
