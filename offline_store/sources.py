@@ -56,14 +56,14 @@ def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
         "temp_directory": temp_dir,
         # Results must come back in entity-row order; this keeps ORDER BY through COPY/streams.
         "preserve_insertion_order": True,
-        # Progress bars would land on the stdout of CLI tools and servers.
-        "enable_progress_bar": False,
     }
     if settings.threads:
         config["threads"] = settings.threads
     con = duckdb.connect(database=":memory:", config=config)
     # TIMESTAMPTZ values then print and convert as UTC, and naive timestamps cast as UTC.
     execute(con, "SET TimeZone='UTC'")
+    # Progress bars would land on the stdout of CLI tools and servers.
+    execute(con, "SET enable_progress_bar = false")
     return con
 
 

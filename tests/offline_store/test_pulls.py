@@ -106,7 +106,8 @@ def test_iter_batches_streams_every_row_in_batches_of_at_most_max_rows(
 ) -> None:
     job = _pull(store, latest=False)
     batches = list(job.iter_batches(2))
-    assert [b.num_rows for b in batches] and all(b.num_rows <= 2 for b in batches)
+    assert batches
+    assert all(b.num_rows <= 2 for b in batches)
     streamed = pa.Table.from_batches(batches)
     assert streamed.num_rows == 7  # 9 rows minus one before start, one at end
     assert streamed.equals(job.to_arrow())
@@ -148,7 +149,7 @@ print(json.dumps({"rows": rows, "biggest": biggest, "base_mb": base,
 
 
 def test_iter_batches_stays_within_the_duckdb_memory_limit(tmp_path: Path) -> None:
-    fs = make_store(
+    make_store(
         tmp_path,
         three_views(),
         extra_offline=f"  memory_limit: 100MB\n  threads: 1\n  temp_directory: {tmp_path}/spill\n",
