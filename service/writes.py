@@ -94,6 +94,8 @@ def _timestamp(v: Any) -> tuple[datetime, bool]:
     """(aware UTC datetime, whether the input was naive)."""
     if isinstance(v, bool):
         raise _Bad("an RFC 3339 timestamp or epoch seconds")
+    if isinstance(v, datetime):
+        return (v.replace(tzinfo=UTC), True) if v.tzinfo is None else (v.astimezone(UTC), False)
     if isinstance(v, int | float):
         return datetime.fromtimestamp(v, tz=UTC), False
     if isinstance(v, str):

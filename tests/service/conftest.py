@@ -74,7 +74,12 @@ def write_yaml(path: Path, *, registry_url: str, redis_url: str, stock: bool) ->
     config = {
         "project": "rides",
         "provider": "local",
-        "registry": {"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 1},
+        # Like feature_repo/: the registry URL comes from the environment (or Settings).
+        "registry": {
+            "registry_type": "sql",
+            "path": registry_url if stock else "${FEATURESTORE_REGISTRY_URL}",
+            "cache_ttl_seconds": 1,
+        },
         "online_store": online,
         "offline_store": {
             "type": "file" if stock else "offline_store.store.DuckDBParquetOfflineStore"
@@ -86,10 +91,13 @@ def write_yaml(path: Path, *, registry_url: str, redis_url: str, stock: bool) ->
     (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
 
 
-def feast_cli(repo: Path, redis_url: str, *args: str, timeout: float = 120) -> None:
+def feast_cli(
+    repo: Path, redis_url: str, registry_url: str, *args: str, timeout: float = 120
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
     env["PYTHONPATH"] = str(ROOT)
     env["FEATURESTORE_REDIS_URL"] = redis_url
+    env["FEATURESTORE_REGISTRY_URL"] = registry_url
     subprocess.run(
         [str(Path(sys.executable).parent / "feast"), *args],
         cwd=repo,
@@ -120,11 +128,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis)
     write_yaml(path, registry_url=registry_url, redis_url=service_redis.url, stock=False)
     end = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
     generate(path / "data", rows=1000, seed=11, end=end)
-    feast_cli(path, service_redis.url, "apply")
+    feast_cli(path, service_redis.url, registry_url, "apply")
     start = (end - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S")
-    feast_cli(
-        path, service_redis.url, "materialize", start, (end + timedelta(seconds=1)).isoformat()
-    )
+    stop = (end + timedelta(seconds=1)).isoformat()
+    feast_cli(path, service_redis.url, registry_url, "materialize", start, stop)
     return Repo(path=path, registry_url=registry_url, redis_url=service_redis.url, end=end)
 
 

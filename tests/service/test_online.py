@@ -36,7 +36,7 @@ def test_driver_values_statuses_and_times_match_latest_parquet_rows(
     client: AppClient, repo: Repo
 ) -> None:
     latest = repo.latest("driver_stats", ["driver_id"])
-    drivers = sorted(k[0] for k in latest)[:60] + [MISSING_DRIVER]
+    drivers = [*sorted(k[0] for k in latest)[:60], MISSING_DRIVER]
     resp = client.post(
         "/get-online-features",
         json={
