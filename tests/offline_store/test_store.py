@@ -1,0 +1,267 @@
+"""get_historical_features end to end through Feast: inputs, sources, time zones, errors, ODFVs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from feast import Field, FileSource, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+
+from offline_store.job import DuckDBRetrievalJob
+from service.errors import InvalidEntityError, InvalidRequestError, InvalidTimestampError
+from tests.offline_store.repo_helpers import (
+    DRIVER_SCHEMA,
+    make_store,
+    three_views,
+    write_rows,
+)
+
+T0 = datetime(2024, 6, 1, tzinfo=UTC)
+DRIVER_ROWS = [
+    {"driver_id": 1, "event_timestamp": T0, "created": T0, "rate": 0.5, "trips": 10},
+    {
+        "driver_id": 1,
+        "event_timestamp": T0 + timedelta(minutes=3),
+        "created": T0,
+        "rate": 0.7,
+        "trips": 11,
+    },
+    {"driver_id": 2, "event_timestamp": T0, "created": T0, "rate": 0.9, "trips": 20},
+]
+ENTITIES = pd.DataFrame(
+    {
+        "driver_id": [1, 2, 1, 1, 3],
+        "event_timestamp": [
+            T0 + timedelta(minutes=2),
+            T0 + timedelta(minutes=5),  # exactly at the 5-minute TTL edge: included
+            T0 + timedelta(minutes=9),  # 6 minutes after the last row: outside TTL
+            T0 + timedelta(minutes=2),  # duplicate of the first row
+            T0,
+        ],
+        "label": ["a", "b", "c", "d", "e"],
+    }
+)
+EXPECTED = [
+    (1, "a", 0.5, 10),
+    (2, "b", 0.9, 20),
+    (1, "c", None, None),
+    (1, "d", 0.5, 10),
+    (3, "e", None, None),
+]
+FEATURES = ["driver_fv:rate", "driver_fv:trips"]
+
+
+def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    return [(r["driver_id"], r["label"], r["rate"], r["trips"]) for r in table.to_pylist()]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _store(root: Path, driver_path: str = "data/driver.parquet") -> Any:
+    objects = three_views()
+    for i, obj in enumerate(objects):
+        if isinstance(obj, FileSource) and obj.name == "driver_src":
+            objects[i] = FileSource(
+                name="driver_src",
+                path=driver_path,
+                timestamp_field="event_timestamp",
+                created_timestamp_column="created",
+            )
+            driver_fv = next(o for o in objects if getattr(o, "name", "") == "driver_fv")
+            driver_fv.batch_source = objects[i]
+            driver_fv.stream_source = None
+    return make_store(root, objects)
+
+
+def test_entity_rows_come_back_in_order_with_duplicates_and_labels(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    table = fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
+    assert _rows(table) == EXPECTED
+    assert table.column_names == ["driver_id", "event_timestamp", "label", "rate", "trips"]
+
+
+@pytest.mark.parametrize("kind", ["arrow", "parquet", "parquet_dir", "sql"])
+def test_every_entity_source_kind_gives_the_same_rows(repo: Path, kind: str) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    source: Any
+    if kind == "arrow":
+        source = pa.Table.from_pandas(ENTITIES, preserve_index=False)
+    elif kind == "parquet":
+        source = str(repo / "entities.parquet")
+        ENTITIES.to_parquet(source)
+    elif kind == "parquet_dir":
+        (repo / "ent").mkdir()
+        ENTITIES.iloc[:3].to_parquet(repo / "ent" / "part-0.parquet")
+        ENTITIES.iloc[3:].to_parquet(repo / "ent" / "part-1.parquet")
+        source = str(repo / "ent")
+    else:
+        # SQL over the offline data: the entity rows are the driver source's own rows,
+        # one minute after each event, kept in a stable order.
+        source = (
+            "SELECT driver_id, event_timestamp + INTERVAL 1 MINUTE AS event_timestamp, "
+            "CAST(trips AS VARCHAR) AS label FROM driver_src ORDER BY trips"
+        )
+    job = fs.get_historical_features(entity_df=source, features=FEATURES)
+    if kind == "sql":
+        assert _rows(job.to_arrow()) == [
+            (1, "10", 0.5, 10),
+            (1, "11", 0.7, 11),
+            (2, "20", 0.9, 20),
+        ]
+    else:
+        assert _rows(job.to_arrow()) == EXPECTED
+
+
+@pytest.mark.parametrize("layout", ["directory", "hive", "glob"])
+def test_sources_may_be_directories_hive_partitions_or_globs(repo: Path, layout: str) -> None:
+    table = pa.Table.from_pylist(DRIVER_ROWS, schema=DRIVER_SCHEMA)
+    if layout == "directory":
+        (repo / "data" / "drv").mkdir(parents=True)
+        pq.write_table(table.slice(0, 2), repo / "data" / "drv" / "a.parquet")
+        pq.write_table(table.slice(2), repo / "data" / "drv" / "b.parquet")
+        path = "data/drv"
+    elif layout == "hive":
+        for d in (1, 2):
+            part = repo / "data" / "hive" / f"region=r{d}"
+            part.mkdir(parents=True)
+            rows = table.filter(pa.compute.equal(table["driver_id"], d))
+            pq.write_table(rows, part / "p.parquet")
+        path = "data/hive"
+    else:
+        (repo / "data" / "g").mkdir(parents=True)
+        pq.write_table(table, repo / "data" / "g" / "x-1.parquet")
+        pq.write_table(table.slice(0, 0), repo / "data" / "g" / "ignored.txt.parquet.bak")
+        path = "data/g/x-*.parquet"
+    fs = _store(repo, path)
+    result = fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
+    assert _rows(result) == EXPECTED
+
+
+def test_naive_times_are_utc_and_other_zones_are_converted(repo: Path) -> None:
+    fs = _store(repo)
+    naive_source = pa.Table.from_pylist(
+        [{**r, "event_timestamp": r["event_timestamp"].replace(tzinfo=None)} for r in DRIVER_ROWS],
+        schema=DRIVER_SCHEMA.set(1, pa.field("event_timestamp", pa.timestamp("us"))),
+    )
+    pq.write_table(naive_source, repo / "data" / "driver.parquet")
+    paris = ENTITIES.copy()
+    paris["event_timestamp"] = paris["event_timestamp"].dt.tz_convert(ZoneInfo("Europe/Paris"))
+    naive = ENTITIES.copy()
+    naive["event_timestamp"] = naive["event_timestamp"].dt.tz_localize(None)
+    for frame in (paris, naive, pa.Table.from_pandas(paris, preserve_index=False)):
+        table = fs.get_historical_features(entity_df=frame, features=FEATURES).to_arrow()
+        assert _rows(table) == EXPECTED
+        assert table["event_timestamp"].type.tz == "UTC"
+        assert table["event_timestamp"][0].as_py() == T0 + timedelta(minutes=2)
+
+
+def test_results_stream_to_parquet_without_building_a_table_in_memory(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    job = fs.get_historical_features(entity_df=ENTITIES, features=FEATURES)
+    assert isinstance(job, DuckDBRetrievalJob)
+    expected = job.to_arrow()
+
+    def no_tables(*args: Any, **kwargs: Any) -> pa.Table:
+        raise AssertionError("to_parquet must not materialize the result in Python")
+
+    monkeypatch.setattr(DuckDBRetrievalJob, "_to_arrow_internal", no_tables)
+    path = job.to_parquet(repo / "out" / "train.parquet")
+    written = pq.read_table(path)
+    assert written.column_names == expected.column_names
+    assert written.to_pylist() == expected.to_pylist()
+
+
+def test_on_demand_views_are_computed_on_the_joined_rows(repo: Path) -> None:
+    objects = three_views()
+    driver_fv = next(o for o in objects if getattr(o, "name", "") == "driver_fv")
+    request = RequestSource(name="req", schema=[Field(name="distance", dtype=Float64)])
+
+    @on_demand_feature_view(
+        sources=[driver_fv, request],
+        schema=[Field(name="cost", dtype=Float64)],
+        mode="pandas",
+    )
+    def pricing(inputs: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame()
+        out["cost"] = inputs["distance"] * inputs["rate"].fillna(1.0)
+        return out
+
+    fs = make_store(repo, [*objects, request, pricing])
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    entities = ENTITIES.assign(distance=[10.0, 20.0, 30.0, 40.0, 50.0])
+    for full in (False, True):
+        job = fs.get_historical_features(
+            entity_df=entities, features=["pricing:cost"], full_feature_names=full
+        )
+        col = "pricing__cost" if full else "cost"
+        table = job.to_arrow()
+        assert table[col].to_pylist() == [5.0, 18.0, 30.0, 20.0, 50.0]
+        streamed = pa.Table.from_batches(list(job.iter_batches(2)))
+        assert streamed[col].to_pylist() == [5.0, 18.0, 30.0, 20.0, 50.0]
+
+
+def test_missing_join_key_is_an_invalid_entity_error(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    job = fs.get_historical_features(
+        entity_df=ENTITIES.rename(columns={"driver_id": "driver"}), features=FEATURES
+    )
+    with pytest.raises(InvalidEntityError, match="driver_id") as info:
+        job.to_arrow()
+    assert info.value.details["join_key"] == "driver_id"
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (ENTITIES.drop(columns=["event_timestamp"]), "event_timestamp"),
+        (ENTITIES.assign(event_timestamp=["2024-06-01", "x", None, "y", "z"]), "unparseable"),
+    ],
+)
+def test_bad_entity_timestamps_are_invalid_timestamp_errors(
+    repo: Path, frame: pd.DataFrame, match: str
+) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    source = pa.Table.from_pandas(frame, preserve_index=False)
+    with pytest.raises(InvalidTimestampError, match=match):
+        fs.get_historical_features(entity_df=source, features=FEATURES).to_arrow()
+
+
+def test_missing_source_data_and_bad_sql_are_invalid_requests(repo: Path) -> None:
+    fs = _store(repo)
+    with pytest.raises(InvalidRequestError, match="matches no Parquet file"):
+        fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    with pytest.raises(InvalidRequestError, match="entity rows"):
+        fs.get_historical_features(
+            entity_df="SELECT * FROM no_such_table", features=FEATURES
+        ).to_arrow()
+
+
+def test_feature_name_clashing_with_an_entity_column_is_refused(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    clash = ENTITIES.assign(rate=1)
+    with pytest.raises(InvalidRequestError, match="full_feature_names"):
+        fs.get_historical_features(entity_df=clash, features=FEATURES).to_arrow()
+    table = fs.get_historical_features(
+        entity_df=clash, features=FEATURES, full_feature_names=True
+    ).to_arrow()
+    assert table["driver_fv__rate"].to_pylist()[0] == 0.5

@@ -1,0 +1,100 @@
+"""Offline writes for push: rows are appended to the Parquet source and visible to joins."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from feast import FeatureStore, FeatureView, Field, FileSource, PushSource
+from feast.data_source import PushMode
+from feast.types import Float64, Int64
+
+from offline_store.store import DuckDBParquetOfflineStore
+from offline_store.writes import write_batch
+from service.errors import SchemaMismatchError
+from tests.offline_store.repo_helpers import DRIVER, DRIVER_SCHEMA, make_store, write_rows
+
+T0 = datetime(2024, 7, 1, tzinfo=UTC)
+EXISTING = [{"driver_id": 1, "event_timestamp": T0, "created": T0, "rate": 0.1, "trips": 1}]
+
+
+def _push_store(root: Path, path: str) -> FeatureStore:
+    source = FileSource(
+        name="driver_src",
+        path=path,
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+    push = PushSource(name="driver_push", batch_source=source)
+    view = FeatureView(
+        name="driver_fv",
+        entities=[DRIVER],
+        ttl=timedelta(days=1),
+        schema=[Field(name="rate", dtype=Float64), Field(name="trips", dtype=Int64)],
+        source=push,
+    )
+    return make_store(root, [DRIVER, source, push, view])
+
+
+def _pushed_frame(rate: float, minutes: int = 0) -> pd.DataFrame:
+    # Columns deliberately in another order than the source file.
+    return pd.DataFrame(
+        {
+            "rate": [rate],
+            "trips": [2],
+            "driver_id": [1],
+            "created": [T0],
+            "event_timestamp": [T0 + timedelta(minutes=minutes)],
+        }
+    )
+
+
+def _latest_rate(fs: FeatureStore) -> Any:
+    entities = pd.DataFrame({"driver_id": [1], "event_timestamp": [T0 + timedelta(hours=1)]})
+    return fs.get_historical_features(entity_df=entities, features=["driver_fv:rate"]).to_df()[
+        "rate"
+    ][0]
+
+
+@pytest.mark.parametrize("layout", ["file", "directory"])
+def test_push_to_offline_appends_and_later_rows_win_exact_ties(tmp_path: Path, layout: str) -> None:
+    path = "data/driver.parquet" if layout == "file" else "data/driver"
+    fs = _push_store(tmp_path, path)
+    target = tmp_path / "data" / ("driver.parquet" if layout == "file" else "driver/0.parquet")
+    write_rows(target, DRIVER_SCHEMA, EXISTING)
+
+    fs.push("driver_push", _pushed_frame(0.9), to=PushMode.OFFLINE)
+
+    rows = pq.read_table(tmp_path / path).sort_by("rate").to_pylist()
+    assert [r["rate"] for r in rows] == [0.1, 0.9]
+    # Same (event_ts, created_ts) as the existing row: the pushed row is later in the source.
+    assert _latest_rate(fs) == 0.9
+
+
+def test_push_with_wrong_columns_writes_nothing(tmp_path: Path) -> None:
+    fs = _push_store(tmp_path, "data/driver.parquet")
+    write_rows(tmp_path / "data" / "driver.parquet", DRIVER_SCHEMA, EXISTING)
+    before = (tmp_path / "data" / "driver.parquet").read_bytes()
+    view = fs.get_feature_view("driver_fv")
+    bad = pa.Table.from_pandas(_pushed_frame(0.9).drop(columns=["trips"]), preserve_index=False)
+    with pytest.raises(SchemaMismatchError, match="trips"):
+        DuckDBParquetOfflineStore.offline_write_batch(fs.config, view, bad, None)
+    uncastable = pa.Table.from_pandas(
+        _pushed_frame(0.9).assign(trips=["many"]), preserve_index=False
+    )
+    with pytest.raises(SchemaMismatchError):
+        DuckDBParquetOfflineStore.offline_write_batch(fs.config, view, uncastable, None)
+    assert (tmp_path / "data" / "driver.parquet").read_bytes() == before
+
+
+def test_write_batch_to_a_glob_adds_a_matching_file(tmp_path: Path) -> None:
+    write_rows(tmp_path / "g" / "part-0.parquet", DRIVER_SCHEMA, EXISTING)
+    new = pa.Table.from_pandas(_pushed_frame(0.5), preserve_index=False)
+    written = write_batch(str(tmp_path / "g" / "part-*.parquet"), new)
+    assert Path(written).name.startswith("part-")
+    assert pq.read_table(tmp_path / "g").num_rows == 2
