@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlparse
 
 import redis
 import redis.asyncio as aioredis
@@ -61,6 +61,15 @@ def load_repo_config(settings: Settings) -> RepoConfig:
     if settings.redis_url:
         env["FEATURESTORE_REDIS_URL"] = settings.redis_url
     raw: dict[str, Any] = yaml.safe_load(_expand(yaml_path.read_text(), env))
+    online = raw.get("online_store")
+    if settings.redis_url and isinstance(online, dict) and not online.get("connection_string"):
+        # Pin the store's own client (materialize jobs, writes through Feast) to the Redis
+        # the service reads, whatever this process's environment says.
+        online["connection_string"] = (
+            _as_connection_string(settings.redis_url)
+            if online.get("type", "redis") == "redis"
+            else settings.redis_url
+        )
     try:
         config = RepoConfig(**raw)
     except Exception as exc:  # pydantic errors from Feast's own config classes
@@ -87,6 +96,18 @@ def _as_url(target: str) -> str:
         user = quote(str(params.get("username", "")), safe="")
         auth = f"{user}:{quote(str(params['password']), safe='')}@"
     return f"{scheme}://{auth}{node['host']}:{node['port']}/{params.get('db', 0)}"
+
+
+def _as_connection_string(url: str) -> str:
+    """Feast's ``host:port,db=N[,password=..][,ssl=true]`` form of a ``redis://`` URL."""
+    parsed = urlparse(url)
+    parts = [f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"]
+    parts.append(f"db={(parsed.path or '/0').lstrip('/') or 0}")
+    if parsed.password:
+        parts.append(f"password={unquote(parsed.password)}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
 
 
 def resolve_redis_url(settings: Settings, config: RepoConfig) -> str:
