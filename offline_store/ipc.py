@@ -1,0 +1,81 @@
+"""Arrow IPC on the wire: what the training-dataset endpoint and its client exchange.
+
+Entity rows go up and feature rows come back as an Arrow IPC *stream*
+(``application/vnd.apache.arrow.stream``): schema first, then record batches, so both sides
+can process batches as they arrive instead of holding the whole body.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+from service.errors import InvalidRequestError
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """Serialize a table as one Arrow IPC stream."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def ipc_to_table(data: bytes) -> pa.Table:
+    """Parse an Arrow IPC stream.
+
+    Raises:
+        InvalidRequestError: the bytes are not an Arrow IPC stream.
+    """
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidRequestError(
+            f"request body is not an Arrow IPC stream ({exc}); send the entity rows with "
+            f"Content-Type {ARROW_STREAM} (pyarrow.ipc.new_stream)",
+        ) from exc
+
+
+def ipc_chunks(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
+    """Encode batches as consecutive pieces of one IPC stream (schema first, end marker last)."""
+    sink = io.BytesIO()
+    writer = pa.ipc.new_stream(sink, schema)
+
+    def drain() -> bytes:
+        data = sink.getvalue()
+        sink.seek(0)
+        sink.truncate()
+        return data
+
+    yield drain()
+    for batch in batches:
+        writer.write_batch(batch)
+        yield drain()
+    writer.close()
+    yield drain()
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks, for ``pyarrow.ipc.open_stream``."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size

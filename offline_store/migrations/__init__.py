@@ -1,0 +1,1 @@
+"""Alembic migrations for the offline store's tables (see ``offline_store.datasets.upgrade``)."""

@@ -1,0 +1,214 @@
+"""Saved, versioned training datasets: build once, record, list, reload by name and version.
+
+The records live in ``fs_training_datasets`` in the registry database (the SQLAlchemy URL in
+``feature_store.yaml`` ``registry.path``); the data is a Parquet file, by default under
+``<repo>/data/training/<name>/``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from feast import FeatureStore
+
+from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
+from offline_store.entities import EntitySource, is_sql
+from offline_store.ipc import table_to_ipc
+from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
+from offline_store.sources import parquet_glob
+from service.errors import InvalidRequestError, NotFoundError
+
+
+def fingerprint(entity_source: EntitySource) -> str:
+    """SHA-256 identifying the entity rows a dataset was built from.
+
+    Frames and tables hash their Arrow IPC serialization; Parquet paths hash each file's name
+    and bytes; SQL hashes the query text (the rows it selects can change with the data).
+    """
+    digest = hashlib.sha256()
+    if isinstance(entity_source, pd.DataFrame):
+        entity_source = pa.Table.from_pandas(entity_source, preserve_index=False)
+    if isinstance(entity_source, pa.Table):
+        digest.update(b"arrow:")
+        digest.update(table_to_ipc(entity_source))
+        return digest.hexdigest()
+    text = str(entity_source)
+    if isinstance(entity_source, str) and is_sql(text):
+        digest.update(b"sql:" + " ".join(text.split()).encode())
+        return digest.hexdigest()
+    digest.update(b"parquet:")
+    for file in sorted(glob.glob(parquet_glob(text), recursive=True)):
+        digest.update(os.path.basename(file).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _engine(fs: FeatureStore) -> sa.Engine:
+    url = str(fs.config.registry.path)
+    if "://" not in url:
+        raise InvalidRequestError(
+            "saved training datasets live next to a SQL registry; set registry_type: sql and a "
+            f"SQLAlchemy URL as registry.path (found {url!r})",
+        )
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def catalog_for(fs: FeatureStore) -> tuple[DatasetCatalog, sa.Engine]:
+    """The dataset catalog of a store's project (tables migrated); dispose the engine after."""
+    engine = _engine(fs)
+    upgrade(engine)
+    return DatasetCatalog(engine, fs.project), engine
+
+
+def save_training_dataset(
+    entity_source: EntitySource,
+    features: Sequence[str] | None = None,
+    feature_service: str | None = None,
+    *,
+    name: str,
+    store: FeatureStore | None = None,
+    repo_path: str | Path | None = None,
+    path: str | Path | None = None,
+    full_feature_names: bool = False,
+    version: int | None = None,
+) -> SavedDataset:
+    """Build a training dataset straight to Parquet and record it as the next version of ``name``.
+
+    Args:
+        entity_source: DataFrame, Arrow table, Parquet path or SQL (see ``get_training_dataset``).
+        features: ``view:feature`` references.
+        feature_service: a feature service name instead of ``features``.
+        name: the dataset name.
+        store: an open Feast store (or ``repo_path``).
+        repo_path: a feature repo directory.
+        path: where to write; default ``<repo>/data/training/<name>/<utc time>-<id>.parquet``.
+        full_feature_names: name columns ``view__feature``.
+        version: force a version number (default: latest + 1).
+
+    Returns:
+        The stored record.
+
+    Raises:
+        InvalidRequestError: bad input, or the registry is not SQL.
+        NotFoundError: unknown features.
+        ConflictError: ``version`` already exists.
+    """
+    fs = resolve_store(store, repo_path)
+    _, refs = resolve_features(fs, features, feature_service)
+    if path is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        path = (
+            Path(fs.repo_path)
+            / "data"
+            / "training"
+            / name
+            / f"{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        )
+    job = build_job(
+        fs, entity_source, features, feature_service, full_feature_names=full_feature_names
+    )
+    dest = job.to_parquet(path)
+    metadata = job.metadata
+    catalog, engine = catalog_for(fs)
+    try:
+        return catalog.add(
+            name=name,
+            version=version,
+            features=refs,
+            feature_service=feature_service,
+            full_feature_names=full_feature_names,
+            entity_fingerprint=fingerprint(entity_source),
+            row_count=pq.ParquetFile(dest).metadata.num_rows,
+            min_event_timestamp=metadata.min_event_timestamp if metadata else None,
+            max_event_timestamp=metadata.max_event_timestamp if metadata else None,
+            storage_path=dest,
+        )
+    finally:
+        engine.dispose()
+
+
+def list_training_datasets(
+    name: str | None = None,
+    *,
+    store: FeatureStore | None = None,
+    repo_path: str | Path | None = None,
+) -> list[SavedDataset]:
+    """Every saved dataset of the project (or every version of ``name``).
+
+    Raises:
+        InvalidRequestError: the registry is not SQL.
+    """
+    catalog, engine = catalog_for(resolve_store(store, repo_path))
+    try:
+        return catalog.list(name)
+    finally:
+        engine.dispose()
+
+
+def get_saved_dataset(
+    name: str,
+    version: int | None = None,
+    *,
+    store: FeatureStore | None = None,
+    repo_path: str | Path | None = None,
+) -> SavedDataset:
+    """The record of one saved dataset (latest version by default).
+
+    Raises:
+        NotFoundError: no such name or version.
+    """
+    catalog, engine = catalog_for(resolve_store(store, repo_path))
+    try:
+        return catalog.get(name, version)
+    finally:
+        engine.dispose()
+
+
+def load_training_dataset(
+    name: str,
+    version: int | None = None,
+    *,
+    store: FeatureStore | None = None,
+    repo_path: str | Path | None = None,
+    output: Output = "pandas",
+) -> Result:
+    """Reload a saved dataset's rows.
+
+    Args:
+        name: the dataset name.
+        version: the version (default: latest).
+        store: an open Feast store (or ``repo_path``).
+        repo_path: a feature repo directory.
+        output: ``"pandas"``, ``"arrow"`` or ``"parquet"`` (the stored path).
+
+    Returns:
+        The rows, or the Parquet path.
+
+    Raises:
+        NotFoundError: unknown dataset, or its file is gone.
+    """
+    record = get_saved_dataset(name, version, store=store, repo_path=repo_path)
+    if not os.path.exists(record.storage_path):
+        raise NotFoundError(
+            f"training dataset {name!r} v{record.version} is recorded at "
+            f"{record.storage_path!r} but the file is gone; rebuild it with "
+            "save_training_dataset()",
+            name=name,
+            version=record.version,
+        )
+    if output == "parquet":
+        return record.storage_path
+    table = pq.read_table(record.storage_path)
+    return table.to_pandas() if output == "pandas" else table
