@@ -1,0 +1,323 @@
+"""Point-in-time join benchmark: stock Feast file (dask) store vs our DuckDB store, same data.
+
+Generates its own data (never committed), then runs each store in its own subprocess (so peak
+RSS is per run), and prints one JSON document: wall seconds, peak RSS MB, speed-up, and an
+exactness check (for every row stock Feast returns our values are equal; every row it drops is
+present in ours with the view's features null).
+
+    .venv/bin/python -m benchmarks.pit_bench --case small    # 100k entity rows x 1M, 1 view
+    .venv/bin/python -m benchmarks.pit_bench --case medium   # 1M x 10M, 3 views
+    .venv/bin/python -m benchmarks.pit_bench --case large --skip-stock --memory-limit 4GB
+                                                            # 10M x 100M straight to Parquet
+
+Feature rows have unique (key, event time), so stock Feast's unordered tie-breaking cannot make
+a difference and exactness is well defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+SPAN_S = 30 * 24 * 3600
+CHUNK = 1_000_000
+
+
+@dataclass(frozen=True)
+class Case:
+    entity_rows: int
+    views: dict[str, int]  # view -> feature rows
+    features: int
+    to_parquet: bool
+
+
+CASES = {
+    "tiny": Case(10_000, {"driver": 100_000}, 10, False),
+    "small": Case(100_000, {"driver": 1_000_000}, 10, False),
+    "medium": Case(
+        1_000_000, {"driver": 4_000_000, "customer": 3_000_000, "pair": 3_000_000}, 10, False
+    ),
+    "large": Case(10_000_000, {"driver": 100_000_000}, 10, True),
+}
+TTL = {"driver": timedelta(days=2), "customer": timedelta(0), "pair": timedelta(days=7)}
+KEYS = {"driver": ["driver_id"], "customer": ["customer_id"], "pair": ["driver_id", "customer_id"]}
+
+
+def _keys(view: str, n_keys: int, key_index: np.ndarray) -> dict[str, pa.Array]:
+    drivers = n_keys
+    out: dict[str, pa.Array] = {}
+    if "driver_id" in KEYS[view]:
+        out["driver_id"] = pa.array(key_index % drivers, pa.int64())
+    if "customer_id" in KEYS[view]:
+        ids = pa.array((key_index * 7919) % (n_keys * 2), pa.int64()).cast(pa.string())
+        out["customer_id"] = pc.binary_join_element_wise("c", ids, "")
+    return out
+
+
+def _generate_view(path: Path, view: str, rows: int, n_features: int, seed: int) -> int:
+    """Rows round-robin over keys; each key's rows are at distinct, increasing times."""
+    rng = np.random.default_rng(seed)
+    n_keys = max(rows // 100, 1)
+    per_key = -(-rows // n_keys)
+    step = SPAN_S // per_key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    for start in range(0, rows, CHUNK):
+        r = np.arange(start, min(rows, start + CHUNK), dtype=np.int64)
+        key = r % n_keys
+        slot = r // n_keys
+        offset = (key * 7) % max(step - 1, 1)
+        ts_us = (int(BASE.timestamp()) + slot * step + offset) * 1_000_000
+        cols = _keys(view, n_keys, key)
+        cols["event_timestamp"] = pa.array(ts_us, pa.timestamp("us", tz="UTC"))
+        cols["created"] = pa.array(ts_us + 1_000_000, pa.timestamp("us", tz="UTC"))
+        for f in range(n_features):
+            values = rng.random(len(r))
+            mask = rng.random(len(r)) < 0.01
+            cols[f"{view}_f{f}"] = pa.array(values, pa.float64(), mask=mask)
+        table = pa.table(cols)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=256_000)
+    assert writer is not None
+    writer.close()
+    return n_keys
+
+
+def _generate_entities(path: Path, case: Case, n_keys: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    writer: pq.ParquetWriter | None = None
+    for start in range(0, case.entity_rows, CHUNK):
+        n = min(CHUNK, case.entity_rows - start)
+        # ~5% of entity keys exist in no view; times span the data plus a margin either side.
+        key = rng.integers(0, int(n_keys * 1.05), n)
+        cols = _keys("pair", n_keys, key)
+        ts_s = int(BASE.timestamp()) + rng.integers(-86_400, SPAN_S + 5 * 86_400, n)
+        cols["event_timestamp"] = pa.array(ts_s * 1_000_000, pa.timestamp("us", tz="UTC"))
+        cols["row_id"] = pa.array(np.arange(start, start + n), pa.int64())
+        cols["label"] = pa.array(rng.random(n) < 0.3, pa.bool_())
+        table = pa.table(cols)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+
+
+def _definitions(case: Case) -> str:
+    lines = [
+        "from datetime import timedelta",
+        "from feast import Entity, FeatureView, Field, FileSource, ValueType",
+        "from feast.types import Float64",
+        "driver = Entity(name='driver', join_keys=['driver_id'], value_type=ValueType.INT64)",
+        "customer = Entity(name='customer', join_keys=['customer_id'], "
+        "value_type=ValueType.STRING)",
+    ]
+    for view in case.views:
+        entities = ", ".join(
+            {"driver_id": "driver", "customer_id": "customer"}[k] for k in KEYS[view]
+        )
+        fields = ", ".join(
+            f"Field(name='{view}_f{i}', dtype=Float64)" for i in range(case.features)
+        )
+        lines += [
+            f"{view}_src = FileSource(name='{view}_src', path='../data/{view}.parquet', "
+            "timestamp_field='event_timestamp', created_timestamp_column='created')",
+            f"{view}_fv = FeatureView(name='{view}_fv', entities=[{entities}], "
+            f"ttl=timedelta(seconds={int(TTL[view].total_seconds())}), schema=[{fields}], "
+            f"source={view}_src)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _make_repo(root: Path, case: Case, offline: str, memory_limit: str, threads: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    extra = (
+        f"  memory_limit: {memory_limit}\n  threads: {threads}\n  temp_directory: {root}/spill\n"
+    )
+    (root / "feature_store.yaml").write_text(
+        "project: bench\nprovider: local\n"
+        f"registry:\n  registry_type: sql\n  path: sqlite:///{root}/registry.db\n"
+        f"online_store:\n  type: sqlite\n  path: {root}/online.db\n"
+        f"offline_store:\n  type: {offline}\n"
+        + (extra if offline != "file" else "")
+        + "entity_key_serialization_version: 3\n"
+    )
+    (root / "defs.py").write_text(_definitions(case))
+    subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "apply"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+def _child(args: argparse.Namespace) -> None:
+    """Run one retrieval in this process and print wall time and peak RSS."""
+    import pandas as pd
+    from feast import FeatureStore
+
+    fs = FeatureStore(repo_path=args.repo)
+    refs = [f"{fv.name}:{f.name}" for fv in fs.list_feature_views() for f in fv.features]
+    if args.to_parquet:
+        t0 = time.perf_counter()
+        job = fs.get_historical_features(entity_df=args.entities, features=refs)
+        job.to_parquet(args.out)  # type: ignore[attr-defined]
+        wall = time.perf_counter() - t0
+        rows = pq.ParquetFile(args.out).metadata.num_rows
+    else:
+        entity_df = pd.read_parquet(args.entities)
+        t0 = time.perf_counter()
+        df = fs.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        wall = time.perf_counter() - t0
+        rows = len(df)
+        # Written only so the parent can compare the two stores; not timed.
+        df.to_parquet(args.out)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb), "rows": rows}))
+
+
+def _run(repo: Path, entities: Path, out: Path, to_parquet: bool, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.pit_bench", "--child", "--repo", str(repo)]
+    cmd += ["--entities", str(entities), "--out", str(out)]
+    if to_parquet:
+        cmd.append("--to-parquet")
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1]
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _exactness(case: Case, ours: Path, stock: Path, entity_rows: int) -> dict[str, Any]:
+    """Compare the two outputs by row id with DuckDB (bounded memory, any size)."""
+    import duckdb
+
+    con = duckdb.connect()
+    views = {v: [f"{v}_f{i}" for i in range(case.features)] for v in case.views}
+    feats = [f for fs in views.values() for f in fs]
+    differs = " OR ".join(f"o.{f} IS DISTINCT FROM s.{f}" for f in feats)
+    returned, mismatched = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {differs}) FROM read_parquet('{stock}') s "
+        f"JOIN read_parquet('{ours}') o USING (row_id)"
+    ).fetchall()[0]
+    some_view_null = " OR ".join(
+        "(" + " AND ".join(f"o.{f} IS NULL" for f in fs) + ")" for fs in views.values()
+    )
+    dropped, dropped_ok = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {some_view_null}) FROM read_parquet('{ours}') o "
+        f"ANTI JOIN read_parquet('{stock}') s USING (row_id)"
+    ).fetchall()[0]
+    ours_rows, ordered = con.execute(
+        f"SELECT count(*), bool_and(row_id = rn) FROM (SELECT row_id, row_number() OVER () - 1 "
+        f"AS rn FROM read_parquet('{ours}'))"
+    ).fetchall()[0]
+    return {
+        "entity_rows": entity_rows,
+        "ours_rows": ours_rows,
+        "ours_in_input_order": bool(ordered),
+        "stock_rows": returned,
+        "stock_rows_with_different_values": mismatched,
+        "rows_stock_dropped": dropped,
+        "dropped_rows_null_in_ours": dropped_ok,
+        "exact": ours_rows == entity_rows and mismatched == 0 and dropped == dropped_ok,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=sorted(CASES), default="small")
+    parser.add_argument("--workdir", default="/tmp/pit_bench")
+    parser.add_argument("--memory-limit", default="4GB")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-stock", action="store_true")
+    parser.add_argument("--stock-timeout", type=float, default=1800)
+    parser.add_argument("--keep", action="store_true", help="keep generated data")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--repo", help=argparse.SUPPRESS)
+    parser.add_argument("--entities", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--to-parquet", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+
+    case = CASES[args.case]
+    work = Path(args.workdir) / args.case
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    n_keys = 1
+    for i, (view, rows) in enumerate(case.views.items()):
+        n_keys = max(
+            n_keys,
+            _generate_view(work / "data" / f"{view}.parquet", view, rows, case.features, seed=i),
+        )
+    entities = work / "data" / "entities.parquet"
+    _generate_entities(entities, case, n_keys, seed=99)
+    generate_s = time.perf_counter() - t0
+
+    ours_repo, stock_repo = work / "ours", work / "stock"
+    _make_repo(
+        ours_repo,
+        case,
+        "offline_store.store.DuckDBParquetOfflineStore",
+        args.memory_limit,
+        args.threads,
+    )
+    report: dict[str, Any] = {
+        "case": args.case,
+        "entity_rows": case.entity_rows,
+        "feature_rows": case.views,
+        "features_per_view": case.features,
+        "duckdb_memory_limit": args.memory_limit,
+        "duckdb_threads": args.threads,
+        "generate_s": round(generate_s, 1),
+    }
+    ours = _run(ours_repo, entities, work / "ours.parquet", case.to_parquet, 7200)
+    if "wall_s" in ours:
+        ours["rows_per_s"] = round(case.entity_rows / max(ours["wall_s"], 1e-9))
+    report["ours"] = ours
+    if not args.skip_stock:
+        _make_repo(stock_repo, case, "file", args.memory_limit, args.threads)
+        stock = _run(stock_repo, entities, work / "stock.parquet", False, args.stock_timeout)
+        report["stock_feast"] = stock
+        if "wall_s" in stock and "wall_s" in ours:
+            report["speedup"] = round(stock["wall_s"] / max(ours["wall_s"], 1e-9), 1)
+            report["rss_ratio_stock_over_ours"] = round(
+                stock["peak_rss_mb"] / max(ours["peak_rss_mb"], 1), 2
+            )
+            report["exactness"] = _exactness(
+                case, work / "ours.parquet", work / "stock.parquet", case.entity_rows
+            )
+    print(json.dumps(report, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
