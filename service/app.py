@@ -23,9 +23,11 @@ from service.backends import open_feature_store, open_redis, open_sync_redis, re
 from service.catalog import Catalog
 from service.deps import ServiceState
 from service.errors import BackendUnavailableError
+from service.fastpath import OnlineFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
+from service.redis_fast import FastRedis
 from service.routes import materialize, online, ops, registry, writes
 from service.settings import Settings
 
@@ -67,6 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(resolve_redis_url, settings, store.config)
         client = open_redis(url, settings)
+        reader = FastRedis(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_seconds,
+        )
         sync_client = open_sync_redis(url, settings)
         catalog = Catalog(store, refresh_seconds=settings.registry_refresh_seconds)
         metrics.bind(catalog)
@@ -86,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=store,
             catalog=catalog,
             redis=client,
+            reader=reader,
             redis_sync=sync_client,
             redis_url=url,
             metrics=metrics,
@@ -100,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await refresher
             jobs.shutdown()
             await client.aclose()
+            await reader.aclose()
             sync_client.close()
 
     app = FastAPI(
@@ -118,7 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(registry.router)
     app.include_router(ops.router)
     _include_training(app)
-    # Added last = outermost: metrics see every response, including 413s.
+    # Added last = outermost: metrics see every response, including 413s; the lookup
+    # fast path sits outside both and records its own metrics and limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(OnlineFastPath, max_body_bytes=settings.max_body_bytes)
     return app

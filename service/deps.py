@@ -17,6 +17,7 @@ from redis import Redis as SyncRedis
 from service.catalog import Catalog, RegistrySnapshot
 from service.jobs import JobManager
 from service.metrics import Metrics
+from service.redis_fast import FastRedis
 from service.settings import Settings
 
 
@@ -28,6 +29,7 @@ class ServiceState:
     store: FeatureStore
     catalog: Catalog
     redis: aioredis.Redis
+    reader: FastRedis
     redis_sync: SyncRedis
     redis_url: str
     metrics: Metrics

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -58,33 +59,42 @@ def _validation_body(errors: list[Any]) -> dict[str, Any]:
     }
 
 
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Map any exception to the JSON error shape.
+def error_response(exc: Exception, *, method: str, path: str) -> Response:
+    """Map any exception to the JSON error shape (the one mapping of the service).
 
     Args:
-        request: the request that failed.
         exc: what was raised.
+        method: the request method (for messages and logs).
+        path: the request path (for messages and logs).
 
     Returns:
         The JSON error response.
     """
     if isinstance(exc, FeatureStoreError):
         if exc.status_code >= 500:
-            log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status_code, exc)
+            log.warning("%s %s -> %s: %s", method, path, exc.status_code, exc)
         return json_error(exc.status_code, exc.to_dict())
     if isinstance(exc, RequestValidationError):
         return json_error(422, _validation_body(list(exc.errors())))
+    if isinstance(exc, ValidationError):  # a body parsed by hand on the fast path
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        return json_error(422, _validation_body(errors))
     if isinstance(exc, StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
-            detail = f"no route {request.method} {request.url.path}; see /docs for the API"
+            detail = f"no route {method} {path}; see /docs for the API"
         body = {"type": _HTTP_TYPES.get(exc.status_code, "http_error"), "message": detail}
         return json_error(exc.status_code, body, headers=dict(exc.headers or {}))
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", method, path, exc_info=exc)
     return json_error(
         500,
         {"type": "internal_error", "message": "internal server error; see the server log"},
     )
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """FastAPI exception handler: :func:`error_response` for every error class."""
+    return error_response(exc, method=request.method, path=request.url.path)
 
 
 def install(app: FastAPI) -> None:

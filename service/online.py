@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pyarrow as pa
@@ -37,6 +37,7 @@ from service.errors import (
     InvalidRequestError,
     RequestTooLargeError,
 )
+from service.redis_fast import FastRedis
 
 EPOCH = "1970-01-01T00:00:00Z"
 _INF = (math.inf, -math.inf)
@@ -113,6 +114,7 @@ class OutputColumn:
     key: str  # "view:feature" in the read result, or the ODFV's transformed column name
     from_odfv: bool
     encoder: Encoder | None
+    view: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +208,9 @@ def compile_plan(
                 )
             need(view_name, feature)
             encoder = _ENCODERS.get(info.features[feature].value_type)
-            outputs.append(OutputColumn(column, f"{view_name}:{feature}", False, encoder))
+            outputs.append(
+                OutputColumn(column, f"{view_name}:{feature}", False, encoder, view_name)
+            )
         elif view_name in snapshot.on_demand_views:
             odfv = snapshot.on_demand_views[view_name]
             by_name = {f.name: f for f in odfv.features}
@@ -381,7 +385,7 @@ def run_odfv(
 
 async def read_online(
     plan: OnlinePlan,
-    client: aioredis.Redis,
+    client: aioredis.Redis | FastRedis,
     entities: Mapping[str, Sequence[Any]],
     *,
     full_feature_names: bool,
@@ -406,7 +410,8 @@ async def read_online(
     keys = {k: v for k, v in entities.items() if k in plan.join_keys}
     started = time.perf_counter()
     try:
-        result = await plan.read_plan.read_async(client, keys)
+        # FastRedis implements the pipeline subset read_async uses (see redis_fast).
+        result = await plan.read_plan.read_async(cast(aioredis.Redis, client), keys)
     except (RedisError, OSError, TimeoutError) as exc:
         raise BackendUnavailableError(
             f"Redis read failed: {type(exc).__name__}: {exc}", backend="redis"
@@ -425,6 +430,8 @@ async def read_online(
             if key in plan.join_keys:
                 names.append(key)
                 results.append({"values": values, "statuses": present, "event_timestamps": epochs})
+    # Features of one view share their event times; format each distinct list once.
+    formatted: dict[str, tuple[list[Any], list[str]]] = {}
     odfv_values: dict[str, list[Any]] = {}
     for step in plan.odfvs:
         odfv_values.update(run_odfv(step, entities, result, full_feature_names=full_feature_names))
@@ -439,12 +446,17 @@ async def read_online(
             }
         else:
             col = result.columns[out.key]
+            times = col.event_timestamps
+            cached = formatted.get(out.view)
+            if cached is not None and cached[0] == times:
+                stamps = cached[1]
+            else:
+                stamps = [EPOCH if ts is None else format_timestamp(ts) for ts in times]
+                formatted[out.view] = (times, stamps)
             vector = {
                 "values": out.encoder(col.values) if out.encoder else col.values,
                 "statuses": col.statuses,
-                "event_timestamps": [
-                    EPOCH if ts is None else format_timestamp(ts) for ts in col.event_timestamps
-                ],
+                "event_timestamps": stamps,
             }
         results.append(vector)
     return orjson.dumps({"metadata": {"feature_names": names}, "results": results})

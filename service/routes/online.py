@@ -1,12 +1,15 @@
-"""``POST /get-online-features``: Feast's request and response JSON, on the fast path."""
+"""``POST /get-online-features``: Feast's request and response JSON.
+
+The same handler, :func:`answer`, serves two entrances: this FastAPI route (which
+also documents the endpoint in OpenAPI) and :class:`service.fastpath.OnlineFastPath`,
+the ASGI shortcut that production traffic takes (see its module docstring).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from service.deps import ServiceState
@@ -23,9 +26,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _plan(state: ServiceState, req: GetOnlineFeaturesRequest) -> OnlinePlan:
     if req.feature_service is not None and req.features:
-        raise InvalidRequestError(
-            'give either "features" or "feature_service", not both',
-        )
+        raise InvalidRequestError('give either "features" or "feature_service", not both')
     if req.feature_service is None and not req.features:
         raise InvalidRequestError(
             'no features requested; set "features" to ["<view>:<feature>", ...] or '
@@ -40,14 +41,44 @@ def _plan(state: ServiceState, req: GetOnlineFeaturesRequest) -> OnlinePlan:
         )
     snapshot = state.catalog.snapshot
     key = (req.feature_service, tuple(req.features), req.full_feature_names)
-    return snapshot.plans.get_or_build(  # type: ignore[no-any-return]
-        key,
-        lambda: compile_plan(
-            snapshot,
-            features=req.features,
-            feature_service=req.feature_service,
-            full_feature_names=req.full_feature_names,
+    return cast(
+        OnlinePlan,
+        snapshot.plans.get_or_build(
+            key,
+            lambda: compile_plan(
+                snapshot,
+                features=req.features,
+                feature_service=req.feature_service,
+                full_feature_names=req.full_feature_names,
+            ),
         ),
+    )
+
+
+async def answer(state: ServiceState, body: bytes) -> bytes:
+    """Parse a request body, look the features up, return Feast's JSON.
+
+    Args:
+        state: the worker's service state.
+        body: the raw request body.
+
+    Returns:
+        The response body.
+
+    Raises:
+        pydantic.ValidationError: malformed JSON or fields (mapped to 422).
+        FeatureStoreError: unknown names, bad entities, limits, Redis down.
+    """
+    # pydantic-core parses and validates straight from bytes (no dict round trip).
+    req = GetOnlineFeaturesRequest.model_validate_json(body)
+    plan = _plan(state, req)
+    check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
+    return await read_online(
+        plan,
+        state.reader,
+        req.entities,
+        full_feature_names=req.full_feature_names,
+        observe_redis=state.metrics.redis_observer("read"),
     )
 
 
@@ -72,22 +103,5 @@ async def get_online_features(request: Request) -> Response:
     features. Statuses: ``PRESENT``, ``NULL_VALUE`` (stored null), ``NOT_FOUND`` (no row
     for the entity), ``OUTSIDE_MAX_AGE`` (older than the view's TTL; value null).
     """
-    # The hot path skips FastAPI's dependency and body machinery (together they cost more
-    # than the Redis read at one entity): state straight from the app, body parsed by
-    # pydantic-core's JSON parser.
     state: ServiceState = request.app.state.services
-    try:
-        req = GetOnlineFeaturesRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
-    plan = _plan(state, req)
-    check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
-    body = await read_online(
-        plan,
-        state.redis,
-        req.entities,
-        full_feature_names=req.full_feature_names,
-        observe_redis=state.metrics.redis_observer("read"),
-    )
-    return Response(body, media_type="application/json")
+    return Response(await answer(state, await request.body()), media_type="application/json")
