@@ -68,7 +68,7 @@ class OnlineFastPath:
             headers = [_JSON, (b"content-length", b"%d" % len(body))]
         except Exception as exc:
             response = error_response(exc, method="POST", path=PATH)
-            status, body, headers = response.status_code, response.body, response.raw_headers
+            status, body, headers = response.status_code, bytes(response.body), response.raw_headers
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         state.metrics.observe_request(PATH, "POST", status, time.perf_counter() - started)

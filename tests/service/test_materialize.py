@@ -130,14 +130,19 @@ def test_failed_job_reports_error_and_releases_the_view(fresh: AppClient, repo: 
     assert fresh.post("/materialize", json=body).status_code == 202
 
 
+JAN = {"start_ts": "2026-01-01", "end_ts": "2026-01-02"}
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "error_type"),
     [
-        ("/materialize", {"start_ts": "2026-01-02", "end_ts": "2026-01-01"}, 422, "invalid_timestamp"),
-        ("/materialize", {"start_ts": "yesterday", "end_ts": "2026-01-01"}, 422, "invalid_timestamp"),
+        ("/materialize", {"start_ts": "2026-01-02", "end_ts": "2026-01-01"}, 422,
+         "invalid_timestamp"),
+        ("/materialize", {"start_ts": "yesterday", "end_ts": "2026-01-01"}, 422,
+         "invalid_timestamp"),
         ("/materialize", {"end_ts": "2026-01-01"}, 422, "invalid_timestamp"),
-        ("/materialize", {"start_ts": "2026-01-01", "end_ts": "2026-01-02", "feature_views": ["nope"]}, 404, "feature_view_not_found"),
-        ("/materialize", {"start_ts": "2026-01-01", "end_ts": "2026-01-02", "feature_views": []}, 422, "invalid_request"),
+        ("/materialize", {**JAN, "feature_views": ["nope"]}, 404, "feature_view_not_found"),
+        ("/materialize", {**JAN, "feature_views": []}, 422, "invalid_request"),
         ("/materialize-incremental", {"end_ts": "soon"}, 422, "invalid_timestamp"),
         ("/materialize-incremental", {}, 422, "validation_error"),
     ],

@@ -34,7 +34,8 @@ def test_health_and_ready(client: AppClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     resp = client.get("/ready")
     assert resp.status_code == 200
-    assert resp.json()["redis"] == "ok" and resp.json()["registry"] == "ok"
+    assert resp.json()["redis"] == "ok"
+    assert resp.json()["registry"] == "ok"
 
 
 def test_ready_is_503_when_redis_is_down(app_factory: Any, redis_server_factory: Any) -> None:
@@ -46,7 +47,8 @@ def test_ready_is_503_when_redis_is_down(app_factory: Any, redis_server_factory:
     assert resp.status_code == 503
     error = resp.json()["error"]
     assert error["type"] == "backend_unavailable"
-    assert error["redis"].startswith("unreachable") and error["registry"] == "ok"
+    assert error["redis"].startswith("unreachable")
+    assert error["registry"] == "ok"
     assert app.get("/health").status_code == 200  # liveness does not depend on backends
 
 
@@ -111,7 +113,8 @@ def test_openapi_documents_every_endpoint_with_examples(client: AppClient) -> No
     online = paths["/get-online-features"]["post"]
     schema = online["requestBody"]["content"]["application/json"]["schema"]
     assert schema["examples"][0]["features"]
-    assert "404" in online["responses"] and "422" in online["responses"]
+    assert "404" in online["responses"]
+    assert "422" in online["responses"]
     components = spec["components"]["schemas"]
     assert components["PushRequest"]["examples"]
     assert components["MaterializeJob"]["examples"]
@@ -184,7 +187,8 @@ def test_settings_read_env_and_guard_production(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FEATURESTORE_REGISTRY_REFRESH_SECONDS", "3")
     monkeypatch.setenv("FEATURESTORE_WORKERS", "4")
     settings = Settings()
-    assert settings.registry_refresh_seconds == 3 and settings.workers == 4
+    assert settings.registry_refresh_seconds == 3
+    assert settings.workers == 4
     with pytest.raises(ValidationError, match="less than or equal to 10"):
         Settings(registry_refresh_seconds=60)
     with pytest.raises(ValidationError, match="FEATURESTORE_REDIS_URL"):

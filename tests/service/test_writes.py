@@ -1,4 +1,4 @@
-"""POST /push and /write-to-online-store: validated first, all-or-nothing, never older-over-newer."""
+"""POST /push and /write-to-online-store: validated first, all-or-nothing, newest wins."""
 
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def test_one_bad_row_rejects_the_whole_push(client: AppClient, repo: Repo) -> No
     assert resp.status_code == 422
     error = resp.json()["error"]
     assert error["type"] == "schema_mismatch"
-    assert error["column"] == "conv_rate" and error["row"] == 1
+    assert error["column"] == "conv_rate"
+    assert error["row"] == 1
     assert "'high'" in error["message"]
     assert _read(client, [900020, 900021])["conv_rate"]["statuses"] == ["NOT_FOUND", "NOT_FOUND"]
     assert _offline_rows(repo, 900020) == 0
@@ -202,18 +203,35 @@ def _bad(df_change: dict[str, Any]) -> dict[str, Any]:
     return df
 
 
-PUSH_CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
-    ("unknown push source", {"push_source_name": "nope", "df": _bad({})}, 404, "push_source_not_found", "driver_stats_push"),
-    ("missing feature column", {"push_source_name": "driver_stats_push", "df": _bad({"conv_rate": None})}, 422, "schema_mismatch", "conv_rate"),
-    ("unknown column", {"push_source_name": "driver_stats_push", "df": _bad({"conv_rat": [0.1]})}, 422, "schema_mismatch", "conv_rat"),
-    ("bool for int", {"push_source_name": "driver_stats_push", "df": _bad({"avg_daily_trips": [True]})}, 422, "schema_mismatch", "avg_daily_trips"),
-    ("float for int", {"push_source_name": "driver_stats_push", "df": _bad({"avg_daily_trips": [1.5]})}, 422, "schema_mismatch", "integer"),
-    ("string join key", {"push_source_name": "driver_stats_push", "df": _bad({"driver_id": ["900099"]})}, 422, "schema_mismatch", "driver_id"),
-    ("null join key", {"push_source_name": "driver_stats_push", "df": _bad({"driver_id": [None]})}, 422, "schema_mismatch", "null"),
-    ("bad timestamp", {"push_source_name": "driver_stats_push", "df": _bad({"event_timestamp": ["yesterday"]})}, 422, "invalid_timestamp", "RFC 3339"),
-    ("empty df", {"push_source_name": "driver_stats_push", "df": {}}, 422, "schema_mismatch", "non-empty"),
-    ("ragged df", {"push_source_name": "driver_stats_push", "df": _bad({"conv_rate": [0.1, 0.2]})}, 422, "schema_mismatch", "lengths"),
-    ("bad target", {"push_source_name": "driver_stats_push", "df": _bad({}), "to": "redis"}, 422, "validation_error", "to"),
+SRC = "driver_stats_push"
+
+
+def _case(
+    name: str, body: dict[str, Any], status: int, error_type: str, mention: str
+) -> tuple[str, dict[str, Any], int, str, str]:
+    return (name, {"push_source_name": SRC, **body}, status, error_type, mention)
+
+
+PUSH_CASES = [
+    _case("unknown push source", {"push_source_name": "nope", "df": _bad({})}, 404,
+          "push_source_not_found", SRC),
+    _case("missing feature column", {"df": _bad({"conv_rate": None})}, 422, "schema_mismatch",
+          "conv_rate"),
+    _case("unknown column", {"df": _bad({"conv_rat": [0.1]})}, 422, "schema_mismatch",
+          "conv_rat"),
+    _case("bool for int", {"df": _bad({"avg_daily_trips": [True]})}, 422, "schema_mismatch",
+          "avg_daily_trips"),
+    _case("float for int", {"df": _bad({"avg_daily_trips": [1.5]})}, 422, "schema_mismatch",
+          "integer"),
+    _case("string join key", {"df": _bad({"driver_id": ["900099"]})}, 422, "schema_mismatch",
+          "driver_id"),
+    _case("null join key", {"df": _bad({"driver_id": [None]})}, 422, "schema_mismatch", "null"),
+    _case("bad timestamp", {"df": _bad({"event_timestamp": ["yesterday"]})}, 422,
+          "invalid_timestamp", "RFC 3339"),
+    _case("empty df", {"df": {}}, 422, "schema_mismatch", "non-empty"),
+    _case("ragged df", {"df": _bad({"conv_rate": [0.1, 0.2]})}, 422, "schema_mismatch",
+          "lengths"),
+    _case("bad target", {"df": _bad({}), "to": "redis"}, 422, "validation_error", "to"),
 ]  # fmt: skip
 
 
