@@ -7,16 +7,17 @@ in input order, with its extra columns.
 
 How the query gets there, per view:
 
-1. Scan the source, keeping only rows whose keys occur among the entity rows and whose event
-   time can fall in some entity row's window (cheap pruning pushed into the Parquet scan).
-2. Keep one row per (keys, event_ts): greatest created_ts (nulls lowest), then the later file
-   and row in the source, so that ties are broken deterministically.
-3. ``ASOF LEFT JOIN`` the entity rows to those rows on the keys and ``event_ts <= t``. Because
-   event times are now unique per key, the ASOF match is exactly the greatest (event_ts,
-   created_ts) at or before t; if that row is older than ``t - d`` every other candidate is too,
-   so the TTL check is a filter on the match.
+1. Scan the source, keeping only rows whose event time can fall in some entity row's window
+   (pruning pushed into the Parquet scan).
+2. Give every feature row an order key, the struct (event_ts, created_ts with nulls lowest,
+   file name, row number in file), and every entity row the probe (t, +inf, '', 0).
+3. ``ASOF LEFT JOIN`` entity rows to feature rows on the keys and ``probe >= order key``. Struct
+   comparison is lexicographic, so the match is exactly the greatest (event_ts, created_ts) at or
+   before t, with exact ties going to the later file and row, in one pass and without a dedupe
+   step. If that row is older than ``t - d`` every other candidate is too, so the TTL check is a
+   filter on the match.
 
-The views are then joined back to the entity rows on a row id (1:1) and ordered by it.
+All views are chained ASOF joins in one statement, ordered by the entity row id at the end.
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ def _source_column(view: ViewSpec, mapped: str) -> str:
     return mapped
 
 
-def _view_ctes(
+# Entity-side probe: greater than every feature row at or before t, whatever its created time.
+_BIGINT_MAX = 9223372036854775807
+_BIGINT_MIN = -9223372036854775807
+
+
+def _view_cte(
     index: int, view: ViewSpec, min_ts: datetime | None, max_ts: datetime | None
-) -> tuple[list[str], list[str]]:
-    """CTEs for one view and the names of its output columns in the ``v{index}`` CTE."""
+) -> tuple[str, str, list[str], list[str]]:
+    """The source CTE of one view, its ASOF condition, and its output select items."""
     q = quote_ident
-    src, dedup, joined = f"__v{index}_src", f"__v{index}_dedup", f"__v{index}"
+    alias = f"__v{index}"
     key_cols = [f"__k{j}" for j in range(len(view.join_keys))]
     feat_cols = [f"__f{j}" for j in range(len(view.features))]
 
@@ -97,9 +103,11 @@ def _view_ctes(
     ]
     select += [
         f"CAST({ts_raw} AS TIMESTAMPTZ) AS __ts",
-        f"CAST({cr_raw} AS TIMESTAMPTZ) AS __cr",
-        "filename AS __file",
-        "file_row_number AS __rn",
+        # The order key: (event_ts, created_ts with nulls lowest, file, row). Comparing it as
+        # one struct lets a single ASOF join pick the winner without a dedupe pass.
+        f"{{'ts': CAST({ts_raw} AS TIMESTAMPTZ), "
+        f"'cr': coalesce(epoch_us(CAST({cr_raw} AS TIMESTAMPTZ)), {_BIGINT_MIN}), "
+        "'f': filename, 'rn': CAST(file_row_number AS BIGINT)} AS __ord",
     ]
     where = [f"{ts_raw} IS NOT NULL"]
     # Pruning by the entity time range: rows after the last entity time or before the first
@@ -111,32 +119,21 @@ def _view_ctes(
             f"CAST({ts_raw} AS TIMESTAMPTZ) >= {timestamp_literal(min_ts)} "
             f"- to_microseconds(CAST({int(view.ttl_seconds * 1_000_000)} AS BIGINT))"
         )
-    if view.join_keys:
-        ent_keys = ", ".join(q(e) for e, _ in view.join_keys)
-        src_keys = ", ".join(q(_source_column(view, m)) for _, m in view.join_keys)
-        where.append(f"({src_keys}) IN (SELECT DISTINCT {ent_keys} FROM {ENTITY_TABLE})")
-    partition = ", ".join([*key_cols, "__ts"])
-    ctes = [
-        f"{src} AS (SELECT {', '.join(select)} FROM {view.scan_sql} WHERE {' AND '.join(where)})",
-        f"{dedup} AS (SELECT * FROM {src} QUALIFY row_number() OVER (PARTITION BY {partition} "
-        "ORDER BY __cr DESC NULLS LAST, __file DESC, __rn DESC) = 1)",
-    ]
-    on = [f"e.{q(e)} = f.{k}" for (e, _), k in zip(view.join_keys, key_cols, strict=True)]
-    on.append(f"e.{ENTITY_TS} >= f.__ts")
+    cte = (
+        f"{alias} AS (SELECT {', '.join(select)} FROM {view.scan_sql} WHERE {' AND '.join(where)})"
+    )
+    on = [f"e.{q(e)} = {alias}.{k}" for (e, _), k in zip(view.join_keys, key_cols, strict=True)]
+    on.append(f"e.__probe >= {alias}.__ord")
     if view.ttl_seconds > 0:
         ttl_us = int(view.ttl_seconds * 1_000_000)
-        in_window = f"f.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
+        in_window = f"{alias}.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
     else:
-        in_window = "f.__ts IS NOT NULL"
-    outs = [f"__o{index}_{j}" for j in range(len(view.features))]
-    cols = [
-        f"CASE WHEN {in_window} THEN f.{c} END AS {o}" for c, o in zip(feat_cols, outs, strict=True)
+        in_window = f"{alias}.__ts IS NOT NULL"
+    outs = [
+        f"CASE WHEN {in_window} THEN {alias}.{c} END AS {q(f.output_name)}"
+        for c, f in zip(feat_cols, view.features, strict=True)
     ]
-    ctes.append(
-        f"{joined} AS (SELECT e.{ROW_ID}, {', '.join(cols) if cols else 'NULL AS __none'} "
-        f"FROM {ENTITY_TABLE} e ASOF LEFT JOIN {dedup} f ON {' AND '.join(on)})"
-    )
-    return ctes, outs
+    return cte, " AND ".join(on), outs, [alias]
 
 
 def build_pit_query(
@@ -166,14 +163,16 @@ def build_pit_query(
     ]
     joins: list[str] = []
     for i, view in enumerate(views):
-        view_ctes, outs = _view_ctes(i, view, min_ts, max_ts)
-        ctes.extend(view_ctes)
-        select += [
-            f"__v{i}.{o} AS {q(f.output_name)}" for o, f in zip(outs, view.features, strict=True)
-        ]
-        joins.append(f"LEFT JOIN __v{i} ON __v{i}.{ROW_ID} = e.{ROW_ID}")
+        cte, on, outs, _ = _view_cte(i, view, min_ts, max_ts)
+        ctes.append(cte)
+        select += outs
+        joins.append(f"ASOF LEFT JOIN __v{i} ON {on}")
+    probe = (
+        f"(SELECT *, {{'ts': {ENTITY_TS}, 'cr': {_BIGINT_MAX}, 'f': '', 'rn': CAST(0 AS BIGINT)}}"
+        f" AS __probe FROM {ENTITY_TABLE})"
+    )
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
     return (
-        f"{with_clause}SELECT {', '.join(select)} FROM {ENTITY_TABLE} e "
+        f"{with_clause}SELECT {', '.join(select)} FROM {probe} e "
         f"{' '.join(joins)} ORDER BY e.{ROW_ID}"
     )
