@@ -194,15 +194,34 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb), "rows": rows}))
 
 
-def _run(repo: Path, entities: Path, out: Path, to_parquet: bool, timeout: float) -> dict[str, Any]:
+def _run(
+    repo: Path,
+    entities: Path,
+    out: Path,
+    to_parquet: bool,
+    timeout: float,
+    memory_cap_gb: float | None = None,
+) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.pit_bench", "--child", "--repo", str(repo)]
     cmd += ["--entities", str(entities), "--out", str(out)]
     if to_parquet:
         cmd.append("--to-parquet")
     started = time.perf_counter()
+
+    def cap() -> None:
+        # The box is shared: a run that would exhaust RAM fails with MemoryError instead.
+        if memory_cap_gb:
+            limit = int(memory_cap_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1]
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).parents[1],
+            preexec_fn=cap,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
@@ -267,6 +286,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-stock", action="store_true")
     parser.add_argument("--stock-timeout", type=float, default=1800)
+    parser.add_argument(
+        "--stock-memory-cap-gb",
+        type=float,
+        default=12,
+        help="address-space cap for the stock Feast run (0 = none)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep generated data")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repo", help=argparse.SUPPRESS)
@@ -315,7 +340,14 @@ def main() -> None:
     report["ours"] = ours
     if not args.skip_stock:
         _make_repo(stock_repo, case, "file", args.memory_limit, args.threads)
-        stock = _run(stock_repo, entities, work / "stock.parquet", False, args.stock_timeout)
+        stock = _run(
+            stock_repo,
+            entities,
+            work / "stock.parquet",
+            False,
+            args.stock_timeout,
+            args.stock_memory_cap_gb,
+        )
         report["stock_feast"] = stock
         if "wall_s" in stock and "wall_s" in ours:
             report["speedup"] = round(stock["wall_s"] / max(ours["wall_s"], 1e-9), 1)
