@@ -1,0 +1,221 @@
+"""The codec against Feast's own serialization, property by property (Hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from online_store.codec import (
+    check_feature_type,
+    encode_entity_keys,
+    encode_timestamps,
+    encode_values,
+    event_micros,
+    field_name,
+    ts_field,
+)
+from online_store.decode import decode_timestamp, decode_value
+from service.errors import InvalidEntityError, UnsupportedTypeError
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+INT64 = st.integers(-(2**63), 2**63 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+BINARY = st.binary(max_size=20)
+DATETIMES = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+
+
+def feast_bytes(arr: pa.Array, vt: ValueType) -> list[bytes]:
+    """What Feast's materialization writes for a column (``_columns_to_proto_values``)."""
+    protos = python_values_to_proto_values(arr.to_numpy(zero_copy_only=False), vt)
+    return [p.SerializeToString() for p in protos]
+
+
+def _key_value(value: Any, vt: ValueType) -> Value:
+    field = {
+        ValueType.INT64: "int64_val",
+        ValueType.INT32: "int32_val",
+        ValueType.STRING: "string_val",
+        ValueType.BYTES: "bytes_val",
+    }[vt]
+    return Value(**{field: value})
+
+
+KEY_CASES = [
+    (INT64, ValueType.INT64, pa.int64()),
+    (INT32, ValueType.INT32, pa.int32()),
+    (TEXT, ValueType.STRING, pa.string()),
+    (BINARY, ValueType.BYTES, pa.binary()),
+]
+
+
+@pytest.mark.parametrize(("strategy", "vt", "arrow"), KEY_CASES, ids=lambda c: str(c))
+@SETTINGS
+@given(data=st.data(), project=TEXT.filter(bool))
+def test_entity_keys_equal_feast_serialize_entity_key(
+    strategy: st.SearchStrategy[Any], vt: ValueType, arrow: pa.DataType, data: st.DataObject, project: str
+) -> None:
+    values = data.draw(st.lists(strategy, min_size=1, max_size=20))
+    ours = encode_entity_keys([pa.array(values, arrow)], ["k"], [vt], project)
+    expected = [
+        serialize_entity_key(EntityKey(join_keys=["k"], entity_values=[_key_value(v, vt)]))
+        + project.encode()
+        for v in values
+    ]
+    assert ours == expected
+
+
+@SETTINGS
+@given(
+    rows=st.lists(st.tuples(INT64, TEXT, BINARY), min_size=1, max_size=20),
+    names=st.lists(st.text("abcdefgh_", min_size=1, max_size=6), min_size=3, max_size=3, unique=True),
+)
+def test_compound_entity_keys_sort_join_keys_like_feast(rows: list[tuple[int, str, bytes]], names: list[str]) -> None:
+    types = [ValueType.INT64, ValueType.STRING, ValueType.BYTES]
+    arrows = [pa.int64(), pa.string(), pa.binary()]
+    columns = [pa.array([r[i] for r in rows], arrows[i]) for i in range(3)]
+    ours = encode_entity_keys(columns, names, types, "proj")
+    expected = [
+        serialize_entity_key(
+            EntityKey(join_keys=names, entity_values=[_key_value(v, t) for v, t in zip(r, types)])
+        )
+        + b"proj"
+        for r in rows
+    ]
+    assert ours == expected
+
+
+def _opt(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    return st.lists(st.one_of(st.none(), strategy), min_size=1, max_size=30)
+
+
+FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+VALUE_CASES: list[tuple[st.SearchStrategy[list[Any]], ValueType, pa.DataType]] = [
+    (st.lists(INT64, min_size=1, max_size=30), ValueType.INT64, pa.int64()),
+    # Feast routes int columns with nulls through float64; exact only below 2**53.
+    (_opt(st.integers(-(2**53), 2**53)), ValueType.INT64, pa.int64()),
+    (_opt(INT32), ValueType.INT32, pa.int32()),
+    (_opt(FLOATS), ValueType.DOUBLE, pa.float64()),
+    (_opt(st.floats(width=32)), ValueType.FLOAT, pa.float32()),
+    (_opt(st.booleans()), ValueType.BOOL, pa.bool_()),
+    (st.lists(st.booleans(), min_size=1), ValueType.BOOL, pa.bool_()),
+    (_opt(TEXT), ValueType.STRING, pa.string()),
+    # Feast writes null for b"" when no value in the batch is non-empty (it cannot infer a
+    # sample); we always write empty bytes as empty bytes (docs/online-format.md).
+    (_opt(BINARY).filter(lambda vs: any(vs)), ValueType.BYTES, pa.binary()),
+    (_opt(DATETIMES), ValueType.UNIX_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+    (_opt(DATETIMES), ValueType.UNIX_TIMESTAMP, pa.timestamp("ns")),
+    (_opt(st.lists(INT64, max_size=5)), ValueType.INT64_LIST, pa.list_(pa.int64())),
+    (_opt(st.lists(INT32, max_size=5)), ValueType.INT32_LIST, pa.list_(pa.int32())),
+    (_opt(st.lists(st.floats(allow_nan=False), max_size=5)), ValueType.DOUBLE_LIST, pa.list_(pa.float64())),
+    (_opt(st.lists(st.floats(width=32, allow_nan=False), max_size=5)), ValueType.FLOAT_LIST, pa.list_(pa.float32())),
+    (_opt(st.lists(st.booleans(), max_size=5)), ValueType.BOOL_LIST, pa.list_(pa.bool_())),
+    (_opt(st.lists(TEXT, max_size=5)), ValueType.STRING_LIST, pa.list_(pa.string())),
+    (_opt(st.lists(BINARY, max_size=5)), ValueType.BYTES_LIST, pa.list_(pa.binary())),
+    (_opt(st.lists(DATETIMES, max_size=5)), ValueType.UNIX_TIMESTAMP_LIST, pa.list_(pa.timestamp("us"))),
+    (_opt(st.lists(DATETIMES, max_size=5)), ValueType.UNIX_TIMESTAMP_LIST, pa.list_(pa.timestamp("ns"))),
+]
+
+
+@pytest.mark.parametrize(("strategy", "vt", "arrow"), VALUE_CASES, ids=lambda c: str(c))
+@SETTINGS
+@given(data=st.data())
+def test_values_equal_feast_protobuf_serialization(
+    strategy: st.SearchStrategy[list[Any]], vt: ValueType, arrow: pa.DataType, data: st.DataObject
+) -> None:
+    values = data.draw(strategy)
+    if pa.types.is_timestamp(arrow) or (
+        pa.types.is_list(arrow) and pa.types.is_timestamp(arrow.value_type)
+    ):
+        # tz-naive Arrow timestamps hold UTC wall time.
+        values = [
+            None if v is None else [x.replace(tzinfo=None) for x in v] if isinstance(v, list) else v
+            for v in values
+        ]
+    arr = pa.array(values, arrow)
+    assert encode_values(arr, vt) == feast_bytes(arr, vt)
+
+
+@pytest.mark.parametrize(("strategy", "vt", "arrow"), VALUE_CASES, ids=lambda c: str(c))
+@SETTINGS
+@given(data=st.data())
+def test_decode_value_agrees_with_protobuf(
+    strategy: st.SearchStrategy[list[Any]], vt: ValueType, arrow: pa.DataType, data: st.DataObject
+) -> None:
+    arr = pa.array(data.draw(strategy), arrow)
+    for raw in encode_values(arr, vt):
+        proto = Value.FromString(raw)
+        kind = proto.WhichOneof("val")
+        decoded = decode_value(raw)
+        if kind is None:
+            assert decoded is None
+        elif kind.endswith("_list_val"):
+            assert decoded == list(getattr(proto, kind).val)
+        elif kind == "unix_timestamp_val" and proto.unix_timestamp_val == -(2**63):
+            assert decoded is None  # Feast's NaT marker for a null time
+        elif kind in ("double_val", "float_val") and np.isnan(getattr(proto, kind)):
+            assert np.isnan(decoded)  # type: ignore[arg-type]
+        else:
+            assert decoded == getattr(proto, kind)
+
+
+@SETTINGS
+@given(times=st.lists(DATETIMES, min_size=1, max_size=30))
+def test_event_timestamps_equal_feast_timestamp_bytes(times: list[datetime]) -> None:
+    ours = encode_timestamps(event_micros(pa.array(times, pa.timestamp("us", tz="UTC"))))
+    expected = []
+    for t in times:
+        proto = Timestamp()
+        proto.FromDatetime(t)
+        expected.append(proto.SerializeToString())
+    assert ours == expected
+    for raw, t in zip(ours, times):
+        proto = Timestamp.FromString(raw)
+        assert decode_timestamp(raw) == (proto.seconds, proto.nanos)
+        assert t == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=proto.seconds, microseconds=proto.nanos // 1000)
+
+
+def test_nanosecond_event_times_truncate_to_microseconds_like_feast() -> None:
+    arr = pa.array([1_700_000_000_123_456_789, -1], pa.timestamp("ns", tz="UTC"))
+    assert event_micros(arr).tolist() == [1_700_000_000_123_456, -1]
+
+
+@given(view=TEXT, feature=TEXT)
+@settings(max_examples=100, deadline=None)
+def test_field_names_equal_feast_murmur3(view: str, feature: str) -> None:
+    assert field_name(view, feature) == _mmh3(f"{view}:{feature}")
+    assert ts_field(view) == f"_ts:{view}".encode()
+
+
+def test_feast_notes_example_key_and_field() -> None:
+    key = encode_entity_keys([pa.array([1001])], ["driver_id"], [ValueType.INT64], "my_project")[0]
+    assert key.hex() == (
+        "01000000" "02000000" "09000000" "6472697665725f6964" "04000000" "08000000"
+        "e903000000000000" "6d795f70726f6a656374"
+    )
+    assert field_name("driver_hourly_stats", "conv_rate").hex() == "6160e3da"
+
+
+def test_unsupported_feature_type_is_refused_with_view_and_feature_named() -> None:
+    with pytest.raises(UnsupportedTypeError, match=r"'v:m'.*MAP"):
+        check_feature_type("v", "m", ValueType.MAP)
+
+
+def test_null_join_key_is_refused() -> None:
+    with pytest.raises(InvalidEntityError, match="'k'"):
+        encode_entity_keys([pa.array([1, None])], ["k"], [ValueType.INT64], "p")
