@@ -223,6 +223,26 @@ class Catalog:
         self.last_success_monotonic: float | None = None
         self.last_error: str | None = None
         self._listeners: list[Callable[[RegistrySnapshot], None]] = []
+        self._marker: datetime | None = None
+        self._last_full = 0.0
+
+    def _probe(self) -> datetime | None:
+        # The SQL registry stamps every apply (and materialization) in one metadata row;
+        # reading it is one indexed query instead of rebuilding and parsing every object,
+        # which would hold the GIL (and stall requests) for tens of milliseconds.
+        getter = getattr(self.store.registry, "_get_last_updated_metadata", None)
+        if getter is None:
+            return None
+        marker: datetime | None = getter(self.store.project)
+        return marker
+
+    def _unchanged(self, marker: datetime | None) -> bool:
+        if marker is None or self._snapshot is None or marker != self._marker:
+            return False
+        # The stamp has one-second resolution: reload while a change may share its second,
+        # and fully every minute as a safety net.
+        now = time.time()
+        return now - marker.timestamp() > 2 and time.monotonic() - self._last_full < 60
 
     @property
     def snapshot(self) -> RegistrySnapshot:
@@ -255,7 +275,15 @@ class Catalog:
             BackendUnavailableError: the registry could not be read.
         """
         try:
+            marker = self._probe()
+            if self._unchanged(marker):
+                self.last_success_monotonic = time.monotonic()
+                self.last_error = None
+                assert self._snapshot is not None
+                return self._snapshot
             snapshot = load_snapshot(self.store, previous=self._snapshot)
+            self._marker = marker
+            self._last_full = time.monotonic()
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             raise BackendUnavailableError(
