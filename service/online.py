@@ -11,13 +11,10 @@ read and serialise with orjson.
 
 from __future__ import annotations
 
-import base64
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, cast
 
 import orjson
@@ -29,6 +26,7 @@ from redis.exceptions import RedisError
 
 from online_store.reader import ReadPlan, ReadResult, ViewReadSpec
 from service.catalog import RegistrySnapshot
+from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.errors import (
     BackendUnavailableError,
     FeatureNotFoundError,
@@ -38,72 +36,6 @@ from service.errors import (
     RequestTooLargeError,
 )
 from service.redis_fast import FastRedis
-
-EPOCH = "1970-01-01T00:00:00Z"
-_INF = (math.inf, -math.inf)
-
-Encoder = Callable[[list[Any]], list[Any]]
-
-
-@lru_cache(maxsize=65536)
-def format_timestamp(ts: datetime) -> str:
-    """RFC 3339 with ``Z``, with the adaptive precision Feast's JSON uses.
-
-    Args:
-        ts: an aware UTC datetime.
-
-    Returns:
-        e.g. ``2026-11-26T09:00:00Z``, ``...:00.250Z`` or ``...:00.250001Z``.
-    """
-    base = ts.strftime("%Y-%m-%dT%H:%M:%S")
-    micros = ts.microsecond
-    if micros == 0:
-        return base + "Z"
-    if micros % 1000 == 0:
-        return f"{base}.{micros // 1000:03d}Z"
-    return f"{base}.{micros:06d}Z"
-
-
-def _float_json(v: Any) -> Any:
-    # JSON has no NaN/Infinity; Feast answers with protobuf-JSON strings for them.
-    if v is None or (v == v and v not in _INF):
-        return v
-    if v != v:
-        return "NaN"
-    return "Infinity" if v > 0 else "-Infinity"
-
-
-def _encode_floats(values: list[Any]) -> list[Any]:
-    for v in values:
-        if v is not None and (v != v or v in _INF):
-            return [_float_json(x) for x in values]
-    return values
-
-
-def _encode_float_lists(values: list[Any]) -> list[Any]:
-    return [None if v is None else _encode_floats(v) for v in values]
-
-
-def _b64(v: bytes) -> str:
-    return base64.b64encode(v).decode("ascii")
-
-
-def _encode_bytes(values: list[Any]) -> list[Any]:
-    return [None if v is None else _b64(v) for v in values]
-
-
-def _encode_bytes_lists(values: list[Any]) -> list[Any]:
-    return [None if v is None else [_b64(x) for x in v] for v in values]
-
-
-_ENCODERS: dict[ValueType, Encoder] = {
-    ValueType.FLOAT: _encode_floats,
-    ValueType.DOUBLE: _encode_floats,
-    ValueType.FLOAT_LIST: _encode_float_lists,
-    ValueType.DOUBLE_LIST: _encode_float_lists,
-    ValueType.BYTES: _encode_bytes,
-    ValueType.BYTES_LIST: _encode_bytes_lists,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +139,7 @@ def compile_plan(
                     feature=f"{view_name}:{feature}",
                 )
             need(view_name, feature)
-            encoder = _ENCODERS.get(info.features[feature].value_type)
+            encoder = ENCODERS.get(info.features[feature].value_type)
             outputs.append(
                 OutputColumn(column, f"{view_name}:{feature}", False, encoder, view_name)
             )
@@ -224,7 +156,7 @@ def compile_plan(
                 f"{odfv.projection.name_to_use()}__{feature}" if full_feature_names else feature
             )
             odfv_outputs.setdefault(view_name, []).append((transformed, column))
-            encoder = _ENCODERS.get(by_name[feature].dtype.to_value_type())
+            encoder = ENCODERS.get(by_name[feature].dtype.to_value_type())
             outputs.append(OutputColumn(column, column, True, encoder))
         else:
             raise FeatureViewNotFoundError(

@@ -1,0 +1,82 @@
+"""JSON encoding of looked-up values, the way Feast's HTTP server renders them.
+
+Kept apart from the lookup logic: these are pure functions over Python values
+(timestamps, floats, bytes) chosen once per response column when a plan compiles.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from feast.value_type import ValueType
+
+EPOCH = "1970-01-01T00:00:00Z"
+_INF = (math.inf, -math.inf)
+
+Encoder = Callable[[list[Any]], list[Any]]
+
+
+@lru_cache(maxsize=65536)
+def format_timestamp(ts: datetime) -> str:
+    """RFC 3339 with ``Z``, with the adaptive precision Feast's JSON uses.
+
+    Args:
+        ts: an aware UTC datetime.
+
+    Returns:
+        e.g. ``2026-11-26T09:00:00Z``, ``...:00.250Z`` or ``...:00.250001Z``.
+    """
+    base = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    micros = ts.microsecond
+    if micros == 0:
+        return base + "Z"
+    if micros % 1000 == 0:
+        return f"{base}.{micros // 1000:03d}Z"
+    return f"{base}.{micros:06d}Z"
+
+
+def _float_json(v: Any) -> Any:
+    # JSON has no NaN/Infinity; Feast answers with protobuf-JSON strings for them.
+    if v is None or (v == v and v not in _INF):
+        return v
+    if v != v:
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def _encode_floats(values: list[Any]) -> list[Any]:
+    for v in values:
+        if v is not None and (v != v or v in _INF):
+            return [_float_json(x) for x in values]
+    return values
+
+
+def _encode_float_lists(values: list[Any]) -> list[Any]:
+    return [None if v is None else _encode_floats(v) for v in values]
+
+
+def _b64(v: bytes) -> str:
+    return base64.b64encode(v).decode("ascii")
+
+
+def _encode_bytes(values: list[Any]) -> list[Any]:
+    return [None if v is None else _b64(v) for v in values]
+
+
+def _encode_bytes_lists(values: list[Any]) -> list[Any]:
+    return [None if v is None else [_b64(x) for x in v] for v in values]
+
+
+ENCODERS: dict[ValueType, Encoder] = {
+    ValueType.FLOAT: _encode_floats,
+    ValueType.DOUBLE: _encode_floats,
+    ValueType.FLOAT_LIST: _encode_float_lists,
+    ValueType.DOUBLE_LIST: _encode_float_lists,
+    ValueType.BYTES: _encode_bytes,
+    ValueType.BYTES_LIST: _encode_bytes_lists,
+}
