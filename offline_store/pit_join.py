@@ -176,3 +176,31 @@ def build_pit_query(
         f"{with_clause}SELECT {', '.join(select)} FROM {probe} e "
         f"{' '.join(joins)} ORDER BY e.{ROW_ID}"
     )
+
+
+def non_entity_sql(views: list[ViewSpec], start: datetime, end: datetime) -> str:
+    """Entity rows for a retrieval without ``entity_df``: every key seen in ``[start, end]``.
+
+    Each key gets one row at ``end``, so the join returns its latest values as of ``end``
+    (within TTL), matching what Feast's stores return in this mode.
+
+    Args:
+        views: the requested views; they must share their join keys.
+        start: first event time considered.
+        end: the as-of time.
+
+    Returns:
+        An SQL query usable as an entity source.
+    """
+    q = quote_ident
+    parts = []
+    for view in views:
+        keys = [f"{q(_source_column(view, m))} AS {q(e)}" for e, m in view.join_keys]
+        ts = q(_source_column(view, view.timestamp_field))
+        select = ", ".join([*keys, f"{timestamp_literal(end)} AS event_timestamp"])
+        parts.append(
+            f"SELECT DISTINCT {select} FROM {view.scan_sql} "
+            f"WHERE CAST({ts} AS TIMESTAMPTZ) BETWEEN {timestamp_literal(start)} "
+            f"AND {timestamp_literal(end)}"
+        )
+    return " UNION ".join(parts)

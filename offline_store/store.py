@@ -28,11 +28,12 @@ from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalMeta
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.utils import _get_requested_feature_views_to_features_dict
+from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
 
+from offline_store.checks import check_request
 from offline_store.entities import EntitySource, load_entities
 from offline_store.job import DuckDBRetrievalJob
-from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query
+from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.pulls import build_pull_query
 from offline_store.sources import (
     DuckDBSettings,
@@ -44,7 +45,7 @@ from offline_store.sources import (
     resolve_path,
 )
 from offline_store.writes import write_batch
-from service.errors import FeatureViewNotFoundError, InvalidEntityError, InvalidRequestError
+from service.errors import FeatureViewNotFoundError, InvalidRequestError
 
 
 class DuckDBParquetOfflineStoreConfig(FeastConfigBaseModel):
@@ -116,23 +117,20 @@ def _register_source_views(
             execute(con, f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {scan}")
 
 
-def _check_entities(views: list[ViewSpec], types: dict[str, str]) -> None:
-    for view in views:
-        for entity_col, _ in view.join_keys:
-            if entity_col not in types:
-                raise InvalidEntityError(
-                    f"entity rows lack join key {entity_col!r} needed by feature view "
-                    f"{view.name!r}; add a {entity_col!r} column",
-                    join_key=entity_col,
-                    feature_view=view.name,
-                )
-        for feature in view.features:
-            if feature.output_name in types:
-                raise InvalidRequestError(
-                    f"feature {feature.output_name!r} of view {view.name!r} has the same name "
-                    "as an entity column; rename the column or use full_feature_names=True",
-                    column=feature.output_name,
-                )
+def _non_entity_rows(
+    specs: list[ViewSpec], views: list[FeatureView], kwargs: dict[str, Any]
+) -> str:
+    """Entity SQL for Feast's retrieval without entity_df (``start_date``/``end_date``)."""
+    key_sets = {tuple(sorted(e for e, _ in spec.join_keys)) for spec in specs}
+    if len(key_sets) > 1:
+        raise InvalidRequestError(
+            "without entity rows every requested view must have the same join keys (got "
+            f"{sorted(key_sets)}); pass entity_df instead",
+        )
+    start, end = compute_non_entity_date_range(
+        views, start_date=kwargs.get("start_date"), end_date=kwargs.get("end_date")
+    )
+    return non_entity_sql(specs, start, end)
 
 
 class DuckDBParquetOfflineStore(OfflineStore):
@@ -159,20 +157,17 @@ class DuckDBParquetOfflineStore(OfflineStore):
             registry: used to look up requested on-demand views.
             project: the Feast project.
             full_feature_names: name feature columns ``view__feature``.
-            **kwargs: Feast passes ``start_date``/``end_date`` only without ``entity_df``.
+            **kwargs: ``start_date``/``end_date`` when ``entity_df`` is None: then every key
+                with rows in that range is returned once, as of ``end_date``.
 
         Returns:
             A lazy job; nothing is read until a result is requested.
 
         Raises:
-            InvalidRequestError: no entity rows given, or a non-Parquet source.
+            InvalidRequestError: a non-Parquet source, or views with different join keys
+                without entity rows.
             FeatureViewNotFoundError: a reference names no known view.
         """
-        if entity_df is None:
-            raise InvalidRequestError(
-                "entity rows are required: pass entity_df (a DataFrame, Arrow table, Parquet "
-                "path or SQL query) with the join keys and an event_timestamp column",
-            )
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         try:
             by_view, _ = _get_requested_feature_views_to_features_dict(
@@ -181,12 +176,14 @@ class DuckDBParquetOfflineStore(OfflineStore):
         except ValueError as exc:
             raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
         specs = [_view_spec(config, fv, feats, full_feature_names) for fv, feats in by_view.items()]
+        if entity_df is None:
+            entity_df = _non_entity_rows(specs, list(by_view), kwargs)
         settings = settings_from_config(config)
 
         def prepare(con: duckdb.DuckDBPyConnection) -> str:
             _register_source_views(con, config, list(by_view))
             loaded = load_entities(con, entity_df)
-            _check_entities(specs, loaded.types)
+            check_request(con, specs, loaded.types)
             return build_pit_query(
                 specs,
                 loaded.columns,

@@ -18,6 +18,7 @@ from feast.types import Float64
 from offline_store.job import DuckDBRetrievalJob
 from service.errors import InvalidEntityError, InvalidRequestError, InvalidTimestampError
 from tests.offline_store.repo_helpers import (
+    CUSTOMER_SCHEMA,
     DRIVER_SCHEMA,
     make_store,
     three_views,
@@ -265,3 +266,37 @@ def test_feature_name_clashing_with_an_entity_column_is_refused(repo: Path) -> N
         entity_df=clash, features=FEATURES, full_feature_names=True
     ).to_arrow()
     assert table["driver_fv__rate"].to_pylist()[0] == 0.5
+
+
+def test_join_key_of_the_wrong_type_is_an_invalid_entity_error(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    as_text = ENTITIES.assign(driver_id=ENTITIES["driver_id"].astype(str))
+    with pytest.raises(InvalidEntityError, match="VARCHAR") as info:
+        fs.get_historical_features(entity_df=as_text, features=FEATURES).to_arrow()
+    assert info.value.details["feature_view"] == "driver_fv"
+
+
+def test_source_missing_a_declared_feature_column_is_named(repo: Path) -> None:
+    fs = _store(repo)
+    table = pa.Table.from_pylist(DRIVER_ROWS, schema=DRIVER_SCHEMA).drop_columns(["trips"])
+    pq.write_table(table, repo / "data" / "driver.parquet")
+    with pytest.raises(InvalidRequestError, match="trips"):
+        fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
+
+
+def test_without_entity_rows_every_key_in_range_comes_back_as_of_end_date(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    table = fs.get_historical_features(
+        features=FEATURES,
+        start_date=T0 - timedelta(hours=1),
+        end_date=T0 + timedelta(minutes=4),
+    ).to_arrow()
+    rows = sorted((r["driver_id"], r["rate"], r["trips"]) for r in table.to_pylist())
+    assert rows == [(1, 0.7, 11), (2, 0.9, 20)]
+    write_rows(repo / "data" / "customer.parquet", CUSTOMER_SCHEMA, [])
+    with pytest.raises(InvalidRequestError, match="same join keys"):
+        fs.get_historical_features(
+            features=[*FEATURES, "customer_fv:tier"], end_date=T0 + timedelta(minutes=4)
+        )
