@@ -88,6 +88,27 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         422: _ERROR_BODY,
         503: _ERROR_BODY,
     },
+    # The body is read raw (Arrow IPC or JSON), so describe it for the OpenAPI page by hand.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["entity_sql"],
+                        "properties": {
+                            "entity_sql": {"type": "string"},
+                            "features": {"type": "array", "items": {"type": "string"}},
+                            "feature_service": {"type": "string"},
+                            "full_feature_names": {"type": "boolean"},
+                        },
+                    }
+                },
+            },
+        }
+    },
 )
 async def training_dataset(
     request: Request,

@@ -16,7 +16,12 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
 
 from offline_store.job import DuckDBRetrievalJob
-from service.errors import InvalidEntityError, InvalidRequestError, InvalidTimestampError
+from service.errors import (
+    FeatureStoreError,
+    InvalidEntityError,
+    InvalidRequestError,
+    InvalidTimestampError,
+)
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
     DRIVER_SCHEMA,
@@ -300,3 +305,10 @@ def test_without_entity_rows_every_key_in_range_comes_back_as_of_end_date(repo: 
         fs.get_historical_features(
             features=[*FEATURES, "customer_fv:tier"], end_date=T0 + timedelta(minutes=4)
         )
+
+
+def test_a_corrupt_source_file_is_a_feature_store_error_not_a_crash(repo: Path) -> None:
+    fs = _store(repo)
+    (repo / "data" / "driver.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(FeatureStoreError, match=r"driver\.parquet"):
+        fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
