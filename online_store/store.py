@@ -40,7 +40,7 @@ from online_store.codec import (
 from online_store.connection import make_client, parse_connection_string, resolve_target
 from online_store.decode import timestamp_datetime, timestamp_nanos
 from online_store.reader import ReadPlan, ViewReadSpec
-from service.errors import BackendUnavailableError
+from service.errors import BackendUnavailableError, UnsupportedTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,20 @@ def _proto_scalar(v: ValueProto) -> tuple[object, ValueType]:
     if kind not in mapping:
         raise ValueError(f"entity value kind {kind} is not supported")
     return getattr(v, kind), mapping[kind]
+
+
+def _unregister(config: RepoConfig, view: str) -> None:
+    """Drop a view we refuse from the registry.
+
+    ``FeatureStore.apply`` writes views to the registry before it asks the online store to
+    update, so without this a refused view would stay registered and fail at materialize.
+    """
+    from feast import FeatureStore
+
+    try:
+        FeatureStore(config=config).registry.delete_feature_view(view, config.project)
+    except Exception:  # best effort: the apply fails with the real error either way
+        logger.warning("could not remove refused feature view %s from the registry", view)
 
 
 class FastRedisOnlineStore(OnlineStore):
@@ -229,10 +243,14 @@ class FastRedisOnlineStore(OnlineStore):
         for table in tables_to_keep:
             if not hasattr(table, "entity_columns"):
                 continue  # on-demand views are not stored unless written explicitly
-            for column in table.entity_columns:
-                check_entity_type(table.name, column.name, column.dtype.to_value_type())
-            for feature in table.features:
-                check_feature_type(table.name, feature.name, feature.dtype.to_value_type())
+            try:
+                for column in table.entity_columns:
+                    check_entity_type(table.name, column.name, column.dtype.to_value_type())
+                for feature in table.features:
+                    check_feature_type(table.name, feature.name, feature.dtype.to_value_type())
+            except UnsupportedTypeError:
+                _unregister(config, table.name)
+                raise
         store_config: FastRedisOnlineStoreConfig = config.online_store
         if store_config.full_scan_for_deletion:
             for table in tables_to_delete:

@@ -44,6 +44,7 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.decode import timestamp_nanos
+from online_store.rawpipe import execute_packed, pack, supports_raw
 from service.errors import SchemaMismatchError
 
 DEFAULT_CHUNK_ROWS = 20_000
@@ -140,14 +141,11 @@ def _write_chunk(
         if created_col.null_count == 0:
             created = event_micros(created_col)
     rows = _winners(keys, micros, created)
-    with client.pipeline(transaction=False) as pipe:
-        for i in rows.tolist():
-            pipe.hmget(keys[i], [ts_name])
-        stored: list[Any] = pipe.execute()
+    stored = _stored_times(client, [keys[i] for i in rows.tolist()], ts_name)
     new_nanos = (micros[rows] * 1000).tolist()
     keep = [
         i
-        for i, new, (old,) in zip(rows.tolist(), new_nanos, stored, strict=True)
+        for i, new, old in zip(rows.tolist(), new_nanos, stored, strict=True)
         # Feast treats a zero stored time like a missing one.
         if not old or new > (old_ns := timestamp_nanos(old)) or old_ns == 0
     ]
@@ -159,17 +157,43 @@ def _write_chunk(
         for f, vt in zip(spec.features, spec.feature_types, strict=True)
     ]
     ts_values = encode_timestamps(micros[np.asarray(keep)])
-    with client.pipeline(transaction=False) as pipe:
-        for j, i in enumerate(keep):
-            items: list[bytes] = [ts_name, ts_values[j]]
-            for f, col in zip(fields, encoded, strict=True):
-                items.append(f)
-                items.append(col[j])
-            pipe.execute_command("HSET", keys[i], *items)
-            if key_ttl_seconds:
-                pipe.expire(keys[i], key_ttl_seconds)
-        pipe.execute()
+    commands: list[tuple[bytes | str | int, ...]] = []
+    for j, i in enumerate(keep):
+        items: list[bytes | str | int] = ["HSET", keys[i], ts_name, ts_values[j]]
+        for f, col in zip(fields, encoded, strict=True):
+            items.append(f)
+            items.append(col[j])
+        commands.append(tuple(items))
+        if key_ttl_seconds:
+            commands.append(("EXPIRE", keys[i], key_ttl_seconds))
+    _execute(client, commands)
     return len(keep)
+
+
+def _stored_times(
+    client: redis.Redis | redis.RedisCluster, keys: list[bytes], ts_name: bytes
+) -> list[bytes | None]:
+    if supports_raw(client):
+        tail = b"$%d\r\n%b\r\n" % (len(ts_name), ts_name)
+        packed = [b"*3\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(k), k, tail) for k in keys]
+        replies = execute_packed(client, packed)  # type: ignore[arg-type]
+        return [r[0] for r in replies]  # type: ignore[index]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, [ts_name])
+        return [r[0] for r in pipe.execute()]
+
+
+def _execute(
+    client: redis.Redis | redis.RedisCluster, commands: list[tuple[bytes | str | int, ...]]
+) -> None:
+    if supports_raw(client):
+        execute_packed(client, [pack(c) for c in commands])  # type: ignore[arg-type]
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
 
 
 def write_batches(

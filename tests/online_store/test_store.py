@@ -1,0 +1,144 @@
+"""The plugin through Feast: apply-time type checks, deletions, connection resolution."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+from feast.types import Float64, Int64, Json, Map
+from feast.value_type import ValueType
+
+from online_store import connection
+from online_store.connection import parse_connection_string, redact
+from online_store.store import FastRedisOnlineStore
+from service.errors import UnsupportedTypeError
+from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
+from tests.online_store.views import T0
+
+DUCKDB = "offline_store.store.DuckDBParquetOfflineStore"
+
+
+def _objects(parquet: Path, *, extra: Any = None, views: tuple[str, ...] = ("a", "b")) -> list[Any]:
+    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+    src = FileSource(path=str(parquet), timestamp_field="event_ts")
+    out: list[Any] = [driver]
+    for name in views:
+        schema = [Field(name="driver_id", dtype=Int64), Field(name=f"{name}_x", dtype=Float64)]
+        if extra is not None:
+            schema.append(Field(name="bad", dtype=extra))
+        out.append(FeatureView(name=name, entities=[driver], schema=schema, source=src, ttl=timedelta(0)))
+    return out
+
+
+def _data(path: Path) -> Path:
+    pq.write_table(
+        pa.table(
+            {
+                "driver_id": pa.array([1, 2], pa.int64()),
+                "a_x": [1.0, 2.0],
+                "b_x": [3.0, 4.0],
+                "event_ts": pa.array([T0, T0], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize("bad_type", [Map, Json], ids=["map", "json"])
+def test_unsupported_type_is_rejected_at_apply(tmp_path: Path, redis_url: str, bad_type: Any) -> None:
+    parquet = _data(tmp_path / "d.parquet")
+    spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
+    write_repo(tmp_path / "repo", spec)
+    store = FeatureStore(repo_path=str(tmp_path / "repo"))
+    with pytest.raises(UnsupportedTypeError, match=r"feature 'a:bad' has type") as info:
+        store.apply(_objects(parquet, extra=bad_type, views=("a",)))
+    assert "use one of" in info.value.message
+
+
+def test_removing_a_view_removes_only_its_data(tmp_path: Path, redis_url: str) -> None:
+    parquet = _data(tmp_path / "d.parquet")
+    spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
+    store = make_store(tmp_path / "repo", spec, lambda: _objects(parquet))
+    store.materialize(T0 - timedelta(1), T0 + timedelta(1))
+    client = redis.Redis.from_url(redis_url)
+    before = {k: client.hgetall(k) for k in client.keys()}
+    assert len(before) == 2 and all(len(v) == 4 for v in before.values())
+    view_a = store.get_feature_view("a")
+    store.apply([], objects_to_delete=[view_a], partial=False)
+    after = {k: client.hgetall(k) for k in client.keys()}
+    assert after.keys() == before.keys()
+    assert all(set(v) == {b"_ts:b", *(f for f in v if f != b"_ts:b")} and len(v) == 2 for v in after.values())
+    store.apply([], objects_to_delete=[store.get_feature_view("b")], partial=False)
+    assert client.dbsize() == 0
+
+
+def test_teardown_deletes_every_key_of_the_project_only(tmp_path: Path, redis_url: str) -> None:
+    parquet = _data(tmp_path / "d.parquet")
+    client = redis.Redis.from_url(redis_url)
+    stores = []
+    for project in ("p", "q"):
+        spec = RepoSpec(project, redis_url, True, True, offline=DUCKDB)
+        store = make_store(tmp_path / project, spec, lambda: _objects(parquet))
+        store.materialize(T0 - timedelta(1), T0 + timedelta(1))
+        stores.append(store)
+    assert client.dbsize() == 4
+    stores[0].teardown()
+    assert client.dbsize() == 2
+    assert all(k.endswith(b"q") for k in client.keys())
+
+
+def test_connection_string_in_feast_format_and_redaction() -> None:
+    nodes, params = parse_connection_string("redis1:6380,db=2,password=s3cret,ssl=true")
+    assert nodes == [{"host": "redis1", "port": 6380}]
+    assert params == {"db": 2, "password": "s3cret", "ssl": True}
+    assert "s3cret" not in redact("redis1:6380,db=2,password=s3cret")
+    assert "s3cret" not in redact("redis://user:s3cret@host:6379/0")
+
+
+def test_env_url_is_used_when_no_connection_string(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEATURESTORE_REDIS_URL", redis_url)
+    assert connection.resolve_target(None, tmp_path) == redis_url
+    assert connection.resolve_target("h:1,db=0", tmp_path) == "h:1,db=0"
+
+
+def test_embedded_redis_starts_under_repo_data_when_nothing_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEATURESTORE_REDIS_URL", raising=False)
+    url = connection.resolve_target(None, tmp_path)
+    data_dir = (tmp_path / "data" / "redis").resolve()
+    try:
+        assert (data_dir / "server.json").exists()
+        assert redis.Redis.from_url(url).ping()
+        # A second resolution reuses the same server.
+        assert connection.resolve_target(None, tmp_path) == url
+    finally:
+        connection._embedded.pop(data_dir).stop()
+
+
+def test_plugin_class_and_config_are_found_by_feast_naming_rule() -> None:
+    from feast.repo_config import get_online_config_from_type
+
+    config_class = get_online_config_from_type("online_store.store.FastRedisOnlineStore")
+    config = config_class(type="online_store.store.FastRedisOnlineStore", redis_type="redis_cluster", key_ttl_seconds=5)
+    assert config.key_ttl_seconds == 5
+    assert FastRedisOnlineStore().async_supported.read is False
+
+
+def test_rejected_apply_leaves_no_view_behind(tmp_path: Path, redis_url: str) -> None:
+    parquet = _data(tmp_path / "d.parquet")
+    write_repo(tmp_path / "repo", RepoSpec("p", redis_url, True, True, offline=DUCKDB))
+    store = FeatureStore(repo_path=str(tmp_path / "repo"))
+    with pytest.raises(UnsupportedTypeError):
+        store.apply(_objects(parquet, extra=Map, views=("a",)))
+    fresh = FeatureStore(repo_path=str(tmp_path / "repo"))
+    assert [v.name for v in fresh.list_feature_views()] == []
