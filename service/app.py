@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import handlers
-from service.backends import open_feature_store, open_redis, open_sync_redis, resolve_redis_url
+from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
 from service.catalog import Catalog
 from service.deps import ServiceState
 from service.errors import BackendUnavailableError
@@ -28,7 +28,6 @@ from service.fastpath import OnlineFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.redis_fast import FastRedis
 from service.routes import materialize, online, ops, registry, writes
 from service.settings import Settings
 
@@ -69,13 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(resolve_redis_url, settings, store.config)
-        client = open_redis(url, settings)
-        reader = FastRedis(
-            url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_seconds,
-        )
-        sync_client = open_sync_redis(url, settings)
+        reader, client, sync_client = open_clients(url, settings, cluster=is_cluster(store.config))
         catalog = Catalog(store, refresh_seconds=settings.registry_refresh_seconds)
         metrics.bind(catalog)
         try:
@@ -113,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await refresher
             jobs.shutdown()
             await client.aclose()
-            await reader.aclose()
+            if reader is not client:
+                await reader.aclose()
             sync_client.close()
 
     app = FastAPI(

@@ -22,6 +22,7 @@ from feast.repo_config import RepoConfig
 
 from online_store.connection import parse_connection_string, resolve_target
 from service.errors import FeatureStoreError
+from service.redis_fast import FastRedis
 from service.settings import Settings
 
 _VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -137,6 +138,42 @@ def resolve_redis_url(settings: Settings, config: RepoConfig) -> str:
     return resolve_target(None, repo)
 
 
+def is_cluster(config: RepoConfig) -> bool:
+    """Whether the repo's online store is a Redis Cluster (``redis_type: redis_cluster``)."""
+    redis_type = getattr(config.online_store, "redis_type", "redis")
+    return str(getattr(redis_type, "value", redis_type)) == "redis_cluster"
+
+
+def open_clients(url: str, settings: Settings, *, cluster: bool) -> tuple[Any, Any, Any]:
+    """The three clients of a worker: lookups, async bookkeeping, blocking writes.
+
+    Args:
+        url: Redis URL (any node of a cluster).
+        settings: timeouts and pool sizes.
+        cluster: use redis-py's cluster clients (slot routing) for all three.
+
+    Returns:
+        (lookup client, asyncio client, blocking client). On a single server, lookups
+        use :class:`~service.redis_fast.FastRedis`.
+    """
+    if not cluster:
+        reader = FastRedis(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_timeout_seconds,
+        )
+        return reader, open_redis(url, settings), open_sync_redis(url, settings)
+    timeout = settings.redis_timeout_seconds
+    aclient = aioredis.RedisCluster.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    sync = redis.RedisCluster.from_url(
+        url, socket_timeout=max(timeout, 10.0), socket_connect_timeout=timeout
+    )
+    # One asyncio cluster client serves both lookups and bookkeeping.
+    return aclient, aclient, sync
+
+
 def open_redis(url: str, settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client with a bounded, blocking connection pool.
 
@@ -163,7 +200,9 @@ def open_sync_redis(url: str, settings: Settings) -> redis.Redis:
 
 
 __all__ = [
+    "is_cluster",
     "load_repo_config",
+    "open_clients",
     "open_feature_store",
     "open_redis",
     "open_sync_redis",

@@ -28,9 +28,9 @@ class ServiceState:
     settings: Settings
     store: FeatureStore
     catalog: Catalog
-    redis: aioredis.Redis
-    reader: FastRedis
-    redis_sync: SyncRedis
+    redis: aioredis.Redis  # bookkeeping (jobs, readiness); RedisCluster on a cluster
+    reader: FastRedis | aioredis.RedisCluster  # lookups
+    redis_sync: SyncRedis  # blocking writes in threads; RedisCluster on a cluster
     redis_url: str
     metrics: Metrics
     jobs: JobManager

@@ -317,7 +317,7 @@ def run_odfv(
 
 async def read_online(
     plan: OnlinePlan,
-    client: aioredis.Redis | FastRedis,
+    client: aioredis.Redis | aioredis.RedisCluster | FastRedis,
     entities: Mapping[str, Sequence[Any]],
     *,
     full_feature_names: bool,
