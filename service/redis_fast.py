@@ -24,8 +24,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_READ_CHUNK = 1 << 16
-
 
 def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
@@ -43,29 +41,57 @@ def encode_command(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.parser = hiredis.Reader()
+class _Connection(asyncio.Protocol):
+    """One connection: replies are parsed in ``data_received`` and hand back one future.
 
-    async def roundtrip(self, payload: bytes, n_replies: int) -> list[Any]:
-        self.writer.write(payload)
-        replies: list[Any] = []
+    A protocol instead of ``StreamReader``: no per-read future or buffer copy, and the
+    waiting coroutine wakes once, when the last reply of the pipeline has arrived.
+    """
+
+    def __init__(self) -> None:
+        self.parser = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[list[Any]] | None = None
+        self.expected = 0
+        self.replies: list[Any] = []
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
         parser = self.parser
-        while len(replies) < n_replies:
+        parser.feed(data)
+        waiter = self.waiter
+        if waiter is None:
+            return
+        replies = self.replies
+        while len(replies) < self.expected:
             reply = parser.gets()
             if reply is False:
-                data = await self.reader.read(_READ_CHUNK)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                continue
+                return
             replies.append(reply)
-        return replies
+        self.waiter = None
+        if not waiter.done():
+            waiter.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = RedisConnectionError(f"Redis closed the connection: {exc or 'EOF'}")
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(self.lost)
+        self.waiter = None
+
+    def roundtrip(self, payload: bytes, n_replies: int) -> asyncio.Future[list[Any]]:
+        if self.lost is not None or self.transport is None:
+            raise self.lost or RedisConnectionError("not connected")
+        waiter: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiter, self.expected, self.replies = waiter, n_replies, []
+        self.transport.write(payload)
+        return waiter
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class FastPipeline:
@@ -145,8 +171,8 @@ class FastRedis:
         return FastPipeline(self)
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
-        conn = _Connection(reader, writer)
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
         setup: list[bytes] = []
         if self._password is not None:
             auth = (
