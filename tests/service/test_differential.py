@@ -167,8 +167,9 @@ def test_three_views_and_types_match_feast_serve(
     assert {"PRESENT", "NOT_FOUND"} <= seen
 
 
+@pytest.mark.parametrize("full_feature_names", [False, True])
 def test_feature_service_with_on_demand_view_matches_feast_serve(
-    client: AppClient, feast_serve: httpx.Client, repo: Repo
+    client: AppClient, feast_serve: httpx.Client, repo: Repo, full_feature_names: bool
 ) -> None:
     pairs = sorted(repo.latest("driver_customer_stats", ["driver_id", "customer_id"]))[:10]
     body = {
@@ -179,25 +180,28 @@ def test_feature_service_with_on_demand_view_matches_feast_serve(
             "duration_min": [2.0 * i for i in range(10)],
         },
         "feature_service": "ride_ranking_v1",
+        "full_feature_names": full_feature_names,
     }
+    fare = "fare_estimate__estimated_fare" if full_feature_names else "estimated_fare"
+    conv = "driver_hourly_stats__conv_rate" if full_feature_names else "conv_rate"
     ours = client.post("/get-online-features", json=body).json()
     theirs = feast_serve.post("/get-online-features", json=body).json()
     mine = columns(ours)
     # A stale driver row feeds Feast's fare with a value ours treats as expired.
-    stale = [s == "OUTSIDE_MAX_AGE" for s in mine["conv_rate"]["statuses"]]
-    fare_ours = mine.pop("estimated_fare")
-    fare_feast = columns(theirs)["estimated_fare"]
+    stale = [s == "OUTSIDE_MAX_AGE" for s in mine[conv]["statuses"]]
+    fare_ours = mine.pop(fare)
+    fare_feast = columns(theirs)[fare]
     for j, is_stale in enumerate(stale):
         if not is_stale:
             assert fare_ours["values"][j] == fare_feast["values"][j]
         assert fare_ours["statuses"][j] == fare_feast["statuses"][j] == "PRESENT"
-    names = [n for n in ours["metadata"]["feature_names"] if n != "estimated_fare"]
+    names = [n for n in ours["metadata"]["feature_names"] if n != fare]
     trimmed = {
         "metadata": {"feature_names": names},
         "results": [mine[n] for n in names],
     }
     feast_cols = columns(theirs)
-    feast_cols.pop("estimated_fare")
+    feast_cols.pop(fare)
     _compare(
         trimmed, {"metadata": {"feature_names": names}, "results": [feast_cols[n] for n in names]}
     )
