@@ -13,6 +13,8 @@ any order, reruns and runs killed half-way all converge to the same Redis conten
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -91,6 +93,49 @@ def iter_job_batches(job: RetrievalJob, max_rows: int) -> tuple[Iterator[pa.Reco
         return iter(streaming(max_rows)), None
     table = job.to_arrow()
     return iter(table.to_batches(max_chunksize=max_rows)), table.num_rows
+
+
+_DONE = object()
+
+
+def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+    """Pull the next batch in a background thread while the caller writes this one.
+
+    The offline store's query (DuckDB, C++) releases the GIL, so reading batch N+1
+    overlaps encoding and sending batch N. At most ``depth`` batches wait in the queue,
+    so memory stays bounded.
+    """
+    out: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        out.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            out.put(exc)
+
+    thread = threading.Thread(target=produce, name="materialize-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _rename(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatch:
@@ -174,7 +219,7 @@ class StreamingMaterializationEngine(ComputeEngine):
             end_date=task.end_time,
         )
         batches, total = iter_job_batches(job, self.batch_rows)
-        renamed = (_rename(b, mapping) for b in batches)
+        renamed = (_rename(b, mapping) for b in prefetch(batches))
         with ViewProgress(view.name, total) as progress:
             if isinstance(self.online_store, FastRedisOnlineStore):
                 store_config = self.repo_config.online_store

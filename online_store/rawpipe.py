@@ -28,12 +28,15 @@ def supports_raw(client: object) -> bool:
     return isinstance(client, redis.Redis) and not getattr(client, "single_connection_client", False)
 
 
-def execute_packed(client: redis.Redis, packed: list[bytes]) -> list[object]:
+def execute_packed(
+    client: redis.Redis, packed: list[bytes], *, replies: int | None = None
+) -> list[object]:
     """Send pre-packed commands in one round trip and return every reply in order.
 
     Args:
         client: a ``redis.Redis`` client.
-        packed: commands from :func:`pack`.
+        packed: commands from :func:`pack` (an item may hold several commands).
+        replies: number of replies to wait for (default: one per item).
 
     Returns:
         One reply per command (bytes, int, list, None).
@@ -52,21 +55,21 @@ def execute_packed(client: redis.Redis, packed: list[bytes]) -> list[object]:
         if sock is None:
             raise redis.ConnectionError("connection closed while sending")
         reader = hiredis.Reader()
-        replies: list[object] = []
-        want = len(packed)
-        while len(replies) < want:
+        want = len(packed) if replies is None else replies
+        out: list[object] = []
+        while len(out) < want:
             data = sock.recv(1 << 20)
             if not data:
                 raise redis.ConnectionError("Redis closed the connection mid-reply")
             reader.feed(data)
             reply = reader.gets()
             while reply is not False:
-                replies.append(reply)
+                out.append(reply)
                 reply = reader.gets()
-        error = next((r for r in replies if isinstance(r, hiredis.ReplyError)), None)
+        error = next((r for r in out if isinstance(r, hiredis.ReplyError)), None)
         if error is not None:
             raise redis.ResponseError(str(error))
-        return replies
+        return out
     except BaseException:
         # The reply stream may be half-read: never hand this connection out again.
         conn.disconnect()

@@ -24,6 +24,7 @@ per slot).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.decode import timestamp_nanos
-from online_store.rawpipe import execute_packed, pack, supports_raw
+from online_store.rawpipe import execute_packed, supports_raw
 from service.errors import SchemaMismatchError
 
 DEFAULT_CHUNK_ROWS = 20_000
@@ -118,8 +119,52 @@ def _winners(keys: list[bytes], micros: np.ndarray, created: np.ndarray | None) 
     return np.sort(order[first])
 
 
+class _Sink:
+    """Where the ``HSET`` commands of a chunk go.
+
+    On a single server the commands of chunk N are sent and acknowledged by a background
+    thread on its own connection while the caller encodes chunk N+1, so Redis works while
+    Python does. Chunk N+1's ``HMGET`` may then run before chunk N's writes land, so
+    :attr:`in_flight` (what chunk N writes) is merged into the stored times; chunk N-1 is
+    always acknowledged before chunk N is sent, so nothing older can be missed. On a
+    cluster the commands run synchronously through a redis-py cluster pipeline.
+    """
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+        self.client = client
+        self.raw = supports_raw(client)
+        self._executor = ThreadPoolExecutor(1, "redis-writer") if self.raw else None
+        self._pending: Future[list[object]] | None = None
+        self.in_flight: dict[bytes, int] = {}
+
+    def submit(self, packed: list[bytes], replies: int, written: dict[bytes, int]) -> None:
+        self.wait()
+        assert self._executor is not None
+        self._pending = self._executor.submit(execute_packed, self.client, packed, replies=replies)  # type: ignore[arg-type]
+        self.in_flight = written
+
+    def run(self, commands: list[tuple[bytes | str | int, ...]]) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute()
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+        self.in_flight = {}
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+
+
 def _write_chunk(
-    client: redis.Redis | redis.RedisCluster,
+    sink: _Sink,
     spec: WriteSpec,
     chunk: pa.RecordBatch,
     *,
@@ -140,15 +185,18 @@ def _write_chunk(
         created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
         if created_col.null_count == 0:
             created = event_micros(created_col)
-    rows = _winners(keys, micros, created)
-    stored = _stored_times(client, [keys[i] for i in rows.tolist()], ts_name)
+    rows = _winners(keys, micros, created).tolist()
+    stored = _stored_times(sink.client, [keys[i] for i in rows], ts_name)
+    in_flight = sink.in_flight
     new_nanos = (micros[rows] * 1000).tolist()
-    keep = [
-        i
-        for i, new, old in zip(rows.tolist(), new_nanos, stored, strict=True)
-        # Feast treats a zero stored time like a missing one.
-        if not old or new > (old_ns := timestamp_nanos(old)) or old_ns == 0
-    ]
+    keep: list[int] = []
+    for i, new, old in zip(rows, new_nanos, stored, strict=True):
+        old_ns = timestamp_nanos(old) if old else 0
+        if in_flight:
+            old_ns = max(old_ns, in_flight.get(keys[i], 0))
+        # Feast treats a zero stored time like a missing one; equal times are skipped.
+        if old_ns == 0 or new > old_ns:
+            keep.append(i)
     if not keep:
         return 0
     take = pa.array(keep, type=pa.int64())
@@ -157,17 +205,59 @@ def _write_chunk(
         for f, vt in zip(spec.features, spec.feature_types, strict=True)
     ]
     ts_values = encode_timestamps(micros[np.asarray(keep)])
+    kept_keys = [keys[i] for i in keep]
+    if sink.raw:
+        packed = _resp_hsets(kept_keys, ts_name, ts_values, fields, encoded, key_ttl_seconds)
+        written = dict(zip(kept_keys, (micros[keep] * 1000).tolist(), strict=True))
+        sink.submit(packed, len(keep) * (2 if key_ttl_seconds else 1), written)
+        return len(keep)
     commands: list[tuple[bytes | str | int, ...]] = []
-    for j, i in enumerate(keep):
-        items: list[bytes | str | int] = ["HSET", keys[i], ts_name, ts_values[j]]
+    for j, key in enumerate(kept_keys):
+        items: list[bytes | str | int] = ["HSET", key, ts_name, ts_values[j]]
         for f, col in zip(fields, encoded, strict=True):
             items.append(f)
             items.append(col[j])
         commands.append(tuple(items))
         if key_ttl_seconds:
-            commands.append(("EXPIRE", keys[i], key_ttl_seconds))
-    _execute(client, commands)
+            commands.append(("EXPIRE", key, key_ttl_seconds))
+    sink.run(commands)
     return len(keep)
+
+
+_BULK_HEADERS = [b"$%d\r\n" % n for n in range(4096)]
+
+
+def _bulk_column(prefix: bytes, values: list[bytes]) -> list[bytes]:
+    """RESP bulk strings (``prefix`` + ``$len CRLF value CRLF``) for a whole column."""
+    heads = _BULK_HEADERS
+    return [
+        prefix + (heads[len(v)] if len(v) < 4096 else b"$%d\r\n" % len(v)) + v + b"\r\n"
+        for v in values
+    ]
+
+
+def _resp_hsets(
+    keys: list[bytes],
+    ts_name: bytes,
+    ts_values: list[bytes],
+    fields: list[bytes],
+    encoded: list[list[bytes]],
+    key_ttl_seconds: int | None,
+) -> list[bytes]:
+    """One RESP ``HSET`` (+ ``EXPIRE``) per key, assembled column by column.
+
+    Building the protocol bytes per column (constant field names folded in) and joining
+    once per row avoids a Python argument list and a pack call per command.
+    """
+    head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields))
+    columns = [_bulk_column(head, keys), _bulk_column(_bulk_column(b"", [ts_name])[0], ts_values)]
+    for field, values in zip(fields, encoded, strict=True):
+        columns.append(_bulk_column(_bulk_column(b"", [field])[0], values))
+    if key_ttl_seconds:
+        ttl = str(key_ttl_seconds).encode()
+        columns.append(_bulk_column(b"*3\r\n$6\r\nEXPIRE\r\n", keys))
+        columns.append([b"$%d\r\n%b\r\n" % (len(ttl), ttl)] * len(keys))
+    return list(map(b"".join, zip(*columns, strict=True)))
 
 
 def _stored_times(
@@ -182,18 +272,6 @@ def _stored_times(
         for key in keys:
             pipe.hmget(key, [ts_name])
         return [r[0] for r in pipe.execute()]
-
-
-def _execute(
-    client: redis.Redis | redis.RedisCluster, commands: list[tuple[bytes | str | int, ...]]
-) -> None:
-    if supports_raw(client):
-        execute_packed(client, [pack(c) for c in commands])  # type: ignore[arg-type]
-        return
-    with client.pipeline(transaction=False) as pipe:
-        for command in commands:
-            pipe.execute_command(*command)
-        pipe.execute()
 
 
 def write_batches(
@@ -227,21 +305,25 @@ def write_batches(
     fields = [field_name(spec.name, f) for f in spec.features]
     ts_name = ts_field(spec.name)
     stats = WriteStats()
-    for batch in batches:
-        for start in range(0, batch.num_rows, chunk_rows):
-            chunk = batch.slice(start, chunk_rows)
-            stats.rows_written += _write_chunk(
-                client,
-                spec,
-                chunk,
-                project=project,
-                key_ttl_seconds=key_ttl_seconds,
-                fields=fields,
-                ts_name=ts_name,
-            )
-            stats.rows_in += chunk.num_rows
-            if progress is not None:
-                progress(chunk.num_rows)
+    sink = _Sink(client)
+    try:
+        for batch in batches:
+            for start in range(0, batch.num_rows, chunk_rows):
+                chunk = batch.slice(start, chunk_rows)
+                stats.rows_written += _write_chunk(
+                    sink,
+                    spec,
+                    chunk,
+                    project=project,
+                    key_ttl_seconds=key_ttl_seconds,
+                    fields=fields,
+                    ts_name=ts_name,
+                )
+                stats.rows_in += chunk.num_rows
+                if progress is not None:
+                    progress(chunk.num_rows)
+    finally:
+        sink.close()
     return stats
 
 

@@ -146,3 +146,24 @@ def test_writer_and_reader_work_on_redis_cluster(cluster: RedisCluster) -> None:
     per_node = [redis.Redis(port=node.port).dbsize() for node in cluster.get_nodes()]
     assert sum(per_node) == n
     assert all(size > 0 for size in per_node)
+
+
+def test_random_duplicates_across_chunks_match_a_naive_reference(redis_url: str) -> None:
+    import random
+
+    rnd = random.Random(11)
+    n, chunk = 3000, 97
+    items = [(rnd.randrange(200), float(i), str(i), T0 + timedelta(seconds=rnd.randrange(500))) for i in range(n)]
+    expected: dict[int, tuple[float, object]] = {}
+    for start in range(0, n, chunk):
+        winners: dict[int, tuple[float, str, object]] = {}
+        for key, rate, _, ts in items[start : start + chunk]:
+            if key not in winners or ts > winners[key][2]:  # type: ignore[operator]
+                winners[key] = (rate, "", ts)
+        for key, (rate, _, ts) in winners.items():
+            if key not in expected or ts > expected[key][1]:  # type: ignore[operator]
+                expected[key] = (rate, ts)
+    client = redis.Redis.from_url(redis_url)
+    write_arrow(client, driver_view(), rows(*items), project="p", chunk_rows=chunk)
+    keys = sorted(expected)
+    assert _read(client, keys) == [expected[k][0] for k in keys]
