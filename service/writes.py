@@ -97,7 +97,10 @@ def _timestamp(v: Any) -> tuple[datetime, bool]:
     if isinstance(v, datetime):
         return (v.replace(tzinfo=UTC), True) if v.tzinfo is None else (v.astimezone(UTC), False)
     if isinstance(v, int | float):
-        return datetime.fromtimestamp(v, tz=UTC), False
+        try:
+            return datetime.fromtimestamp(v, tz=UTC), False
+        except (ValueError, OverflowError, OSError):  # NaN, inf, beyond year 9999
+            raise _Bad("epoch seconds within the datetime range") from None
     if isinstance(v, str):
         try:
             ts = datetime.fromisoformat(v)

@@ -13,7 +13,7 @@ JSON_LEAF = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
 JSON = st.recursive(
@@ -90,3 +90,31 @@ def test_any_write_body_is_answered_without_5xx(client: AppClient, body: Any) ->
         else "/push"
     )
     _check(client.post(path, json=body))
+
+
+def test_nan_and_infinity_tokens_as_join_keys_are_422(client: AppClient) -> None:
+    for token in (b"NaN", b"Infinity", b"-Infinity"):
+        resp = client.post(
+            "/get-online-features",
+            content=b'{"entities": {"driver_id": ['
+            + token
+            + b']}, "features": ["driver_hourly_stats:conv_rate"]}',
+            headers={"content-type": "application/json"},
+        )
+        assert resp.status_code == 422
+        assert resp.json()["error"]["type"] == "invalid_entity"
+
+
+def test_out_of_range_epoch_timestamps_in_writes_are_422(client: AppClient) -> None:
+    for token in (b"NaN", b"Infinity", b"1e300", b"-99999999999999"):
+        body = (
+            b'{"feature_view_name": "customer_profile", "df": {"customer_id": ["fuzz_ts"], '
+            b'"event_timestamp": [' + token + b'], "current_balance": [1.0], '
+            b'"lifetime_trip_count": [1], "avg_passenger_rating": [1.0], '
+            b'"membership_tier": ["x"], "signup_ts": [0], "favourite_zones": [[]]}}'
+        )
+        resp = client.post(
+            "/write-to-online-store", content=body, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 422, (token, resp.text)
+        assert resp.json()["error"]["type"] == "invalid_timestamp"
