@@ -46,6 +46,7 @@ class Case:
     rows: int
     entities: int
     stock: bool
+    duckdb_memory: str
 
 
 def generate(path: Path, rows: int, entities: int, seed: int = 0) -> None:
@@ -101,7 +102,9 @@ def objects(parquet: Path) -> list[Any]:
     return [driver, view]
 
 
-def make_repo(path: Path, *, ours: bool, redis_url: str, parquet: Path) -> None:
+def make_repo(
+    path: Path, *, ours: bool, redis_url: str, parquet: Path, duckdb_memory: str = "128MB"
+) -> None:
     from feast import FeatureStore
 
     path.mkdir(parents=True)
@@ -115,7 +118,11 @@ def make_repo(path: Path, *, ours: bool, redis_url: str, parquet: Path) -> None:
             if ours
             else {"type": "redis", "connection_string": f"{hostport},db={db}"}
         ),
-        "offline_store": {"type": "offline_store.store.DuckDBParquetOfflineStore"}
+        # DuckDB's buffer limit is the offline store's own knob; it spills beyond it.
+        "offline_store": {
+            "type": "offline_store.store.DuckDBParquetOfflineStore",
+            "memory_limit": duckdb_memory,
+        }
         if ours
         else {"type": "file"},
         "batch_engine": {"type": "online_store.engine.StreamingMaterializationEngine"}
@@ -157,7 +164,9 @@ def compare(url_a: str, url_b: str, sample: int = 2000) -> dict[str, Any]:
     return {"keys_stock": a.dbsize(), "keys_ours": b.dbsize(), "sample_identical": same}
 
 
-def run_case(case: Case, work: Path, server: EmbeddedRedis, *, stock_db: int, ours_db: int) -> dict[str, Any]:
+def run_case(
+    case: Case, work: Path, server: EmbeddedRedis, *, stock_db: int, ours_db: int
+) -> dict[str, Any]:
     base = server.url.rsplit("/", 1)[0]
     parquet = work / case.name / "data.parquet"
     parquet.parent.mkdir(parents=True)
@@ -168,10 +177,17 @@ def run_case(case: Case, work: Path, server: EmbeddedRedis, *, stock_db: int, ou
         "rows": case.rows,
         "entities": case.entities,
         "features": N_FEATURES,
+        "duckdb_memory_limit": case.duckdb_memory,
         "generate_s": round(time.perf_counter() - t, 1),
     }
     ours_url = f"{base}/{ours_db}"
-    make_repo(work / case.name / "ours", ours=True, redis_url=ours_url, parquet=parquet)
+    make_repo(
+        work / case.name / "ours",
+        ours=True,
+        redis_url=ours_url,
+        parquet=parquet,
+        duckdb_memory=case.duckdb_memory,
+    )
     result["ours"] = run_child(work / case.name / "ours")
     result["ours"]["keys"] = redis.Redis.from_url(ours_url).dbsize()
     if case.stock:
@@ -197,8 +213,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     cases = {
-        "1m": Case("1m", 1_000_000, 100_000, stock=True),
-        "10m": Case("10m", 10_000_000, 1_000_000, stock=args.stock_10m),
+        "1m": Case("1m", 1_000_000, 100_000, stock=True, duckdb_memory="128MB"),
+        "10m": Case("10m", 10_000_000, 1_000_000, stock=args.stock_10m, duckdb_memory="1GB"),
     }
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -1,6 +1,6 @@
 """Child process of ``materialize_bench``: one ``FeatureStore.materialize`` call, timed.
 
-    python -m benchmarks.materialize_child REPO START END   -> {"materialize_s": ...}
+python -m benchmarks.materialize_child REPO START END   -> {"materialize_s": ...}
 """
 
 from __future__ import annotations

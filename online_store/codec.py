@@ -186,7 +186,7 @@ def _null_mask(arr: pa.Array) -> npt.NDArray[np.bool_]:
     return np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _ints(arr: pa.Array, dtype: type[np.integer[object]]) -> npt.NDArray[np.int64]:
+def _ints(arr: pa.Array, dtype: npt.DTypeLike) -> npt.NDArray[np.int64]:
     filled = arr.fill_null(0) if arr.null_count else arr
     return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=dtype).astype(np.int64)
 
@@ -301,9 +301,7 @@ def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]
     if vt in (ValueType.DOUBLE, ValueType.FLOAT):
         np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
         arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
-        floats = np.asarray(
-            arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type
-        )
+        floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
         raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
         out = _fixed_column(tag, raw.view(np.uint8), raw.itemsize)
         return _blank_nulls(out, np.isnan(floats))
@@ -352,9 +350,9 @@ def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
     code = _ENTITY_TYPE_CODE[vt]
     if vt in (ValueType.INT64, ValueType.INT32):
         width, fmt = (8, "<i8") if vt == ValueType.INT64 else (4, "<i4")
-        raw = np.ascontiguousarray(
-            np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)
-        ).view(np.uint8)
+        raw = np.ascontiguousarray(np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)).view(
+            np.uint8
+        )
         return _fixed_column(struct.pack("<II", code, width), raw, width)
     items: list[bytes] = arr.cast(pa.binary()).to_pylist()
     head = struct.pack("<I", code)

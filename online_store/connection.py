@@ -74,7 +74,9 @@ def _embedded_url(repo_path: Path) -> str:
             _embedded[data_dir] = server
             if server.owned:
                 atexit.register(server.stop)
-                logger.info("started embedded redis-server at %s (data in %s)", server.url, data_dir)
+                logger.info(
+                    "started embedded redis-server at %s (data in %s)", server.url, data_dir
+                )
         return server.url
 
 
@@ -105,6 +107,8 @@ def make_client(target: str, *, cluster: bool) -> redis.Redis | RedisCluster:
     nodes, params = parse_connection_string(target)
     if cluster:
         params.pop("db", None)
-        return RedisCluster(startup_nodes=[ClusterNode(n["host"], n["port"]) for n in nodes], **params)
-    node = nodes[0] if nodes else {"host": "localhost", "port": 6379}
-    return redis.Redis(host=node["host"], port=node["port"], **params)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(n["host"], n["port"]) for n in nodes], **params
+        )
+    node: dict[str, Any] = nodes[0] if nodes else {"host": "localhost", "port": 6379}
+    return redis.Redis(host=str(node["host"]), port=int(node["port"]), **params)

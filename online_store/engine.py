@@ -44,7 +44,7 @@ class StreamingMaterializationEngineConfig(FeastConfigBaseModel):
     type: Literal["online_store.engine.StreamingMaterializationEngine"] = (
         "online_store.engine.StreamingMaterializationEngine"
     )
-    batch_rows: int = 200_000
+    batch_rows: int = 50_000
     write_chunk_rows: int = 20_000
 
 
@@ -82,7 +82,9 @@ class StreamingMaterializationJob(MaterializationJob):
         return None
 
 
-def iter_job_batches(job: RetrievalJob, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int | None]:
+def iter_job_batches(
+    job: RetrievalJob, max_rows: int
+) -> tuple[Iterator[pa.RecordBatch], int | None]:
     """Batches of a retrieval job, streaming when the job supports it.
 
     Returns:
@@ -151,7 +153,7 @@ class StreamingMaterializationEngine(ComputeEngine):
     def __init__(
         self,
         *,
-        batch_rows: int = 200_000,
+        batch_rows: int = 50_000,
         write_chunk_rows: int = 20_000,
         **kwargs: Any,
     ) -> None:

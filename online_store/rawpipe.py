@@ -20,12 +20,14 @@ import redis
 
 def pack(args: Sequence[bytes | str | int]) -> bytes:
     """RESP encoding of one command (hiredis, in C)."""
-    return bytes(hiredis.pack_command(tuple(args)))
+    return bytes(hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
 
 
 def supports_raw(client: object) -> bool:
     """Whether ``client`` is a single-server redis-py client we can drive directly."""
-    return isinstance(client, redis.Redis) and not getattr(client, "single_connection_client", False)
+    return isinstance(client, redis.Redis) and not getattr(
+        client, "single_connection_client", False
+    )
 
 
 def execute_packed(

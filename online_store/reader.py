@@ -186,7 +186,9 @@ class ReadPlan:
                     )
                 columns.append([_check_value(key, vt, v) for v in entities[key]])
             unique: dict[tuple[object, ...], int] = {}
-            row_to_unique = [unique.setdefault(row, len(unique)) for row in zip(*columns)]
+            row_to_unique = [
+                unique.setdefault(row, len(unique)) for row in zip(*columns, strict=True)
+            ]
             if not group.join_keys:
                 row_to_unique = [0] * n
                 unique = {(): 0}
@@ -284,7 +286,7 @@ class ReadPlan:
         with client.pipeline(transaction=False) as pipe:
             for group, _, keys in commands:
                 for key in keys:
-                    pipe.hmget(key, group.fields)
+                    pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
             replies: list[Any] = pipe.execute()
         return self._assemble(n, commands, replies, now)
 
@@ -312,7 +314,7 @@ class ReadPlan:
         pipe = client.pipeline(transaction=False)
         for group, _, keys in commands:
             for key in keys:
-                pipe.hmget(key, group.fields)
+                pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
         replies: list[Any] = await pipe.execute()
         return self._assemble(n, commands, replies, now)
 
@@ -332,7 +334,7 @@ class ReadPlan:
         with client.pipeline(transaction=False) as pipe:
             for group, _, keys in commands:
                 for key in keys:
-                    pipe.hmget(key, group.fields)
+                    pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
             replies: list[Any] = pipe.execute()
         out = []
         offset = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 Client = redis.Redis | RedisCluster
 
 
-class RedisType(str, Enum):
+class RedisType(StrEnum):
     redis = "redis"
     redis_cluster = "redis_cluster"
     redis_sentinel = "redis_sentinel"
@@ -162,7 +162,7 @@ class FastRedisOnlineStore(OnlineStore):
         keys = list(latest)
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hmget(key, [ts_name])
+                pipe.hmget(key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
             stored = pipe.execute()
         with client.pipeline(transaction=False) as pipe:
             for key, (old,) in zip(keys, stored, strict=True):
@@ -303,7 +303,7 @@ class FastRedisOnlineStore(OnlineStore):
             chunk = keys[start : start + 10_000]
             with client.pipeline(transaction=False) as pipe:
                 for key in chunk:
-                    pipe.hkeys(key)
+                    pipe.hkeys(key)  # type: ignore[arg-type]  # redis-py accepts bytes keys
                 all_fields = pipe.execute()
             with client.pipeline(transaction=False) as pipe:
                 for key, names in zip(chunk, all_fields, strict=True):
@@ -313,7 +313,7 @@ class FastRedisOnlineStore(OnlineStore):
                     if len(views) == 1:
                         pipe.delete(key)
                     else:
-                        pipe.hdel(key, *fields)
+                        pipe.hdel(key, *fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
                     touched += 1
                 pipe.execute()
         logger.debug("deleted %d rows of feature view %s", touched, table.name)

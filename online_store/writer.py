@@ -270,7 +270,7 @@ def _stored_times(
         return [r[0] for r in replies]  # type: ignore[index]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.hmget(key, [ts_name])
+            pipe.hmget(key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
         return [r[0] for r in pipe.execute()]
 
 

@@ -52,10 +52,16 @@ def _scalar(rng: np.random.Generator, arrow: pa.DataType, n: int) -> list[Any]:
     if pa.types.is_boolean(arrow):
         return [bool(x) for x in rng.integers(0, 2, n)]
     if pa.types.is_string(arrow):
-        return ["".join(chr(c) for c in rng.integers(97, 123, int(k))) + "é" for k in rng.integers(0, 12, n)]
+        return [
+            "".join(chr(c) for c in rng.integers(97, 123, int(k))) + "é"
+            for k in rng.integers(0, 12, n)
+        ]
     if pa.types.is_binary(arrow):
         return [bytes(rng.integers(0, 256, int(k), dtype=np.uint8)) for k in rng.integers(0, 12, n)]
-    return [T0 + timedelta(seconds=int(s), microseconds=int(u)) for s, u in zip(rng.integers(-10**8, 10**8, n), rng.integers(0, 10**6, n))]
+    return [
+        T0 + timedelta(seconds=int(s), microseconds=int(u))
+        for s, u in zip(rng.integers(-(10**8), 10**8, n), rng.integers(0, 10**6, n), strict=True)
+    ]
 
 
 def typed_columns(rng: np.random.Generator, n: int, *, nulls: bool) -> dict[str, pa.Array]:
@@ -74,7 +80,9 @@ def typed_columns(rng: np.random.Generator, n: int, *, nulls: bool) -> dict[str,
     return out
 
 
-def write_typed_parquet(path: Path, *, n: int, entities: int, seed: int, nulls: bool = True) -> pa.Table:
+def write_typed_parquet(
+    path: Path, *, n: int, entities: int, seed: int, nulls: bool = True
+) -> pa.Table:
     """Rows for every view in :func:`typed_objects`; several rows per entity, with ties."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, entities, n)

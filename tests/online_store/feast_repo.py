@@ -66,9 +66,7 @@ def write_repo(path: Path, spec: RepoSpec) -> Path:
     return path
 
 
-def make_store(
-    path: Path, spec: RepoSpec, objects: Callable[[], Sequence[Any]]
-) -> FeatureStore:
+def make_store(path: Path, spec: RepoSpec, objects: Callable[[], Sequence[Any]]) -> FeatureStore:
     write_repo(path, spec)
     store = FeatureStore(repo_path=str(path))
     store.apply(list(objects()))

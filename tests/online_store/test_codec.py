@@ -68,7 +68,11 @@ KEY_CASES = [
 @SETTINGS
 @given(data=st.data(), project=TEXT.filter(bool))
 def test_entity_keys_equal_feast_serialize_entity_key(
-    strategy: st.SearchStrategy[Any], vt: ValueType, arrow: pa.DataType, data: st.DataObject, project: str
+    strategy: st.SearchStrategy[Any],
+    vt: ValueType,
+    arrow: pa.DataType,
+    data: st.DataObject,
+    project: str,
 ) -> None:
     values = data.draw(st.lists(strategy, min_size=1, max_size=20))
     ours = encode_entity_keys([pa.array(values, arrow)], ["k"], [vt], project)
@@ -83,16 +87,23 @@ def test_entity_keys_equal_feast_serialize_entity_key(
 @SETTINGS
 @given(
     rows=st.lists(st.tuples(INT64, TEXT, BINARY), min_size=1, max_size=20),
-    names=st.lists(st.text("abcdefgh_", min_size=1, max_size=6), min_size=3, max_size=3, unique=True),
+    names=st.lists(
+        st.text("abcdefgh_", min_size=1, max_size=6), min_size=3, max_size=3, unique=True
+    ),
 )
-def test_compound_entity_keys_sort_join_keys_like_feast(rows: list[tuple[int, str, bytes]], names: list[str]) -> None:
+def test_compound_entity_keys_sort_join_keys_like_feast(
+    rows: list[tuple[int, str, bytes]], names: list[str]
+) -> None:
     types = [ValueType.INT64, ValueType.STRING, ValueType.BYTES]
     arrows = [pa.int64(), pa.string(), pa.binary()]
     columns = [pa.array([r[i] for r in rows], arrows[i]) for i in range(3)]
     ours = encode_entity_keys(columns, names, types, "proj")
     expected = [
         serialize_entity_key(
-            EntityKey(join_keys=names, entity_values=[_key_value(v, t) for v, t in zip(r, types)])
+            EntityKey(
+                join_keys=names,
+                entity_values=[_key_value(v, t) for v, t in zip(r, types, strict=True)],
+            )
         )
         + b"proj"
         for r in rows
@@ -122,13 +133,29 @@ VALUE_CASES: list[tuple[st.SearchStrategy[list[Any]], ValueType, pa.DataType]] =
     (_opt(DATETIMES), ValueType.UNIX_TIMESTAMP, pa.timestamp("ns")),
     (_opt(st.lists(INT64, max_size=5)), ValueType.INT64_LIST, pa.list_(pa.int64())),
     (_opt(st.lists(INT32, max_size=5)), ValueType.INT32_LIST, pa.list_(pa.int32())),
-    (_opt(st.lists(st.floats(allow_nan=False), max_size=5)), ValueType.DOUBLE_LIST, pa.list_(pa.float64())),
-    (_opt(st.lists(st.floats(width=32, allow_nan=False), max_size=5)), ValueType.FLOAT_LIST, pa.list_(pa.float32())),
+    (
+        _opt(st.lists(st.floats(allow_nan=False), max_size=5)),
+        ValueType.DOUBLE_LIST,
+        pa.list_(pa.float64()),
+    ),
+    (
+        _opt(st.lists(st.floats(width=32, allow_nan=False), max_size=5)),
+        ValueType.FLOAT_LIST,
+        pa.list_(pa.float32()),
+    ),
     (_opt(st.lists(st.booleans(), max_size=5)), ValueType.BOOL_LIST, pa.list_(pa.bool_())),
     (_opt(st.lists(TEXT, max_size=5)), ValueType.STRING_LIST, pa.list_(pa.string())),
     (_opt(st.lists(BINARY, max_size=5)), ValueType.BYTES_LIST, pa.list_(pa.binary())),
-    (_opt(st.lists(DATETIMES, max_size=5)), ValueType.UNIX_TIMESTAMP_LIST, pa.list_(pa.timestamp("us"))),
-    (_opt(st.lists(DATETIMES, max_size=5)), ValueType.UNIX_TIMESTAMP_LIST, pa.list_(pa.timestamp("ns"))),
+    (
+        _opt(st.lists(DATETIMES, max_size=5)),
+        ValueType.UNIX_TIMESTAMP_LIST,
+        pa.list_(pa.timestamp("us")),
+    ),
+    (
+        _opt(st.lists(DATETIMES, max_size=5)),
+        ValueType.UNIX_TIMESTAMP_LIST,
+        pa.list_(pa.timestamp("ns")),
+    ),
 ]
 
 
@@ -184,10 +211,12 @@ def test_event_timestamps_equal_feast_timestamp_bytes(times: list[datetime]) -> 
         proto.FromDatetime(t)
         expected.append(proto.SerializeToString())
     assert ours == expected
-    for raw, t in zip(ours, times):
+    for raw, t in zip(ours, times, strict=True):
         proto = Timestamp.FromString(raw)
         assert decode_timestamp(raw) == (proto.seconds, proto.nanos)
-        assert t == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=proto.seconds, microseconds=proto.nanos // 1000)
+        assert t == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+            seconds=proto.seconds, microseconds=proto.nanos // 1000
+        )
 
 
 def test_nanosecond_event_times_truncate_to_microseconds_like_feast() -> None:
@@ -205,8 +234,14 @@ def test_field_names_equal_feast_murmur3(view: str, feature: str) -> None:
 def test_feast_notes_example_key_and_field() -> None:
     key = encode_entity_keys([pa.array([1001])], ["driver_id"], [ValueType.INT64], "my_project")[0]
     assert key.hex() == (
-        "01000000" "02000000" "09000000" "6472697665725f6964" "04000000" "08000000"
-        "e903000000000000" "6d795f70726f6a656374"
+        "01000000"
+        "02000000"
+        "09000000"
+        "6472697665725f6964"
+        "04000000"
+        "08000000"
+        "e903000000000000"
+        "6d795f70726f6a656374"
     )
     assert field_name("driver_hourly_stats", "conv_rate").hex() == "6160e3da"
 

@@ -33,8 +33,12 @@ class World:
         self.parquet = root / "data" / "typed.parquet"
         self.table = write_typed_parquet(self.parquet, n=4000, entities=600, seed=7)
         self.objects = typed_objects(self.parquet)
-        self.stock = make_store(root / "stock", RepoSpec("p", base_url + "0", False, False), self.objects)
-        self.ours = make_store(root / "ours", RepoSpec("p", base_url + "1", True, True), self.objects)
+        self.stock = make_store(
+            root / "stock", RepoSpec("p", base_url + "0", False, False), self.objects
+        )
+        self.ours = make_store(
+            root / "ours", RepoSpec("p", base_url + "1", True, True), self.objects
+        )
         self.ours_duck = make_store(
             root / "duck", RepoSpec("p", base_url + "2", True, True, offline=DUCKDB), self.objects
         )
@@ -70,7 +74,9 @@ def _feature_refs(store: FeatureStore) -> list[str]:
 def _entity_rows(extra_missing: bool = True) -> list[dict[str, Any]]:
     rows = []
     for i in [0, 1, 5, 17, 599, 123456]:
-        rows.append({"driver_id": i, "rider_id": f"r{i}", "zone": i % 1000, "device": i.to_bytes(4, "big")})
+        rows.append(
+            {"driver_id": i, "rider_id": f"r{i}", "zone": i % 1000, "device": i.to_bytes(4, "big")}
+        )
     return rows
 
 
@@ -78,11 +84,15 @@ def _online(store: FeatureStore, refs: list[str]) -> dict[str, list[Any]]:
     return store.get_online_features(refs, _entity_rows(), full_feature_names=True).to_dict()
 
 
-def test_stock_get_online_features_reads_our_writes_like_its_own(world: World, tmp_path: Path) -> None:
+def test_stock_get_online_features_reads_our_writes_like_its_own(
+    world: World, tmp_path: Path
+) -> None:
     # Stock Feast over our registry and our Redis DB.
     stock_over_ours = open_store(
         tmp_path / "stock_over_ours",
-        RepoSpec("p", world.base + "2", False, False, registry_path=world.root / "duck" / "registry.db"),
+        RepoSpec(
+            "p", world.base + "2", False, False, registry_path=world.root / "duck" / "registry.db"
+        ),
     )
     refs = _feature_refs(world.stock)
     expected = _online(world.stock, refs)
@@ -129,7 +139,9 @@ def test_our_reader_reads_stock_writes(world: World) -> None:
     assert on_stock.columns["pair:l_str"].statuses[0] != NOT_FOUND
 
 
-def _materialize_into(world: World, tmp_path: Path, db: int, steps: Callable[[FeatureStore], None]) -> dict[bytes, dict[bytes, bytes]]:
+def _materialize_into(
+    world: World, tmp_path: Path, db: int, steps: Callable[[FeatureStore], None]
+) -> dict[bytes, dict[bytes, bytes]]:
     client = redis.Redis.from_url(world.base + str(db))
     client.flushdb()
     spec = RepoSpec("p", world.base + str(db), True, True, offline=DUCKDB)

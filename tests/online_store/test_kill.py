@@ -60,7 +60,8 @@ def test_sigkill_mid_materialize_then_rerun_converges(tmp_path: Path, module_red
                 "trips": rng.integers(0, 1000, ROWS),
                 "label": pa.array(rng.integers(0, 10**6, ROWS).astype(str)),
                 "event_ts": pa.array(
-                    int(T0.timestamp() * 1e6) + rng.integers(0, 10**12, ROWS), pa.timestamp("us", tz="UTC")
+                    int(T0.timestamp() * 1e6) + rng.integers(0, 10**12, ROWS),
+                    pa.timestamp("us", tz="UTC"),
                 ),
             }
         ),
@@ -97,7 +98,9 @@ def test_sigkill_mid_materialize_then_rerun_converges(tmp_path: Path, module_red
 
     killed.materialize(T0 - timedelta(days=1), T0 + timedelta(days=30))
     clean = make_store(
-        tmp_path / "clean", RepoSpec("p", clean_url, True, True, offline=DUCKDB), lambda: _objects(parquet)
+        tmp_path / "clean",
+        RepoSpec("p", clean_url, True, True, offline=DUCKDB),
+        lambda: _objects(parquet),
     )
     clean.materialize(T0 - timedelta(days=1), T0 + timedelta(days=30))
     result = snapshot(killed_url)

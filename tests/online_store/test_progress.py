@@ -22,7 +22,8 @@ def test_non_tty_progress_prints_rows_rate_and_eta() -> None:
         progress.update(60)
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("stats: 40/100 rows,")
-    assert "rows/s" in lines[0] and "ETA" in lines[0]
+    assert "rows/s" in lines[0]
+    assert "ETA" in lines[0]
     assert lines[-1].startswith("stats: 100/100 rows")
 
 
@@ -64,7 +65,11 @@ def test_materialize_publishes_progress_per_view(tmp_path: Path, redis_url: str)
         ),
         parquet,
     )
-    store = make_store(tmp_path / "repo", RepoSpec("p", redis_url, True, True, offline=DUCKDB), lambda: _objects(parquet))
+    store = make_store(
+        tmp_path / "repo",
+        RepoSpec("p", redis_url, True, True, offline=DUCKDB),
+        lambda: _objects(parquet),
+    )
     events: list[ProgressEvent] = []
     unsubscribe = subscribe(events.append)
     try:

@@ -26,14 +26,21 @@ from tests.online_store.views import T0, driver_view, rows
 INT = (ValueType.INT64,)
 
 
-def _spec(name: str = "stats", ttl: int = 0, features: tuple[str, ...] = ("rate", "label")) -> ViewReadSpec:
+def _spec(
+    name: str = "stats", ttl: int = 0, features: tuple[str, ...] = ("rate", "label")
+) -> ViewReadSpec:
     return ViewReadSpec(name, ("driver_id",), INT, features, ttl)
 
 
 @pytest.fixture
 def client(redis_url: str) -> redis.Redis:
     c = redis.Redis.from_url(redis_url)
-    write_arrow(c, driver_view(), rows((1, 0.5, "a", T0), (2, None, None, T0 - timedelta(hours=2))), project="p")
+    write_arrow(
+        c,
+        driver_view(),
+        rows((1, 0.5, "a", T0), (2, None, None, T0 - timedelta(hours=2))),
+        project="p",
+    )
     return c
 
 

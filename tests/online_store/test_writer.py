@@ -19,11 +19,19 @@ from online_store.writer import write_arrow
 from service.errors import SchemaMismatchError
 from tests.online_store.views import T0, driver_view, rows
 
-SPEC = ViewReadSpec("stats", ("driver_id",), (driver_view().entity_columns[0].dtype.to_value_type(),), ("rate", "label"), 0)
+SPEC = ViewReadSpec(
+    "stats",
+    ("driver_id",),
+    (driver_view().entity_columns[0].dtype.to_value_type(),),
+    ("rate", "label"),
+    0,
+)
 
 
 def _read(client: redis.Redis | RedisCluster, ids: list[int]) -> list[object]:
-    return ReadPlan.compile("p", [SPEC]).read(client, {"driver_id": ids}).columns["stats:rate"].values
+    return (
+        ReadPlan.compile("p", [SPEC]).read(client, {"driver_id": ids}).columns["stats:rate"].values
+    )
 
 
 def test_older_write_after_newer_leaves_newer(redis_url: str) -> None:
@@ -138,9 +146,13 @@ def test_writer_and_reader_work_on_redis_cluster(cluster: RedisCluster) -> None:
             "event_ts": pa.array([T0] * n, pa.timestamp("us", tz="UTC")),
         }
     )
-    stats = write_arrow(cluster, driver_view(), table, project="p", chunk_rows=128, key_ttl_seconds=60)
+    stats = write_arrow(
+        cluster, driver_view(), table, project="p", chunk_rows=128, key_ttl_seconds=60
+    )
     assert stats.rows_written == n
-    older = table.set_column(3, "event_ts", pa.array([T0 - timedelta(1)] * n, pa.timestamp("us", tz="UTC")))
+    older = table.set_column(
+        3, "event_ts", pa.array([T0 - timedelta(1)] * n, pa.timestamp("us", tz="UTC"))
+    )
     assert write_arrow(cluster, driver_view(), older, project="p").rows_written == 0
     assert _read(cluster, list(range(n))) == [float(i) for i in range(n)]
     per_node = [redis.Redis(port=node.port).dbsize() for node in cluster.get_nodes()]
@@ -153,7 +165,10 @@ def test_random_duplicates_across_chunks_match_a_naive_reference(redis_url: str)
 
     rnd = random.Random(11)
     n, chunk = 3000, 97
-    items = [(rnd.randrange(200), float(i), str(i), T0 + timedelta(seconds=rnd.randrange(500))) for i in range(n)]
+    items = [
+        (rnd.randrange(200), float(i), str(i), T0 + timedelta(seconds=rnd.randrange(500)))
+        for i in range(n)
+    ]
     expected: dict[int, tuple[float, object]] = {}
     for start in range(0, n, chunk):
         winners: dict[int, tuple[float, str, object]] = {}

@@ -31,7 +31,9 @@ def driver_view(name: str = "stats", ttl: timedelta = timedelta(0)) -> FeatureVi
     )
 
 
-def rows(*items: tuple[int, float | None, str | None, datetime], created: list[datetime] | None = None) -> pa.Table:
+def rows(
+    *items: tuple[int, float | None, str | None, datetime], created: list[datetime] | None = None
+) -> pa.Table:
     data: dict[str, Any] = {
         "driver_id": pa.array([i[0] for i in items], pa.int64()),
         "rate": pa.array([i[1] for i in items], pa.float64()),
