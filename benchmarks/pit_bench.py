@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.pit_checks import exactness_vs_stock, spot_check
+
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN_S = 30 * 24 * 3600
 CHUNK = 1_000_000
@@ -232,52 +234,6 @@ def _run(
     return result
 
 
-def _exactness(case: Case, ours: Path, stock: Path, entity_rows: int) -> dict[str, Any]:
-    """Compare the two outputs by row id with DuckDB (bounded memory, any size)."""
-    import duckdb
-
-    con = duckdb.connect()
-    views = {v: [f"{v}_f{i}" for i in range(case.features)] for v in case.views}
-    feats = [f for fs in views.values() for f in fs]
-    differs = " OR ".join(f"o.{f} IS DISTINCT FROM s.{f}" for f in feats)
-    returned, mismatched = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {differs}) FROM read_parquet('{stock}') s "
-        f"JOIN read_parquet('{ours}') o USING (row_id)"
-    ).fetchall()[0]
-    some_view_null = " OR ".join(
-        "(" + " AND ".join(f"o.{f} IS NULL" for f in fs) + ")" for fs in views.values()
-    )
-    # Stock Feast also collapses entity rows sharing join keys and time (#6787): those it
-    # drops although a match exists; ours must keep them with the same values as their twin.
-    keys = sorted({k for v in case.views for k in KEYS[v]} | {"event_timestamp"})
-    key_list = ", ".join(keys)
-    dropped, dropped_null, dropped_duplicate = con.execute(
-        f"WITH o AS (SELECT * FROM read_parquet('{ours}')), "
-        f"d AS (SELECT * FROM o ANTI JOIN read_parquet('{stock}') s USING (row_id)), "
-        f"dup AS (SELECT {key_list} FROM o GROUP BY ALL HAVING count(*) > 1) "
-        f"SELECT count(*), count(*) FILTER (WHERE {some_view_null}), "
-        f"count(*) FILTER (WHERE NOT ({some_view_null}) AND ({key_list}) IN (SELECT * FROM dup)) "
-        "FROM d o"
-    ).fetchall()[0]
-    ours_rows, ordered = con.execute(
-        f"SELECT count(*), bool_and(row_id = rn) FROM (SELECT row_id, row_number() OVER () - 1 "
-        f"AS rn FROM read_parquet('{ours}'))"
-    ).fetchall()[0]
-    return {
-        "entity_rows": entity_rows,
-        "ours_rows": ours_rows,
-        "ours_in_input_order": bool(ordered),
-        "stock_rows": returned,
-        "stock_rows_with_different_values": mismatched,
-        "rows_stock_dropped": dropped,
-        "dropped_rows_null_in_ours": dropped_null,
-        "dropped_rows_that_were_duplicates_kept_by_ours": dropped_duplicate,
-        "exact": ours_rows == entity_rows
-        and mismatched == 0
-        and dropped == dropped_null + dropped_duplicate,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=sorted(CASES), default="small")
@@ -354,9 +310,20 @@ def main() -> None:
             report["rss_ratio_stock_over_ours"] = round(
                 stock["peak_rss_mb"] / max(ours["peak_rss_mb"], 1), 2
             )
-            report["exactness"] = _exactness(
-                case, work / "ours.parquet", work / "stock.parquet", case.entity_rows
+            report["exactness"] = exactness_vs_stock(
+                [(v, KEYS[v]) for v in case.views],
+                case.features,
+                work / "ours.parquet",
+                work / "stock.parquet",
+                case.entity_rows,
             )
+    if "wall_s" in ours:
+        report["spot_check_vs_plain_sql"] = spot_check(
+            [(v, KEYS[v], TTL[v], work / "data" / f"{v}.parquet") for v in case.views],
+            case.features,
+            entities,
+            work / "ours.parquet",
+        )
     print(json.dumps(report, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
