@@ -21,7 +21,6 @@ Feast routes it through float64 and loses precision above 2**53.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 
 import mmh3
 import numpy as np
@@ -328,87 +327,3 @@ def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]
         b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
         for row in rows
     ]
-
-
-def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
-    """The name part of a v3 entity key (also the SCAN prefix Feast deletes by)."""
-    names = sorted(join_keys)
-    out = [struct.pack("<I", len(names))]
-    for name in names:
-        raw = name.encode()
-        out.append(struct.pack("<II", 2, len(raw)) + raw)
-    return b"".join(out)
-
-
-def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
-    if arr.null_count:
-        raise InvalidEntityError(
-            f"join key column '{name}' has {arr.null_count} null values; entity keys "
-            "must be present in every row",
-            join_key=name,
-        )
-    code = _ENTITY_TYPE_CODE[vt]
-    if vt in (ValueType.INT64, ValueType.INT32):
-        width, fmt = (8, "<i8") if vt == ValueType.INT64 else (4, "<i4")
-        raw = np.ascontiguousarray(np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)).view(
-            np.uint8
-        )
-        return _fixed_column(struct.pack("<II", code, width), raw, width)
-    items: list[bytes] = arr.cast(pa.binary()).to_pylist()
-    head = struct.pack("<I", code)
-    return [head + struct.pack("<I", len(b)) + b for b in items]
-
-
-def encode_entity_keys(
-    columns: Sequence[pa.Array | pa.ChunkedArray],
-    join_keys: Sequence[str],
-    types: Sequence[ValueType],
-    project: str,
-) -> list[bytes]:
-    """Redis keys (entity key serialization v3 + project name) for every row.
-
-    Args:
-        columns: one Arrow column per join key, in the order of ``join_keys``.
-        join_keys: join key names (any order; Feast sorts them by name).
-        types: Feast value type per join key.
-        project: the Feast project, appended to every key.
-
-    Returns:
-        One key per row.
-
-    Raises:
-        InvalidEntityError: a join key column has nulls.
-        UnsupportedTypeError: a join key type is not supported.
-    """
-    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
-    parts = []
-    for i in order:
-        check_entity_type("?", join_keys[i], types[i])
-        col = columns[i]
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        parts.append(_entity_parts(col, types[i], join_keys[i]))
-    prefix = entity_key_prefix(join_keys)
-    suffix = project.encode()
-    if len(parts) == 1:
-        return [prefix + p + suffix for p in parts[0]]
-    return [prefix + b"".join(row) + suffix for row in zip(*parts, strict=True)]
-
-
-def entity_key_from_values(
-    values: Sequence[object], join_keys: Sequence[str], types: Sequence[ValueType], project: str
-) -> bytes:
-    """One Redis key from Python values (already validated), for the read path."""
-    pairs = sorted(zip(join_keys, values, types, strict=True), key=lambda p: p[0])
-    out = [entity_key_prefix(join_keys)]
-    for _, value, vt in pairs:
-        if vt == ValueType.INT64:
-            out.append(struct.pack("<IIq", 4, 8, value))
-        elif vt == ValueType.INT32:
-            out.append(struct.pack("<IIi", 3, 4, value))
-        else:
-            raw = value.encode() if isinstance(value, str) else value
-            assert isinstance(raw, bytes)
-            out.append(struct.pack("<II", _ENTITY_TYPE_CODE[vt], len(raw)) + raw)
-    out.append(project.encode())
-    return b"".join(out)

@@ -25,11 +25,11 @@ from feast.value_type import ValueType
 
 from online_store.codec import (
     check_entity_type,
-    entity_key_from_values,
     field_name,
     ts_field,
 )
 from online_store.decode import decode_value, timestamp_datetime
+from online_store.keys import entity_key_from_values
 from service.errors import InvalidEntityError
 
 PRESENT = "PRESENT"

@@ -33,12 +33,12 @@ from online_store.codec import (
     check_entity_type,
     check_feature_type,
     encode_timestamps,
-    entity_key_prefix,
     field_name,
     ts_field,
 )
 from online_store.connection import make_client, parse_connection_string, resolve_target
 from online_store.decode import timestamp_datetime, timestamp_nanos
+from online_store.keys import entity_key_prefix
 from online_store.reader import ReadPlan, ViewReadSpec
 from service.errors import BackendUnavailableError, UnsupportedTypeError
 

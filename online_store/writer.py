@@ -37,7 +37,6 @@ from feast import FeatureView
 from online_store.codec import (
     check_entity_type,
     check_feature_type,
-    encode_entity_keys,
     encode_timestamps,
     encode_values,
     event_micros,
@@ -45,7 +44,8 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.decode import timestamp_nanos
-from online_store.rawpipe import execute_packed, supports_raw
+from online_store.keys import encode_entity_keys
+from online_store.rawpipe import execute_packed, pack, supports_raw
 from service.errors import SchemaMismatchError
 
 DEFAULT_CHUNK_ROWS = 20_000
@@ -178,6 +178,7 @@ def _write_chunk(
         spec.join_keys,
         spec.join_key_types,
         project,
+        num_rows=chunk.num_rows,
     )
     micros = event_micros(_column(chunk, spec.timestamp_field, spec.name))
     created = None
@@ -264,6 +265,11 @@ def _stored_times(
     client: redis.Redis | redis.RedisCluster, keys: list[bytes], ts_name: bytes
 ) -> list[bytes | None]:
     if supports_raw(client):
+        # One EXISTS over the whole chunk first: on a first load no key exists yet and
+        # the per-key reads (most of the chunk's round-trip cost) can be skipped.
+        (existing,) = execute_packed(client, [pack(["EXISTS", *keys])])  # type: ignore[arg-type]
+        if existing == 0:
+            return [None] * len(keys)
         tail = b"$%d\r\n%b\r\n" % (len(ts_name), ts_name)
         packed = [b"*3\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(k), k, tail) for k in keys]
         replies = execute_packed(client, packed)  # type: ignore[arg-type]

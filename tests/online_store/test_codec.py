@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from online_store.codec import (
     check_feature_type,
-    encode_entity_keys,
     encode_timestamps,
     encode_values,
     event_micros,
@@ -28,6 +27,7 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.decode import decode_timestamp, decode_value
+from online_store.keys import encode_entity_keys
 from service.errors import InvalidEntityError, UnsupportedTypeError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

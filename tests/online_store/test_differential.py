@@ -11,7 +11,7 @@ import pytest
 import redis
 from feast import FeatureStore
 
-from online_store.codec import entity_key_prefix
+from online_store.keys import entity_key_prefix
 from online_store.reader import NOT_FOUND, ReadPlan, ViewReadSpec
 from tests.online_store.conftest import snapshot
 from tests.online_store.data import T0, typed_objects, write_typed_parquet
