@@ -141,3 +141,23 @@ def test_feature_added_after_write_is_not_found_while_others_present(client: red
     assert result.columns["stats:rate"].statuses == [PRESENT]
     assert result.columns["stats:new_feature"].statuses == [NOT_FOUND]
     assert result.columns["stats:new_feature"].event_timestamps == [None]
+
+
+def test_entity_less_view_uses_feasts_empty_entity_key(redis_url: str) -> None:
+    import pyarrow as pa
+    from feast import FeatureView, Field, FileSource
+    from feast.types import Float64
+
+    view = FeatureView(
+        name="global_stats",
+        entities=[],
+        schema=[Field(name="rate", dtype=Float64)],
+        source=FileSource(path="unused.parquet", timestamp_field="event_ts"),
+    )
+    client = redis.Redis.from_url(redis_url)
+    table = pa.table({"rate": [1.5, 2.5], "event_ts": pa.array([T0, T0 + timedelta(1)])})
+    write_arrow(client, view, table, project="p")
+    assert client.keys() == [b"\x00\x00\x00\x00p"]
+    plan = ReadPlan.compile("p", [ViewReadSpec("global_stats", (), (), ("rate",), 0)])
+    assert plan.read(client, {}).columns["global_stats:rate"].values == []
+    assert plan.read(client, {"unused": [0, 0]}).columns["global_stats:rate"].values == [2.5, 2.5]
