@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--workers", type=int, default=1, help="worker processes, both servers")
     parser.add_argument("--entities", type=int, default=10_000, help="entities per view")
+    parser.add_argument("--only", default="", help="run only cases containing this text")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(proc)
             _wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
 
-        bodies = cases(args.entities)
+        bodies = {k: v for k, v in cases(args.entities).items() if args.only in k}
         results: list[Result] = []
         for case, body in bodies.items():
             script = _lua(body, work / f"case{len(results)}.lua")

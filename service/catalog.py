@@ -240,9 +240,10 @@ class Catalog:
         if marker is None or self._snapshot is None or marker != self._marker:
             return False
         # The stamp has one-second resolution: reload while a change may share its second,
-        # and fully every minute as a safety net.
+        # and fully every 10 minutes as a safety net (a full rebuild holds the GIL long
+        # enough to show in tail latency, so not more often).
         now = time.time()
-        return now - marker.timestamp() > 2 and time.monotonic() - self._last_full < 60
+        return now - marker.timestamp() > 2 and time.monotonic() - self._last_full < 600
 
     @property
     def snapshot(self) -> RegistrySnapshot:

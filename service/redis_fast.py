@@ -101,12 +101,18 @@ class FastPipeline:
         self._client = client
         self._parts: list[bytes] = []
         self._count = 0
+        self._fields: Sequence[bytes] | None = None
+        self._head = b""
+        self._block = b""
 
     def hmget(self, key: bytes, fields: Sequence[bytes]) -> FastPipeline:
         """Queue ``HMGET key field...``."""
-        self._parts.append(b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2))
-        self._parts.append(_bulk(key))
-        self._parts.append(self._client.fields_block(fields))
+        if fields is not self._fields:
+            # A plan sends the same field tuple for every entity of a group.
+            self._fields = fields
+            self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+            self._block = self._client.fields_block(fields)
+        self._parts.append(b"%s$%d\r\n%s\r\n%s" % (self._head, len(key), key, self._block))
         self._count += 1
         return self
 
