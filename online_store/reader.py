@@ -207,6 +207,8 @@ class ReadPlan:
         now: datetime | None,
     ) -> ReadResult:
         now = now or datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)  # naive times are UTC (STYLE.md)
         columns: dict[str, FeatureColumn] = {}
         offset = 0
         for group, row_to_unique, keys in commands:

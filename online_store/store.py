@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.connection import make_client, parse_connection_string, resolve_target
-from online_store.decode import timestamp_datetime, timestamp_nanos
+from online_store.decode import EPOCH, timestamp_datetime, timestamp_nanos
 from online_store.keys import entity_key_prefix
 from online_store.reader import ReadPlan, ViewReadSpec
 from service.errors import BackendUnavailableError, UnsupportedTypeError
@@ -155,8 +155,8 @@ class FastRedisOnlineStore(OnlineStore):
         latest: dict[bytes, tuple[int, int]] = {}
         for i, (entity_key, _, timestamp, _) in enumerate(data):
             key = serialize_entity_key(entity_key, entity_key_serialization_version=3) + project
-            ts = make_tzaware(timestamp)
-            micros = int(ts.timestamp()) * 1_000_000 + ts.microsecond
+            # Integer arithmetic: float timestamps round wrongly before 1970.
+            micros = (make_tzaware(timestamp) - EPOCH) // timedelta(microseconds=1)
             if key not in latest or micros > latest[key][0]:
                 latest[key] = (micros, i)
         keys = list(latest)

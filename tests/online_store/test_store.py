@@ -154,3 +154,36 @@ def test_rejected_apply_leaves_no_view_behind(tmp_path: Path, redis_url: str) ->
         store.apply(_objects(parquet, extra=Map, views=("a",)))
     fresh = FeatureStore(repo_path=str(tmp_path / "repo"))
     assert [v.name for v in fresh.list_feature_views()] == []
+
+
+def test_sdk_write_to_online_store_writes_stock_bytes(tmp_path: Path, module_redis: str) -> None:
+    import pandas as pd
+
+    from tests.online_store.conftest import snapshot
+
+    parquet = _data(tmp_path / "d.parquet")
+    urls = [module_redis + "7", module_redis + "8"]
+    for url in urls:
+        redis.Redis.from_url(url).flushdb()
+    stock = make_store(
+        tmp_path / "stock", RepoSpec("p", urls[0], False, False), lambda: _objects(parquet)
+    )
+    ours = make_store(
+        tmp_path / "ours",
+        RepoSpec("p", urls[1], True, True, offline=DUCKDB),
+        lambda: _objects(parquet),
+    )
+    df = pd.DataFrame(
+        {
+            "driver_id": [1, 2, 1],
+            "a_x": [1.5, None, 9.0],
+            "event_ts": pd.to_datetime(
+                ["2024-01-01T00:00:00.250Z", "1969-12-31T23:59:59.500Z", "2023-01-01T00:00:00.000Z"]
+            ),
+        }
+    )
+    for store in (stock, ours):
+        store.write_to_online_store("a", df)
+    result = snapshot(urls[1])
+    assert len(result) == 2
+    assert result == snapshot(urls[0])
