@@ -6,7 +6,7 @@ from datetime import datetime
 
 from feast import Entity, FeatureService, OnDemandFeatureView
 from feast.data_source import PushSource
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.catalog import ViewInfo
 
@@ -17,6 +17,15 @@ class Column(BaseModel):
 
 
 class EntityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "driver", "join_key": "driver_id", "value_type": "INT64",
+                 "description": "A driver on the platform.", "tags": {}, "owner": ""}
+            ]
+        }
+    )  # fmt: skip
+
     name: str
     join_key: str
     value_type: str
@@ -33,6 +42,25 @@ class Interval(BaseModel):
 class FeatureViewOut(BaseModel):
     """A batch feature view."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "driver_hourly_stats", "entities": ["driver"],
+                    "join_keys": [{"name": "driver_id", "dtype": "Int64"}],
+                    "features": [{"name": "conv_rate", "dtype": "Float32"},
+                                 {"name": "avg_daily_trips", "dtype": "Int64"}],
+                    "ttl_seconds": 86400, "online": True, "source": "driver_stats_source",
+                    "push_source": "driver_stats_push", "tags": {"team": "marketplace"},
+                    "description": "", "owner": "",
+                    "materialized_intervals": [
+                        {"start": "2026-11-01T00:00:00Z", "end": "2026-11-26T00:00:00Z"}
+                    ],
+                }
+            ]
+        }
+    )  # fmt: skip
+
     name: str
     entities: list[str]
     join_keys: list[Column]
@@ -48,6 +76,18 @@ class FeatureViewOut(BaseModel):
 
 
 class OnDemandFeatureViewOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "fare_estimate", "mode": "pandas",
+                 "source_feature_views": ["driver_hourly_stats"],
+                 "request_schema": [{"name": "distance_km", "dtype": "DOUBLE"}],
+                 "features": [{"name": "estimated_fare", "dtype": "Float64"}],
+                 "tags": {}, "description": ""}
+            ]
+        }
+    )  # fmt: skip
+
     name: str
     mode: str
     source_feature_views: list[str]
@@ -63,6 +103,18 @@ class ServiceProjection(BaseModel):
 
 
 class FeatureServiceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "ride_ranking_v1",
+                 "features": [{"feature_view": "driver_hourly_stats",
+                               "features": ["conv_rate", "acc_rate"]},
+                              {"feature_view": "fare_estimate", "features": ["estimated_fare"]}],
+                 "tags": {"model": "ride_ranking"}, "description": "", "owner": ""}
+            ]
+        }
+    )  # fmt: skip
+
     name: str
     features: list[ServiceProjection]
     tags: dict[str, str]

@@ -149,6 +149,15 @@ class WriteToOnlineStoreRequest(BaseModel):
 class WriteResponse(BaseModel):
     """What a successful write did."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "rows": 1, "feature_views": ["driver_hourly_stats"],
+                 "to": "online_and_offline"}
+            ]
+        }
+    )  # fmt: skip
+
     status: Literal["ok"] = "ok"
     rows: int = Field(description="Rows accepted.")
     feature_views: list[str]
@@ -247,6 +256,14 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "redis": "ok", "registry": "ok", "registry_age_seconds": 1.2}
+            ]
+        }
+    )
+
     status: Literal["ready", "unavailable"]
     redis: str
     registry: str

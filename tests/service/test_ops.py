@@ -116,8 +116,12 @@ def test_openapi_documents_every_endpoint_with_examples(client: AppClient) -> No
     assert "404" in online["responses"]
     assert "422" in online["responses"]
     components = spec["components"]["schemas"]
-    assert components["PushRequest"]["examples"]
-    assert components["MaterializeJob"]["examples"]
+    for model in [
+        "PushRequest", "WriteToOnlineStoreRequest", "WriteResponse", "MaterializeRequest",
+        "MaterializeIncrementalRequest", "MaterializeJob", "ErrorResponse", "ReadyResponse",
+        "EntityOut", "FeatureViewOut", "OnDemandFeatureViewOut", "FeatureServiceOut",
+    ]:  # fmt: skip
+        assert components[model]["examples"], model
 
 
 def test_registry_browsing(client: AppClient) -> None:
