@@ -66,7 +66,6 @@ class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
     key_ttl_seconds: int | None = None
     full_scan_for_deletion: bool | None = True
     skip_dedup: bool = False
-    write_chunk_rows: int = 20_000
 
 
 def _glob_escape(raw: bytes) -> bytes:
