@@ -53,6 +53,7 @@ VALUE_TAGS: dict[ValueType, bytes] = {
     ValueType.UNIX_TIMESTAMP_LIST: b"\x92\x01",
 }
 SUPPORTED_FEATURE_TYPES = frozenset(VALUE_TAGS)
+SUPPORTED_DSL_TYPES = "Int32, Int64, Float32, Float64, Bool, String, Bytes, UnixTimestamp"
 SUPPORTED_ENTITY_TYPES = frozenset(
     {ValueType.INT64, ValueType.INT32, ValueType.STRING, ValueType.BYTES}
 )
@@ -84,10 +85,10 @@ def check_feature_type(view: str, feature: str, value_type: ValueType) -> None:
         UnsupportedTypeError: the type is not one a Parquet column carries into Redis.
     """
     if value_type not in SUPPORTED_FEATURE_TYPES:
-        supported = ", ".join(sorted(t.name for t in SUPPORTED_FEATURE_TYPES))
         raise UnsupportedTypeError(
             f"feature '{view}:{feature}' has type {value_type.name}, which the Redis online "
-            f"store does not support; use one of {supported} in the view's schema",
+            f"store does not support; use one of {SUPPORTED_DSL_TYPES} (or Array of them) "
+            "in the view's schema",
             feature_view=view,
             feature=feature,
         )
