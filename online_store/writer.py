@@ -41,6 +41,7 @@ from online_store.codec import (
     encode_values,
     event_micros,
     field_name,
+    frame_values,
     ts_field,
 )
 from online_store.decode import timestamp_nanos
@@ -201,17 +202,22 @@ def _write_chunk(
     if not keep:
         return 0
     take = pa.array(keep, type=pa.int64())
+    ts_values = encode_timestamps(micros[np.asarray(keep)])
+    kept_keys = [keys[i] for i in keep]
+    if sink.raw:
+        # Each feature column comes back as ready RESP "field value" argument pairs.
+        framed = [
+            encode_values(_column(chunk, f, spec.name).take(take), vt, frame=_bulk(field))
+            for f, vt, field in zip(spec.features, spec.feature_types, fields, strict=True)
+        ]
+        packed = _resp_hsets(kept_keys, ts_name, ts_values, framed, key_ttl_seconds)
+        written = dict(zip(kept_keys, (micros[keep] * 1000).tolist(), strict=True))
+        sink.submit(packed, len(keep) * (2 if key_ttl_seconds else 1), written)
+        return len(keep)
     encoded = [
         encode_values(_column(chunk, f, spec.name).take(take), vt)
         for f, vt in zip(spec.features, spec.feature_types, strict=True)
     ]
-    ts_values = encode_timestamps(micros[np.asarray(keep)])
-    kept_keys = [keys[i] for i in keep]
-    if sink.raw:
-        packed = _resp_hsets(kept_keys, ts_name, ts_values, fields, encoded, key_ttl_seconds)
-        written = dict(zip(kept_keys, (micros[keep] * 1000).tolist(), strict=True))
-        sink.submit(packed, len(keep) * (2 if key_ttl_seconds else 1), written)
-        return len(keep)
     commands: list[tuple[bytes | str | int, ...]] = []
     for j, key in enumerate(kept_keys):
         items: list[bytes | str | int] = ["HSET", key, ts_name, ts_values[j]]
@@ -225,39 +231,27 @@ def _write_chunk(
     return len(keep)
 
 
-_BULK_HEADERS = [b"$%d\r\n" % n for n in range(4096)]
-
-
-def _bulk_column(prefix: bytes, values: list[bytes]) -> list[bytes]:
-    """RESP bulk strings (``prefix`` + ``$len CRLF value CRLF``) for a whole column."""
-    heads = _BULK_HEADERS
-    return [
-        prefix + (heads[len(v)] if len(v) < 4096 else b"$%d\r\n" % len(v)) + v + b"\r\n"
-        for v in values
-    ]
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 def _resp_hsets(
     keys: list[bytes],
     ts_name: bytes,
     ts_values: list[bytes],
-    fields: list[bytes],
-    encoded: list[list[bytes]],
+    framed: list[list[bytes]],
     key_ttl_seconds: int | None,
 ) -> list[bytes]:
     """One RESP ``HSET`` (+ ``EXPIRE``) per key, assembled column by column.
 
-    Building the protocol bytes per column (constant field names folded in) and joining
+    ``framed`` holds each feature column as RESP ``field value`` pairs already; joining
     once per row avoids a Python argument list and a pack call per command.
     """
-    head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields))
-    columns = [_bulk_column(head, keys), _bulk_column(_bulk_column(b"", [ts_name])[0], ts_values)]
-    for field, values in zip(fields, encoded, strict=True):
-        columns.append(_bulk_column(_bulk_column(b"", [field])[0], values))
+    head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(framed))
+    columns = [frame_values(head, keys), frame_values(_bulk(ts_name), ts_values), *framed]
     if key_ttl_seconds:
-        ttl = str(key_ttl_seconds).encode()
-        columns.append(_bulk_column(b"*3\r\n$6\r\nEXPIRE\r\n", keys))
-        columns.append([b"$%d\r\n%b\r\n" % (len(ttl), ttl)] * len(keys))
+        columns.append(frame_values(b"*3\r\n$6\r\nEXPIRE\r\n", keys))
+        columns.append([_bulk(str(key_ttl_seconds).encode())] * len(keys))
     return list(map(b"".join, zip(*columns, strict=True)))
 
 
