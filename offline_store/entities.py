@@ -94,12 +94,16 @@ def _pick_timestamp_column(types: dict[str, str]) -> str:
     )
 
 
-def load_entities(con: duckdb.DuckDBPyConnection, source: EntitySource) -> LoadedEntities:
+def load_entities(
+    con: duckdb.DuckDBPyConnection, source: EntitySource, *, materialize: bool = True
+) -> LoadedEntities:
     """Materialize the entity rows into ``__entities`` (plus row id and UTC time).
 
     Args:
         con: the connection the join will run on.
         source: a DataFrame, Arrow table, Parquet path or SQL query.
+        materialize: copy the rows into a temp table (needed for the join, whose row id is
+            the table's ``rowid``); without it only a view is made, enough for statistics.
 
     Returns:
         Column names, types, the timestamp column, row count and time range.
@@ -110,7 +114,8 @@ def load_entities(con: duckdb.DuckDBPyConnection, source: EntitySource) -> Loade
     """
     relation = _input_relation(con, source)
     try:
-        execute(con, f"CREATE TEMP TABLE {_ROWS_TABLE} AS SELECT * FROM {relation}")
+        kind = "TABLE" if materialize else "VIEW"
+        execute(con, f"CREATE TEMP {kind} {_ROWS_TABLE} AS SELECT * FROM {relation}")
     except duckdb.Error as exc:
         raise InvalidRequestError(
             f"cannot read the entity rows: {exc}; check the SQL or the Parquet path",
@@ -130,9 +135,10 @@ def load_entities(con: duckdb.DuckDBPyConnection, source: EntitySource) -> Loade
             "every entity row needs a time (ISO 8601 strings or datetimes; naive means UTC)",
             column=ts_col,
         )
+    row_id = "rowid" if materialize else "0"
     execute(
         con,
-        f"CREATE TEMP VIEW {ENTITY_TABLE} AS SELECT rowid AS {ROW_ID}, *, "
+        f"CREATE TEMP VIEW {ENTITY_TABLE} AS SELECT {row_id} AS {ROW_ID}, *, "
         f"CAST({ts} AS TIMESTAMPTZ) AS {ENTITY_TS} FROM {_ROWS_TABLE}",
     )
     row = fetch_all(

@@ -196,7 +196,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
             con = connect(settings)
             try:
                 _register_source_views(con, config, list(by_view))
-                loaded = load_entities(con, entity_df)
+                loaded = load_entities(con, entity_df, materialize=False)
             finally:
                 con.close()
             return RetrievalMetadata(
