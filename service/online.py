@@ -68,6 +68,9 @@ class OnlinePlan:
     read_plan: ReadPlan
     outputs: tuple[OutputColumn, ...]
     odfvs: tuple[OdfvStep, ...]
+    # For include_feature_view_version_metadata: Feast's {"name", "version"} per read view
+    # (a version of 0 is left out, as Feast's JSON does).
+    view_metadata: tuple[dict[str, Any], ...] = ()
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -219,7 +222,15 @@ def compile_plan(
         read_plan=ReadPlan.compile(snapshot.project, specs),
         outputs=tuple(outputs),
         odfvs=tuple(steps),
+        view_metadata=tuple(
+            {"name": name, **({"version": v} if (v := _version(snapshot, name)) else {})}
+            for name in read_features
+        ),
     )
+
+
+def _version(snapshot: RegistrySnapshot, view: str) -> int:
+    return int(getattr(snapshot.views[view].view, "current_version_number", 0) or 0)
 
 
 def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: int) -> int:
@@ -321,6 +332,7 @@ async def read_online(
     entities: Mapping[str, Sequence[Any]],
     *,
     full_feature_names: bool,
+    include_view_metadata: bool = False,
     observe_redis: Callable[[float], None] | None = None,
 ) -> bytes:
     """Answer one request with a compiled plan: one Redis round trip, then JSON bytes.
@@ -330,6 +342,8 @@ async def read_online(
         client: asyncio Redis client.
         entities: the request's entities (already checked by :func:`check_entities`).
         full_feature_names: as requested (on-demand output naming).
+        include_view_metadata: add ``metadata.feature_view_metadata`` (Feast's
+            ``include_feature_view_version_metadata``).
         observe_redis: called with the Redis call duration in seconds.
 
     Returns:
@@ -391,4 +405,7 @@ async def read_online(
                 "event_timestamps": stamps,
             }
         results.append(vector)
-    return orjson.dumps({"metadata": {"feature_names": names}, "results": results})
+    metadata: dict[str, Any] = {"feature_names": names}
+    if include_view_metadata:
+        metadata["feature_view_metadata"] = plan.view_metadata
+    return orjson.dumps({"metadata": metadata, "results": results})

@@ -78,6 +78,7 @@ async def answer(state: ServiceState, body: bytes) -> bytes:
         state.reader,
         req.entities,
         full_feature_names=req.full_feature_names,
+        include_view_metadata=req.include_feature_view_version_metadata,
         observe_redis=state.metrics.redis_observer("read"),
     )
 

@@ -205,3 +205,18 @@ def test_feature_service_with_on_demand_view_matches_feast_serve(
     _compare(
         trimmed, {"metadata": {"feature_names": names}, "results": [feast_cols[n] for n in names]}
     )
+
+
+def test_feature_view_version_metadata_matches_feast_serve(
+    client: AppClient, feast_serve: httpx.Client
+) -> None:
+    body = {
+        "entities": {"driver_id": [1001], "customer_id": ["c_0000001"]},
+        "features": ["driver_hourly_stats:conv_rate", "customer_profile:membership_tier"],
+        "include_feature_view_version_metadata": True,
+    }
+    ours = client.post("/get-online-features", json=body).json()["metadata"]
+    theirs = feast_serve.post("/get-online-features", json=body).json()["metadata"]
+    key = "feature_view_metadata"
+    assert sorted(ours[key], key=str) == sorted(theirs[key], key=str)
+    assert {m["name"] for m in ours[key]} == {"driver_hourly_stats", "customer_profile"}
