@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from feast import Field, FileSource, RequestSource
+from feast import FeatureService, Field, FileSource, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
 
@@ -312,3 +312,22 @@ def test_a_corrupt_source_file_is_a_feature_store_error_not_a_crash(repo: Path) 
     (repo / "data" / "driver.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(FeatureStoreError, match=r"driver\.parquet"):
         fs.get_historical_features(entity_df=ENTITIES, features=FEATURES).to_arrow()
+
+
+def test_projection_join_key_map_and_alias_read_the_renamed_entity_column(repo: Path) -> None:
+    objects = three_views()
+    driver_fv = next(o for o in objects if getattr(o, "name", "") == "driver_fv")
+    projected = driver_fv.with_name("other_driver").with_join_key_map(
+        {"driver_id": "other_driver_id"}
+    )
+    # One projection per view: Feast 0.67's FeatureService.__eq__ cannot sort two projections
+    # of the same view (it compares their None and str aliases).
+    service = FeatureService(name="pairs", features=[projected[["rate"]]])
+    fs = make_store(repo, [*objects, service])
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    entities = ENTITIES.assign(other_driver_id=[2, 2, 2, 1, 1])
+    table = fs.get_historical_features(
+        entity_df=entities, features=fs.get_feature_service("pairs"), full_feature_names=True
+    ).to_arrow()
+    assert "driver_fv__rate" not in table.column_names
+    assert table["other_driver__rate"].to_pylist() == [0.9, 0.9, None, 0.5, 0.5]
