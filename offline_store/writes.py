@@ -2,6 +2,7 @@
 
 Parquet files cannot be appended in place, so the shape of the source decides:
 
+- a hive-partitioned directory (``key=value/`` folders): one new file per partition touched;
 - a directory or a glob: the rows become one new file next to the others, named
   ``part-<unix ns>-<uuid>.parquet`` so that newer pushes sort after older files (exact ties in
   the point-in-time join go to the later file);
@@ -88,6 +89,29 @@ def _rewrite_file(path: str, table: pa.Table) -> str:
     return path
 
 
+def _is_hive(directory: str) -> bool:
+    return any("=" in entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+def _write_hive(directory: str, table: pa.Table) -> str:
+    """Append to a hive-partitioned directory: one new file per partition touched."""
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive")
+    partitioning = dataset.partitioning
+    assert partitioning is not None
+    conformed = _conform(table, dataset.schema, directory)
+    # Unlike the single-file case the files appear under their final names as they are
+    # written; a reader racing the push may see a partition's new file before the others.
+    ds.write_dataset(
+        conformed,
+        directory,
+        format="parquet",
+        partitioning=ds.partitioning(partitioning.schema, flavor="hive"),
+        basename_template=_new_file_name().replace(".parquet", "-{i}.parquet"),
+        existing_data_behavior="overwrite_or_ignore",
+    )
+    return directory
+
+
 def write_batch(path: str, table: pa.Table) -> str:
     """Append ``table`` to the Parquet source at ``path``.
 
@@ -119,6 +143,8 @@ def write_batch(path: str, table: pa.Table) -> str:
                 "match it; point the FileSource at a directory or a '*.parquet' glob",
             )
         return _write_new_file(directory, conformed)
+    if os.path.isdir(path) and _is_hive(path):
+        return _write_hive(path, table)
     if os.path.isdir(path):
         files = glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
         schema = _existing_schema(files)

@@ -98,3 +98,18 @@ def test_write_batch_to_a_glob_adds_a_matching_file(tmp_path: Path) -> None:
     written = write_batch(str(tmp_path / "g" / "part-*.parquet"), new)
     assert Path(written).name.startswith("part-")
     assert pq.read_table(tmp_path / "g").num_rows == 2
+
+
+def test_push_into_hive_partitions_lands_in_the_right_partition(tmp_path: Path) -> None:
+    fs = _push_store(tmp_path, "data/hive")
+    for region in ("north", "south"):
+        part = tmp_path / "data" / "hive" / f"region={region}"
+        write_rows(part / "0.parquet", DRIVER_SCHEMA, EXISTING)
+    fs.push(
+        "driver_push", _pushed_frame(0.9, minutes=5).assign(region=["south"]), to=PushMode.OFFLINE
+    )
+    south = pq.read_table(tmp_path / "data" / "hive" / "region=south")
+    north = pq.read_table(tmp_path / "data" / "hive" / "region=north")
+    assert sorted(south["rate"].to_pylist()) == [0.1, 0.9]
+    assert north["rate"].to_pylist() == [0.1]
+    assert _latest_rate(fs) == 0.9
