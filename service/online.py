@@ -14,17 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-import pyarrow as pa
 import redis.asyncio as aioredis
-from feast import OnDemandFeatureView
 from feast.value_type import ValueType
 from redis.exceptions import RedisError
 
-from online_store.reader import ReadPlan, ReadResult, ViewReadSpec
+from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.errors import (
@@ -35,6 +32,7 @@ from service.errors import (
     InvalidRequestError,
     RequestTooLargeError,
 )
+from service.odfv import OdfvStep, run_odfv
 from service.redis_fast import FastRedis
 
 
@@ -47,16 +45,6 @@ class OutputColumn:
     from_odfv: bool
     encoder: Encoder | None
     view: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class OdfvStep:
-    """An on-demand view to run after the read."""
-
-    view: OnDemandFeatureView
-    inputs: tuple[tuple[str, str, ValueType], ...]  # (input column, read key, type)
-    request_fields: tuple[str, ...]
-    outputs: tuple[tuple[str, str], ...]  # (transformed column, response column key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,56 +262,6 @@ def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: i
             limit=max_rows,
         )
     return n
-
-
-def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
-    # Feast hands on-demand transforms Python values: timestamps as datetimes.
-    if value_type == ValueType.UNIX_TIMESTAMP and isinstance(value, int):
-        return datetime.fromtimestamp(value, tz=UTC)
-    return value
-
-
-def run_odfv(
-    step: OdfvStep,
-    entities: Mapping[str, Sequence[Any]],
-    result: ReadResult,
-    *,
-    full_feature_names: bool,
-) -> dict[str, list[Any]]:
-    """Run one on-demand view on the read result, as Feast's online path does.
-
-    Returns:
-        Response column key -> values.
-
-    Raises:
-        InvalidRequestError: the transformation failed on this input (e.g. wrong
-            request data types).
-    """
-    odfv = step.view
-    columns: dict[str, list[Any]] = {}
-    for entity in odfv.entity_columns:
-        if entity.name in entities:
-            columns[entity.name] = list(entities[entity.name])
-    for name in step.request_fields:
-        columns[name] = list(entities[name])
-    for column, key, value_type in step.inputs:
-        values = result.columns[key].values
-        if value_type == ValueType.UNIX_TIMESTAMP:
-            values = [_odfv_input_value(v, value_type) for v in values]
-        columns[column] = list(values)
-    try:
-        if odfv.mode == "python":
-            out_dict = odfv.transform_dict(columns)
-            return {resp: list(out_dict[t]) for t, resp in step.outputs}
-        table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
-        return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
-    except (pa.ArrowException, TypeError, ValueError, KeyError) as exc:
-        raise InvalidRequestError(
-            f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
-            f"request data types against its request source schema "
-            f"{ {k: v.name for k, v in odfv.get_request_data_schema().items()} }",
-            feature_view=odfv.name,
-        ) from exc
 
 
 async def read_online(

@@ -1,0 +1,81 @@
+"""On-demand feature views on the online path, computed as Feast's server does.
+
+The transformation gets a table of the join keys, the request data and the source
+features (Python values, timestamps as datetimes), through the view's own
+``transform_arrow`` / ``transform_dict``, so a UDF sees what it sees under
+``feast serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from feast import OnDemandFeatureView
+from feast.value_type import ValueType
+
+from online_store.reader import ReadResult
+from service.errors import InvalidRequestError
+
+
+@dataclass(frozen=True, slots=True)
+class OdfvStep:
+    """An on-demand view to run after the read."""
+
+    view: OnDemandFeatureView
+    inputs: tuple[tuple[str, str, ValueType], ...]  # (input column, read key, type)
+    request_fields: tuple[str, ...]
+    outputs: tuple[tuple[str, str], ...]  # (transformed column, response column key)
+
+
+def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
+    # Feast hands on-demand transforms Python values: timestamps as datetimes.
+    if value_type == ValueType.UNIX_TIMESTAMP and isinstance(value, int):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return value
+
+
+def run_odfv(
+    step: OdfvStep,
+    entities: Mapping[str, Sequence[Any]],
+    result: ReadResult,
+    *,
+    full_feature_names: bool,
+) -> dict[str, list[Any]]:
+    """Run one on-demand view on the read result, as Feast's online path does.
+
+    Returns:
+        Response column key -> values.
+
+    Raises:
+        InvalidRequestError: the transformation failed on this input (e.g. wrong
+            request data types).
+    """
+    odfv = step.view
+    columns: dict[str, list[Any]] = {}
+    for entity in odfv.entity_columns:
+        if entity.name in entities:
+            columns[entity.name] = list(entities[entity.name])
+    for name in step.request_fields:
+        columns[name] = list(entities[name])
+    for column, key, value_type in step.inputs:
+        values = result.columns[key].values
+        if value_type == ValueType.UNIX_TIMESTAMP:
+            values = [_odfv_input_value(v, value_type) for v in values]
+        columns[column] = list(values)
+    try:
+        if odfv.mode == "python":
+            out_dict = odfv.transform_dict(columns)
+            return {resp: list(out_dict[t]) for t, resp in step.outputs}
+        table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
+        return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
+    except (pa.ArrowException, TypeError, ValueError, KeyError) as exc:
+        raise InvalidRequestError(
+            f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
+            f"request data types against its request source schema "
+            f"{ {k: v.name for k, v in odfv.get_request_data_schema().items()} }",
+            feature_view=odfv.name,
+        ) from exc
