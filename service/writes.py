@@ -321,3 +321,37 @@ def write_tables(
         key_ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
         for info, table in tables:
             write_arrow(client, info.view, table, project=store.project, key_ttl_seconds=key_ttl)
+
+
+def validate_and_write(
+    store: FeatureStore,
+    client: redis.Redis,
+    views: Sequence[ViewInfo],
+    df: Mapping[str, Sequence[Any]],
+    *,
+    online: bool,
+    offline: bool,
+) -> list[tuple[ViewInfo, pa.Table]]:
+    """Validate ``df`` against every view, then write (blocking: run in a worker thread).
+
+    Validation is per cell in Python, up to ``max_push_rows`` rows, so it stays off the
+    event loop with the write.
+
+    Args:
+        store: the Feast store.
+        client: synchronous Redis client.
+        views: the target views.
+        df: the request's columns.
+        online: write to Redis.
+        offline: append to the offline store.
+
+    Returns:
+        The (view, table) pairs written.
+
+    Raises:
+        SchemaMismatchError, InvalidTimestampError: bad input; nothing was written.
+    """
+    check_unknown_columns(df, views)
+    tables = [(info, build_table(info, df)) for info in views]
+    write_tables(store, client, tables, online=online, offline=offline)
+    return tables

@@ -16,13 +16,7 @@ from service.schemas import (
     WriteResponse,
     WriteToOnlineStoreRequest,
 )
-from service.writes import (
-    build_table,
-    check_shape,
-    check_unknown_columns,
-    push_views,
-    write_tables,
-)
+from service.writes import check_shape, push_views, validate_and_write
 
 router = APIRouter(tags=["writes"])
 
@@ -56,12 +50,16 @@ async def push(
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     views = push_views(snapshot, body.push_source_name)
-    check_unknown_columns(body.df, views)
-    tables = [(info, build_table(info, body.df)) for info in views]
     online = body.to in ("online", "online_and_offline")
     offline = body.to in ("offline", "online_and_offline")
-    await asyncio.to_thread(
-        write_tables, state.store, state.redis_sync, tables, online=online, offline=offline
+    tables = await asyncio.to_thread(
+        validate_and_write,
+        state.store,
+        state.redis_sync,
+        views,
+        body.df,
+        online=online,
+        offline=offline,
     )
     if online:
         _note_newest(metrics, tables)
@@ -83,10 +81,14 @@ async def write_to_online_store(
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     info = snapshot.view(body.feature_view_name)
-    check_unknown_columns(body.df, [info])
-    tables = [(info, build_table(info, body.df))]
-    await asyncio.to_thread(
-        write_tables, state.store, state.redis_sync, tables, online=True, offline=False
+    tables = await asyncio.to_thread(
+        validate_and_write,
+        state.store,
+        state.redis_sync,
+        [info],
+        body.df,
+        online=True,
+        offline=False,
     )
     _note_newest(metrics, tables)
     return WriteResponse(rows=tables[0][1].num_rows, feature_views=[info.name], to="online")
