@@ -47,10 +47,12 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 async def get_settings(state: StateDep) -> Settings:
+    """The service settings."""
     return state.settings
 
 
 async def get_catalog(state: StateDep) -> Catalog:
+    """The registry catalog (snapshot + refresh state)."""
     return state.catalog
 
 
@@ -60,18 +62,22 @@ async def get_snapshot(state: StateDep) -> RegistrySnapshot:
 
 
 async def get_redis(state: StateDep) -> aioredis.Redis:
+    """The asyncio Redis client for bookkeeping (jobs, readiness)."""
     return state.redis
 
 
 async def get_metrics(state: StateDep) -> Metrics:
+    """The Prometheus metrics of this worker."""
     return state.metrics
 
 
 async def get_jobs(state: StateDep) -> JobManager:
+    """The materialization job manager."""
     return state.jobs
 
 
 async def get_store(state: StateDep) -> FeatureStore:
+    """The Feast store of the repo."""
     return state.store
 
 
