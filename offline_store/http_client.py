@@ -12,6 +12,7 @@ Wire format (``POST /training-dataset``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from offline_store.entities import EntitySource, is_sql
 from offline_store.ipc import ARROW_STREAM, ChunkReader, table_to_ipc
-from service.errors import FeatureStoreError, InvalidRequestError
+from service.errors import BackendUnavailableError, FeatureStoreError, InvalidRequestError
 
 ENDPOINT = "/training-dataset"
 
@@ -119,16 +120,52 @@ def fetch_training_dataset(
         with client.stream("POST", ENDPOINT, **request) as response:
             if response.status_code >= 400:
                 raise_for_error(response.status_code, response.read())
-            reader = pa.ipc.open_stream(ChunkReader(response.iter_bytes()))
-            if output == "parquet":
-                assert path is not None
-                dest = str(Path(path).absolute())
-                with pq.ParquetWriter(dest, reader.schema) as writer:
-                    for batch in reader:
-                        writer.write_batch(batch)
-                return dest
-            table = reader.read_all()
+            try:
+                return _read_stream(response, output, path)
+            except (pa.ArrowInvalid, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # Errors after the first batch cannot change the status any more; the
+                # server cuts the stream and the reader sees it end early.
+                raise FeatureStoreError(
+                    f"the training dataset stream ended early ({exc}); the service log has "
+                    "the cause, retry or use output='parquet' with a smaller entity set",
+                ) from exc
+    except httpx.TransportError as exc:
+        raise BackendUnavailableError(
+            f"cannot reach the featurestore service at {url!r}: {exc}", url=url
+        ) from exc
     finally:
         if http_client is None:
             client.close()
+
+
+def _read_stream(
+    response: httpx.Response, output: str, path: str | Path | None
+) -> pd.DataFrame | pa.Table | str:
+    source = ChunkReader(response.iter_bytes())
+    reader = pa.ipc.open_stream(source)
+    if output == "parquet":
+        assert path is not None
+        dest = str(Path(path).absolute())
+        # A cut stream must not leave a plausible-looking file behind.
+        partial = f"{dest}.partial"
+        try:
+            with pq.ParquetWriter(partial, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+            _check_complete(source)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+        os.replace(partial, dest)
+        return dest
+    table = reader.read_all()
+    _check_complete(source)
     return table.to_pandas() if output == "pandas" else table
+
+
+def _check_complete(source: ChunkReader) -> None:
+    # Drain: the end marker may sit after the last batch the reader asked for.
+    while source.read(1 << 16):
+        pass
+    if not source.complete:
+        raise pa.ArrowInvalid("no end-of-stream marker")

@@ -59,12 +59,26 @@ def ipc_chunks(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Iterator
     yield drain()
 
 
+# What ``RecordBatchStreamWriter.close()`` writes last: continuation marker, zero length.
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
 class ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of byte chunks, for ``pyarrow.ipc.open_stream``."""
+    """A readable file over an iterator of byte chunks, for ``pyarrow.ipc.open_stream``.
+
+    Arrow readers accept a stream that simply stops, so a response cut after some batches
+    would look complete; :attr:`complete` tells whether the writer's end marker arrived.
+    """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._pending = b""
+        self._tail = b""
+
+    @property
+    def complete(self) -> bool:
+        """Whether everything was read and it ended with the end-of-stream marker."""
+        return self._tail == END_OF_STREAM
 
     def readable(self) -> bool:
         return True
@@ -77,5 +91,6 @@ class ChunkReader(io.RawIOBase):
                 return 0
         size = min(len(buffer), len(self._pending))
         buffer[:size] = self._pending[:size]
+        self._tail = (self._tail + self._pending[:size])[-len(END_OF_STREAM) :]
         self._pending = self._pending[size:]
         return size

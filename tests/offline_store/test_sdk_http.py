@@ -20,8 +20,10 @@ from fastapi.testclient import TestClient
 from feast import FeatureService, FeatureStore
 
 from offline_store.ipc import ARROW_STREAM, table_to_ipc
+from offline_store.job import DuckDBRetrievalJob
 from offline_store.sdk import get_training_dataset
 from service.errors import (
+    BackendUnavailableError,
     FeatureNotFoundError,
     FeatureServiceNotFoundError,
     FeatureStoreError,
@@ -231,3 +233,38 @@ def test_exactly_one_target_and_one_feature_selection(store: FeatureStore) -> No
         get_training_dataset(ENTITIES, ["driver_fv:rate"], "ranking", store=store)
     with pytest.raises(InvalidRequestError, match="path"):
         get_training_dataset(ENTITIES, ["driver_fv:rate"], store=store, output="parquet")
+
+
+def test_unreachable_service_is_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailableError, match="cannot reach"):
+        get_training_dataset(ENTITIES, ["driver_fv:rate"], url="http://127.0.0.1:9", timeout=5)
+
+
+def test_a_stream_cut_after_the_first_batch_is_a_clear_error(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = DuckDBRetrievalJob.iter_batches
+
+    def failing(self: DuckDBRetrievalJob, max_rows: int) -> Iterator[pa.RecordBatch]:
+        batches = real(self, max_rows)
+        yield next(batches)
+        raise RuntimeError("disk died")  # injected fault after the response started
+
+    monkeypatch.setattr(DuckDBRetrievalJob, "iter_batches", failing)
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        pytest.raises(FeatureStoreError, match="ended early"),
+    ):
+        get_training_dataset(ENTITIES, ["driver_fv:rate"], http_client=client)
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        pytest.raises(FeatureStoreError, match="ended early"),
+    ):
+        get_training_dataset(
+            ENTITIES,
+            ["driver_fv:rate"],
+            http_client=client,
+            output="parquet",
+            path=tmp_path / "cut.parquet",
+        )
+    assert list(tmp_path.iterdir()) == []
