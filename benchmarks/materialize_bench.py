@@ -3,7 +3,7 @@ against ours (FastRedisOnlineStore + StreamingMaterializationEngine + DuckDB off
 on the same generated Parquet data, in one run, printing JSON.
 
 Each engine runs in its own child process (``benchmarks.materialize_child``) so peak RSS
-is that engine's alone (``os.wait4`` rusage of the child). Both write into separate DBs of
+is that engine's alone (the child's own ``VmHWM``). Both write into separate DBs of
 one private loopback ``redis-server``; afterwards a sample of hashes is compared byte for
 byte.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -134,26 +133,27 @@ def make_repo(
     FeatureStore(repo_path=str(path)).apply(objects(parquet))
 
 
-def run_child(repo: Path) -> dict[str, Any]:
+def run_child(repo: Path, *, imports_only: bool = False) -> dict[str, Any]:
     """Materialize in a child process; wall time and that child's peak RSS."""
     cmd = [
         sys.executable, "-m", "benchmarks.materialize_child",
         str(repo), START.isoformat(), END.isoformat(),
     ]  # fmt: skip
+    if imports_only:
+        cmd.append("--imports-only")
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"materialize child failed ({proc.returncode}) for {repo}")
     child = json.loads(out.decode().strip().splitlines()[-1])
     return {
         "process_wall_s": round(wall, 2),
         "materialize_call_s": child["materialize_s"],
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss is KiB on Linux
+        "peak_rss_mb": child["peak_rss_mb"],
     }
 
 
@@ -188,18 +188,29 @@ def run_case(
         parquet=parquet,
         duckdb_memory=case.duckdb_memory,
     )
+    baseline = run_child(work / case.name / "ours", imports_only=True)["peak_rss_mb"]
     result["ours"] = run_child(work / case.name / "ours")
+    result["ours"]["rss_above_import_baseline_mb"] = round(
+        result["ours"]["peak_rss_mb"] - baseline, 1
+    )
     result["ours"]["keys"] = redis.Redis.from_url(ours_url).dbsize()
     if case.stock:
         stock_url = f"{base}/{stock_db}"
         make_repo(work / case.name / "stock", ours=False, redis_url=stock_url, parquet=parquet)
+        stock_base = run_child(work / case.name / "stock", imports_only=True)["peak_rss_mb"]
         result["stock"] = run_child(work / case.name / "stock")
+        result["stock"]["rss_above_import_baseline_mb"] = round(
+            result["stock"]["peak_rss_mb"] - stock_base, 1
+        )
         result["check"] = compare(stock_url, ours_url)
         s, o = result["stock"], result["ours"]
         result["ratio"] = {
             "materialize_call_speedup": round(s["materialize_call_s"] / o["materialize_call_s"], 1),
             "process_wall_speedup": round(s["process_wall_s"] / o["process_wall_s"], 1),
             "peak_rss_ours_over_stock": round(o["peak_rss_mb"] / s["peak_rss_mb"], 3),
+            "rss_above_baseline_ours_over_stock": round(
+                o["rss_above_import_baseline_mb"] / s["rss_above_import_baseline_mb"], 3
+            ),
         }
     for db in (stock_db, ours_db):
         redis.Redis.from_url(f"{base}/{db}").flushdb()
