@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -214,3 +215,31 @@ def test_zero_entity_rows_give_empty_columns(client: AppClient) -> None:
     )
     assert resp.status_code == 200, resp.text
     assert columns(resp.json())["conv_rate"]["values"] == []
+
+
+def test_concurrent_lookups_sharing_the_pipelined_connection_get_their_own_rows(
+    client: AppClient, repo: Repo
+) -> None:
+    drivers = sorted(k[0] for k in repo.latest("driver_stats", ["driver_id"]))[:40]
+    customers = sorted(k[0] for k in repo.latest("customer_profile", ["customer_id"]))[:40]
+    bodies: list[dict[str, Any]] = []
+    for i in range(40):
+        if i % 2:
+            bodies.append(
+                {
+                    "entities": {"driver_id": [drivers[i]]},
+                    "features": ["driver_hourly_stats:avg_daily_trips"],
+                }
+            )
+        else:
+            bodies.append({"entities": {"customer_id": [customers[i], customers[-1 - i]]},
+                           "features": ["customer_profile:lifetime_trip_count"]})  # fmt: skip
+    sequential = [client.post("/get-online-features", json=b).json() for b in bodies]
+
+    async def all_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(client.client.post("/get-online-features", json=b) for b in bodies)
+        )
+
+    concurrent = [r.json() for r in client.run(all_at_once())]
+    assert concurrent == sequential
