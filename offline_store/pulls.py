@@ -99,15 +99,73 @@ def build_pull_query(
         select.append(f"{quote_literal(DUMMY_ENTITY_VAL)} AS {q(DUMMY_ENTITY_ID)}")
     where = _window(q(timestamp_field), types[timestamp_field], start_date, end_date)
     sql = f"SELECT {', '.join(select)} FROM {scan_sql} WHERE {' AND '.join(where)}"
-    if latest_only:
-        partition = (
-            f"PARTITION BY {', '.join(q(k) for k in join_key_columns)} " if join_key_columns else ""
+    if not latest_only:
+        return sql
+    if {types[c].upper() for c in ts_cols} <= _MICROSECOND_TYPES:
+        return _latest_by_aggregate(
+            select, scan_sql, where, join_key_columns, timestamp_field, created_timestamp_column
         )
-        created = (
-            f"{q(created_timestamp_column)} DESC NULLS LAST, " if created_timestamp_column else ""
-        )
-        sql += (
-            f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
-            f"{created}filename DESC, file_row_number DESC) = 1"
-        )
-    return sql
+    partition = (
+        f"PARTITION BY {', '.join(q(k) for k in join_key_columns)} " if join_key_columns else ""
+    )
+    created = f"{q(created_timestamp_column)} DESC NULLS LAST, " if created_timestamp_column else ""
+    return sql + (
+        f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
+        f"{created}filename DESC, file_row_number DESC) = 1"
+    )
+
+
+# Column types whose values are whole microseconds (``epoch_us`` is exact on them).
+_MICROSECOND_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE"})
+_I63 = 2**63
+
+
+def _micros(col: str, *, null: int | None) -> str:
+    """A BIGINT-ranged integer ordered exactly like the timestamp column ``col``.
+
+    ``epoch_us`` maps +/-infinity to NULL, so they get the int64 ends (every finite
+    DuckDB timestamp lies strictly between). With ``null`` set, a null becomes that value
+    and the others are shifted into ``[1, 2**64)`` so that it ranks below them all.
+    """
+    shift = 0 if null is None else _I63
+    finite = f"epoch_us({col})::HUGEINT + {shift}" if shift else f"epoch_us({col})::HUGEINT"
+    top, bottom = _I63 - 1 + shift, -(_I63 - 1) + shift
+    null_case = "" if null is None else f"WHEN {col} IS NULL THEN {null} "
+    return (
+        f"CASE {null_case}WHEN isfinite({col}) THEN {finite} "
+        f"WHEN {col} > TIMESTAMP '1970-01-01' THEN {top} ELSE {bottom} END"
+    )
+
+
+def _latest_by_aggregate(
+    select: list[str],
+    scan_sql: str,
+    where: list[str],
+    join_key_columns: list[str],
+    timestamp_field: str,
+    created_timestamp_column: str | None,
+) -> str:
+    """Latest row per key with a hash aggregate and a semi join, instead of a window.
+
+    Per key, ``max`` of the struct ``(order key, filename, file_row_number)`` names the
+    winning row: the order key packs (event_ts, created_ts with null lowest) into one
+    HUGEINT (event micros in the high 64 bits, shifted created micros in the low 64 bits),
+    so struct order is exactly (event_ts, created_ts NULLS FIRST, filename, file_row_number),
+    the window's order. A second scan keeps the rows so named; it streams, so the caller
+    can consume the first rows while DuckDB is still reading.
+    """
+    q = quote_ident
+    event = _micros(q(timestamp_field), null=None)
+    created = _micros(q(created_timestamp_column), null=0) if created_timestamp_column else "0"
+    order_key = f"({event}) * {2**64} + ({created})"
+    group = f" GROUP BY {', '.join(q(k) for k in join_key_columns)}" if join_key_columns else ""
+    cond = " AND ".join(where)
+    win = "__fs_latest"
+    winners = (
+        f"SELECT max(struct_pack(k := {order_key}, f := filename, r := file_row_number)) "
+        f"AS {win} FROM {scan_sql} WHERE {cond}{group}"
+    )
+    return (
+        f"WITH {win}s AS ({winners}) SELECT {', '.join(select)} FROM {scan_sql} "
+        f"SEMI JOIN {win}s ON filename = {win}.f AND file_row_number = {win}.r WHERE {cond}"
+    )
