@@ -23,4 +23,4 @@ USER featurestore
 EXPOSE 6566
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6566/health', timeout=2)"
-CMD ["featurestore", "serve", "--repo", "/app/feature_repo", "--host", "0.0.0.0", "--port", "6566", "--workers", "2", "--insecure"]
+CMD ["featurestore", "serve", "--repo", "/app/feature_repo", "--host", "0.0.0.0", "--port", "6566", "--workers", "2", "--auth"]

@@ -12,23 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from service import handlers
+from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
 from service.catalog import Catalog
-from service.deps import ServiceState
+from service.deps import ServiceState, require
 from service.errors import BackendUnavailableError
 from service.fastpath import OnlineFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import materialize, online, ops, registry, writes
+from service.routes import keys, materialize, online, ops, registry, training, writes
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,6 @@ statuses are right where Feast's are not (`NOT_FOUND` for missing entities,
 `OUTSIDE_MAX_AGE` past the view TTL). Every error is
 `{"error": {"type", "message", ...}}`.
 """
-
-
-def _include_training(app: FastAPI) -> None:
-    # The training router belongs to the offline layer's owner; mount it when present.
-    if importlib.util.find_spec("service.routes.training") is None:
-        return
-    training = importlib.import_module("service.routes.training")
-    app.include_router(training.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,6 +75,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sync_client=sync_client,
             max_jobs=settings.materialize_max_jobs,
         )
+        key_engine = None
+        authenticator = None
+        if settings.auth:
+            key_engine = await asyncio.to_thread(
+                open_key_engine, settings.resolved_registry_url(), settings.registry_timeout_seconds
+            )
+            authenticator = Authenticator(
+                KeyStore(key_engine, cache_seconds=settings.api_key_cache_seconds),
+                timeout=settings.registry_timeout_seconds,
+            )
         app.state.services = ServiceState(
             settings=settings,
             store=store,
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis_url=url,
             metrics=metrics,
             jobs=jobs,
+            auth=authenticator,
         )
         # Startup leaves a large heap (Feast, pandas, protobufs); freezing it keeps the
         # full collections that would otherwise scan it out of request tail latency.
@@ -109,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if reader is not client:
                 await reader.aclose()
             sync_client.close()
+            if key_engine is not None:
+                key_engine.dispose()
 
     app = FastAPI(
         title="featurestore",
@@ -120,12 +126,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     handlers.install(app)
-    app.include_router(online.router)
-    app.include_router(writes.router)
-    app.include_router(materialize.router)
-    app.include_router(registry.router)
+
+    # Scopes: read < write < admin. With auth off the checks are skipped, and the
+    # OpenAPI document shows no security requirement.
+    def scoped(scope: Scope) -> list[Any]:
+        return [require(scope)] if settings.auth else []
+
+    app.include_router(online.router, dependencies=scoped(Scope.READ))
+    app.include_router(registry.router, dependencies=scoped(Scope.READ))
+    app.include_router(writes.router, dependencies=scoped(Scope.WRITE))
+    app.include_router(materialize.router, dependencies=scoped(Scope.ADMIN))
+    if settings.auth:
+        app.include_router(keys.router, dependencies=scoped(Scope.ADMIN))
     app.include_router(ops.router)
-    _include_training(app)
+    app.include_router(training.router, dependencies=scoped(Scope.READ))
     # Added last = outermost: metrics see every response, including 413s; the lookup
     # fast path sits outside both and records its own metrics and limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -15,6 +15,7 @@ everything ``read`` can.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -28,7 +29,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.errors import AuthenticationError, NotFoundError
+from service.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 
 VERSION_TABLE = "featurestore_service_alembic_version"
 _PREFIX = "fsk"
@@ -85,6 +91,24 @@ def upgrade(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def open_key_engine(url: str, timeout_seconds: float) -> sa.Engine:
+    """An engine on the registry database for key lookups, with bounded waits.
+
+    Creates the key table if needed (migrations are idempotent).
+    """
+    from service.environment import sqlalchemy_url
+
+    url = sqlalchemy_url(url)
+    connect_args: dict[str, object] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = max(1, int(timeout_seconds))
+    elif url.startswith("sqlite"):
+        connect_args["timeout"] = timeout_seconds
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    upgrade(engine)
+    return engine
 
 
 def _digest(secret: str) -> str:
@@ -159,30 +183,49 @@ class KeyStore:
                 for r in rows
             ]
 
+    def peek(self, key: str) -> Scope | None:
+        """The scope of ``key`` if a fresh cache entry vouches for it; no database read.
+
+        Raises:
+            AuthenticationError: the cache knows the key is invalid.
+        """
+        with self._lock:
+            cached = self._cache.get(_digest(key))
+        if cached is None or cached[1] <= time.monotonic():
+            return None
+        return _valid(cached[0])
+
     def verify(self, key: str) -> Scope:
-        """The scope of a valid, unrevoked key.
+        """The scope of a valid, unrevoked key (cached for ``cache_seconds``).
+
+        When the database cannot be reached, a key verified earlier keeps working
+        with its last known scope, so a registry outage does not lock clients out.
 
         Raises:
             AuthenticationError: malformed, unknown or revoked key.
+            BackendUnavailableError: the database is unreachable and the key was
+                never verified by this process.
         """
         cache_key = _digest(key)
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(cache_key)
         if cached is not None and cached[1] > now:
-            scope = cached[0]
-        else:
+            return _valid(cached[0])
+        try:
             scope = self._lookup(key)
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[cache_key] = (scope, now + self.cache_seconds)
-        if scope is None:
-            raise AuthenticationError(
-                "invalid or revoked API key; create one with "
-                "`featurestore keys create --scope read|write|admin`"
-            )
-        return scope
+        except sa.exc.SQLAlchemyError as exc:
+            if cached is not None:
+                return _valid(cached[0])
+            raise BackendUnavailableError(
+                "cannot verify the API key: the registry database is unreachable "
+                f"({type(exc).__name__}); retry shortly"
+            ) from exc
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[cache_key] = (scope, now + self.cache_seconds)
+        return _valid(scope)
 
     def _lookup(self, key: str) -> Scope | None:
         key_id, secret = _split(key)
@@ -194,3 +237,61 @@ class KeyStore:
         if row is None or not matches or row.revoked_at is not None:
             return None
         return Scope.parse(row.scope)
+
+
+def _valid(scope: Scope | None) -> Scope:
+    if scope is None:
+        raise AuthenticationError(
+            "invalid or revoked API key; create one with "
+            "`featurestore keys create --scope read|write|admin`"
+        )
+    return scope
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer <key>`` headers against a :class:`KeyStore`.
+
+    Args:
+        store: where keys live.
+        timeout: seconds a database verification may take before a 503.
+    """
+
+    def __init__(self, store: KeyStore, *, timeout: float) -> None:
+        self.store = store
+        self.timeout = timeout
+
+    async def authorize(self, authorization: str | None, required: Scope) -> Scope:
+        """The caller's scope, if it is at least ``required``.
+
+        Raises:
+            AuthenticationError: no key, not a bearer key, or an invalid key (401).
+            PermissionDeniedError: a valid key with a lower scope (403).
+            BackendUnavailableError: the key could not be checked in time (503).
+        """
+        scheme, _, key = (authorization or "").strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationError(
+                "missing API key; send `Authorization: Bearer <key>` with a key from "
+                "`featurestore keys create --scope read|write|admin`"
+            )
+        scope = self.store.peek(key)
+        if scope is None:
+            try:
+                scope = await asyncio.wait_for(
+                    asyncio.to_thread(self.store.verify, key), self.timeout
+                )
+            except TimeoutError:
+                raise BackendUnavailableError(
+                    f"cannot verify the API key within {self.timeout:g} s: the registry "
+                    "database is slow or unreachable; retry shortly"
+                ) from None
+        if scope < required:
+            need = required.name.lower()
+            raise PermissionDeniedError(
+                f"this API key has scope {scope.name.lower()!r} but this endpoint needs "
+                f"{need!r}; use a key from `featurestore keys create --scope {need}`",
+                scope=scope.name.lower(),
+                required=need,
+            )
+        return scope

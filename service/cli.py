@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
             "FEATURESTORE_PORT": str(args.port),
             "FEATURESTORE_WORKERS": str(args.workers),
             "FEATURESTORE_INSECURE": "true" if args.insecure else "false",
+            **({"FEATURESTORE_AUTH": "true"} if args.auth else {}),
         }
     )
     from service.settings import Settings
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=6566)
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes, each with its own pool"
+    )
+    serve.add_argument(
+        "--auth",
+        action="store_true",
+        help="require API keys (Authorization: Bearer); also FEATURESTORE_AUTH=true",
     )
     serve.add_argument(
         "--insecure",

@@ -11,9 +11,11 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from feast import FeatureStore
 from redis import Redis as SyncRedis
 
+from service.auth import Authenticator, Scope
 from service.catalog import Catalog, RegistrySnapshot
 from service.jobs import JobManager
 from service.metrics import Metrics
@@ -34,6 +36,7 @@ class ServiceState:
     redis_url: str
     metrics: Metrics
     jobs: JobManager
+    auth: Authenticator | None = None  # None: auth off (loopback development)
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -88,3 +91,28 @@ RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 StoreDep = Annotated[FeatureStore, Depends(get_store)]
+
+
+# auto_error=False: a missing header must become our own 401 body, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `featurestore keys create`.")
+
+
+def require(scope: Scope) -> object:
+    """A router dependency admitting only keys of ``scope`` or higher (when auth is on).
+
+    Args:
+        scope: the lowest scope the routes need.
+
+    Returns:
+        A ``Depends(...)`` marker for ``include_router(dependencies=[...])``.
+    """
+
+    async def check(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        state: ServiceState = request.app.state.services
+        if state.auth is not None:
+            await state.auth.authorize(request.headers.get("authorization"), scope)
+
+    return Depends(check)

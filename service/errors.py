@@ -38,6 +38,7 @@ class FeatureStoreError(Exception):
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -109,6 +110,7 @@ class ConflictError(FeatureStoreError):
 class AuthenticationError(FeatureStoreError):
     status_code = 401
     error_type = "unauthenticated"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class PermissionDeniedError(FeatureStoreError):

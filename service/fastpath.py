@@ -4,7 +4,7 @@ At one entity the Redis read takes tens of microseconds, and FastAPI's routing,
 middleware stack, ``Request`` object and dependency solving cost several times
 that. This outermost middleware answers the lookup route directly: it reads the
 body (enforcing the size limit), calls the same :func:`service.routes.online.answer`
-as the FastAPI route, maps errors with the service's one mapping
+as the FastAPI route after the same API key check, maps errors with the service's one mapping
 (:func:`service.handlers.error_response`) and records the same metrics. Every other
 request goes through FastAPI untouched; the FastAPI route stays for OpenAPI and
 for apps mounted without this middleware.
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as ASGIScope
 
+from service.auth import Scope
 from service.errors import RequestTooLargeError
 from service.handlers import error_response
 from service.routes.online import answer
@@ -36,7 +38,7 @@ class OnlineFastPath:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _body(self, scope: ASGIScope, receive: Receive) -> bytes:
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -56,13 +58,15 @@ class OnlineFastPath:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         state = scope["app"].state.services
         try:
+            if state.auth is not None:
+                await state.auth.authorize(_header(scope, b"authorization"), Scope.READ)
             body = await answer(state, await self._body(scope, receive))
             status = 200
             headers = [_JSON, (b"content-length", b"%d" % len(body))]
@@ -72,6 +76,13 @@ class OnlineFastPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         state.metrics.observe_request(PATH, "POST", status, time.perf_counter() - started)
+
+
+def _header(scope: ASGIScope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def _too_large(limit: int) -> RequestTooLargeError:

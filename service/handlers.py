@@ -73,7 +73,7 @@ def error_response(exc: Exception, *, method: str, path: str) -> Response:
     if isinstance(exc, FeatureStoreError):
         if exc.status_code >= 500:
             log.warning("%s %s -> %s: %s", method, path, exc.status_code, exc)
-        return json_error(exc.status_code, exc.to_dict())
+        return json_error(exc.status_code, exc.to_dict(), headers=exc.headers or None)
     if isinstance(exc, RequestValidationError):
         return json_error(422, _validation_body(list(exc.errors())))
     if isinstance(exc, ValidationError):  # a body parsed by hand on the fast path

@@ -296,3 +296,58 @@ class ErrorResponse(BaseModel):
     )
 
     error: ErrorBody
+
+
+class CreateApiKeyRequest(BaseModel):
+    """Body of ``POST /keys``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"scope": "read", "name": "ranking-service"}]},
+    )
+    scope: Literal["read", "write", "admin"]
+    name: str = Field(default="", max_length=200)
+
+
+class ApiKeyCreated(BaseModel):
+    """A new key: store ``key`` now, it is never shown again."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "fsk_1a2b3c4d5e6f_<secret>",
+                    "key_id": "1a2b3c4d5e6f",
+                    "scope": "read",
+                    "name": "",
+                }
+            ]
+        }
+    )
+    key: str
+    key_id: str
+    scope: str
+    name: str
+
+
+class ApiKeyInfo(BaseModel):
+    """A listed key, without its secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key_id": "1a2b3c4d5e6f",
+                    "scope": "read",
+                    "name": "ranking-service",
+                    "created_at": "2026-11-26T10:00:00Z",
+                    "revoked": False,
+                }
+            ]
+        }
+    )
+    key_id: str
+    scope: str
+    name: str
+    created_at: datetime
+    revoked: bool

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     insecure: bool = Field(
         default=False, description="Allow binding a non-loopback host without auth."
     )
+    auth: bool = Field(
+        default=False,
+        description="Require `Authorization: Bearer <API key>` (keys from "
+        "`featurestore keys create`, stored hashed next to the registry).",
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a verified key is trusted without a DB read."
+    )
+    registry_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of each registry database call."
+    )
     environment: Literal["development", "production"] = "development"
     registry_refresh_seconds: float = Field(
         default=5.0,
@@ -80,12 +91,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        # Auth lands in a later issue; until then a public bind must be an explicit choice.
-        if not is_loopback(self.host) and not self.insecure:
+        if not is_loopback(self.host) and not (self.auth or self.insecure):
             raise ValueError(
                 f"refusing to bind non-loopback host {self.host!r} without authentication; "
-                "bind 127.0.0.1, or pass --insecure (FEATURESTORE_INSECURE=true) if this "
-                "network is trusted"
+                "bind 127.0.0.1, turn on API keys with --auth (FEATURESTORE_AUTH=true), "
+                "or pass --insecure (FEATURESTORE_INSECURE=true) if this network is trusted"
             )
         if self.environment == "production" and (not self.redis_url or not self.registry_url):
             raise ValueError(

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from service import environment
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,18 @@ def test_services_that_touch_backends_get_both_urls(compose: dict[str, Any], ser
     assert env[environment.REGISTRY_ENV].startswith("postgresql+psycopg://")
     assert "@postgres:5432/" in env[environment.REGISTRY_ENV]
     assert env[environment.REDIS_ENV] == "redis://redis:6379/0"
+
+
+def test_service_requires_api_keys_and_never_runs_insecure(compose: dict[str, Any]) -> None:
+    service = compose["services"]["featurestore"]
+    assert service["environment"]["FEATURESTORE_AUTH"] == "true"
+    assert "--insecure" not in service["command"]
+    settings = Settings(
+        **{k.removeprefix("FEATURESTORE_").lower(): v for k, v in service["environment"].items()}
+        | {"host": service["command"][service["command"].index("--host") + 1]}
+    )
+    assert settings.auth
+    assert settings.environment == "production"
 
 
 def test_service_waits_for_healthy_backends_and_a_finished_init(compose: dict[str, Any]) -> None:
