@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint format bench clean
+.PHONY: install demo serve test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Benchmarks are not tests: each compares us with stock Feast and prints JSON.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.generator_bench --rows 1000000 10000000
+	$(BIN)/python -m benchmarks.materialize_bench
+	$(BIN)/python -m benchmarks.pit_bench --case small
+	$(BIN)/python -m benchmarks.serve_bench
+	$(BIN)/python -m benchmarks.soak_bench
 
 clean:
 	rm -rf feature_repo/data/*.parquet feature_repo/data/registry.db feature_repo/data/redis
