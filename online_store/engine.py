@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
+import redis
 from feast import BatchFeatureView, Entity, FeatureView, OnDemandFeatureView, StreamFeatureView
 from feast.infra.common.materialization_job import (
     MaterializationJob,
@@ -34,6 +35,7 @@ from feast.utils import _convert_arrow_to_proto
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
 from online_store.writer import WriteSpec, write_batches
+from service.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -225,15 +227,19 @@ class StreamingMaterializationEngine(ComputeEngine):
         with ViewProgress(view.name, total) as progress:
             if isinstance(self.online_store, FastRedisOnlineStore):
                 store_config = self.repo_config.online_store
-                stats = write_batches(
-                    self.online_store.client(self.repo_config),
-                    spec,
-                    renamed,
-                    project=task.project,
-                    key_ttl_seconds=store_config.key_ttl_seconds,
-                    chunk_rows=self.write_chunk_rows,
-                    progress=progress.update,
-                )
+                client = self.online_store.client(self.repo_config)
+                try:
+                    stats = write_batches(
+                        client,
+                        spec,
+                        renamed,
+                        project=task.project,
+                        key_ttl_seconds=store_config.key_ttl_seconds,
+                        chunk_rows=self.write_chunk_rows,
+                        progress=progress.update,
+                    )
+                except (redis.RedisError, OSError) as exc:
+                    raise _redis_failed(client, view.name, progress.done, exc) from exc
                 return stats.rows_in, stats.rows_written
             # Any other online store: Feast's own row conversion, still in bounded chunks.
             join_types = dict(zip(spec.join_keys, spec.join_key_types, strict=True))
@@ -244,3 +250,17 @@ class StreamingMaterializationEngine(ComputeEngine):
                 rows += batch.num_rows
                 progress.update(batch.num_rows)
             return rows, rows
+
+
+def _redis_failed(
+    client: Any, view: str, rows_done: int, exc: BaseException
+) -> BackendUnavailableError:
+    """Say which Redis failed, during which view, how far it got, and that a rerun is safe."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}" if kwargs else "the cluster"
+    return BackendUnavailableError(
+        f"Redis at {where} failed while materializing feature view '{view}' after "
+        f"{rows_done:,} rows ({type(exc).__name__}: {exc}); rows already written are "
+        "complete and never older than what was stored, so rerun the same "
+        "`feast materialize` window once Redis is reachable"
+    )
