@@ -13,9 +13,10 @@ Statuses (DESIGN.md): no stored row -> ``NOT_FOUND``; ``ttl > 0`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,8 @@ from online_store.codec import (
     field_name,
     ts_field,
 )
-from online_store.decode import decode_value, timestamp_datetime
-from online_store.keys import entity_key_from_values
+from online_store.decode import decode_column, decode_timestamp, timestamp_datetime
+from online_store.keys import entity_key_from_values, entity_key_prefix
 from service.errors import InvalidEntityError
 
 PRESENT = "PRESENT"
@@ -80,6 +81,56 @@ class _Group:
     join_key_types: tuple[ValueType, ...]
     fields: tuple[bytes, ...]
     views: tuple[_ViewSlot, ...]
+    # Entity key bytes = prefix (join key names) + one part per value + suffix (project);
+    # one part encoder per join key (sorted order), None for types without a fast encoder.
+    key_prefix: bytes = b""
+    key_suffix: bytes = b""
+    part_encoders: tuple[Callable[[Any], bytes] | None, ...] = ()
+
+
+_PACK_Q = struct.Struct("<q").pack
+_PACK_I = struct.Struct("<i").pack
+_PACK_II = struct.Struct("<II").pack
+_INT64_HEAD = _PACK_II(4, 8)
+_INT32_HEAD = _PACK_II(3, 4)
+
+
+def _int64_part(value: int) -> bytes:
+    return _INT64_HEAD + _PACK_Q(value)
+
+
+def _int32_part(value: int) -> bytes:
+    return _INT32_HEAD + _PACK_I(value)
+
+
+def _string_part(value: str) -> bytes:
+    raw = value.encode()
+    return _PACK_II(2, len(raw)) + raw
+
+
+_PART_ENCODERS: dict[ValueType, Callable[[Any], bytes]] = {
+    ValueType.INT64: _int64_part,
+    ValueType.INT32: _int32_part,
+    ValueType.STRING: _string_part,
+}
+
+# Serialized Timestamp -> (aware datetime, epoch microseconds). A request's entities were
+# mostly written by the same materialization, so a handful of distinct timestamps recur.
+_TS_CACHE: dict[bytes, tuple[datetime, int]] = {}
+_TS_CACHE_MAX = 65536
+_MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_time(raw: bytes) -> tuple[datetime, int]:
+    hit = _TS_CACHE.get(raw)
+    if hit is None:
+        seconds, nanos = decode_timestamp(raw)
+        hit = (timestamp_datetime(raw), seconds * 1_000_000 + nanos // 1000)
+        if len(_TS_CACHE) >= _TS_CACHE_MAX:
+            _TS_CACHE.clear()
+        _TS_CACHE[raw] = hit
+    return hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +167,18 @@ def _check_value(key: str, vt: ValueType, value: object) -> object:
             f"join key '{key}' expects bytes, got {type(value).__name__}", join_key=key
         )
     return value
+
+
+def _check_column(key: str, vt: ValueType, values: Sequence[object]) -> list[object]:
+    """``[_check_value(key, vt, v) for v in values]``, with the common cases in bulk."""
+    if vt in _INT_RANGES:
+        if all(type(v) is int for v in values):  # not bool, not numpy: those take the slow path
+            lo, hi = _INT_RANGES[vt]
+            if not values or (lo <= min(values) and max(values) <= hi):  # type: ignore[type-var, operator]
+                return list(values)
+    elif vt == ValueType.STRING and all(type(v) is str for v in values):
+        return list(values)
+    return [_check_value(key, vt, v) for v in values]
 
 
 class ReadPlan:
@@ -159,7 +222,17 @@ class ReadPlan:
                     fields.append(field_name(spec.name, feature))
                 fields.append(ts_field(spec.name))
                 slots.append(_ViewSlot(spec, len(fields) - 1, tuple(feature_indexes)))
-            groups.append(_Group(keys, types[keys], tuple(fields), tuple(slots)))
+            groups.append(
+                _Group(
+                    keys,
+                    types[keys],
+                    tuple(fields),
+                    tuple(slots),
+                    key_prefix=entity_key_prefix(keys),
+                    key_suffix=project.encode(),
+                    part_encoders=tuple(_PART_ENCODERS.get(vt) for vt in types[keys]),
+                )
+            )
         return cls(project, tuple(groups))
 
     def _commands(
@@ -184,18 +257,38 @@ class ReadPlan:
                         "'entities'",
                         join_key=key,
                     )
-                columns.append([_check_value(key, vt, v) for v in entities[key]])
-            unique: dict[tuple[object, ...], int] = {}
-            row_to_unique = [
-                unique.setdefault(row, len(unique)) for row in zip(*columns, strict=True)
-            ]
+                columns.append(_check_column(key, vt, entities[key]))
             if not group.join_keys:
                 row_to_unique = [0] * n
-                unique = {(): 0}
-            keys = [
-                entity_key_from_values(row, group.join_keys, group.join_key_types, self.project)
-                for row in unique
-            ]
+                keys = [group.key_prefix + group.key_suffix]
+            elif len(columns) == 1 and group.part_encoders[0] is not None:
+                # One join key (the common case): the values themselves are the row ids.
+                single: dict[object, int] = {}
+                row_to_unique = [single.setdefault(v, len(single)) for v in columns[0]]
+                encode = group.part_encoders[0]
+                prefix, suffix = group.key_prefix, group.key_suffix
+                keys = [prefix + encode(v) + suffix for v in single]
+            else:
+                unique: dict[tuple[object, ...], int] = {}
+                row_to_unique = [
+                    unique.setdefault(row, len(unique)) for row in zip(*columns, strict=True)
+                ]
+                if all(e is not None for e in group.part_encoders):
+                    encoders = group.part_encoders
+                    prefix, suffix = group.key_prefix, group.key_suffix
+                    keys = [
+                        prefix
+                        + b"".join(e(v) for e, v in zip(encoders, row, strict=True))  # type: ignore[misc]
+                        + suffix
+                        for row in unique
+                    ]
+                else:
+                    keys = [
+                        entity_key_from_values(
+                            row, group.join_keys, group.join_key_types, self.project
+                        )
+                        for row in unique
+                    ]
             out.append((group, row_to_unique, keys))
         return n, out
 
@@ -209,60 +302,95 @@ class ReadPlan:
         now = now or datetime.now(UTC)
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)  # naive times are UTC (STYLE.md)
+        now_us = (now - _EPOCH) // _MICROSECOND
         columns: dict[str, FeatureColumn] = {}
         offset = 0
         for group, row_to_unique, keys in commands:
             group_replies = replies[offset : offset + len(keys)]
             offset += len(keys)
+            # Every row distinct (the usual request): row j is unique entity j, no fan-out.
+            fan_out = None if len(keys) == n else row_to_unique
             for slot in group.views:
-                self._assemble_view(slot, row_to_unique, group_replies, now, columns)
-        del n
+                self._assemble_view(slot, fan_out, group_replies, now_us, columns)
         return ReadResult(columns)
 
     @staticmethod
     def _assemble_view(
         slot: _ViewSlot,
-        row_to_unique: list[int],
+        row_to_unique: list[int] | None,
         replies: list[list[bytes | None]],
-        now: datetime,
+        now_us: int,
         columns: dict[str, FeatureColumn],
     ) -> None:
-        ttl = slot.spec.ttl_seconds
-        # Decode per unique entity, then fan out to rows (duplicates share the work).
-        per_unique: list[tuple[list[object], list[str], datetime | None]] = []
-        nf = len(slot.feature_indexes)
-        for reply in replies:
-            ts_raw = reply[slot.ts_index]
+        """Columns of one view: decoded per unique entity a feature at a time, then fanned
+        out to the rows (``row_to_unique`` None: rows are the unique entities)."""
+        ttl_us = slot.spec.ttl_seconds * 1_000_000
+        ts_index = slot.ts_index
+        m = len(replies)
+        # Per unique entity: its event time (None: no row) and whether its values count.
+        times: list[datetime | None] = []
+        live: list[int] = []  # entities with a row inside the TTL
+        dead: list[str] = []  # per entity: "" when live, else NOT_FOUND / OUTSIDE_MAX_AGE
+        cache = _TS_CACHE
+        for u, reply in enumerate(replies):
+            ts_raw = reply[ts_index]
             if not ts_raw:
-                per_unique.append(([None] * nf, [NOT_FOUND] * nf, None))
+                times.append(None)
+                dead.append(NOT_FOUND)
                 continue
-            event_ts = timestamp_datetime(ts_raw)
-            if ttl > 0 and (now - event_ts).total_seconds() > ttl:
-                per_unique.append(([None] * nf, [OUTSIDE_MAX_AGE] * nf, event_ts))
-                continue
-            values: list[object] = []
-            statuses: list[str] = []
-            for idx in slot.feature_indexes:
-                raw = reply[idx]
-                if raw is None:
-                    values.append(None)
-                    statuses.append(NOT_FOUND)
-                    continue
-                value = decode_value(raw)
-                values.append(value)
-                statuses.append(NULL_VALUE if value is None else PRESENT)
-            per_unique.append((values, statuses, event_ts))
+            hit = cache.get(ts_raw)
+            event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
+            times.append(event_ts)
+            if ttl_us > 0 and now_us - event_us > ttl_us:
+                dead.append(OUTSIDE_MAX_AGE)
+            else:
+                dead.append("")
+                live.append(u)
+        all_live = len(live) == m
+        live_replies = replies if all_live else [replies[u] for u in live]
         name = slot.spec.name
-        for j, feature in enumerate(slot.spec.features):
-            vals: list[object] = []
-            stats: list[str] = []
-            times: list[datetime | None] = []
-            for u in row_to_unique:
-                fvals, fstats, ts = per_unique[u]
-                vals.append(fvals[j])
-                stats.append(fstats[j])
-                times.append(None if fstats[j] == NOT_FOUND else ts)
-            columns[f"{name}:{feature}"] = FeatureColumn(vals, stats, times)
+        for feature, idx in zip(slot.spec.features, slot.feature_indexes, strict=True):
+            raws = [reply[idx] for reply in live_replies]
+            if None in raws or b"" in raws:
+                # Missing fields (NOT_FOUND) or stored nulls (NULL_VALUE) among them.
+                present = [raw for raw in raws if raw]
+                decoded = iter(decode_column(present))  # type: ignore[arg-type]
+                vals: list[object] = []
+                stats: list[str] = []
+                for raw in raws:
+                    if raw is None:
+                        vals.append(None)
+                        stats.append(NOT_FOUND)
+                    elif not raw:
+                        vals.append(None)
+                        stats.append(NULL_VALUE)
+                    else:
+                        value = next(decoded)
+                        vals.append(value)
+                        stats.append(NULL_VALUE if value is None else PRESENT)
+            else:
+                vals = decode_column(raws)  # type: ignore[arg-type]
+                if None in vals:  # e.g. a NaT timestamp decodes to None
+                    stats = [NULL_VALUE if v is None else PRESENT for v in vals]
+                else:
+                    stats = [PRESENT] * len(vals)
+            if not all_live:
+                full_vals: list[object] = [None] * m
+                full_stats = list(dead)
+                for k, u in enumerate(live):
+                    full_vals[u] = vals[k]
+                    full_stats[u] = stats[k]
+                vals, stats = full_vals, full_stats
+            col_times = times
+            if NOT_FOUND in stats:
+                col_times = [
+                    None if st == NOT_FOUND else t for st, t in zip(stats, times, strict=True)
+                ]
+            if row_to_unique is not None:
+                vals = [vals[u] for u in row_to_unique]
+                stats = [stats[u] for u in row_to_unique]
+                col_times = [col_times[u] for u in row_to_unique]
+            columns[f"{name}:{feature}"] = FeatureColumn(vals, stats, col_times)
 
     def read(
         self,
@@ -314,7 +442,11 @@ class ReadPlan:
         """
         n, commands = self._commands(entities)
         pipe = client.pipeline(transaction=False)
+        many = getattr(pipe, "hmget_many", None)  # service.redis_fast: one call per group
         for group, _, keys in commands:
+            if many is not None:
+                many(keys, group.fields)
+                continue
             for key in keys:
                 pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
         replies: list[Any] = await pipe.execute()

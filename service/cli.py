@@ -51,11 +51,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with environment.backends(settings.repo_path):
         uvicorn.run(
-            "service.app:create_app",
+            # create_app() behind the outermost lookup shortcut (see service.fastpath)
+            "service.fastpath:create_server_app",
             factory=True,
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
+            http="httptools",  # both from uvicorn[standard]; "auto" picks them too, but
+            loop="uvloop",  # say so rather than fall back silently to h11 / asyncio
+            lifespan="on",
             access_log=False,
             log_level="info",
         )

@@ -50,6 +50,13 @@ def _float_json(v: Any) -> Any:
 
 
 def _encode_floats(values: list[Any]) -> list[Any]:
+    # Fast check first: a sum of finite floats is finite (unless it overflows, which
+    # only sends us to the exact per-value check below).
+    try:
+        if math.isfinite(sum(values)):
+            return values
+    except TypeError:  # None among them
+        pass
     for v in values:
         if v is not None and (v != v or v in _INF):
             return [_float_json(x) for x in values]

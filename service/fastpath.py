@@ -13,6 +13,7 @@ for apps mounted without this middleware.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
@@ -21,6 +22,11 @@ from service.auth import Scope
 from service.errors import RequestTooLargeError
 from service.handlers import error_response
 from service.routes.online import answer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.deps import ServiceState
 
 PATH = "/get-online-features"
 _JSON = (b"content-type", b"application/json")
@@ -62,8 +68,13 @@ class OnlineFastPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        await self.serve(scope["app"].state.services, scope, receive, send)
+
+    async def serve(
+        self, state: ServiceState, scope: ASGIScope, receive: Receive, send: Send
+    ) -> None:
+        """Answer one ``POST /get-online-features``: auth, body, lookup, errors, metrics."""
         started = time.perf_counter()
-        state = scope["app"].state.services
         try:
             if state.auth is not None:
                 await state.auth.authorize(_header(scope, b"authorization"), Scope.READ)
@@ -76,6 +87,62 @@ class OnlineFastPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         state.metrics.observe_request(PATH, "POST", status, time.perf_counter() - started)
+
+
+class ServerFastPath:
+    """What ``featurestore serve`` runs: the app, with lookups answered in front of it.
+
+    Inside the FastAPI app, :class:`OnlineFastPath` still sits behind FastAPI's own
+    per-request layers (its OpenTelemetry check, server-error, exception-telemetry and
+    body-limit middlewares), which at one entity cost about as much as the lookup. This
+    wrapper, outermost in the server, hands lookups straight to the same
+    :meth:`OnlineFastPath.serve` (same auth, limit, errors and metrics). When FastAPI's
+    native telemetry is active (an OpenTelemetry provider is configured; checked at most
+    once a second), lookups go through the app instead, so they are traced as before.
+
+    Args:
+        app: the FastAPI app from :func:`service.app.create_app`.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.state = app.state
+        self.inner = OnlineFastPath(app, max_body_bytes=app.state.settings.max_body_bytes)
+        self._telemetry = getattr(app, "_native_telemetry", None)
+        self._telemetry_on = True
+        self._telemetry_checked = -1.0
+
+    def _telemetry_active(self) -> bool:
+        now = time.monotonic()
+        if now - self._telemetry_checked >= 1.0:
+            self._telemetry_checked = now
+            telemetry = self._telemetry
+            self._telemetry_on = bool(telemetry is not None and telemetry.enabled())
+        return self._telemetry_on
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            or self.app.root_path
+            or self._telemetry_active()
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = getattr(self.state, "services", None)
+        if state is None:  # lifespan not done: let the app answer as it would
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        await self.inner.serve(state, scope, receive, send)
+
+
+def create_server_app() -> ServerFastPath:
+    """The ASGI app of ``featurestore serve`` (a uvicorn factory; settings from the env)."""
+    from service.app import create_app
+
+    return ServerFastPath(create_app())
 
 
 def _header(scope: ASGIScope, name: bytes) -> str | None:

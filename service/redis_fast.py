@@ -125,6 +125,17 @@ class FastPipeline:
         self._count += 1
         return self
 
+    def hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> FastPipeline:
+        """Queue ``HMGET key field...`` for each key (same fields), in order."""
+        if fields is not self._fields:
+            self._fields = fields
+            self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+            self._block = self._client.fields_block(fields)
+        head, block = self._head, self._block
+        self._parts.extend([b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, block) for k in keys])
+        self._count += len(keys)
+        return self
+
     def execute_command(self, *args: bytes | str | int) -> FastPipeline:
         """Queue any command."""
         self._parts.append(encode_command(*args))
