@@ -90,21 +90,24 @@ def resolve_target(connection_string: str | None, repo_path: Path | None) -> str
     return _embedded_url(Path(repo_path) if repo_path else Path.cwd())
 
 
-def make_client(target: str, *, cluster: bool) -> redis.Redis | RedisCluster:
+def make_client(target: str, *, cluster: bool, timeout: float = 30.0) -> redis.Redis | RedisCluster:
     """A synchronous redis-py client (bytes replies) for a URL or Feast connection string.
 
     Args:
         target: ``redis://`` URL or Feast connection string.
         cluster: build a ``RedisCluster`` client.
+        timeout: seconds any connect or call may take (unless the target sets its own).
 
     Returns:
         The client; it connects lazily.
     """
+    bounds = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if "://" in target:
         if cluster:
-            return RedisCluster.from_url(target)
-        return redis.Redis.from_url(target)
+            return RedisCluster.from_url(target, **bounds)
+        return redis.Redis.from_url(target, **bounds)
     nodes, params = parse_connection_string(target)
+    params = {**bounds, **params}
     if cluster:
         params.pop("db", None)
         return RedisCluster(

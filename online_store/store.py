@@ -66,6 +66,8 @@ class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
     key_ttl_seconds: int | None = None
     full_scan_for_deletion: bool | None = True
     skip_dedup: bool = False
+    socket_timeout_seconds: float = 30.0
+    """Bound on every Redis call (connect, send, reply); a hung server fails the run."""
 
 
 def _glob_escape(raw: bytes) -> bytes:
@@ -127,7 +129,9 @@ class FastRedisOnlineStore(OnlineStore):
                 self._client = sentinel.master_for(store_config.sentinel_master)
             else:
                 cluster = store_config.redis_type == RedisType.redis_cluster
-                self._client = make_client(target, cluster=cluster)
+                self._client = make_client(
+                    target, cluster=cluster, timeout=store_config.socket_timeout_seconds
+                )
             try:
                 self._client.ping()
             except redis.RedisError as exc:

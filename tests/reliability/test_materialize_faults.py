@@ -8,6 +8,7 @@ an uninterrupted run writes.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,34 @@ def test_redis_dropping_mid_materialize_fails_clearly_and_a_rerun_converges(
         assert len(intervals) == 1
     finally:
         restarted.stop()
+
+
+def test_a_hung_redis_fails_materialize_within_the_socket_timeout(
+    tmp_path: Path, redis_server_factory: Callable[..., EmbeddedRedis]
+) -> None:
+    server = redis_server_factory(persistent=False)
+    repo = tmp_path / "repo"
+    write_versioned_repo(
+        repo, server.url, drivers=DRIVERS, online_options={"socket_timeout_seconds": 2}
+    )
+    subprocess.run([FEAST, "apply"], cwd=repo, env=_env(), check=True, capture_output=True)
+    pid = int(redis.Redis.from_url(server.url).info("server")["process_id"])
+    run = subprocess.Popen(
+        [FEAST, "materialize", *window(1)], cwd=repo, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = redis.Redis.from_url(server.url)
+    while client.dbsize() == 0:
+        assert run.poll() is None, "materialize finished before Redis could be frozen"
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGSTOP)  # the server stops answering but keeps its sockets open
+    frozen_at = time.monotonic()
+    try:
+        _, err = run.communicate(timeout=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - frozen_at < 30
+    assert run.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert "BackendUnavailableError" in last
+    assert "Timeout" in last

@@ -31,7 +31,9 @@ race = FeatureView(name="race", entities=[driver], ttl=timedelta(0), source=sour
 """
 
 
-def write_versioned_repo(path: Path, redis_url: str, *, drivers: int) -> str:
+def write_versioned_repo(
+    path: Path, redis_url: str, *, drivers: int, online_options: dict[str, object] | None = None
+) -> str:
     """Write definitions, feature_store.yaml (our plugins) and data; return the registry URL."""
     (path / "data").mkdir(parents=True)
     (path / "definitions.py").write_text(DEFINITIONS)
@@ -43,6 +45,7 @@ def write_versioned_repo(path: Path, redis_url: str, *, drivers: int) -> str:
         "online_store": {
             "type": "online_store.store.FastRedisOnlineStore",
             "connection_string": redis_url,
+            **(online_options or {}),
         },
         "offline_store": {"type": "offline_store.store.DuckDBParquetOfflineStore"},
         "batch_engine": {"type": "online_store.engine.StreamingMaterializationEngine"},
