@@ -62,10 +62,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(resolve_redis_url, settings, store.config)
         reader, client, sync_client = open_clients(url, settings, cluster=is_cluster(store.config))
-        catalog = Catalog(store, refresh_seconds=settings.registry_refresh_seconds)
+        catalog = Catalog(
+            store,
+            refresh_seconds=settings.registry_refresh_seconds,
+            timeout_seconds=settings.registry_timeout_seconds,
+        )
         metrics.bind(catalog)
         try:
-            await asyncio.to_thread(catalog.reload)
+            await catalog.reload_async()
         except BackendUnavailableError as exc:
             # Start anyway: /ready says why, and the refresh loop keeps trying.
             log.warning("starting without a registry snapshot: %s", exc.message)

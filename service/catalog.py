@@ -214,11 +214,16 @@ class Catalog:
     Args:
         store: the Feast store.
         refresh_seconds: interval between background refreshes.
+        timeout_seconds: how long one refresh may take before it counts as failed.
     """
 
-    def __init__(self, store: FeatureStore, *, refresh_seconds: float) -> None:
+    def __init__(
+        self, store: FeatureStore, *, refresh_seconds: float, timeout_seconds: float = 10.0
+    ) -> None:
         self.store = store
         self.refresh_seconds = refresh_seconds
+        self.timeout_seconds = timeout_seconds
+        self._inflight: asyncio.Future[RegistrySnapshot] | None = None
         self._snapshot: RegistrySnapshot | None = None
         self.last_success_monotonic: float | None = None
         self.last_error: str | None = None
@@ -300,12 +305,31 @@ class Catalog:
                 listener(snapshot)
         return snapshot
 
+    async def reload_async(self) -> RegistrySnapshot:
+        """:meth:`reload` in a thread, bounded by ``timeout_seconds``.
+
+        A registry call that hangs (a database that stopped answering) is not started
+        again while it is still running: later calls wait on the same one.
+
+        Raises:
+            BackendUnavailableError: the registry could not be read in time.
+        """
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.reload))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._inflight), self.timeout_seconds)
+        except TimeoutError:
+            self.last_error = f"no answer within {self.timeout_seconds:g} s"
+            raise BackendUnavailableError(
+                f"cannot read the registry: {self.last_error}", backend="registry"
+            ) from None
+
     async def refresh_forever(self) -> None:
         """Background loop: refresh every ``refresh_seconds`` until cancelled."""
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
-                await asyncio.to_thread(self.reload)
+                await self.reload_async()
             except BackendUnavailableError as exc:
                 # Keep serving the last good snapshot; /ready reports the failure.
                 log.warning("registry refresh failed: %s", exc.message)

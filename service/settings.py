@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="How long a verified key is trusted without a DB read."
     )
     registry_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="Timeout of each registry database call."
+        default=10.0, gt=0, description="Bound on each registry read (refresh, API key lookup)."
     )
     environment: Literal["development", "production"] = "development"
     registry_refresh_seconds: float = Field(
