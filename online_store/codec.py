@@ -327,7 +327,9 @@ def _list_items(arr: pa.Array, vt: ValueType) -> list[list[object] | None]:
             # Feast goes through datetime.timestamp() and int(): truncation towards zero.
             per = _UNIT_PER_SECOND[unit]
             ints = pc.divide(ints, per)  # integer division in Arrow truncates towards zero
-        arr = pa.ListArray.from_arrays(arr.offsets, ints, mask=arr.is_null())
+        # A sliced array's offsets start past 0 while flatten() starts at its first value.
+        offsets = pc.subtract(arr.offsets, arr.offsets[0])
+        arr = pa.ListArray.from_arrays(offsets, ints, mask=arr.is_null())
     default = _LIST_ELEMENT_DEFAULT[vt]
     rows: list[list[object] | None] = arr.to_pylist()
     for row in rows:

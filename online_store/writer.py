@@ -34,6 +34,7 @@ import pyarrow as pa
 import redis
 from feast import FeatureView
 
+from online_store import blocks
 from online_store.codec import (
     check_entity_type,
     check_feature_type,
@@ -41,7 +42,6 @@ from online_store.codec import (
     encode_values,
     event_micros,
     field_name,
-    frame_values,
     ts_field,
 )
 from online_store.decode import timestamp_nanos
@@ -188,8 +188,12 @@ def _write_chunk(
         if created_col.null_count == 0:
             created = event_micros(created_col)
     rows = _winners(keys, micros, created).tolist()
-    stored = _stored_times(sink.client, [keys[i] for i in rows], ts_name)
+    row_keys = [keys[i] for i in rows]
+    stored = _stored_times(sink.client, row_keys, ts_name)
     in_flight = sink.in_flight
+    if not any(stored) and in_flight.keys().isdisjoint(row_keys):
+        # Nothing stored yet for any of these keys (a first load): every winner is written.
+        return _write_rows(sink, spec, chunk, rows, keys, micros, key_ttl_seconds, fields, ts_name)
     new_nanos = (micros[rows] * 1000).tolist()
     keep: list[int] = []
     for i, new, old in zip(rows, new_nanos, stored, strict=True):
@@ -199,21 +203,42 @@ def _write_chunk(
         # Feast treats a zero stored time like a missing one; equal times are skipped.
         if old_ns == 0 or new > old_ns:
             keep.append(i)
+    return _write_rows(sink, spec, chunk, keep, keys, micros, key_ttl_seconds, fields, ts_name)
+
+
+def _write_rows(
+    sink: _Sink,
+    spec: WriteSpec,
+    chunk: pa.RecordBatch,
+    keep: list[int],
+    keys: list[bytes],
+    micros: np.ndarray,
+    key_ttl_seconds: int | None,
+    fields: list[bytes],
+    ts_name: bytes,
+) -> int:
+    """Send the ``HSET`` (+ ``EXPIRE``) commands for rows ``keep`` of the chunk."""
     if not keep:
         return 0
     take = pa.array(keep, type=pa.int64())
-    ts_values = encode_timestamps(micros[np.asarray(keep)])
     kept_keys = [keys[i] for i in keep]
     if sink.raw:
-        # Each feature column comes back as ready RESP "field value" argument pairs.
-        framed = [
-            encode_values(_column(chunk, f, spec.name).take(take), vt, frame=_bulk(field))
-            for f, vt, field in zip(spec.features, spec.feature_types, fields, strict=True)
-        ]
-        packed = _resp_hsets(kept_keys, ts_name, ts_values, framed, key_ttl_seconds)
-        written = dict(zip(kept_keys, (micros[keep] * 1000).tolist(), strict=True))
-        sink.submit(packed, len(keep) * (2 if key_ttl_seconds else 1), written)
+        kept = np.asarray(keep)
+        payload = _resp_hset_buffer(
+            kept_keys,
+            ts_name,
+            micros[kept],
+            [
+                blocks.value_block(_column(chunk, f, spec.name).take(take), vt)
+                for f, vt in zip(spec.features, spec.feature_types, strict=True)
+            ],
+            fields,
+            key_ttl_seconds,
+        )
+        written = dict(zip(kept_keys, (micros[kept] * 1000).tolist(), strict=True))
+        sink.submit([payload], len(keep) * (2 if key_ttl_seconds else 1), written)
         return len(keep)
+    ts_values = encode_timestamps(micros[np.asarray(keep)])
     encoded = [
         encode_values(_column(chunk, f, spec.name).take(take), vt)
         for f, vt in zip(spec.features, spec.feature_types, strict=True)
@@ -235,24 +260,40 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-def _resp_hsets(
+def _timestamp_block(micros: np.ndarray) -> blocks.Block:
+    """``encode_timestamps`` as a block: proto3 omits zero seconds and zero nanos."""
+    seconds = micros // 1_000_000
+    nanos = (micros % 1_000_000) * 1000
+    sec = blocks.blank(blocks.prefixed(b"\x08", blocks.varints(seconds)), seconds == 0)
+    nano = blocks.blank(blocks.prefixed(b"\x10", blocks.varints(nanos)), nanos == 0)
+    return blocks.hconcat([sec, nano])
+
+
+def _resp_hset_buffer(
     keys: list[bytes],
     ts_name: bytes,
-    ts_values: list[bytes],
-    framed: list[list[bytes]],
+    micros: np.ndarray,
+    values: list[blocks.Block],
+    fields: list[bytes],
     key_ttl_seconds: int | None,
-) -> list[bytes]:
-    """One RESP ``HSET`` (+ ``EXPIRE``) per key, assembled column by column.
+) -> bytes:
+    """The chunk's ``HSET`` (+ ``EXPIRE``) commands as one RESP buffer, built in NumPy.
 
-    ``framed`` holds each feature column as RESP ``field value`` pairs already; joining
-    once per row avoids a Python argument list and a pack call per command.
+    One bulk string per argument, as redis-py would pack them, but no Python object per
+    value: every part is a NumPy block (see :mod:`online_store.blocks`).
     """
-    head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(framed))
-    columns = [frame_values(head, keys), frame_values(_bulk(ts_name), ts_values), *framed]
+    n = len(keys)
+    key = blocks.from_list(keys)
+    parts = [blocks.constant(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(values)), n)]
+    parts += blocks.bulk(key)
+    parts += blocks.bulk(_timestamp_block(micros), _bulk(ts_name))
+    for field, value in zip(fields, values, strict=True):
+        parts += blocks.bulk(value, _bulk(field))
     if key_ttl_seconds:
-        columns.append(frame_values(b"*3\r\n$6\r\nEXPIRE\r\n", keys))
-        columns.append([_bulk(str(key_ttl_seconds).encode())] * len(keys))
-    return list(map(b"".join, zip(*columns, strict=True)))
+        parts.append(blocks.constant(b"*3\r\n$6\r\nEXPIRE\r\n", n))
+        parts += blocks.bulk(key)
+        parts.append(blocks.constant(_bulk(str(key_ttl_seconds).encode()), n))
+    return blocks.join_rows(parts)
 
 
 def _stored_times(

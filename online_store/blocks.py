@@ -1,0 +1,233 @@
+"""Whole-chunk RESP assembly in NumPy: one bytes buffer per chunk, no per-row objects.
+
+A :class:`Block` is a column of variable-length byte strings laid out as a padded
+``(rows, width)`` uint8 matrix plus each row's length. Blocks of the parts of a command
+(constants, keys, encoded values, RESP headers) are placed side by side and the padding
+is dropped with one boolean mask, so a chunk's ``HSET`` commands come out as one
+contiguous buffer, row after row, the bytes redis-py would pack for the same arguments.
+
+:func:`value_block` produces the same bytes as :func:`online_store.codec.encode_values`
+(``tests/online_store/test_codec.py`` checks every type); the common scalar types are
+built in NumPy, the rest go through ``encode_values``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from feast.value_type import ValueType
+
+from online_store.codec import VALUE_TAGS, _ints, _null_mask, encode_values, timestamp_seconds
+
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Row ``i`` is ``data[i, :lens[i]]``."""
+
+    data: U8
+    lens: I64
+
+    @property
+    def rows(self) -> int:
+        return int(self.data.shape[0])
+
+    def to_list(self) -> list[bytes]:
+        """The rows as bytes objects (tests and fallbacks)."""
+        buf, ends = _compress([self])
+        starts = [0, *ends[:-1].tolist()] if len(ends) else []
+        return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
+
+
+def constant(raw: bytes, n: int) -> Block:
+    """The same bytes on every row."""
+    row = np.frombuffer(raw, dtype=np.uint8)
+    return Block(np.broadcast_to(row, (n, len(raw))), np.full(n, len(raw), dtype=np.int64))
+
+
+def from_list(items: list[bytes]) -> Block:
+    """A block from Python bytes (the generic path)."""
+    n = len(items)
+    lens = np.fromiter(map(len, items), dtype=np.int64, count=n)
+    flat = np.frombuffer(b"".join(items), dtype=np.uint8)
+    return _scatter(flat, lens)
+
+
+def _scatter(flat: U8, lens: I64, width: int | None = None) -> Block:
+    """Place consecutive segments of ``flat`` (lengths ``lens``) left-aligned in rows."""
+    n = len(lens)
+    w = int(lens.max()) if n and width is None else (width or 0)
+    out = np.zeros((n, w), dtype=np.uint8)
+    if n and w:
+        mask = np.arange(w)[None, :] < lens[:, None]
+        out[mask] = flat[: int(lens.sum())]
+    return Block(out, lens)
+
+
+def fixed(raw: U8, width: int) -> Block:
+    """``width`` bytes per row from a flat buffer."""
+    n = raw.shape[0] // width if width else 0
+    return Block(raw.reshape(n, width), np.full(n, width, dtype=np.int64))
+
+
+def hconcat(blocks: list[Block]) -> Block:
+    """Row-wise concatenation of blocks (the result is compacted to the left)."""
+    buf, ends = _compress(blocks)
+    lens = np.diff(ends, prepend=0)
+    return _scatter(np.frombuffer(buf, dtype=np.uint8), lens)
+
+
+def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
+    """Rows of the side-by-side blocks joined into one buffer, and each row's end."""
+    n = blocks[0].rows
+    if n == 0:
+        return b"", np.zeros(0, dtype=np.int64)
+    matrix = np.concatenate([b.data for b in blocks], axis=1)
+    # Only blocks with short rows need a mask; most (constants, fixed-width values) are full.
+    keep = np.ones(matrix.shape, dtype=bool)
+    col = 0
+    for b in blocks:
+        width = b.data.shape[1]
+        if width and int(b.lens.min()) < width:
+            keep[:, col : col + width] = np.arange(width)[None, :] < b.lens[:, None]
+        col += width
+    total = sum(b.lens for b in blocks)
+    return matrix[keep].tobytes(), np.cumsum(total)
+
+
+def join_rows(blocks: list[Block]) -> bytes:
+    """Every row's blocks joined, rows one after another, as one buffer."""
+    return _compress(blocks)[0]
+
+
+def varints(values: I64) -> Block:
+    """Protobuf base-128 varint (two's complement 64-bit) of every value."""
+    n = len(values)
+    u = values.astype(np.int64, copy=False).view(np.uint64)
+    width = 1
+    if n:
+        top = int(u.max())
+        while top >> (7 * width) and width < 10:
+            width += 1
+    groups = np.empty((n, width), dtype=np.uint8)
+    lens = np.ones(n, dtype=np.int64)
+    for k in range(width):
+        shifted = u >> np.uint64(7 * k)
+        groups[:, k] = (shifted & np.uint64(0x7F)).astype(np.uint8)
+        if k:
+            lens += shifted != 0
+    groups[np.arange(width)[None, :] < (lens - 1)[:, None]] |= 0x80
+    return Block(groups, lens)
+
+
+def decimal(values: I64) -> Block:
+    """ASCII decimal of non-negative integers (RESP lengths)."""
+    n = len(values)
+    width = len(str(int(values.max()))) if n else 1
+    digits = np.empty((n, width), dtype=np.uint8)
+    lens = np.ones(n, dtype=np.int64)
+    rest = values.astype(np.int64, copy=True)
+    for k in range(width):
+        digits[:, width - 1 - k] = ord("0") + rest % 10
+        rest //= 10
+        if k:
+            lens += values >= 10**k
+    # Left-align: drop the leading positions each row does not use.
+    shift = width - lens
+    cols = np.arange(width)[None, :] + shift[:, None]
+    aligned = np.take_along_axis(digits, np.minimum(cols, width - 1), axis=1)
+    return Block(aligned, lens)
+
+
+def bulk(values: Block, frame: bytes = b"") -> list[Block]:
+    """RESP bulk strings ``frame + $<len> CRLF + value + CRLF`` as blocks to concatenate."""
+    n = values.rows
+    return [
+        constant(frame + b"$", n),
+        decimal(values.lens),
+        constant(b"\r\n", n),
+        values,
+        constant(b"\r\n", n),
+    ]
+
+
+def blank(block: Block, mask: npt.NDArray[np.bool_]) -> Block:
+    if not mask.any():
+        return block
+    lens = block.lens.copy()
+    lens[mask] = 0
+    return Block(block.data, lens)
+
+
+def prefixed(tag: bytes, body: Block) -> Block:
+    """``tag + body`` per row (``body`` left-aligned)."""
+    n = body.rows
+    data = np.empty((n, len(tag) + body.data.shape[1]), dtype=np.uint8)
+    data[:, : len(tag)] = np.frombuffer(tag, dtype=np.uint8)
+    data[:, len(tag) :] = body.data
+    return Block(data, body.lens + len(tag))
+
+
+def _binary(arr: pa.Array) -> Block:
+    """The raw bytes of a string/binary column (nulls empty), from Arrow's buffers."""
+    arr = arr.cast(pa.large_binary())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    lens = np.diff(offsets).astype(np.int64)
+    buffer = arr.buffers()[2]
+    data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, np.uint8)
+    if arr.null_count:
+        # Null slots may still own bytes in the data buffer: gather the valid rows' bytes.
+        lens[_null_mask(arr)] = 0
+        return _scatter(data[np.repeat(offsets[:-1], lens) + _ragged_arange(lens)], lens)
+    return _scatter(data[offsets[0] : offsets[-1]], lens)
+
+
+def _ragged_arange(lens: I64) -> I64:
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(lens) - lens
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
+
+
+def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> Block:
+    """Serialized ``feast.types.Value`` per row, as :func:`encode_values` makes them."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    tag = VALUE_TAGS.get(vt)
+    if tag is None:
+        return from_list(encode_values(arr, vt))  # raises UnsupportedTypeError
+    if vt in (ValueType.DOUBLE, ValueType.FLOAT):
+        np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
+        arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
+        floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
+        raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
+        body = fixed(raw.view(np.uint8), raw.itemsize)
+        return blank(prefixed(tag, body), np.isnan(floats))
+    if vt in (ValueType.INT64, ValueType.INT32):
+        target = pa.int64() if vt == ValueType.INT64 else pa.int32()
+        cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
+        block = prefixed(tag, varints(_ints(cast, np.int64)))
+        nulls = _null_mask(arr)
+        if pa.types.is_floating(arr.type):
+            nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
+        return blank(block, nulls)
+    if vt == ValueType.UNIX_TIMESTAMP:
+        return prefixed(tag, varints(timestamp_seconds(arr)))
+    if vt == ValueType.BOOL:
+        bools = arr.cast(pa.bool_())
+        raw = _ints(bools.cast(pa.int8()), np.int8).astype(np.uint8)
+        block = prefixed(tag, fixed(raw, 1))
+        return blank(block, _null_mask(bools)) if arr.null_count else block
+    if vt in (ValueType.STRING, ValueType.BYTES):
+        body = _binary(arr)
+        nulls = _null_mask(arr) if arr.null_count else np.zeros(body.rows, dtype=bool)
+        block = hconcat([constant(tag, body.rows), varints(body.lens), body])
+        return blank(block, nulls)
+    return from_list(encode_values(arr, vt))
