@@ -29,7 +29,12 @@ from online_store.codec import (
     field_name,
     ts_field,
 )
-from online_store.decode import decode_column, decode_timestamp, timestamp_datetime
+from online_store.decode import (
+    decode_column,
+    decode_timestamp,
+    decode_value,
+    timestamp_datetime,
+)
 from online_store.keys import entity_key_from_values, entity_key_prefix
 from service.errors import InvalidEntityError
 
@@ -73,6 +78,7 @@ class _ViewSlot:
     spec: ViewReadSpec
     ts_index: int
     feature_indexes: tuple[int, ...]
+    keys: tuple[str, ...] = ()  # "view:feature" per feature, the result's column keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +227,14 @@ class ReadPlan:
                     feature_indexes.append(len(fields))
                     fields.append(field_name(spec.name, feature))
                 fields.append(ts_field(spec.name))
-                slots.append(_ViewSlot(spec, len(fields) - 1, tuple(feature_indexes)))
+                slots.append(
+                    _ViewSlot(
+                        spec,
+                        len(fields) - 1,
+                        tuple(feature_indexes),
+                        tuple(f"{spec.name}:{feature}" for feature in spec.features),
+                    )
+                )
             groups.append(
                 _Group(
                     keys,
@@ -315,6 +328,39 @@ class ReadPlan:
         return ReadResult(columns)
 
     @staticmethod
+    def _assemble_one(
+        slot: _ViewSlot,
+        reply: list[bytes | None],
+        now_us: int,
+        columns: dict[str, FeatureColumn],
+    ) -> None:
+        """:meth:`_assemble_view` for a single entity row (no column machinery)."""
+        ts_raw = reply[slot.ts_index]
+        if not ts_raw:
+            for key in slot.keys:
+                columns[key] = FeatureColumn([None], [NOT_FOUND], [None])
+            return
+        hit = _TS_CACHE.get(ts_raw)
+        event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
+        ttl_us = slot.spec.ttl_seconds * 1_000_000
+        if ttl_us > 0 and now_us - event_us > ttl_us:
+            for key in slot.keys:
+                columns[key] = FeatureColumn([None], [OUTSIDE_MAX_AGE], [event_ts])
+            return
+        for key, idx in zip(slot.keys, slot.feature_indexes, strict=True):
+            raw = reply[idx]
+            if raw is None:
+                column = FeatureColumn([None], [NOT_FOUND], [None])
+            elif not raw:
+                column = FeatureColumn([None], [NULL_VALUE], [event_ts])
+            else:
+                value = decode_value(raw)
+                column = FeatureColumn(
+                    [value], [NULL_VALUE if value is None else PRESENT], [event_ts]
+                )
+            columns[key] = column
+
+    @staticmethod
     def _assemble_view(
         slot: _ViewSlot,
         row_to_unique: list[int] | None,
@@ -327,29 +373,44 @@ class ReadPlan:
         ttl_us = slot.spec.ttl_seconds * 1_000_000
         ts_index = slot.ts_index
         m = len(replies)
+        if m == 1 and row_to_unique is None:
+            ReadPlan._assemble_one(slot, replies[0], now_us, columns)
+            return
         # Per unique entity: its event time (None: no row) and whether its values count.
-        times: list[datetime | None] = []
-        live: list[int] = []  # entities with a row inside the TTL
-        dead: list[str] = []  # per entity: "" when live, else NOT_FOUND / OUTSIDE_MAX_AGE
         cache = _TS_CACHE
-        for u, reply in enumerate(replies):
-            ts_raw = reply[ts_index]
-            if not ts_raw:
-                times.append(None)
-                dead.append(NOT_FOUND)
-                continue
-            hit = cache.get(ts_raw)
-            event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
-            times.append(event_ts)
-            if ttl_us > 0 and now_us - event_us > ttl_us:
-                dead.append(OUTSIDE_MAX_AGE)
+        ts_raws = [reply[ts_index] for reply in replies]
+        times: list[datetime | None]
+        live: list[int]  # entities with a row inside the TTL
+        dead: list[str] = []  # per entity: "" when live, else NOT_FOUND / OUTSIDE_MAX_AGE
+        if None not in ts_raws and b"" not in ts_raws:
+            # Every entity has a row (the usual case): decode times in one pass.
+            events = [cache.get(raw) or _event_time(raw) for raw in ts_raws]  # type: ignore[arg-type]
+            times = [event[0] for event in events]
+            if ttl_us <= 0 or not events or min(e[1] for e in events) >= now_us - ttl_us:
+                live = list(range(m))
             else:
-                dead.append("")
-                live.append(u)
+                cutoff = now_us - ttl_us
+                live = [u for u, event in enumerate(events) if event[1] >= cutoff]
+                dead = ["" if event[1] >= cutoff else OUTSIDE_MAX_AGE for event in events]
+        else:
+            times = []
+            live = []
+            for u, ts_raw in enumerate(ts_raws):
+                if not ts_raw:
+                    times.append(None)
+                    dead.append(NOT_FOUND)
+                    continue
+                hit = cache.get(ts_raw)
+                event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
+                times.append(event_ts)
+                if ttl_us > 0 and now_us - event_us > ttl_us:
+                    dead.append(OUTSIDE_MAX_AGE)
+                else:
+                    dead.append("")
+                    live.append(u)
         all_live = len(live) == m
         live_replies = replies if all_live else [replies[u] for u in live]
-        name = slot.spec.name
-        for feature, idx in zip(slot.spec.features, slot.feature_indexes, strict=True):
+        for key, idx in zip(slot.keys, slot.feature_indexes, strict=True):
             raws = [reply[idx] for reply in live_replies]
             if None in raws or b"" in raws:
                 # Missing fields (NOT_FOUND) or stored nulls (NULL_VALUE) among them.
@@ -390,7 +451,7 @@ class ReadPlan:
                 vals = [vals[u] for u in row_to_unique]
                 stats = [stats[u] for u in row_to_unique]
                 col_times = [col_times[u] for u in row_to_unique]
-            columns[f"{name}:{feature}"] = FeatureColumn(vals, stats, col_times)
+            columns[key] = FeatureColumn(vals, stats, col_times)
 
     def read(
         self,

@@ -332,7 +332,8 @@ async def read_online(
             col = result.columns[out.key]
             times = col.event_timestamps
             cached = formatted.get(out.view)
-            if cached is not None and cached[0] == times:
+            # the reader shares one times list between the columns of a view
+            if cached is not None and (cached[0] is times or cached[0] == times):
                 stamps = cached[1]
             else:
                 stamps = [EPOCH if ts is None else format_timestamp(ts) for ts in times]

@@ -53,9 +53,13 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[tuple[int, asyncio.Future[list[Any]], list[Any]]] = deque()
+        # (replies expected, waiter, replies so far, deadline in loop time)
+        self.pending: deque[tuple[int, asyncio.Future[list[Any]], list[Any], float]] = deque()
         self.outbox: list[bytes] = []
         self.lost: Exception | None = None
+        # One timer for the whole queue instead of a timeout context per request: it
+        # fires at the oldest request's deadline, and re-arms for the next one.
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,7 +69,7 @@ class _Connection(asyncio.Protocol):
         parser.feed(data)
         pending = self.pending
         while pending:
-            expected, waiter, replies = pending[0]
+            expected, waiter, replies, _ = pending[0]
             while len(replies) < expected:
                 reply = parser.gets()
                 if reply is False:
@@ -77,21 +81,48 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = RedisConnectionError(f"Redis closed the connection: {exc or 'EOF'}")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.pending:
-            _, waiter, _ = self.pending.popleft()
+            _, waiter, _, _ = self.pending.popleft()
             if not waiter.done():
                 waiter.set_exception(self.lost)
 
-    def submit(self, payload: bytes, n_replies: int) -> asyncio.Future[list[Any]]:
+    def submit(
+        self, payload: bytes, n_replies: int, timeout: float | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Queue ``payload``; the future fails with TimeoutError after ``timeout`` s."""
         if self.lost is not None or self.transport is None:
             raise self.lost or RedisConnectionError("not connected")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[list[Any]] = loop.create_future()
-        self.pending.append((n_replies, waiter, []))
+        deadline = loop.time() + timeout if timeout is not None else float("inf")
+        self.pending.append((n_replies, waiter, [], deadline))
+        if self._watchdog is None and timeout is not None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline, loop)
         if not self.outbox:
             loop.call_soon(self._flush)
         self.outbox.append(payload)
         return waiter
+
+    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        pending = self.pending
+        # Requests submitted without a timeout (connection setup) never expire here.
+        head = next((entry for entry in pending if entry[3] != float("inf")), None)
+        if head is None:
+            return
+        if loop.time() < head[3]:
+            self._watchdog = loop.call_at(head[3], self._check_deadline, loop)
+            return
+        # The oldest request waited its whole timeout: the server is stuck. Fail it with
+        # TimeoutError (the caller closes the connection, which fails the rest).
+        waiter = head[1]
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+        else:
+            self.close()
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -230,8 +261,12 @@ class FastRedis:
 
     async def roundtrip(self, payload: bytes, n_replies: int) -> list[Any]:
         """Send ``payload`` on the shared connection and wait for its ``n_replies`` replies."""
-        conn: _Connection | None = None
+        conn = self._conn
         try:
+            if conn is not None and conn.lost is None:
+                # Connected (the hot path): the connection's watchdog enforces the timeout.
+                return await conn.submit(payload, n_replies, self._timeout)
+            conn = None
             async with asyncio.timeout(self._timeout):
                 conn = await self._connection()
                 return await conn.submit(payload, n_replies)
