@@ -60,6 +60,7 @@ def build_pull_query(
     start_date: datetime | None,
     end_date: datetime | None,
     latest_only: bool,
+    single_file: bool = False,
 ) -> str:
     """SQL for ``pull_latest_from_table_or_query`` / ``pull_all_from_table_or_query``.
 
@@ -74,6 +75,8 @@ def build_pull_query(
         end_date: exclusive upper bound (``None``: unbounded).
         latest_only: keep one row per join key: greatest (event_ts, created_ts), then the
             later file and row for exact ties.
+        single_file: the scan reads one file, so ``filename`` is the same on every row and
+            need not be compared.
 
     Returns:
         The query text.
@@ -103,7 +106,13 @@ def build_pull_query(
         return sql
     if {types[c].upper() for c in ts_cols} <= _MICROSECOND_TYPES:
         return _latest_by_aggregate(
-            select, scan_sql, where, join_key_columns, timestamp_field, created_timestamp_column
+            select,
+            scan_sql,
+            where,
+            join_key_columns,
+            timestamp_field,
+            created_timestamp_column,
+            single_file=single_file,
         )
     partition = (
         f"PARTITION BY {', '.join(q(k) for k in join_key_columns)} " if join_key_columns else ""
@@ -144,6 +153,8 @@ def _latest_by_aggregate(
     join_key_columns: list[str],
     timestamp_field: str,
     created_timestamp_column: str | None,
+    *,
+    single_file: bool,
 ) -> str:
     """Latest row per key with a hash aggregate and a semi join, instead of a window.
 
@@ -152,7 +163,8 @@ def _latest_by_aggregate(
     HUGEINT (event micros in the high 64 bits, shifted created micros in the low 64 bits),
     so struct order is exactly (event_ts, created_ts NULLS FIRST, filename, file_row_number),
     the window's order. A second scan keeps the rows so named; it streams, so the caller
-    can consume the first rows while DuckDB is still reading.
+    can consume the first rows while DuckDB is still reading. With a single file the
+    constant ``filename`` is left out of the struct (less memory per key, same order).
     """
     q = quote_ident
     event = _micros(q(timestamp_field), null=None)
@@ -161,11 +173,19 @@ def _latest_by_aggregate(
     group = f" GROUP BY {', '.join(q(k) for k in join_key_columns)}" if join_key_columns else ""
     cond = " AND ".join(where)
     win = "__fs_latest"
+    file_part, file_match = (
+        ("", "")
+        if single_file
+        else (
+            "f := filename, ",
+            f"filename = {win}.f AND ",
+        )
+    )
     winners = (
-        f"SELECT max(struct_pack(k := {order_key}, f := filename, r := file_row_number)) "
+        f"SELECT max(struct_pack(k := {order_key}, {file_part}r := file_row_number)) "
         f"AS {win} FROM {scan_sql} WHERE {cond}{group}"
     )
     return (
         f"WITH {win}s AS ({winners}) SELECT {', '.join(select)} FROM {scan_sql} "
-        f"SEMI JOIN {win}s ON filename = {win}.f AND file_row_number = {win}.r WHERE {cond}"
+        f"SEMI JOIN {win}s ON {file_match}file_row_number = {win}.r WHERE {cond}"
     )

@@ -15,7 +15,9 @@ detected), or a glob. The point-in-time join is in :mod:`offline_store.pit_join`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -68,6 +70,26 @@ def settings_from_config(config: RepoConfig) -> DuckDBSettings:
     if isinstance(oc, DuckDBParquetOfflineStoreConfig):
         return DuckDBSettings(oc.memory_limit, oc.temp_directory, oc.threads)
     return DuckDBSettings()
+
+
+def pull_settings(config: RepoConfig) -> DuckDBSettings:
+    """DuckDB limits for materialization pulls.
+
+    Without an explicit ``threads`` setting a pull uses half of the available cores (at
+    least one): its consumer, the materialization writer, and the online store's server
+    need the others while DuckDB streams the rows.
+    """
+    settings = settings_from_config(config)
+    if settings.threads:
+        return settings
+    return replace(settings, threads=max(1, len(os.sched_getaffinity(0)) // 2))
+
+
+def _is_single_file(pattern: str) -> bool:
+    """Whether a read pattern names exactly one local file (no glob, no directory)."""
+    return (
+        "://" not in pattern and not any(ch in pattern for ch in "*?[") and os.path.isfile(pattern)
+    )
 
 
 def _file_source(source: DataSource | None, owner: str) -> FileSource:
@@ -228,7 +250,8 @@ class DuckDBParquetOfflineStore(OfflineStore):
         latest_only: bool,
     ) -> DuckDBRetrievalJob:
         source = _file_source(data_source, f"data source {data_source.name!r}")
-        scan = parquet_scan(source_pattern(config, source), with_order_columns=True)
+        pattern = source_pattern(config, source)
+        scan = parquet_scan(pattern, with_order_columns=True)
 
         def prepare(con: duckdb.DuckDBPyConnection) -> str:
             return build_pull_query(
@@ -241,9 +264,10 @@ class DuckDBParquetOfflineStore(OfflineStore):
                 start_date=start_date,
                 end_date=end_date,
                 latest_only=latest_only,
+                single_file=_is_single_file(pattern),
             )
 
-        return DuckDBRetrievalJob(settings_from_config(config), prepare)
+        return DuckDBRetrievalJob(pull_settings(config), prepare)
 
     @staticmethod
     def pull_latest_from_table_or_query(

@@ -183,3 +183,76 @@ def test_iter_batches_stays_within_the_duckdb_memory_limit(tmp_path: Path) -> No
     # Feast's imports alone peak around 450 MB; streaming 1.5M latest rows out of 3M (120 MB
     # of columns) under a 100 MB DuckDB limit must add little on top of that.
     assert result["rss_mb"] - result["base_mb"] < 150, result
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+@pytest.mark.parametrize("created", ["created", None])
+@pytest.mark.parametrize("keys", [["k1"], ["k1", "k2"], []])
+def test_aggregate_latest_query_equals_the_window_query(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: list[str],
+    created: str | None,
+    single_file: bool,
+) -> None:
+    """The hash-aggregate form picks exactly the rows the QUALIFY window picks.
+
+    Many exact (event, created) ties, null created times, +/-infinity created times, null
+    join keys, several files and row groups.
+    """
+    import random
+
+    import duckdb
+
+    from offline_store import pulls
+
+    rnd = random.Random(7)
+    base = int(T0.timestamp() * 1_000_000)
+    for fi in range(1 if single_file else 3):
+        n = 300
+        created_values = [
+            rnd.choice([None, base, base + rnd.randint(0, 3), -(2**63) + 1, 2**63 - 1, base + 7])
+            for _ in range(n)
+        ]
+        table = pa.table(
+            {
+                "k1": pa.array([rnd.randint(0, 4) for _ in range(n)]),
+                "k2": pa.array([rnd.choice(["a", "b", None]) for _ in range(n)]),
+                "event_timestamp": pa.array(
+                    [base + rnd.randint(0, 5) * 1_000_000 for _ in range(n)],
+                    pa.timestamp("us", tz="UTC"),
+                ),
+                # naive: DuckDB reads it as TIMESTAMP; 2**63-1 / -(2**63)+1 are +/-infinity
+                "created": pa.array(created_values, pa.timestamp("us")),
+                "v": pa.array(range(fi * 1000, fi * 1000 + n)),
+            }
+        )
+        pq.write_table(table, tmp_path / f"p{fi}.parquet", row_group_size=50)
+    pattern = str(tmp_path / ("p0.parquet" if single_file else "*.parquet"))
+    scan = f"read_parquet('{pattern}', union_by_name=true, filename=true, file_row_number=true)"
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+
+    def latest(aggregate: bool) -> pa.Table:
+        if not aggregate:
+            monkeypatch.setattr(pulls, "_MICROSECOND_TYPES", frozenset())
+        sql = pulls.build_pull_query(
+            con,
+            scan,
+            join_key_columns=keys,
+            feature_name_columns=["v"],
+            timestamp_field="event_timestamp",
+            created_timestamp_column=created,
+            start_date=T0 - timedelta(days=1),
+            end_date=T0 + timedelta(days=1),
+            latest_only=True,
+            single_file=single_file,
+        )
+        monkeypatch.undo()
+        assert ("QUALIFY" not in sql) == aggregate
+        return con.sql(sql).to_arrow_table().sort_by([("v", "ascending")])
+
+    window = latest(aggregate=False)
+    groups = {tuple(row.values()) for row in window.select(keys).to_pylist()}
+    assert window.num_rows == (len(groups) if keys else 1)
+    assert latest(aggregate=True).equals(window)
