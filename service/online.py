@@ -59,6 +59,7 @@ class OnlinePlan:
     # For include_feature_view_version_metadata: Feast's {"name", "version"} per read view
     # (a version of 0 is left out, as Feast's JSON does).
     view_metadata: tuple[dict[str, Any], ...] = ()
+    output_names: tuple[str, ...] = ()  # the names of ``outputs``, in order
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -210,6 +211,7 @@ def compile_plan(
         read_plan=ReadPlan.compile(snapshot.project, specs),
         outputs=tuple(outputs),
         odfvs=tuple(steps),
+        output_names=tuple(out.name for out in outputs),
         view_metadata=tuple(
             {"name": name, **({"version": v} if (v := _version(snapshot, name)) else {})}
             for name in read_features
@@ -319,31 +321,37 @@ async def read_online(
     odfv_values: dict[str, list[Any]] = {}
     for step in plan.odfvs:
         odfv_values.update(run_odfv(step, entities, result, full_feature_names=full_feature_names))
+    columns = result.columns
+    append = results.append
     for out in plan.outputs:
-        names.append(out.name)
+        encoder = out.encoder
         if out.from_odfv:
             values = odfv_values[out.key]
-            vector = {
-                "values": out.encoder(values) if out.encoder else values,
-                "statuses": ["PRESENT"] * len(values),
-                "event_timestamps": [EPOCH] * len(values),
-            }
+            append(
+                {
+                    "values": encoder(values) if encoder is not None else values,
+                    "statuses": ["PRESENT"] * len(values),
+                    "event_timestamps": [EPOCH] * len(values),
+                }
+            )
+            continue
+        col = columns[out.key]
+        times = col.event_timestamps
+        cached = formatted.get(out.view)
+        # the reader shares one times list between the columns of a view
+        if cached is not None and (cached[0] is times or cached[0] == times):
+            stamps = cached[1]
         else:
-            col = result.columns[out.key]
-            times = col.event_timestamps
-            cached = formatted.get(out.view)
-            # the reader shares one times list between the columns of a view
-            if cached is not None and (cached[0] is times or cached[0] == times):
-                stamps = cached[1]
-            else:
-                stamps = [EPOCH if ts is None else format_timestamp(ts) for ts in times]
-                formatted[out.view] = (times, stamps)
-            vector = {
-                "values": out.encoder(col.values) if out.encoder else col.values,
+            stamps = [EPOCH if ts is None else format_timestamp(ts) for ts in times]
+            formatted[out.view] = (times, stamps)
+        append(
+            {
+                "values": encoder(col.values) if encoder is not None else col.values,
                 "statuses": col.statuses,
                 "event_timestamps": stamps,
             }
-        results.append(vector)
+        )
+    names.extend(plan.output_names)
     metadata: dict[str, Any] = {"feature_names": names}
     if include_view_metadata:
         metadata["feature_view_metadata"] = plan.view_metadata

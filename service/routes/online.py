@@ -7,8 +7,10 @@ the ASGI shortcut that production traffic takes (see its module docstring).
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -24,7 +26,64 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _plan(state: ServiceState, req: GetOnlineFeaturesRequest) -> OnlinePlan:
+_FIELDS = frozenset(GetOnlineFeaturesRequest.model_fields)
+_LONG_NUMBER = re.compile(rb"\d{20}").search
+
+
+class _Request:
+    """A request body that passed :func:`_parse_simple` (the attributes the handler uses)."""
+
+    __slots__ = (
+        "entities",
+        "feature_service",
+        "features",
+        "full_feature_names",
+        "include_feature_view_version_metadata",
+    )
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.entities: dict[str, list[Any]] = body["entities"]
+        self.features: list[str] = body.get("features", [])
+        self.feature_service: str | None = body.get("feature_service")
+        self.full_feature_names: bool = body.get("full_feature_names", False)
+        self.include_feature_view_version_metadata: bool = body.get(
+            "include_feature_view_version_metadata", False
+        )
+
+
+def _parse_simple(body: bytes) -> _Request | None:
+    """The request, when the body is plainly well-formed; None sends it to pydantic.
+
+    Only bodies whose every field already has its exact type (no coercion, no unknown
+    field, nothing orjson refuses) are taken here; those are the bodies on which the
+    pydantic model would produce the same values. Anything else, including every
+    invalid body, goes through the model, so errors stay pydantic's.
+    """
+    if _LONG_NUMBER(body) is not None:
+        return None  # orjson reads integers past 64 bits as floats; pydantic keeps them
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or not data.keys() <= _FIELDS:
+        return None
+    entities = data.get("entities")
+    if type(entities) is not dict or not all(type(v) is list for v in entities.values()):
+        return None
+    features = data.get("features", [])
+    if type(features) is not list or not all(type(f) is str for f in features):
+        return None
+    service = data.get("feature_service")
+    if service is not None and type(service) is not str:
+        return None
+    if type(data.get("full_feature_names", False)) is not bool:
+        return None
+    if type(data.get("include_feature_view_version_metadata", False)) is not bool:
+        return None
+    return _Request(data)
+
+
+def _plan(state: ServiceState, req: GetOnlineFeaturesRequest | _Request) -> OnlinePlan:
     if req.feature_service is not None and req.features:
         raise InvalidRequestError('give either "features" or "feature_service", not both')
     if req.feature_service is None and not req.features:
@@ -69,8 +128,9 @@ async def answer(state: ServiceState, body: bytes) -> bytes:
         pydantic.ValidationError: malformed JSON or fields (mapped to 422).
         FeatureStoreError: unknown names, bad entities, limits, Redis down.
     """
-    # pydantic-core parses and validates straight from bytes (no dict round trip).
-    req = GetOnlineFeaturesRequest.model_validate_json(body)
+    # Plain well-formed bodies: orjson and exact type checks; anything else is parsed
+    # and validated (with its errors) by pydantic-core straight from bytes.
+    req = _parse_simple(body) or GetOnlineFeaturesRequest.model_validate_json(body)
     plan = _plan(state, req)
     check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
     return await read_online(
