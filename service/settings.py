@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.environment import default_registry_url
+
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -111,6 +113,4 @@ class Settings(BaseSettings):
 
     def resolved_registry_url(self) -> str:
         """The registry URL to use, defaulting to SQLite under ``<repo>/data/registry.db``."""
-        if self.registry_url:
-            return self.registry_url
-        return f"sqlite:///{self.resolved_repo_path() / 'data' / 'registry.db'}"
+        return self.registry_url or default_registry_url(self.resolved_repo_path())
