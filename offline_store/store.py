@@ -254,6 +254,10 @@ class DuckDBParquetOfflineStore(OfflineStore):
         scan = parquet_scan(pattern, with_order_columns=True)
 
         def prepare(con: duckdb.DuckDBPyConnection) -> str:
+            if "://" not in pattern:
+                # Local files: reading column chunks ahead only holds memory (~40 MB on a
+                # 1M-row pull) and was not faster; remote sources keep prefetching.
+                execute(con, "SET disable_parquet_prefetching = true")
             return build_pull_query(
                 con,
                 scan,
