@@ -3,16 +3,23 @@
 Each app has its own :class:`CollectorRegistry` (tests build many apps in one
 process). With ``--workers N`` each worker process exports its own counters;
 Prometheus sums them across scrapes of the instances as usual.
+
+Importing ``feast.metrics`` sets ``PROMETHEUS_MULTIPROCESS_DIR``, which switches
+prometheus_client to values in shared memory-mapped files keyed only by metric name
+and labels: two apps in one process would then count into the same slots. Our values
+are plain in-process ones whatever that variable says (:func:`_in_process_values`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +62,17 @@ class _FreshnessCollector(Collector):
         yield freshness
 
 
+@contextmanager
+def _in_process_values() -> Iterator[None]:
+    # prometheus_client reads `values.ValueClass` whenever a metric child is created.
+    saved = prometheus_values.ValueClass
+    prometheus_values.ValueClass = prometheus_values.MutexValue
+    try:
+        yield
+    finally:
+        prometheus_values.ValueClass = saved
+
+
 class Metrics:
     """The service's metrics, registered on a private registry.
 
@@ -63,6 +81,10 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        with _in_process_values():
+            self._build()
+
+    def _build(self) -> None:
         self.catalog: Catalog | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -108,7 +130,8 @@ class Metrics:
         children = self._children.get(key)
         if children is None:
             labels = (route, method, str(status))
-            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            with _in_process_values():
+                children = (self.requests.labels(*labels), self.latency.labels(*labels))
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
@@ -117,7 +140,9 @@ class Metrics:
         """A callback recording Redis call durations for ``operation``."""
         child = self._redis_children.get(operation)
         if child is None:
-            child = self._redis_children[operation] = self.redis_latency.labels(operation)
+            with _in_process_values():
+                child = self.redis_latency.labels(operation)
+            self._redis_children[operation] = child
         return child.observe  # type: ignore[no-any-return]
 
     def note_pushed(self, view: str, newest: datetime) -> None:
