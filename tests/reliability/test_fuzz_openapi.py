@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 
 from online_store.embedded import EmbeddedRedis, free_port
 from service.auth import KeyStore, Scope, open_key_engine
-from tests.reliability.conftest import build_repo
+from tests.service.conftest import build_repo
 
 FUZZ_EXAMPLES = int(os.environ.get("FEATURESTORE_FUZZ_EXAMPLES", "40"))
 

@@ -11,9 +11,8 @@ import sqlalchemy as sa
 
 from online_store.embedded import EmbeddedRedis
 from service.app import create_app
-from tests.reliability.conftest import build_repo
 from tests.reliability.servers import ThrowawayPostgres
-from tests.service.conftest import AppClient, make_settings
+from tests.service.conftest import AppClient, build_repo, make_settings
 
 REQUEST = {
     "features": ["customer_profile:membership_tier", "customer_profile:lifetime_trip_count"],

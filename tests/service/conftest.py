@@ -116,23 +116,31 @@ def service_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def repo(tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis) -> Repo:
+def build_repo(
+    path: Path, *, registry_url: str, redis_url: str, rows: int = 1000, seed: int = 11
+) -> Repo:
+    """The example definitions with generated data ending an hour ago, applied and
+    materialized with our plugins."""
     sys.path.insert(0, str(ROOT / "feature_repo"))
     from generate import generate  # the repo's seeded generator
 
-    path = tmp_path_factory.mktemp("repo")
-    (path / "data").mkdir()
+    (path / "data").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "feature_repo" / "definitions.py", path / "definitions.py")
-    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
-    write_yaml(path, registry_url=registry_url, redis_url=service_redis.url, stock=False)
+    write_yaml(path, registry_url=registry_url, redis_url=redis_url, stock=False)
     end = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-    generate(path / "data", rows=1000, seed=11, end=end)
-    feast_cli(path, service_redis.url, registry_url, "apply")
+    generate(path / "data", rows=rows, seed=seed, end=end)
+    feast_cli(path, redis_url, registry_url, "apply")
     start = (end - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S")
     stop = (end + timedelta(seconds=1)).isoformat()
-    feast_cli(path, service_redis.url, registry_url, "materialize", start, stop)
-    return Repo(path=path, registry_url=registry_url, redis_url=service_redis.url, end=end)
+    feast_cli(path, redis_url, registry_url, "materialize", start, stop)
+    return Repo(path=path, registry_url=registry_url, redis_url=redis_url, end=end)
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis) -> Repo:
+    path = tmp_path_factory.mktemp("repo")
+    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
+    return build_repo(path, registry_url=registry_url, redis_url=service_redis.url)
 
 
 class AppClient:
