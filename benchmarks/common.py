@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Appended to a child's Python code: prints the child's own peak RSS as the last line.
 _RSS_TAIL = (
@@ -43,3 +49,35 @@ def run_python(code: str, *, env: dict[str, str] | None = None, cwd: str | None 
 def emit(result: dict[str, Any]) -> None:
     """Print one benchmark result as a JSON line."""
     print(json.dumps(result, default=lambda o: asdict(o)), flush=True)
+
+
+def backend_env(redis_url: str, registry_url: str) -> dict[str, str]:
+    """This process's environment for a child `feast` / `featurestore` command, pointed at
+    the given Redis and registry (and nothing inherited from ``FEATURESTORE_*``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        FEATURESTORE_REDIS_URL=redis_url,
+        FEATURESTORE_REGISTRY_URL=registry_url,
+    )
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises:
+        RuntimeError: the server exited or did not answer in time (with its log tail).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
+        time.sleep(0.3)

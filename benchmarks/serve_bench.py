@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,10 +29,10 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks.common import ROOT, backend_env, wait_ready
 from benchmarks.serve_repo import customer_ids, driver_ids, write_data
 from online_store.embedded import EmbeddedRedis, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 F10 = [f"f{i}" for i in range(10)]
 VIEWS = ("bench_driver", "bench_customer", "bench_pair")
@@ -106,31 +105,6 @@ def _write_yaml(repo: Path, *, registry_url: str, redis_url: str, stock: bool) -
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
 
 
-def _env(redis_url: str, registry_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        FEATURESTORE_REDIS_URL=redis_url,
-        FEATURESTORE_REGISTRY_URL=registry_url,
-    )
-    return env
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
-
-
 def _lua(body: dict[str, Any], path: Path) -> Path:
     payload = json.dumps(body).replace("\\", "\\\\").replace("'", "\\'")
     path.write_text(
@@ -200,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_yaml(ours_repo, registry_url=registry_url, redis_url=redis_url, stock=False)
         _write_yaml(stock_repo, registry_url=registry_url, redis_url=redis_url, stock=True)
         when = write_data(ours_repo / "data", entities=args.entities)
-        env = _env(redis_url, registry_url)
+        env = backend_env(redis_url, registry_url)
         feast = str(BIN / "feast")
         subprocess.run([feast, "apply"], cwd=ours_repo, env=env, check=True, capture_output=True)
         start = (when - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
@@ -226,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             log = work / f"{name.replace(' ', '_')}.log"
             proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
             procs.append(proc)
-            _wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
+            wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
 
         bodies = {k: v for k, v in cases(args.entities).items() if args.only in k}
         results: list[Result] = []

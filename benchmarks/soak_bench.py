@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,13 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 
+from benchmarks.common import ROOT, backend_env, wait_ready
 from online_store.embedded import EmbeddedRedis, free_port
 from service.auth import KeyStore, Scope, open_key_engine
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 BODIES: list[tuple[float, dict[str, Any]]] = [
@@ -55,7 +53,7 @@ def _setup(work: Path, redis_url: str) -> tuple[Path, str]:
     shutil.copytree(
         ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__")
     )
-    env = _env(redis_url, f"sqlite:///{repo / 'data' / 'registry.db'}")
+    env = backend_env(redis_url, f"sqlite:///{repo / 'data' / 'registry.db'}")
     subprocess.run([sys.executable, str(repo / "generate.py"), "--rows", "100000", "--out",
                     str(repo / "data")], check=True, capture_output=True)  # fmt: skip
     subprocess.run(
@@ -65,12 +63,6 @@ def _setup(work: Path, redis_url: str) -> tuple[Path, str]:
     subprocess.run([str(BIN / "feast"), "materialize", "2000-01-01T00:00:00", end],
                    cwd=repo, env=env, check=True, capture_output=True)  # fmt: skip
     return repo, env["FEATURESTORE_REGISTRY_URL"]
-
-
-def _env(redis_url: str, registry_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-    env.update(FEATURESTORE_REDIS_URL=redis_url, FEATURESTORE_REGISTRY_URL=registry_url)
-    return env
 
 
 def _children(pid: int) -> list[int]:
@@ -200,18 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen(
             [str(BIN / "featurestore"), "serve", "--auth", "--repo", str(repo),
              "--port", str(port), "--workers", str(args.workers)],
-            env=_env(redis_url, registry_url), stdout=log, stderr=subprocess.STDOUT,
+            env=backend_env(redis_url, registry_url), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((work / "serve.log").read_text()[-3000:])
-            time.sleep(0.3)
+        wait_ready(f"http://127.0.0.1:{port}/ready", proc, work / "serve.log", timeout=90)
         # Warm every worker (and its plan cache) before the measured run.
         asyncio.run(_load(port, key, rate=200, duration=3, connections=8))
         # uvicorn's worker processes (the supervisor's children), not its resource tracker.
