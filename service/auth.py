@@ -29,6 +29,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from service.environment import sqlalchemy_url
 from service.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -98,8 +99,6 @@ def open_key_engine(url: str, timeout_seconds: float) -> sa.Engine:
 
     Creates the key table if needed (migrations are idempotent).
     """
-    from service.environment import sqlalchemy_url
-
     url = sqlalchemy_url(url)
     connect_args: dict[str, object] = {}
     if url.startswith("postgresql"):

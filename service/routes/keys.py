@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from service.auth import KeyStore, Scope
 from service.deps import StateDep
-from service.errors import InvalidRequestError
 from service.schemas import ApiKeyCreated, ApiKeyInfo, CreateApiKeyRequest, ErrorResponse
 
 router = APIRouter(prefix="/keys", tags=["api keys"])
@@ -17,17 +17,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _store(state: StateDep) -> Any:
-    if state.auth is None:  # the router is only mounted with auth on
-        raise InvalidRequestError("API keys are off; start the service with --auth")
+def _store(state: StateDep) -> KeyStore:
+    # The app mounts this router only when auth is on, so an authenticator exists.
+    assert state.auth is not None
     return state.auth.store
 
 
 @router.post("", status_code=201, summary="Create an API key", responses=_ERRORS)
 async def create_key(body: CreateApiKeyRequest, state: StateDep) -> ApiKeyCreated:
     """Create a key; the response is the only place its secret ever appears."""
-    from service.auth import Scope
-
     scope = Scope.parse(body.scope)
     key = await asyncio.to_thread(_store(state).create, scope, name=body.name)
     return ApiKeyCreated(key=key, key_id=key.split("_")[1], scope=body.scope, name=body.name)
