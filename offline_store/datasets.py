@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.errors import ConflictError, NotFoundError
+from service.schema import upgrade_schema
 
 VERSION_TABLE = "fs_offline_alembic_version"
 
@@ -100,16 +101,9 @@ def upgrade(engine_or_url: sa.Engine | str) -> None:
     Args:
         engine_or_url: the registry database (an engine or a SQLAlchemy URL).
     """
-    from alembic import command
-    from alembic.config import Config
-
     engine = sa.create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        upgrade_schema(engine, Path(__file__).with_name("migrations"))
     finally:
         if isinstance(engine_or_url, str):
             engine.dispose()

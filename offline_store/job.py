@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -20,11 +21,28 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
-from offline_store.sources import DuckDBSettings, connect, execute, quote_literal
+from offline_store.sources import DuckDBSettings, connect, execute, fetch_all, quote_literal
 from service.errors import ConflictError, FeatureStoreError, InvalidRequestError
 
-# Sets up temp tables on a fresh connection and returns the query to run there.
-Prepare = Callable[[duckdb.DuckDBPyConnection], str]
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What a job runs on its connection.
+
+    Attributes:
+        sql: the query returning the job's rows.
+        setup: statements executed first, in order (temp tables ``sql`` reads).
+        count_sql: a query returning one integer, the number of rows ``sql`` returns, cheap
+            once ``setup`` has run; ``None`` when only running the query could tell.
+    """
+
+    sql: str
+    setup: tuple[str, ...] = ()
+    count_sql: str | None = None
+
+
+# Registers inputs on a fresh connection and returns the query to run there.
+Prepare = Callable[[duckdb.DuckDBPyConnection], Query]
 
 
 class DuckDBRetrievalJob(RetrievalJob):
@@ -69,8 +87,28 @@ class DuckDBRetrievalJob(RetrievalJob):
             self._metadata = self._metadata_fn()
         return self._metadata
 
-    def _run(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
-        sql = self._prepare(con)
+    def _start(
+        self, con: duckdb.DuckDBPyConnection, on_total: Callable[[int], None] | None = None
+    ) -> str:
+        """Prepare ``con``, run the setup statements, report the row count if asked.
+
+        Returns:
+            The job's SQL, ready to run on ``con``.
+        """
+        query = self._prepare(con)
+        try:
+            for statement in query.setup:
+                execute(con, statement)
+            if on_total is not None and query.count_sql is not None:
+                on_total(int(fetch_all(con, query.count_sql)[0][0]))
+        except duckdb.Error as exc:
+            raise _translate(exc) from exc
+        return query.sql
+
+    def _run(
+        self, con: duckdb.DuckDBPyConnection, on_total: Callable[[int], None] | None = None
+    ) -> duckdb.DuckDBPyRelation:
+        sql = self._start(con, on_total)
         try:
             return con.sql(sql)
         except duckdb.Error as exc:
@@ -94,11 +132,13 @@ class DuckDBRetrievalJob(RetrievalJob):
         """The SQL the job runs (it refers to temp tables the job creates first)."""
         con = connect(self._settings)
         try:
-            return self._prepare(con)
+            return self._prepare(con).sql
         finally:
             con.close()
 
-    def iter_batches(self, max_rows: int) -> Iterator[pa.RecordBatch]:
+    def iter_batches(
+        self, max_rows: int, *, on_total: Callable[[int], None] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """Stream the result in record batches of at most ``max_rows`` rows.
 
         DuckDB produces the rows incrementally under its memory limit (sorts and joins spill
@@ -107,6 +147,9 @@ class DuckDBRetrievalJob(RetrievalJob):
 
         Args:
             max_rows: the largest batch to yield; must be positive.
+            on_total: called once, before the first batch, with the number of rows the
+                result will have, when the job can count them cheaply (latest-per-entity
+                pulls can: their winners are known before the first row streams).
 
         Yields:
             Record batches in result order, all with the same schema.
@@ -120,7 +163,7 @@ class DuckDBRetrievalJob(RetrievalJob):
         con = connect(self._settings)
         try:
             try:
-                reader = self._run(con).to_arrow_reader(max_rows)
+                reader = self._run(con, on_total).to_arrow_reader(max_rows)
                 for batch in reader:
                     # DuckDB batches are vector-aligned and can exceed the request.
                     for start in range(0, batch.num_rows, max_rows):
@@ -176,7 +219,7 @@ class DuckDBRetrievalJob(RetrievalJob):
         else:
             con = connect(self._settings)
             try:
-                sql = self._prepare(con)
+                sql = self._start(con)
                 execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
             except duckdb.Error as exc:
                 raise _translate(exc) from exc

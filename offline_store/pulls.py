@@ -8,6 +8,11 @@ entity-less views). Timestamps come back as UTC TIMESTAMPTZ.
 The window is ``[start, end)``. The bounds are compared against the raw column with a literal
 of the column's own type, so DuckDB pushes the filter into the Parquet scan and skips row groups
 outside the window.
+
+A pull is a :class:`~offline_store.job.Query`: statements to run first (the latest-per-entity
+pull stores its winners, one small row per entity, in a temp table), the streaming ``SELECT``,
+and a cheap count of the rows it will return, which the materialization progress uses for
+its ETA.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from datetime import UTC, datetime
 import duckdb
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 
+from offline_store.job import Query
 from offline_store.sources import describe, quote_ident, quote_literal, timestamp_literal
 from service.errors import InvalidRequestError
 
@@ -61,7 +67,7 @@ def build_pull_query(
     end_date: datetime | None,
     latest_only: bool,
     single_file: bool = False,
-) -> str:
+) -> Query:
     """SQL for ``pull_latest_from_table_or_query`` / ``pull_all_from_table_or_query``.
 
     Args:
@@ -79,7 +85,7 @@ def build_pull_query(
             need not be compared.
 
     Returns:
-        The query text.
+        The query, its setup statements and (for latest-only pulls) its row count query.
 
     Raises:
         InvalidRequestError: a requested column is not in the source.
@@ -103,7 +109,7 @@ def build_pull_query(
     where = _window(q(timestamp_field), types[timestamp_field], start_date, end_date)
     sql = f"SELECT {', '.join(select)} FROM {scan_sql} WHERE {' AND '.join(where)}"
     if not latest_only:
-        return sql
+        return Query(sql)
     if {types[c].upper() for c in ts_cols} <= _MICROSECOND_TYPES:
         return _latest_by_aggregate(
             select,
@@ -114,13 +120,21 @@ def build_pull_query(
             created_timestamp_column,
             single_file=single_file,
         )
-    partition = (
-        f"PARTITION BY {', '.join(q(k) for k in join_key_columns)} " if join_key_columns else ""
-    )
+    keys = ", ".join(q(k) for k in join_key_columns)
+    partition = f"PARTITION BY {keys} " if join_key_columns else ""
     created = f"{q(created_timestamp_column)} DESC NULLS LAST, " if created_timestamp_column else ""
-    return sql + (
-        f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
-        f"{created}filename DESC, file_row_number DESC) = 1"
+    # One row per distinct key (one in all for an entity-less view): an extra scan, but
+    # this path only serves sources whose timestamps are not whole microseconds.
+    groups = f" GROUP BY {keys}" if join_key_columns else " LIMIT 1"
+    return Query(
+        sql
+        + (
+            f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
+            f"{created}filename DESC, file_row_number DESC) = 1"
+        ),
+        count_sql=(
+            f"SELECT count(*) FROM (SELECT 1 FROM {scan_sql} WHERE {' AND '.join(where)}{groups})"
+        ),
     )
 
 
@@ -155,16 +169,18 @@ def _latest_by_aggregate(
     created_timestamp_column: str | None,
     *,
     single_file: bool,
-) -> str:
+) -> Query:
     """Latest row per key with a hash aggregate and a semi join, instead of a window.
 
     Per key, ``max`` of the struct ``(order key, filename, file_row_number)`` names the
     winning row: the order key packs (event_ts, created_ts with null lowest) into one
     HUGEINT (event micros in the high 64 bits, shifted created micros in the low 64 bits),
     so struct order is exactly (event_ts, created_ts NULLS FIRST, filename, file_row_number),
-    the window's order. A second scan keeps the rows so named; it streams, so the caller
-    can consume the first rows while DuckDB is still reading. With a single file the
-    constant ``filename`` is left out of the struct (less memory per key, same order).
+    the window's order. The winners go into a temp table first (the semi join needs all
+    of them before its first output row anyway), so counting the rows to come is free. A
+    second scan keeps the rows so named; it streams, so the caller consumes the first rows
+    while DuckDB is still reading. With a single file the constant ``filename`` is left
+    out of the struct (less memory per key, same order).
     """
     q = quote_ident
     event = _micros(q(timestamp_field), null=None)
@@ -185,7 +201,10 @@ def _latest_by_aggregate(
         f"SELECT max(struct_pack(k := {order_key}, {file_part}r := file_row_number)) "
         f"AS {win} FROM {scan_sql} WHERE {cond}{group}"
     )
-    return (
-        f"WITH {win}s AS ({winners}) SELECT {', '.join(select)} FROM {scan_sql} "
-        f"SEMI JOIN {win}s ON {file_match}file_row_number = {win}.r WHERE {cond}"
+    return Query(
+        f"SELECT {', '.join(select)} FROM {scan_sql} "
+        f"SEMI JOIN {win}s ON {file_match}file_row_number = {win}.r WHERE {cond}",
+        setup=(f"CREATE OR REPLACE TEMP TABLE {win}s AS {winners}",),
+        # Without join keys ``max`` over no rows is one NULL winner.
+        count_sql=f"SELECT count(*) FROM {win}s WHERE {win} IS NOT NULL",
     )

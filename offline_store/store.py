@@ -34,7 +34,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 
 from offline_store.checks import check_request
 from offline_store.entities import EntitySource, load_entities
-from offline_store.job import DuckDBRetrievalJob
+from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.pulls import build_pull_query
 from offline_store.sources import (
@@ -202,16 +202,18 @@ class DuckDBParquetOfflineStore(OfflineStore):
             entity_df = _non_entity_rows(specs, list(by_view), kwargs)
         settings = settings_from_config(config)
 
-        def prepare(con: duckdb.DuckDBPyConnection) -> str:
+        def prepare(con: duckdb.DuckDBPyConnection) -> Query:
             _register_source_views(con, config, list(by_view))
             loaded = load_entities(con, entity_df)
             check_request(con, specs, loaded.types)
-            return build_pit_query(
-                specs,
-                loaded.columns,
-                loaded.timestamp_column,
-                min_ts=loaded.min_ts,
-                max_ts=loaded.max_ts,
+            return Query(
+                build_pit_query(
+                    specs,
+                    loaded.columns,
+                    loaded.timestamp_column,
+                    min_ts=loaded.min_ts,
+                    max_ts=loaded.max_ts,
+                )
             )
 
         def metadata() -> RetrievalMetadata:
@@ -253,7 +255,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
         pattern = source_pattern(config, source)
         scan = parquet_scan(pattern, with_order_columns=True)
 
-        def prepare(con: duckdb.DuckDBPyConnection) -> str:
+        def prepare(con: duckdb.DuckDBPyConnection) -> Query:
             if "://" not in pattern:
                 # Local files: reading column chunks ahead only holds memory (~40 MB on a
                 # 1M-row pull) and was not faster; remote sources keep prefetching.

@@ -8,6 +8,10 @@ engine. Per view we ask the offline store for the latest row per entity in the w
 when the store offers it (our DuckDB store: memory bounded), else ``job.to_arrow()``
 sliced into chunks. The writer keeps Feast's never-older-over-newer rule, so batches in
 any order, reruns and runs killed half-way all converge to the same Redis contents.
+
+With a SQL registry the engine also records the newest event time it wrote per view
+(:mod:`online_store.freshness`), for the service's freshness gauge, and drops the record
+when ``feast apply`` removes the view.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
+import sqlalchemy as sa
 from feast import BatchFeatureView, Entity, FeatureView, OnDemandFeatureView, StreamFeatureView
 from feast.infra.common.materialization_job import (
     MaterializationJob,
@@ -32,9 +39,11 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import FeastConfigBaseModel
 from feast.utils import _convert_arrow_to_proto
 
+from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
 from online_store.writer import WriteSpec, write_batches
+from service.environment import sqlalchemy_url
 from service.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -85,18 +94,19 @@ class StreamingMaterializationJob(MaterializationJob):
 
 
 def iter_job_batches(
-    job: RetrievalJob, max_rows: int
-) -> tuple[Iterator[pa.RecordBatch], int | None]:
+    job: RetrievalJob, max_rows: int, progress: ViewProgress
+) -> Iterator[pa.RecordBatch]:
     """Batches of a retrieval job, streaming when the job supports it.
 
-    Returns:
-        (batches, total rows if known up front).
+    ``progress`` learns the number of rows to come as soon as the job knows it: before the
+    first streamed batch for our DuckDB store, from the table for any other store.
     """
     streaming = getattr(job, "iter_batches", None)
     if callable(streaming):
-        return iter(streaming(max_rows)), None
+        return iter(streaming(max_rows, on_total=progress.set_total))
     table = job.to_arrow()
-    return iter(table.to_batches(max_chunksize=max_rows)), table.num_rows
+    progress.set_total(table.num_rows)
+    return iter(table.to_batches(max_chunksize=max_rows))
 
 
 _DONE = object()
@@ -142,6 +152,26 @@ def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.R
         thread.join(timeout=5)
 
 
+class NewestEvent:
+    """The greatest event time among the batches passed through :meth:`watch`."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.value: datetime | None = None
+
+    def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Yield ``batches`` unchanged, keeping the running maximum of the event column."""
+        for batch in batches:
+            idx = batch.schema.get_field_index(self.column)
+            if idx >= 0 and batch.num_rows:
+                newest = pc.max(batch.column(idx)).as_py()
+                if isinstance(newest, datetime):
+                    newest = newest.replace(tzinfo=UTC) if newest.tzinfo is None else newest
+                    if self.value is None or newest > self.value:
+                        self.value = newest
+            yield batch
+
+
 def _rename(batch: pa.RecordBatch, mapping: dict[str, str]) -> pa.RecordBatch:
     if not mapping:
         return batch
@@ -163,6 +193,27 @@ class StreamingMaterializationEngine(ComputeEngine):
         super().__init__(**kwargs)
         self.batch_rows = batch_rows
         self.write_chunk_rows = write_chunk_rows
+        self._freshness: dict[str, FreshnessLog] = {}
+        self._registry_engine: sa.Engine | None = None
+
+    def freshness_log(self, project: str) -> FreshnessLog | None:
+        """The freshness records of ``project``; ``None`` unless the registry is SQL."""
+        registry = self.repo_config.registry
+        if getattr(registry, "registry_type", None) != "sql" or not registry.path:
+            return None
+        log = self._freshness.get(project)
+        if log is None:
+            if self._registry_engine is None:
+                kwargs = dict(getattr(registry, "sqlalchemy_config_kwargs", None) or {})
+                kwargs.setdefault("pool_pre_ping", True)
+                self._registry_engine = sa.create_engine(sqlalchemy_url(registry.path), **kwargs)
+            log = self._freshness[project] = FreshnessLog(self._registry_engine, project)
+        return log
+
+    def _forget(self, project: str, views: Sequence[Any]) -> None:
+        log = self.freshness_log(project) if views else None
+        if log is not None:
+            log.forget(v.name for v in views)
 
     def update(
         self,
@@ -174,7 +225,8 @@ class StreamingMaterializationEngine(ComputeEngine):
         entities_to_delete: Sequence[Entity],
         entities_to_keep: Sequence[Entity],
     ) -> None:
-        """Nothing to provision: the engine runs in-process."""
+        """Forget the freshness of removed views (the engine itself runs in-process)."""
+        self._forget(project, views_to_delete)
 
     def teardown_infra(
         self,
@@ -182,23 +234,36 @@ class StreamingMaterializationEngine(ComputeEngine):
         fvs: Sequence[BatchFeatureView | StreamFeatureView | FeatureView],
         entities: Sequence[Entity],
     ) -> None:
-        """Nothing to tear down (the online store owns the data)."""
+        """Forget the views' freshness (the online store owns and removes the data)."""
+        self._forget(project, fvs)
 
     def _materialize_one(
         self, registry: BaseRegistry, task: MaterializationTask, **kwargs: Any
     ) -> MaterializationJob:
         view = task.feature_view
         job_id = f"{view.name}-{task.start_time}-{task.end_time}"
+        newest = NewestEvent(WriteSpec.from_feature_view(view).timestamp_field)
         try:
-            rows_in, rows_written = self._run(task)
+            rows_in, rows_written = self._run(task, newest)
         except Exception as exc:
             logger.debug("materialization of %s failed", view.name, exc_info=True)
             return StreamingMaterializationJob(job_id, MaterializationJobStatus.ERROR, exc)
+        if newest.value is not None:
+            self._record_freshness(task.project, view.name, newest.value)
         return StreamingMaterializationJob(
             job_id, MaterializationJobStatus.SUCCEEDED, None, rows_in, rows_written
         )
 
-    def _run(self, task: MaterializationTask) -> tuple[int, int]:
+    def _record_freshness(self, project: str, view: str, newest: datetime) -> None:
+        # The rows are in Redis already; a registry hiccup here only delays the gauge.
+        try:
+            log = self.freshness_log(project)
+            if log is not None:
+                log.record(view, newest)
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("could not record the freshness of %s: %s", view, exc)
+
+    def _run(self, task: MaterializationTask, newest: NewestEvent) -> tuple[int, int]:
         view = task.feature_view
         if not getattr(view, "online", True):
             return 0, 0
@@ -222,9 +287,9 @@ class StreamingMaterializationEngine(ComputeEngine):
             start_date=task.start_time,
             end_date=task.end_time,
         )
-        batches, total = iter_job_batches(job, self.batch_rows)
-        renamed = (_rename(b, mapping) for b in prefetch(batches))
-        with ViewProgress(view.name, total) as progress:
+        with ViewProgress(view.name) as progress:
+            batches = iter_job_batches(job, self.batch_rows, progress)
+            renamed = newest.watch(_rename(b, mapping) for b in prefetch(batches))
             if isinstance(self.online_store, FastRedisOnlineStore):
                 store_config = self.repo_config.online_store
                 client = self.online_store.client(self.repo_config)

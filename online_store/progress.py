@@ -68,7 +68,7 @@ class ViewProgress:
 
     Args:
         view: feature view name.
-        total: expected input rows, if known.
+        total: expected rows, if known (else :meth:`set_total` once it is).
         stream: where the bar goes; a bar only when it is a TTY, log lines otherwise.
         log_every: minimum seconds between log lines in non-TTY mode.
     """
@@ -93,6 +93,20 @@ class ViewProgress:
             self._bar = tqdm(
                 total=total, desc=view, unit="rows", unit_scale=True, file=self._stream
             )
+
+    def set_total(self, total: int) -> None:
+        """Set the number of rows expected, once it is known; the ETA starts from here.
+
+        May be called from another thread than :meth:`update` (the engine's prefetching
+        thread learns the total), but not concurrently with it.
+        """
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+        else:
+            print(f"{self.view}: {total} rows to write", file=self._stream, flush=True)
+        _publish(ProgressEvent(self.view, self.done, self.total, False))
 
     def update(self, rows: int) -> None:
         """Record ``rows`` more input rows processed."""

@@ -36,6 +36,7 @@ from service.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from service.schema import upgrade_schema
 
 VERSION_TABLE = "featurestore_service_alembic_version"
 _PREFIX = "fsk"
@@ -84,14 +85,7 @@ class KeyInfo:
 
 def upgrade(engine: sa.Engine) -> None:
     """Create or migrate the service's tables in ``engine``'s database."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    upgrade_schema(engine, Path(__file__).with_name("migrations"))
 
 
 def open_key_engine(url: str, timeout_seconds: float) -> sa.Engine:

@@ -24,6 +24,7 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFea
 from feast.data_source import PushSource
 from feast.value_type import ValueType
 
+from online_store.freshness import FreshnessLog
 from service.errors import (
     BackendUnavailableError,
     FeatureServiceNotFoundError,
@@ -110,6 +111,8 @@ class RegistrySnapshot:
     on_demand_views: dict[str, OnDemandFeatureView]
     feature_services: dict[str, FeatureService]
     push_sources: dict[str, list[str]]
+    newest_events: dict[str, datetime] = field(default_factory=dict)
+    """Newest materialized event time per view (:mod:`online_store.freshness`)."""
     plans: PlanCache[Any] = field(default_factory=PlanCache)
 
     def view(self, name: str) -> ViewInfo:
@@ -158,13 +161,27 @@ class RegistrySnapshot:
             ) from None
 
 
-def load_snapshot(store: FeatureStore, *, previous: RegistrySnapshot | None) -> RegistrySnapshot:
+def freshness_log(store: FeatureStore) -> FreshnessLog | None:
+    """The engine's freshness records next to a SQL registry (``None`` for other kinds)."""
+    engine = getattr(store.registry, "write_engine", None)
+    return FreshnessLog(engine, store.project) if engine is not None else None
+
+
+def load_snapshot(
+    store: FeatureStore,
+    *,
+    previous: RegistrySnapshot | None,
+    freshness: FreshnessLog | None = None,
+) -> RegistrySnapshot:
     """Re-read the registry (blocking) and return a snapshot.
 
     Args:
         store: the Feast store whose registry to read.
         previous: the current snapshot; returned as is when nothing changed, so its
             compiled plans survive.
+        freshness: where the engine records the newest event it materialized per view.
+            Read only when the registry changed: every materialization changes it (Feast
+            appends the interval after the engine has recorded).
 
     Returns:
         A snapshot of the registry now.
@@ -205,6 +222,7 @@ def load_snapshot(store: FeatureStore, *, previous: RegistrySnapshot | None) -> 
             s.name: s for s in registry.list_feature_services(project, allow_cache=True)
         },
         push_sources=push_sources,
+        newest_events=freshness.newest_events() if freshness is not None else {},
     )
 
 
@@ -230,6 +248,7 @@ class Catalog:
         self._listeners: list[Callable[[RegistrySnapshot], None]] = []
         self._marker: datetime | None = None
         self._last_full = 0.0
+        self._freshness: FreshnessLog | None = None
 
     def _probe(self) -> datetime | None:
         # The SQL registry stamps every apply (and materialization) in one metadata row;
@@ -287,7 +306,10 @@ class Catalog:
                 self.last_error = None
                 assert self._snapshot is not None
                 return self._snapshot
-            snapshot = load_snapshot(self.store, previous=self._snapshot)
+            if self._freshness is None:
+                # Not in __init__: opening the registry connects, and it may be down.
+                self._freshness = freshness_log(self.store)
+            snapshot = load_snapshot(self.store, previous=self._snapshot, freshness=self._freshness)
             self._marker = marker
             self._last_full = time.monotonic()
         except Exception as exc:

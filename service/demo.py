@@ -62,6 +62,7 @@ def training_head(repo: Path, rows: int = 5) -> pd.DataFrame:
     """A point-in-time training set for the first trips, through the training SDK."""
     import pyarrow.parquet as pq
     from feast import FeatureStore
+
     from offline_store.sdk import get_training_dataset
 
     trips = pq.read_table(environment.data_dir(repo) / "trips.parquet").slice(0, 1000).to_pandas()

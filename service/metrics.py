@@ -42,22 +42,21 @@ class _FreshnessCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         freshness = GaugeMetricFamily(
             "featurestore_feature_view_freshness_seconds",
-            "Now minus the newest event time known to be in the online store for the view "
-            "(end of the latest materialized interval, or the newest pushed event).",
+            "Now minus the newest event time written to the online store for the view "
+            "(by materialization, or pushed through this process).",
             labels=["feature_view"],
         )
         catalog = self._metrics.catalog
         snapshot = catalog._snapshot if catalog is not None else None
         if snapshot is not None:
             now = datetime.now(UTC)
-            for name, info in snapshot.views.items():
-                newest = max((end for _, end in info.view.materialization_intervals), default=None)
-                pushed = self._metrics.pushed_event_times.get(name)
-                if pushed is not None and (newest is None or pushed > newest):
-                    newest = pushed
+            for name in snapshot.views:
+                written = (
+                    snapshot.newest_events.get(name),
+                    self._metrics.pushed_event_times.get(name),
+                )
+                newest = max((t for t in written if t is not None), default=None)
                 if newest is not None:
-                    if newest.tzinfo is None:
-                        newest = newest.replace(tzinfo=UTC)
                     freshness.add_metric([name], (now - newest).total_seconds())
         yield freshness
 
@@ -147,6 +146,8 @@ class Metrics:
 
     def note_pushed(self, view: str, newest: datetime) -> None:
         """Remember the newest event time written to ``view`` by this process."""
+        if newest.tzinfo is None:
+            newest = newest.replace(tzinfo=UTC)
         current = self.pushed_event_times.get(view)
         if current is None or newest > current:
             self.pushed_event_times[view] = newest

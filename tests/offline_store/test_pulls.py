@@ -113,6 +113,28 @@ def test_iter_batches_streams_every_row_in_batches_of_at_most_max_rows(
     assert streamed.equals(job.to_arrow())
 
 
+def test_iter_batches_reports_the_latest_pull_row_count_before_the_first_batch(
+    store: FeatureStore,
+) -> None:
+    totals: list[int] = []
+    seen_before_first: list[list[int]] = []
+    batches = []
+    for batch in _pull(store).iter_batches(1, on_total=totals.append):
+        seen_before_first.append(list(totals))
+        batches.append(batch)
+    assert totals == [3]  # drivers 1, 2 and 4 have a row in the window
+    assert seen_before_first[0] == [3]
+    assert sum(b.num_rows for b in batches) == 3
+
+
+def test_iter_batches_does_not_count_a_pull_of_every_row(store: FeatureStore) -> None:
+    totals: list[int] = []
+    batches = _pull(store, latest=False).iter_batches(4, on_total=totals.append)
+    rows = sum(b.num_rows for b in batches)
+    assert rows == 7
+    assert totals == []  # counting would cost a second scan of the window
+
+
 def test_iter_batches_rejects_non_positive_batch_size(store: FeatureStore) -> None:
     with pytest.raises(InvalidRequestError, match="max_rows"):
         next(_pull(store).iter_batches(0))
@@ -236,7 +258,7 @@ def test_aggregate_latest_query_equals_the_window_query(
     def latest(aggregate: bool) -> pa.Table:
         if not aggregate:
             monkeypatch.setattr(pulls, "_MICROSECOND_TYPES", frozenset())
-        sql = pulls.build_pull_query(
+        query = pulls.build_pull_query(
             con,
             scan,
             join_key_columns=keys,
@@ -249,8 +271,14 @@ def test_aggregate_latest_query_equals_the_window_query(
             single_file=single_file,
         )
         monkeypatch.undo()
-        assert ("QUALIFY" not in sql) == aggregate
-        return con.sql(sql).to_arrow_table().sort_by([("v", "ascending")])
+        assert ("QUALIFY" not in query.sql) == aggregate
+        for statement in query.setup:
+            con.execute(statement).fetchall()
+        rows = con.sql(query.sql).to_arrow_table().sort_by([("v", "ascending")])
+        # The count the progress bar's ETA rests on is exact in both forms.
+        assert query.count_sql is not None
+        assert con.execute(query.count_sql).fetchall() == [(rows.num_rows,)]
+        return rows
 
     window = latest(aggregate=False)
     groups = {tuple(row.values()) for row in window.select(keys).to_pylist()}

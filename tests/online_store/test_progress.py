@@ -27,6 +27,36 @@ def test_non_tty_progress_prints_rows_rate_and_eta() -> None:
     assert lines[-1].startswith("stats: 100/100 rows")
 
 
+def test_non_tty_progress_prints_eta_once_the_total_is_learned() -> None:
+    stream = io.StringIO()
+    progress = ViewProgress("stats", stream=stream, log_every=0)
+    progress.update(10)
+    progress.set_total(100)
+    progress.update(40)
+    lines = stream.getvalue().splitlines()
+    assert "ETA" not in lines[0]
+    assert lines[1] == "stats: 100 rows to write"
+    assert lines[2].startswith("stats: 50/100 rows,")
+    assert "ETA" in lines[2]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tty_bar_shows_the_total_and_eta_once_learned() -> None:
+    stream = _Terminal()
+    with ViewProgress("stats", stream=stream) as progress:
+        progress.set_total(200)
+        progress.update(50)
+        progress.update(150)
+    text = stream.getvalue()
+    assert "stats" in text
+    assert "200/200" in text
+    assert "<00:00" in text  # tqdm's remaining-time field, present only with a total
+
+
 def test_listener_receives_events_until_unsubscribed() -> None:
     events: list[ProgressEvent] = []
     unsubscribe = subscribe(events.append)
@@ -78,3 +108,7 @@ def test_materialize_publishes_progress_per_view(tmp_path: Path, redis_url: str)
         unsubscribe()
     finished = {e.view: e.rows_done for e in events if e.finished}
     assert finished == {"a": 3, "b": 3}
+    # The total (entities in the window) is known before the first row is written.
+    for view in ("a", "b"):
+        first_rows = next(e for e in events if e.view == view and e.rows_done > 0)
+        assert first_rows.rows_total == 3

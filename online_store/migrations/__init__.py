@@ -1,0 +1,1 @@
+"""Alembic migrations for the online layer's tables (see ``online_store.freshness``)."""
