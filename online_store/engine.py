@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import redis
 import sqlalchemy as sa
 from feast import BatchFeatureView, Entity, FeatureView, OnDemandFeatureView, StreamFeatureView
+from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.common.materialization_job import (
     MaterializationJob,
     MaterializationJobStatus,
@@ -276,7 +277,8 @@ class StreamingMaterializationEngine(ComputeEngine):
         job = self.offline_store.pull_latest_from_table_or_query(
             config=self.repo_config,
             data_source=source,
-            join_key_columns=[reverse.get(k, k) for k in spec.join_keys],
+            # An entity-less view's `__dummy_id` is not in the source: the pull adds it.
+            join_key_columns=[reverse.get(k, k) for k in spec.join_keys if k != DUMMY_ENTITY_ID],
             feature_name_columns=[reverse.get(f, f) for f in spec.features],
             timestamp_field=reverse.get(spec.timestamp_field, spec.timestamp_field),
             created_timestamp_column=(

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.value_type import ValueType
 from redis.exceptions import RedisError
 
@@ -51,7 +52,7 @@ class OutputColumn:
 class OnlinePlan:
     """A compiled feature set: everything a request needs except the entity values."""
 
-    join_keys: frozenset[str]
+    join_keys: frozenset[str]  # the entity columns a request must give
     request_fields: frozenset[str]
     read_plan: ReadPlan
     outputs: tuple[OutputColumn, ...]
@@ -60,6 +61,11 @@ class OnlinePlan:
     # (a version of 0 is left out, as Feast's JSON does).
     view_metadata: tuple[dict[str, Any], ...] = ()
     output_names: tuple[str, ...] = ()  # the names of ``outputs``, in order
+    # Entity-less views are keyed by Feast's `__dummy_id` = "", which requests never carry.
+    entityless: bool = False
+    # Entity columns echoed in the response: the join keys, or, when only entity-less views
+    # are read, any of the project's join keys the request gives (as Feast does).
+    echo_keys: frozenset[str] = frozenset()
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -205,7 +211,14 @@ def compile_plan(
                 ttl_seconds=info.ttl_seconds,
             )
         )
+    entityless = DUMMY_ENTITY_ID in join_keys
+    join_keys.discard(DUMMY_ENTITY_ID)
+    echo_keys = set(join_keys)
+    if entityless and not join_keys:
+        echo_keys = {e.join_key for e in snapshot.entities.values()} - {DUMMY_ENTITY_ID}
     return OnlinePlan(
+        entityless=entityless,
+        echo_keys=frozenset(echo_keys),
         join_keys=frozenset(join_keys),
         request_fields=frozenset(request_fields),
         read_plan=ReadPlan.compile(snapshot.project, specs),
@@ -248,8 +261,15 @@ def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: i
             missing=missing,
         )
     lengths = {
-        k: len(v) for k, v in entities.items() if k in plan.join_keys or k in plan.request_fields
+        k: len(v) for k, v in entities.items() if k in plan.echo_keys or k in plan.request_fields
     }
+    if plan.entityless and not lengths:
+        raise InvalidEntityError(
+            "the requested features are all from entity-less feature views, so the number "
+            "of rows comes from the entities: give at least one entity column, e.g. "
+            '{"driver_id": [1001]}',
+            missing=["<any join key>"],
+        )
     n = next(iter(lengths.values()), 0)
     if any(length != n for length in lengths.values()):
         raise InvalidEntityError(
@@ -264,6 +284,13 @@ def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: i
             limit=max_rows,
         )
     return n
+
+
+def _row_count(plan: OnlinePlan, entities: Mapping[str, Sequence[Any]]) -> int:
+    for key, values in entities.items():
+        if key in plan.echo_keys or key in plan.request_fields:
+            return len(values)
+    return 0
 
 
 async def read_online(
@@ -294,6 +321,9 @@ async def read_online(
         BackendUnavailableError: Redis failed or timed out.
     """
     keys = {k: v for k, v in entities.items() if k in plan.join_keys}
+    n = _row_count(plan, entities)
+    if plan.entityless:
+        keys[DUMMY_ENTITY_ID] = [DUMMY_ENTITY_VAL] * n
     started = time.perf_counter()
     try:
         # FastRedis implements the pipeline subset read_async uses (see redis_fast).
@@ -306,14 +336,13 @@ async def read_online(
         if observe_redis is not None:
             observe_redis(time.perf_counter() - started)
 
-    n = len(next(iter(keys.values()), ()))
     names: list[str] = []
     results: list[dict[str, Any]] = []
-    if keys:
+    if plan.echo_keys:
         epochs = [EPOCH] * n
         present = ["PRESENT"] * n
         for key, values in entities.items():
-            if key in plan.join_keys:
+            if key in plan.echo_keys:
                 names.append(key)
                 results.append({"values": values, "statuses": present, "event_timestamps": epochs})
     # Features of one view share their event times; format each distinct list once.
