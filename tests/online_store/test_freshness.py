@@ -136,3 +136,14 @@ def test_materialize_with_a_file_registry_records_nothing_and_succeeds(
     store.materialize(T0 - timedelta(1), T0 + timedelta(1))
     assert store.get_online_features(["a:a_x"], [{"driver_id": 0}]).to_dict()["a_x"] == [0.0]
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_head_revision_constant_is_the_newest_migration() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from online_store import freshness
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(freshness.__file__).with_name("migrations")))
+    assert ScriptDirectory.from_config(config).get_heads() == [freshness.HEAD_REVISION]
