@@ -226,7 +226,14 @@ class StreamingMaterializationEngine(ComputeEngine):
         entities_to_delete: Sequence[Entity],
         entities_to_keep: Sequence[Entity],
     ) -> None:
-        """Forget the freshness of removed views (the engine itself runs in-process)."""
+        """Create the freshness table and forget removed views (``feast apply``).
+
+        Creating the table here keeps its one-time migration out of the first
+        ``feast materialize``.
+        """
+        log = self.freshness_log(project)
+        if log is not None:
+            log.ensure_table()
         self._forget(project, views_to_delete)
 
     def teardown_infra(

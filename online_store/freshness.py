@@ -67,7 +67,8 @@ class FreshnessLog:
         self._ready = False
         self._lock = threading.Lock()
 
-    def _ensure_table(self) -> None:
+    def ensure_table(self) -> None:
+        """Create or migrate the table if needed (cheap once it is at the head revision)."""
         if self._ready:
             return
         migrations = Path(__file__).with_name("migrations")
@@ -98,7 +99,7 @@ class FreshnessLog:
             feature_view: the view written.
             newest_event: the greatest event time among the rows just written (naive = UTC).
         """
-        self._ensure_table()
+        self.ensure_table()
         newest = _utc(newest_event)
         mine = (_ROW.project == self._project) & (_ROW.feature_view == feature_view)
         raise_to = sa.update(FRESHNESS).where(mine)
@@ -129,7 +130,7 @@ class FreshnessLog:
 
     def newest_events(self) -> dict[str, datetime]:
         """Every recorded view of the project and its newest materialized event time (UTC)."""
-        self._ensure_table()
+        self.ensure_table()
         query = sa.select(_ROW.feature_view, _ROW.newest_event_at).where(
             _ROW.project == self._project
         )
@@ -141,7 +142,7 @@ class FreshnessLog:
         names = list(feature_views)
         if not names:
             return
-        self._ensure_table()
+        self.ensure_table()
         with self._engine.begin() as conn:
             conn.execute(
                 sa.delete(FRESHNESS).where(
