@@ -107,7 +107,8 @@ def build_pull_query(
     if not join_key_columns:
         select.append(f"{quote_literal(DUMMY_ENTITY_VAL)} AS {q(DUMMY_ENTITY_ID)}")
     where = _window(q(timestamp_field), types[timestamp_field], start_date, end_date)
-    sql = f"SELECT {', '.join(select)} FROM {scan_sql} WHERE {' AND '.join(where)}"
+    cond = " AND ".join(where)
+    sql = f"SELECT {', '.join(select)} FROM {scan_sql} WHERE {cond}"
     if not latest_only:
         return Query(sql)
     if {types[c].upper() for c in ts_cols} <= _MICROSECOND_TYPES:
@@ -132,9 +133,7 @@ def build_pull_query(
             f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
             f"{created}filename DESC, file_row_number DESC) = 1"
         ),
-        count_sql=(
-            f"SELECT count(*) FROM (SELECT 1 FROM {scan_sql} WHERE {' AND '.join(where)}{groups})"
-        ),
+        count_sql=(f"SELECT count(*) FROM (SELECT 1 FROM {scan_sql} WHERE {cond}{groups})"),
     )
 
 

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -165,11 +165,11 @@ class NewestEvent:
         for batch in batches:
             idx = batch.schema.get_field_index(self.column)
             if idx >= 0 and batch.num_rows:
+                # One column, one type: naive or aware alike, so the times compare; the
+                # freshness log reads naive as UTC.
                 newest = pc.max(batch.column(idx)).as_py()
-                if isinstance(newest, datetime):
-                    newest = newest.replace(tzinfo=UTC) if newest.tzinfo is None else newest
-                    if self.value is None or newest > self.value:
-                        self.value = newest
+                if isinstance(newest, datetime) and (self.value is None or newest > self.value):
+                    self.value = newest
             yield batch
 
 

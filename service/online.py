@@ -286,18 +286,12 @@ def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: i
     return n
 
 
-def _row_count(plan: OnlinePlan, entities: Mapping[str, Sequence[Any]]) -> int:
-    for key, values in entities.items():
-        if key in plan.echo_keys or key in plan.request_fields:
-            return len(values)
-    return 0
-
-
 async def read_online(
     plan: OnlinePlan,
     client: aioredis.Redis | aioredis.RedisCluster | FastRedis,
     entities: Mapping[str, Sequence[Any]],
     *,
+    rows: int,
     full_feature_names: bool,
     include_view_metadata: bool = False,
     observe_redis: Callable[[float], None] | None = None,
@@ -308,6 +302,7 @@ async def read_online(
         plan: the compiled feature set.
         client: asyncio Redis client.
         entities: the request's entities (already checked by :func:`check_entities`).
+        rows: the number of entity rows, as :func:`check_entities` returned it.
         full_feature_names: as requested (on-demand output naming).
         include_view_metadata: add ``metadata.feature_view_metadata`` (Feast's
             ``include_feature_view_version_metadata``).
@@ -321,9 +316,8 @@ async def read_online(
         BackendUnavailableError: Redis failed or timed out.
     """
     keys = {k: v for k, v in entities.items() if k in plan.join_keys}
-    n = _row_count(plan, entities)
     if plan.entityless:
-        keys[DUMMY_ENTITY_ID] = [DUMMY_ENTITY_VAL] * n
+        keys[DUMMY_ENTITY_ID] = [DUMMY_ENTITY_VAL] * rows
     started = time.perf_counter()
     try:
         # FastRedis implements the pipeline subset read_async uses (see redis_fast).
@@ -339,8 +333,8 @@ async def read_online(
     names: list[str] = []
     results: list[dict[str, Any]] = []
     if plan.echo_keys:
-        epochs = [EPOCH] * n
-        present = ["PRESENT"] * n
+        epochs = [EPOCH] * rows
+        present = ["PRESENT"] * rows
         for key, values in entities.items():
             if key in plan.echo_keys:
                 names.append(key)

@@ -132,11 +132,12 @@ async def answer(state: ServiceState, body: bytes) -> bytes:
     # and validated (with its errors) by pydantic-core straight from bytes.
     req = _parse_simple(body) or GetOnlineFeaturesRequest.model_validate_json(body)
     plan = _plan(state, req)
-    check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
+    rows = check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
     return await read_online(
         plan,
         state.reader,
         req.entities,
+        rows=rows,
         full_feature_names=req.full_feature_names,
         include_view_metadata=req.include_feature_view_version_metadata,
         observe_redis=state.metrics.redis_observer("read"),
