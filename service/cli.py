@@ -57,8 +57,11 @@ def _serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            http="httptools",  # both from uvicorn[standard]; "auto" picks them too, but
-            loop="uvloop",  # say so rather than fall back silently to h11 / asyncio
+            # uvicorn's httptools protocol, answering lookups in the protocol itself
+            # (service.http_lookup); uvloop from uvicorn[standard], named rather than
+            # "auto" so a missing one fails instead of falling back to asyncio silently
+            http="service.http_lookup:LookupProtocol",
+            loop="uvloop",
             lifespan="on",
             access_log=False,
             log_level="info",

@@ -13,6 +13,7 @@ for apps mounted without this middleware.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -75,18 +76,39 @@ class OnlineFastPath:
     ) -> None:
         """Answer one ``POST /get-online-features``: auth, body, lookup, errors, metrics."""
         started = time.perf_counter()
-        try:
-            if state.auth is not None:
-                await state.auth.authorize(_header(scope, b"authorization"), Scope.READ)
-            body = await answer(state, await self._body(scope, receive))
-            status = 200
-            headers = [_JSON, (b"content-length", b"%d" % len(body))]
-        except Exception as exc:
-            response = error_response(exc, method="POST", path=PATH)
-            status, body, headers = response.status_code, bytes(response.body), response.raw_headers
+        status, headers, body = await respond(
+            state, _header(scope, b"authorization"), lambda: self._body(scope, receive)
+        )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         state.metrics.observe_request(PATH, "POST", status, time.perf_counter() - started)
+
+
+async def respond(
+    state: ServiceState,
+    authorization: str | None,
+    body: bytes | Callable[[], Awaitable[bytes]],
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The whole answer to one lookup: status, headers and body, errors mapped.
+
+    Both entrances use it: :class:`OnlineFastPath` (ASGI) and
+    :class:`service.http_lookup.LookupProtocol` (in the HTTP protocol). The API key is
+    checked before the body is read when ``body`` is a function reading it.
+
+    Args:
+        state: the worker's service state.
+        authorization: the ``Authorization`` header, if any.
+        body: the request body, or a function reading it (which may raise 413).
+    """
+    try:
+        if state.auth is not None:
+            await state.auth.authorize(authorization, Scope.READ)
+        raw = body if isinstance(body, bytes) else await body()
+        payload = await answer(state, raw)
+        return 200, [_JSON, (b"content-length", b"%d" % len(payload))], payload
+    except Exception as exc:
+        response = error_response(exc, method="POST", path=PATH)
+        return response.status_code, response.raw_headers, bytes(response.body)
 
 
 class ServerFastPath:
@@ -120,18 +142,26 @@ class ServerFastPath:
             self._telemetry_on = bool(telemetry is not None and telemetry.enabled())
         return self._telemetry_on
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The request body limit (413 above it)."""
+        return self.inner.max_body_bytes
+
+    def direct_state(self) -> ServiceState | None:
+        """The service state when lookups may skip the app, else None.
+
+        None while the lifespan has not finished, under a root path, or while
+        FastAPI's native telemetry is active (lookups then go through the app).
+        """
+        if self.app.root_path or self._telemetry_active():
+            return None
+        return getattr(self.state, "services", None)
+
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PATH
-            or scope["method"] != "POST"
-            or self.app.root_path
-            or self._telemetry_active()
-        ):
-            await self.app(scope, receive, send)
-            return
-        state = getattr(self.state, "services", None)
-        if state is None:  # lifespan not done: let the app answer as it would
+        state = None
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            state = self.direct_state()
+        if state is None:
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app
