@@ -32,13 +32,11 @@ def test_two_workers_serve_and_share_job_state(repo: Repo, tmp_path: Path) -> No
         FEATURESTORE_REDIS_URL=repo.redis_url,
         FEATURESTORE_REGISTRY_URL=repo.registry_url,
     )
-    # Exactly how `featurestore serve --workers 2` starts the app.
-    code = (
-        "import uvicorn; uvicorn.run('service.app:create_app', factory=True, host='127.0.0.1', "
-        f"port={port}, workers=2, access_log=False, log_level='warning')"
-    )
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--repo", str(repo.path)]
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=log
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
