@@ -85,6 +85,11 @@ class EmbeddedRedis:
             raise RuntimeError("embedded Redis is not started")
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id when this object started it (None when attached)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> str:
         """Start the server, or attach to the one already running for ``data_dir``.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from online_store.embedded import free_port
+from online_store.embedded import EmbeddedRedis, free_port
 from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import ROOT, AppClient, Repo, columns, some_ids
 
@@ -34,7 +35,7 @@ FEATURES = ["driver_hourly_stats:conv_rate", "driver_hourly_stats:avg_daily_trip
 class Server:
     """A ``featurestore serve`` subprocess."""
 
-    def __init__(self, repo: Repo, log: Path, *extra: str) -> None:
+    def __init__(self, repo: Repo, log: Path, *extra: str, **settings: str) -> None:
         self.port = free_port()
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
@@ -44,6 +45,7 @@ class Server:
             FEATURESTORE_REGISTRY_URL=repo.registry_url,
             FEATURESTORE_MAX_BODY_BYTES=str(MAX_BODY),
             FEATURESTORE_API_KEY_CACHE_SECONDS="0",
+            **settings,
         )
         cmd = [sys.executable, "-m", "service.cli", "serve", "--repo", str(repo.path)]
         self.proc = subprocess.Popen(
@@ -71,7 +73,8 @@ class Server:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
     def stop(self) -> str:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(timeout=30)
         return self.log.read_text()
 
@@ -366,3 +369,34 @@ def test_api_keys_are_checked_on_lookups(
     finally:
         log = srv.stop()
     assert read_key not in log
+
+
+def test_shutdown_finishes_a_lookup_in_flight(
+    repo: Repo, service_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    redis_pid = service_redis.pid
+    assert redis_pid is not None
+    srv = Server(repo, tmp_path / "serve.log", FEATURESTORE_REDIS_TIMEOUT_SECONDS="20")
+    drivers = some_ids(repo, "driver_stats", "driver_id", 3)
+    try:
+        with srv.connect() as sock:
+            sock.sendall(http_request("POST", "/get-online-features", lookup_body(drivers)))
+            (warm,) = read_responses(sock, 1)
+            os.kill(redis_pid, signal.SIGSTOP)  # the lookup below waits on Redis
+            try:
+                sock.sendall(http_request("POST", "/get-online-features", lookup_body(drivers)))
+                time.sleep(0.5)
+                srv.proc.send_signal(signal.SIGTERM)
+                time.sleep(1.0)
+                assert srv.proc.poll() is None, "the server quit with a lookup in flight"
+            finally:
+                os.kill(redis_pid, signal.SIGCONT)
+            (late,) = read_responses(sock, 1)
+            assert late.status == 200
+            assert late.body == warm.body
+            assert late.headers.get("connection") == "close"  # shutting down: no keep-alive
+            assert closed_by_server(sock)
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        log = srv.stop()
+    assert "Traceback" not in log
