@@ -63,8 +63,8 @@ class OnlinePlan:
     output_names: tuple[str, ...] = ()  # the names of ``outputs``, in order
     # Entity-less views are keyed by Feast's `__dummy_id` = "", which requests never carry.
     entityless: bool = False
-    # Entity columns echoed in the response: the join keys, or, when only entity-less views
-    # are read, any of the project's join keys the request gives (as Feast does).
+    # Entity columns echoed in the response: any of the project's join keys the request
+    # gives, needed or not (as Feast does).
     echo_keys: frozenset[str] = frozenset()
 
 
@@ -213,9 +213,10 @@ def compile_plan(
         )
     entityless = DUMMY_ENTITY_ID in join_keys
     join_keys.discard(DUMMY_ENTITY_ID)
-    echo_keys = set(join_keys)
-    if entityless and not join_keys:
-        echo_keys = {e.join_key for e in snapshot.entities.values()} - {DUMMY_ENTITY_ID}
+    # Like Feast, every join key of the project given in the request is echoed (in the
+    # request's order), needed or not; the needed ones must be there.
+    echo_keys = join_keys | {e.join_key for e in snapshot.entities.values()}
+    echo_keys.discard(DUMMY_ENTITY_ID)
     return OnlinePlan(
         entityless=entityless,
         echo_keys=frozenset(echo_keys),

@@ -220,3 +220,29 @@ def test_feature_view_version_metadata_matches_feast_serve(
     key = "feature_view_metadata"
     assert sorted(ours[key], key=str) == sorted(theirs[key], key=str)
     assert {m["name"] for m in ours[key]} == {"driver_hourly_stats", "customer_profile"}
+
+
+def test_extra_join_keys_are_echoed_like_feast_serve(
+    client: AppClient, feast_serve: httpx.Client, repo: Repo
+) -> None:
+    pairs = sorted(repo.latest("driver_customer_stats", ["driver_id", "customer_id"]))[:5]
+    body = {
+        "entities": {
+            "customer_id": [c for _, c in pairs],  # a join key, not needed by these features
+            "note": ["x"] * len(pairs),  # not a join key: dropped
+            "driver_id": [d for d, _ in pairs],
+        },
+        "features": ["driver_hourly_stats:conv_rate", "driver_hourly_stats:avg_daily_trips"],
+    }
+    ours = client.post("/get-online-features", json=body)
+    theirs = feast_serve.post("/get-online-features", json=body)
+    assert ours.status_code == theirs.status_code == 200
+    names = ours.json()["metadata"]["feature_names"]
+    feast_names = theirs.json()["metadata"]["feature_names"]
+    # Keys first, in the request's order; Feast orders a view's features by set iteration,
+    # ours keep the request's order.
+    assert names == ["customer_id", "driver_id", "conv_rate", "avg_daily_trips"]
+    assert feast_names[:2] == names[:2]
+    assert set(feast_names) == set(names)
+    assert columns(ours.json())["customer_id"] == columns(theirs.json())["customer_id"]
+    _compare(ours.json(), theirs.json())
