@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import redis
 from feast import FeatureStore
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.value_type import ValueType
 
 from online_store.writer import write_arrow
@@ -196,7 +197,8 @@ def build_table(info: ViewInfo, df: Mapping[str, Sequence[Any]]) -> pa.Table:
         df: column name -> values (Feast's ``df`` JSON).
 
     Returns:
-        Columns: join keys, features, the event timestamp and (when the source has one)
+        Columns: join keys (Feast's ``__dummy_id`` placeholder, filled in, for an
+        entity-less view), features, the event timestamp and (when the source has one)
         the created timestamp.
 
     Raises:
@@ -207,17 +209,30 @@ def build_table(info: ViewInfo, df: Mapping[str, Sequence[Any]]) -> pa.Table:
     source = view.batch_source
     ts_field = source.timestamp_field if source is not None else "event_timestamp"
     created_field = (source.created_timestamp_column or None) if source is not None else None
-    required = [*info.join_keys, ts_field, *info.features]
+    # An entity-less view's rows live under Feast's placeholder key, which the
+    # writer fills in: clients send only the timestamp and the features.
+    keys = [k for k in info.join_keys if k != DUMMY_ENTITY_ID]
+    required = [*keys, ts_field, *info.features]
     missing = [c for c in required if c not in df]
     if missing:
         raise SchemaMismatchError(
             f"feature view {view.name!r} needs columns {missing} in df; it takes join keys "
-            f"{list(info.join_keys)}, timestamp {ts_field!r} and features {list(info.features)}",
+            f"{keys}, timestamp {ts_field!r} and features {list(info.features)}",
             feature_view=view.name,
             missing=missing,
         )
     arrays: dict[str, pa.Array] = {}
     for key, vt in zip(info.join_keys, info.join_key_types, strict=True):
+        if key == DUMMY_ENTITY_ID:
+            given = df.get(key)
+            if given is not None and any(v != DUMMY_ENTITY_VAL for v in given):
+                raise SchemaMismatchError(
+                    f"feature view {view.name!r} is entity-less: its rows are keyed by "
+                    f'{DUMMY_ENTITY_ID}="" only; drop the {DUMMY_ENTITY_ID} column from df',
+                    feature_view=view.name,
+                )
+            arrays[key] = pa.array([DUMMY_ENTITY_VAL] * len(df[ts_field]), pa.string())
+            continue
         arrays[key] = _column(key, df[key], vt, view=view.name, nullable=False)
     for name, feature in info.features.items():
         arrays[name] = _column(name, df[name], feature.value_type, view=view.name, nullable=True)
@@ -316,6 +331,9 @@ def write_tables(
     if offline:
         provider = store._get_provider()
         for info, table in tables:
+            # the placeholder key of an entity-less view is not a source column
+            if DUMMY_ENTITY_ID in table.column_names:
+                table = table.drop_columns([DUMMY_ENTITY_ID])
             provider.ingest_df_to_offline_store(info.view, table)
     if online:
         key_ttl = getattr(store.config.online_store, "key_ttl_seconds", None)

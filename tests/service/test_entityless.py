@@ -153,3 +153,50 @@ def test_entityless_features_are_served_next_to_keyed_ones(
         assert "entity-less" in resp.json()["error"]["message"]
     finally:
         client.close()
+
+
+def test_writes_to_an_entityless_view_are_read_back(repos: tuple[Any, Any, Repo]) -> None:
+    _, _, repo = repos
+    client = AppClient(create_app(make_settings(repo)))
+    later = T0 + timedelta(minutes=5)
+    try:
+        resp = client.post(
+            "/write-to-online-store",
+            json={
+                "feature_view_name": "platform",
+                "df": {"surge": [2.5], "event_ts": [later.isoformat()]},
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        resp = client.post(
+            "/get-online-features",
+            json={"entities": {"driver_id": [1, 2]}, "features": ["platform:surge"]},
+        )
+        assert resp.status_code == 200, resp.text
+        cols = columns(resp.json())
+        assert cols["surge"]["values"] == [2.5, 2.5]
+        assert cols["surge"]["event_timestamps"] == [rfc3339(later)] * 2
+    finally:
+        client.close()
+
+
+def test_entityless_push_refuses_a_real_dummy_key(repos: tuple[Any, Any, Repo]) -> None:
+    _, _, repo = repos
+    client = AppClient(create_app(make_settings(repo)))
+    try:
+        resp = client.post(
+            "/write-to-online-store",
+            json={
+                "feature_view_name": "platform",
+                "df": {"__dummy_id": ["x"], "surge": [9.0], "event_ts": [T0.isoformat()]},
+            },
+        )
+        assert resp.status_code == 422
+        assert "entity-less" in resp.json()["error"]["message"]
+        resp = client.post(
+            "/get-online-features",
+            json={"entities": {"driver_id": [1]}, "features": ["platform:surge"]},
+        )
+        assert columns(resp.json())["surge"]["values"] == [1.2]  # nothing written
+    finally:
+        client.close()
