@@ -12,13 +12,20 @@ chunk_rows=20_000, progress=None) -> WriteStats``
     The same for a stream of record batches and a precomputed :class:`WriteSpec`
     (what the materialization engine uses).
 
-Feast's rule is kept: for each chunk the stored ``_ts:<view>`` of every key is read
-first, and a row is written only when its event time is strictly newer than the stored
-one and than any earlier row for the same key (ties inside a chunk go to the greater
-created timestamp, then the earlier row). Every batch is cut into bounded chunks, each
-one ``HMGET`` pipeline and one ``HSET`` (+ ``EXPIRE``) pipeline, so memory stays flat
-whatever the input size. Works unchanged with ``redis.RedisCluster`` (its pipelines route
-per slot).
+Feast's rule is kept: a row is written only when its event time is strictly newer than
+the stored one and than any other row for the same key in the chunk (ties inside a
+chunk go to the greater created timestamp, then the earlier row). Two ways to check it:
+
+- ``atomic=True`` (``write_arrow``: pushes and ``write-to-online-store``): a Lua script
+  compares each row with the stored ``_ts:<view>`` and sets it in one step, so
+  concurrent writers of the same entity cannot leave an older row over a newer one.
+- the bulk path (``write_batches`` default, materialization, one job per view at a
+  time): the chunk's stored times are read with one ``HMGET`` pipeline, then the newer
+  rows go out in one ``HSET`` (+ ``EXPIRE``) pipeline. A push landing between the two
+  for the same entity can be overwritten by an older materialized row.
+
+Every batch is cut into bounded chunks, so memory stays flat whatever the input size.
+Works unchanged with ``redis.RedisCluster`` (its pipelines route per slot).
 """
 
 from __future__ import annotations
@@ -315,6 +322,122 @@ def _stored_times(
         return [r[0] for r in pipe.execute()]
 
 
+# Compare-and-set of one row per key, atomic in Redis. KEYS: entity keys. ARGV: the
+# ``_ts`` field, the number of features F, the F feature fields, the key TTL ("0": none),
+# then per key: the new event time in microseconds, its Timestamp bytes, F values.
+# The stored Timestamp is decoded here (proto3 varints; a negative int64 is a 10-byte
+# varint) and compared in microseconds, which Lua's doubles hold exactly for dates
+# between the years 1685 and 2255.
+_CAS_LUA = b"""
+local function varint(raw, i)
+  local groups = {}
+  repeat
+    local b = string.byte(raw, i)
+    i = i + 1
+    groups[#groups + 1] = b % 128
+  until b < 128
+  local v, mul = 0, 1
+  if #groups == 10 and groups[10] == 1 then
+    for g = 1, 9 do v = v + (127 - groups[g]) * mul; mul = mul * 128 end
+    return -(v + 1), i
+  end
+  for g = 1, #groups do v = v + groups[g] * mul; mul = mul * 128 end
+  return v, i
+end
+local function decode(raw)
+  local seconds, nanos, i = 0, 0, 1
+  while i <= #raw do
+    local tag = string.byte(raw, i)
+    local v
+    v, i = varint(raw, i + 1)
+    if tag == 8 then seconds = v elseif tag == 16 then nanos = v end
+  end
+  return seconds, nanos
+end
+local ts_field, f = ARGV[1], tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3 + f])
+local pos, written = 4 + f, 0
+for k = 1, #KEYS do
+  local new = tonumber(ARGV[pos])
+  local stored = redis.call('HGET', KEYS[k], ts_field)
+  local newer = true
+  if stored then
+    local seconds, nanos = decode(stored)
+    -- a zero stored time counts as none (Feast); new > old in nanoseconds is
+    -- new > floor(old / 1000) in microseconds
+    newer = (seconds == 0 and nanos == 0)
+      or new > seconds * 1000000 + math.floor(nanos / 1000)
+  end
+  if newer then
+    local args = {ts_field, ARGV[pos + 1]}
+    for j = 1, f do
+      args[#args + 1] = ARGV[2 + j]
+      args[#args + 1] = ARGV[pos + 1 + j]
+    end
+    redis.call('HSET', KEYS[k], unpack(args))
+    if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+    written = written + 1
+  end
+  pos = pos + 2 + f
+end
+return written
+"""
+_CAS_KEYS_PER_CALL = 256  # bounds how long one script call holds the server
+
+
+def _write_chunk_atomic(
+    client: redis.Redis | redis.RedisCluster,
+    sha: str,
+    spec: WriteSpec,
+    chunk: pa.RecordBatch,
+    *,
+    project: str,
+    key_ttl_seconds: int | None,
+    fields: list[bytes],
+    ts_name: bytes,
+) -> int:
+    """Write the chunk's newest row per key through the compare-and-set script."""
+    keys = encode_entity_keys(
+        [_column(chunk, k, spec.name) for k in spec.join_keys],
+        spec.join_keys,
+        spec.join_key_types,
+        project,
+        num_rows=chunk.num_rows,
+    )
+    micros = event_micros(_column(chunk, spec.timestamp_field, spec.name))
+    created = None
+    if spec.created_timestamp_field and spec.created_timestamp_field in chunk.schema.names:
+        created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
+        if created_col.null_count == 0:
+            created = event_micros(created_col)
+    rows = _winners(keys, micros, created)
+    take = pa.array(rows, type=pa.int64())
+    ts_values = encode_timestamps(micros[rows])
+    encoded = [
+        encode_values(_column(chunk, f, spec.name).take(take), vt)
+        for f, vt in zip(spec.features, spec.feature_types, strict=True)
+    ]
+    head: list[bytes | str | int] = [ts_name, len(fields), *fields, key_ttl_seconds or 0]
+    new_micros = micros[rows].tolist()
+    row_keys = [keys[i] for i in rows.tolist()]
+    # One key per call on a cluster (each call runs on its key's node); on one server,
+    # a few hundred keys per call.
+    per_call = _CAS_KEYS_PER_CALL if supports_raw(client) else 1
+    written = 0
+    with client.pipeline(transaction=False) as pipe:
+        for start in range(0, len(row_keys), per_call):
+            stop = min(start + per_call, len(row_keys))
+            args: list[bytes | str | int] = list(head)
+            for j in range(start, stop):
+                args.append(new_micros[j])
+                args.append(ts_values[j])
+                args.extend(col[j] for col in encoded)
+            pipe.execute_command("EVALSHA", sha, stop - start, *row_keys[start:stop], *args)
+        for count in pipe.execute():
+            written += int(count)
+    return written
+
+
 def write_batches(
     client: redis.Redis | redis.RedisCluster,
     spec: WriteSpec,
@@ -324,6 +447,7 @@ def write_batches(
     key_ttl_seconds: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
+    atomic: bool = False,
 ) -> WriteStats:
     """Write record batches for one view, never overwriting newer stored events.
 
@@ -335,6 +459,9 @@ def write_batches(
         key_ttl_seconds: ``EXPIRE`` each written key after this many seconds when set.
         chunk_rows: rows per pipeline round trip (bounds memory and Redis buffers).
         progress: called with the number of input rows after each chunk.
+        atomic: compare and set each row in one step in Redis (safe with concurrent
+            writers of the same entities); otherwise read the chunk's stored times,
+            then write (the bulk path, for a view's single materialization at a time).
 
     Returns:
         Rows seen and rows written.
@@ -346,6 +473,25 @@ def write_batches(
     fields = [field_name(spec.name, f) for f in spec.features]
     ts_name = ts_field(spec.name)
     stats = WriteStats()
+    if atomic:
+        sha = str(client.script_load(_CAS_LUA))  # idempotent; survives a Redis restart
+        for batch in batches:
+            for start in range(0, batch.num_rows, chunk_rows):
+                chunk = batch.slice(start, chunk_rows)
+                stats.rows_written += _write_chunk_atomic(
+                    client,
+                    sha,
+                    spec,
+                    chunk,
+                    project=project,
+                    key_ttl_seconds=key_ttl_seconds,
+                    fields=fields,
+                    ts_name=ts_name,
+                )
+                stats.rows_in += chunk.num_rows
+                if progress is not None:
+                    progress(chunk.num_rows)
+        return stats
     sink = _Sink(client)
     try:
         for batch in batches:
@@ -380,6 +526,9 @@ def write_arrow(
 ) -> WriteStats:
     """Write a table for a Feast feature view (push / write-to-online-store).
 
+    Each row is compared with the stored one and set atomically in Redis, so concurrent
+    writers of the same entity keep the newest row.
+
     Args:
         client: redis-py client, ``decode_responses=False``.
         feature_view: the target view; its batch source names the timestamp column.
@@ -407,4 +556,5 @@ def write_arrow(
         key_ttl_seconds=key_ttl_seconds,
         chunk_rows=chunk_rows,
         progress=progress,
+        atomic=True,
     )
