@@ -13,7 +13,9 @@ by the parser callbacks and answered by the same
 :func:`service.fastpath.respond` the ASGI path uses (same API key check, handler,
 error mapping and metrics), with the whole response in one write. Everything else
 (other routes, chunked or oversized bodies, ``Expect: 100-continue``, HTTP
-pipelining behind an outstanding response, FastAPI's native telemetry switched on)
+pipelining behind an outstanding response, a client not reading its responses (the
+transport's write buffer is full: uvicorn's cycle waits for it to drain, and reading
+pauses), FastAPI's native telemetry switched on)
 goes to the ASGI app exactly as with plain uvicorn.
 
 Keep-alive, ``Connection: close``, graceful shutdown (an in-flight lookup finishes
@@ -25,6 +27,7 @@ uvicorn request-response cycle does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from service.deps import ServiceState
 
 _PATH = PATH.encode()
+log = logging.getLogger(__name__)
 
 
 class _NoEvent:
@@ -124,6 +128,7 @@ class LookupProtocol(HttpToolsProtocol):
             or self.expect_100_continue
             or (self.cycle is not None and not self.cycle.response_complete)
             or self.parser.should_upgrade()
+            or self.flow.write_paused  # a client not reading: uvicorn's cycle waits on it
         ):
             return None
         state = front.direct_state()
@@ -134,8 +139,8 @@ class LookupProtocol(HttpToolsProtocol):
         for name, value in self.headers:
             if name == b"content-length":
                 length = int(value) if value.isdigit() else -1
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
+            elif name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")  # the first one, as in the app
             elif name == b"transfer-encoding":
                 return None
         if length < 0 or length > front.max_body_bytes:
@@ -161,25 +166,34 @@ class LookupProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     async def _answer(self, lookup: _Lookup) -> None:
-        parts = lookup.body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        status, headers, payload = await respond(lookup.state, lookup.authorization, body)
-        if not lookup.disconnected:
-            head = [STATUS_LINE[status], self._default_head()]
-            for name, value in headers:
-                head += (name, b": ", value, b"\r\n")
-            if not lookup.keep_alive:
-                head.append(b"connection: close\r\n")
-            head += (b"\r\n", payload)
-            self.transport.write(b"".join(head))
-        lookup.response_complete = True
-        lookup.state.metrics.observe_request(
-            PATH, "POST", status, time.perf_counter() - lookup.started
-        )
-        if not lookup.disconnected:
-            if not lookup.keep_alive:
-                self.transport.close()
+        status = 500
+        try:
+            parts = lookup.body
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            status, headers, payload = await respond(lookup.state, lookup.authorization, body)
+            # A request pipelined behind this one holds `cycle`, so a lost connection
+            # marks that one, not this: ask the transport too.
+            if not (lookup.disconnected or self.transport.is_closing()):
+                head = [STATUS_LINE[status], self._default_head()]
+                for name, value in headers:
+                    head += (name, b": ", value, b"\r\n")
+                if not lookup.keep_alive:
+                    head.append(b"connection: close\r\n")
+                head += (b"\r\n", payload)
+                self.transport.write(b"".join(head))
+                if not lookup.keep_alive:
+                    self.transport.close()
+        except Exception:  # respond() maps every error; this is the protocol's own
+            log.exception("POST %s: the response could not be written", PATH)
+            self.transport.close()
+        finally:
+            lookup.response_complete = True
+            # Starts a request pipelined behind this one, or arms the keep-alive timer
+            # (nothing when the connection is closing).
             self.on_response_complete()
+            lookup.state.metrics.observe_request(
+                PATH, "POST", status, time.perf_counter() - lookup.started
+            )
 
     def _default_head(self) -> bytes:
         """The server's default headers (``date``, ``server``) as bytes, cached per tick."""

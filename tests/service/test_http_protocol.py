@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,13 +98,14 @@ def http_request(
     body: bytes = b"",
     *,
     headers: dict[str, str] | None = None,
+    repeated: list[tuple[str, str]] = (),  # type: ignore[assignment]
     version: str = "1.1",
 ) -> bytes:
     lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1"]
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if method == "POST" and "Transfer-Encoding" not in all_headers:
         all_headers.setdefault("Content-Length", str(len(body)))
-    lines += [f"{name}: {value}" for name, value in all_headers.items()]
+    lines += [f"{name}: {value}" for name, value in [*all_headers.items(), *repeated]]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -357,7 +359,14 @@ def test_api_keys_are_checked_on_lookups(
                     headers={"Authorization": f"Bearer {read_key}"},
                 )
             )
-            missing, wrong, right = read_responses(sock, 3)
+            for pair in (
+                [("Authorization", f"Bearer {read_key}"), ("Authorization", "Bearer fsk_x_y")],
+                [("Authorization", "Bearer fsk_x_y"), ("Authorization", f"Bearer {read_key}")],
+            ):  # two headers: the first one counts, as in the app
+                sock.sendall(http_request("POST", "/get-online-features", body, repeated=pair))
+            missing, wrong, right, first_valid, first_wrong = read_responses(sock, 5)
+            assert first_valid.status == 200
+            assert first_wrong.status == 401
         assert missing.status == wrong.status == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
         assert missing.json()["error"]["type"] == "unauthenticated"
@@ -400,3 +409,65 @@ def test_shutdown_finishes_a_lookup_in_flight(
     finally:
         log = srv.stop()
     assert "Traceback" not in log
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_not_reading_does_not_grow_the_server(server: Server) -> None:
+    """Lookups keep coming but their responses are not read: the server stops reading
+    the connection once its write buffer is full instead of buffering every answer, and
+    every answer still arrives, in order, once the client reads."""
+    body = lookup_body(list(range(1, 301)))  # ~36 KB per response, 2 KB per request
+    request = http_request("POST", "/get-online-features", body)
+    before = _rss_kib(server.proc.pid)
+    sent, offset = 0, 0
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + 15
+        try:
+            while sent < 800 and time.monotonic() < deadline:
+                offset = 0
+                while offset < len(request):
+                    offset += sock.send(request[offset:])
+                sent += 1
+                time.sleep(0.002)  # one at a time, as a slow client's requests arrive
+        except TimeoutError:
+            pass  # kernel buffers full of requests the server no longer reads
+        grown = _rss_kib(server.proc.pid) - before
+        # Buffering every answer would take ~29 MB; the socket buffers hold the requests.
+        assert grown < 12 * 1024, f"server RSS grew {grown} KiB for {sent} unread responses"
+
+        rest = request[offset:]  # the request the timeout cut short, if any
+        sock.settimeout(60)
+        finisher = threading.Thread(target=sock.sendall, args=(rest,))
+        finisher.start()
+        responses = read_responses(sock, sent + (1 if rest else 0))
+        finisher.join()
+    assert {r.status for r in responses} == {200}
+
+
+def test_a_connection_closed_behind_a_lookup_leaves_no_error(server: Server, repo: Repo) -> None:
+    drivers = some_ids(repo, "driver_stats", "driver_id", 2)
+    with server.connect() as sock:
+        sock.sendall(
+            http_request("POST", "/get-online-features", lookup_body(drivers))
+            + http_request("GET", "/ready")
+            + b"GARBAGE\r\n\r\n"  # uvicorn answers 400 and closes the connection
+        )
+        sock.settimeout(5)
+        while sock.recv(65536):
+            pass
+    with server.connect() as sock:  # the server still answers
+        sock.sendall(http_request("POST", "/get-online-features", lookup_body(drivers)))
+        (resp,) = read_responses(sock, 1)
+    assert resp.status == 200
+    time.sleep(0.5)
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    assert "exception was never retrieved" not in log
