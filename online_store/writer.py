@@ -171,16 +171,10 @@ class _Sink:
                 self._executor.shutdown(wait=True)
 
 
-def _write_chunk(
-    sink: _Sink,
-    spec: WriteSpec,
-    chunk: pa.RecordBatch,
-    *,
-    project: str,
-    key_ttl_seconds: int | None,
-    fields: list[bytes],
-    ts_name: bytes,
-) -> int:
+def _chunk_winners(
+    spec: WriteSpec, chunk: pa.RecordBatch, project: str
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """The chunk's entity keys, event times (us) and the row index of each key's newest row."""
     keys = encode_entity_keys(
         [_column(chunk, k, spec.name) for k in spec.join_keys],
         spec.join_keys,
@@ -194,7 +188,21 @@ def _write_chunk(
         created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
         if created_col.null_count == 0:
             created = event_micros(created_col)
-    rows = _winners(keys, micros, created).tolist()
+    return keys, micros, _winners(keys, micros, created)
+
+
+def _write_chunk(
+    sink: _Sink,
+    spec: WriteSpec,
+    chunk: pa.RecordBatch,
+    *,
+    project: str,
+    key_ttl_seconds: int | None,
+    fields: list[bytes],
+    ts_name: bytes,
+) -> int:
+    keys, micros, winners = _chunk_winners(spec, chunk, project)
+    rows = winners.tolist()
     row_keys = [keys[i] for i in rows]
     stored = _stored_times(sink.client, row_keys, ts_name)
     in_flight = sink.in_flight
@@ -397,20 +405,7 @@ def _write_chunk_atomic(
     ts_name: bytes,
 ) -> int:
     """Write the chunk's newest row per key through the compare-and-set script."""
-    keys = encode_entity_keys(
-        [_column(chunk, k, spec.name) for k in spec.join_keys],
-        spec.join_keys,
-        spec.join_key_types,
-        project,
-        num_rows=chunk.num_rows,
-    )
-    micros = event_micros(_column(chunk, spec.timestamp_field, spec.name))
-    created = None
-    if spec.created_timestamp_field and spec.created_timestamp_field in chunk.schema.names:
-        created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
-        if created_col.null_count == 0:
-            created = event_micros(created_col)
-    rows = _winners(keys, micros, created)
+    keys, micros, rows = _chunk_winners(spec, chunk, project)
     take = pa.array(rows, type=pa.int64())
     ts_values = encode_timestamps(micros[rows])
     encoded = [
