@@ -468,44 +468,29 @@ def write_batches(
     fields = [field_name(spec.name, f) for f in spec.features]
     ts_name = ts_field(spec.name)
     stats = WriteStats()
-    if atomic:
-        sha = str(client.script_load(_CAS_LUA))  # idempotent; survives a Redis restart
-        for batch in batches:
-            for start in range(0, batch.num_rows, chunk_rows):
-                chunk = batch.slice(start, chunk_rows)
-                stats.rows_written += _write_chunk_atomic(
-                    client,
-                    sha,
-                    spec,
-                    chunk,
-                    project=project,
-                    key_ttl_seconds=key_ttl_seconds,
-                    fields=fields,
-                    ts_name=ts_name,
-                )
-                stats.rows_in += chunk.num_rows
-                if progress is not None:
-                    progress(chunk.num_rows)
-        return stats
-    sink = _Sink(client)
+    options: dict[str, Any] = {
+        "project": project,
+        "key_ttl_seconds": key_ttl_seconds,
+        "fields": fields,
+        "ts_name": ts_name,
+    }
+    sink = None if atomic else _Sink(client)
+    sha = str(client.script_load(_CAS_LUA)) if atomic else ""  # idempotent, cheap
     try:
         for batch in batches:
             for start in range(0, batch.num_rows, chunk_rows):
                 chunk = batch.slice(start, chunk_rows)
-                stats.rows_written += _write_chunk(
-                    sink,
-                    spec,
-                    chunk,
-                    project=project,
-                    key_ttl_seconds=key_ttl_seconds,
-                    fields=fields,
-                    ts_name=ts_name,
-                )
+                if sink is None:
+                    written = _write_chunk_atomic(client, sha, spec, chunk, **options)
+                else:
+                    written = _write_chunk(sink, spec, chunk, **options)
+                stats.rows_written += written
                 stats.rows_in += chunk.num_rows
                 if progress is not None:
                     progress(chunk.num_rows)
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
     return stats
 
 
