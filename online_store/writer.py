@@ -30,6 +30,7 @@ Works unchanged with ``redis.RedisCluster`` (its pipelines route per slot).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -221,6 +222,18 @@ def _write_chunk(
     return _write_rows(sink, spec, chunk, keep, keys, micros, key_ttl_seconds, fields, ts_name)
 
 
+def _encode_rows(
+    spec: WriteSpec, chunk: pa.RecordBatch, take: pa.Array, micros: np.ndarray
+) -> tuple[list[bytes], list[list[bytes]]]:
+    """Rows ``take`` of the chunk as stored bytes: the ``_ts`` values, then per feature."""
+    ts_values = encode_timestamps(micros[take.to_numpy()])
+    encoded = [
+        encode_values(_column(chunk, f, spec.name).take(take), vt)
+        for f, vt in zip(spec.features, spec.feature_types, strict=True)
+    ]
+    return ts_values, encoded
+
+
 def _write_rows(
     sink: _Sink,
     spec: WriteSpec,
@@ -253,11 +266,7 @@ def _write_rows(
         written = dict(zip(kept_keys, (micros[kept] * 1000).tolist(), strict=True))
         sink.submit([payload], len(keep) * (2 if key_ttl_seconds else 1), written)
         return len(keep)
-    ts_values = encode_timestamps(micros[np.asarray(keep)])
-    encoded = [
-        encode_values(_column(chunk, f, spec.name).take(take), vt)
-        for f, vt in zip(spec.features, spec.feature_types, strict=True)
-    ]
+    ts_values, encoded = _encode_rows(spec, chunk, take, micros)
     commands: list[tuple[bytes | str | int, ...]] = []
     for j, key in enumerate(kept_keys):
         items: list[bytes | str | int] = ["HSET", key, ts_name, ts_values[j]]
@@ -390,12 +399,14 @@ for k = 1, #KEYS do
 end
 return written
 """
+_CAS_SHA = hashlib.sha1(
+    _CAS_LUA, usedforsecurity=False
+).hexdigest()  # what Redis names the script by
 _CAS_KEYS_PER_CALL = 256  # bounds how long one script call holds the server
 
 
 def _write_chunk_atomic(
     client: redis.Redis | redis.RedisCluster,
-    sha: str,
     spec: WriteSpec,
     chunk: pa.RecordBatch,
     *,
@@ -406,31 +417,38 @@ def _write_chunk_atomic(
 ) -> int:
     """Write the chunk's newest row per key through the compare-and-set script."""
     keys, micros, rows = _chunk_winners(spec, chunk, project)
-    take = pa.array(rows, type=pa.int64())
-    ts_values = encode_timestamps(micros[rows])
-    encoded = [
-        encode_values(_column(chunk, f, spec.name).take(take), vt)
-        for f, vt in zip(spec.features, spec.feature_types, strict=True)
-    ]
+    ts_values, encoded = _encode_rows(spec, chunk, pa.array(rows, type=pa.int64()), micros)
     head: list[bytes | str | int] = [ts_name, len(fields), *fields, key_ttl_seconds or 0]
     new_micros = micros[rows].tolist()
     row_keys = [keys[i] for i in rows.tolist()]
     # One key per call on a cluster (each call runs on its key's node); on one server,
     # a few hundred keys per call.
     per_call = _CAS_KEYS_PER_CALL if supports_raw(client) else 1
-    written = 0
+    calls = []
+    for start in range(0, len(row_keys), per_call):
+        stop = min(start + per_call, len(row_keys))
+        args: list[bytes | str | int] = list(head)
+        for j in range(start, stop):
+            args.append(new_micros[j])
+            args.append(ts_values[j])
+            args.extend(col[j] for col in encoded)
+        calls.append(("EVALSHA", _CAS_SHA, stop - start, *row_keys[start:stop], *args))
+    try:
+        return _run_calls(client, calls)
+    except redis.exceptions.NoScriptError:
+        # First write to this server (or it restarted): load the script, run again.
+        # Safe to repeat: a row already written has an equal time, which is skipped.
+        client.script_load(_CAS_LUA)
+        return _run_calls(client, calls)
+
+
+def _run_calls(
+    client: redis.Redis | redis.RedisCluster, calls: list[tuple[bytes | str | int, ...]]
+) -> int:
     with client.pipeline(transaction=False) as pipe:
-        for start in range(0, len(row_keys), per_call):
-            stop = min(start + per_call, len(row_keys))
-            args: list[bytes | str | int] = list(head)
-            for j in range(start, stop):
-                args.append(new_micros[j])
-                args.append(ts_values[j])
-                args.extend(col[j] for col in encoded)
-            pipe.execute_command("EVALSHA", sha, stop - start, *row_keys[start:stop], *args)
-        for count in pipe.execute():
-            written += int(count)
-    return written
+        for call in calls:
+            pipe.execute_command(*call)
+        return sum(int(count) for count in pipe.execute())
 
 
 def write_batches(
@@ -475,13 +493,12 @@ def write_batches(
         "ts_name": ts_name,
     }
     sink = None if atomic else _Sink(client)
-    sha = str(client.script_load(_CAS_LUA)) if atomic else ""  # idempotent, cheap
     try:
         for batch in batches:
             for start in range(0, batch.num_rows, chunk_rows):
                 chunk = batch.slice(start, chunk_rows)
                 if sink is None:
-                    written = _write_chunk_atomic(client, sha, spec, chunk, **options)
+                    written = _write_chunk_atomic(client, spec, chunk, **options)
                 else:
                     written = _write_chunk(sink, spec, chunk, **options)
                 stats.rows_written += written
