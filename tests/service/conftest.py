@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +30,7 @@ import pytest
 import yaml
 from fastapi import FastAPI
 
-from online_store.embedded import EmbeddedRedis
+from online_store.embedded import EmbeddedRedis, free_port
 from service.app import create_app
 from service.settings import Settings
 
@@ -238,3 +240,55 @@ def rfc3339(ts: datetime) -> str:
 def some_ids(repo: Repo, table: str, column: str, n: int) -> list[Any]:
     values = pc.unique(repo.table(table).column(column)).to_pylist()
     return sorted(values)[:n]
+
+
+class ServeProcess:
+    """A ``featurestore serve`` subprocess on the repo's Redis and registry, ready.
+
+    ``extra`` are CLI arguments; ``settings`` extra ``FEATURESTORE_*`` variables.
+    """
+
+    def __init__(self, repo: Repo, log: Path, *extra: str, **settings: str) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+        env.update(
+            PYTHONPATH=str(ROOT),
+            FEATURESTORE_REDIS_URL=repo.redis_url,
+            FEATURESTORE_REGISTRY_URL=repo.registry_url,
+            **settings,
+        )
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--repo", str(repo.path)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--port", str(self.port), *extra],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.log.read_text()

@@ -12,8 +12,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,64 +23,22 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from online_store.embedded import EmbeddedRedis, free_port
+from online_store.embedded import EmbeddedRedis
 from service.auth import KeyStore, Scope, open_key_engine
-from tests.service.conftest import ROOT, AppClient, Repo, columns, some_ids
+from tests.service.conftest import AppClient, Repo, columns, some_ids
+from tests.service.conftest import ServeProcess as Server
 
 MAX_BODY = 64 * 1024
 FEATURES = ["driver_hourly_stats:conv_rate", "driver_hourly_stats:avg_daily_trips"]
 
 
-class Server:
-    """A ``featurestore serve`` subprocess."""
-
-    def __init__(self, repo: Repo, log: Path, *extra: str, **settings: str) -> None:
-        self.port = free_port()
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            FEATURESTORE_REDIS_URL=repo.redis_url,
-            FEATURESTORE_REGISTRY_URL=repo.registry_url,
-            FEATURESTORE_MAX_BODY_BYTES=str(MAX_BODY),
-            FEATURESTORE_API_KEY_CACHE_SECONDS="0",
-            **settings,
-        )
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--repo", str(repo.path)]
-        self.proc = subprocess.Popen(
-            [*cmd, "--port", str(self.port), *extra],
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=30)
-        return self.log.read_text()
+# the small body limit makes the 413 case cheap; keys are checked on every request
+SETTINGS = {"FEATURESTORE_MAX_BODY_BYTES": str(MAX_BODY), "FEATURESTORE_API_KEY_CACHE_SECONDS": "0"}
 
 
 @pytest.fixture(scope="module")
 def server(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(repo, tmp_path_factory.mktemp("protocol") / "serve.log")
+    srv = Server(repo, tmp_path_factory.mktemp("protocol") / "serve.log", **SETTINGS)
     yield srv
     log = srv.stop()
     assert "Traceback" not in log, log
@@ -337,7 +293,7 @@ def read_key(repo: Repo) -> Iterator[str]:
 def test_api_keys_are_checked_on_lookups(
     repo: Repo, read_key: str, tmp_path: Path, client: AppClient
 ) -> None:
-    srv = Server(repo, tmp_path / "serve-auth.log", "--auth")
+    srv = Server(repo, tmp_path / "serve-auth.log", "--auth", **SETTINGS)
     try:
         drivers = some_ids(repo, "driver_stats", "driver_id", 2)
         body = lookup_body(drivers)
@@ -385,7 +341,7 @@ def test_shutdown_finishes_a_lookup_in_flight(
 ) -> None:
     redis_pid = service_redis.pid
     assert redis_pid is not None
-    srv = Server(repo, tmp_path / "serve.log", FEATURESTORE_REDIS_TIMEOUT_SECONDS="20")
+    srv = Server(repo, tmp_path / "serve.log", **SETTINGS, FEATURESTORE_REDIS_TIMEOUT_SECONDS="20")
     drivers = some_ids(repo, "driver_stats", "driver_id", 3)
     try:
         with srv.connect() as sock:

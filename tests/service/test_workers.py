@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
-from online_store.embedded import free_port
-from tests.service.conftest import ROOT, Repo
+from tests.service.conftest import Repo, ServeProcess
 
 
 def _children(pid: int) -> set[int]:
@@ -24,32 +20,10 @@ def _children(pid: int) -> set[int]:
 
 
 def test_two_workers_serve_and_share_job_state(repo: Repo, tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        FEATURESTORE_REPO_PATH=str(repo.path),
-        FEATURESTORE_REDIS_URL=repo.redis_url,
-        FEATURESTORE_REGISTRY_URL=repo.registry_url,
-    )
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--repo", str(repo.path)]
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=log
-    )
+    server = ServeProcess(repo, tmp_path / "serve.log", "--workers", "2")
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
-        workers = _children(proc.pid)
+        base = server.url
+        workers = _children(server.proc.pid)
         assert len(workers) >= 2
 
         body = {
@@ -84,9 +58,4 @@ def test_two_workers_serve_and_share_job_state(repo: Repo, tmp_path: Path) -> No
             time.sleep(0.1)
         assert "failed" not in states
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
