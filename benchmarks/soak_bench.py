@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = redis_server.start()
         repo, registry_url = _setup(work, redis_url)
         engine: sa.Engine = open_key_engine(registry_url, 5)
-        key = KeyStore(engine).create(Scope.READ, name="soak")
+        key = KeyStore(engine, project="rides").create(Scope.READ, name="soak")
         engine.dispose()
         port = free_port()
         log = (work / "serve.log").open("wb")

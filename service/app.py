@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import handlers
+from service.access import KeyCheckMiddleware
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
 from service.catalog import Catalog
@@ -86,7 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 open_key_engine, settings.resolved_registry_url(), settings.registry_timeout_seconds
             )
             authenticator = Authenticator(
-                KeyStore(key_engine, cache_seconds=settings.api_key_cache_seconds),
+                KeyStore(
+                    key_engine,
+                    project=store.project,
+                    cache_seconds=settings.api_key_cache_seconds,
+                ),
                 timeout=settings.registry_timeout_seconds,
             )
         app.state.services = ServiceState(
@@ -144,9 +149,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(keys.router, dependencies=scoped(Scope.ADMIN))
     app.include_router(ops.router)
     app.include_router(training.router, dependencies=scoped(Scope.READ))
-    # Added last = outermost: metrics see every response, including 413s; the lookup
+    # Added last = outermost: metrics see every response, including 413s and 401s; keys
+    # are checked before the body limit and before any body is read; the lookup
     # fast path sits outside both and records its own metrics and limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.auth:
+        app.add_middleware(KeyCheckMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(OnlineFastPath, max_body_bytes=settings.max_body_bytes)
     return app

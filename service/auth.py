@@ -1,16 +1,23 @@
-"""API keys with scopes, stored hashed in SQL next to the Feast registry.
+"""API keys with scopes, one Feast project each, stored hashed in SQL next to the registry.
 
 A key looks like ``fsk_<key id>_<secret>``. Only the key id and the SHA-256 of the
 secret are stored: the secret is 256 random bits, so a fast hash is not reversible
-in practice, and lookups by key id keep verification to one indexed read. Secrets
-are compared with :func:`hmac.compare_digest` and never logged.
+in practice. Secrets are compared with :func:`hmac.compare_digest` and never logged.
+
+A key belongs to the project it was created for; a service of another project on the
+same registry database refuses it, lists it nowhere and cannot revoke it.
 
 Scopes are ordered: ``admin`` can do everything ``write`` can, which can do
 everything ``read`` can.
 
-    read   online lookups, training datasets, registry browsing
+    read   online lookups, training datasets, registry browsing, /ready details
     write  push, write-to-online-store
     admin  materialize, key management
+
+Verification never costs a database read per request: a :class:`KeyStore` keeps a
+snapshot of its project's keys (ids, digests, scopes), re-read when older than
+``cache_seconds``. A key id missing from the snapshot triggers at most one re-read per
+second, so a flood of made-up keys is answered from memory.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from service.schema import upgrade_schema
 
 VERSION_TABLE = "featurestore_service_alembic_version"
 _PREFIX = "fsk"
+# An id missing from a fresh snapshot re-reads the table at most this often.
+_UNKNOWN_ID_REREAD_SECONDS = 1.0
 
 
 class Scope(enum.IntEnum):
@@ -70,6 +79,8 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(sa.String(200), server_default="")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # NULL for keys made before keys had a project: they are refused until recreated.
+    project: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,14 @@ class KeyInfo:
     name: str
     created_at: datetime
     revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The project's active keys as of ``read_at`` (monotonic): id -> (digest, scope)."""
+
+    keys: dict[str, tuple[str, Scope]]
+    read_at: float
 
 
 def upgrade(engine: sa.Engine) -> None:
@@ -118,20 +137,29 @@ def _split(key: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+def _refused() -> AuthenticationError:
+    return AuthenticationError(
+        "invalid or revoked API key, or a key of another project; create one with "
+        "`featurestore keys create --scope read|write|admin --repo <this project's repo>`"
+    )
+
+
 class KeyStore:
-    """Create, revoke, list and verify keys.
+    """Create, revoke, list and verify the keys of one project.
 
     Args:
         engine: SQLAlchemy engine of the registry database.
-        cache_seconds: how long a verified key is trusted without a database read;
-            a revocation takes effect within this time.
+        project: the Feast project the keys belong to.
+        cache_seconds: how old the in-memory snapshot of keys may get before a request
+            re-reads it; a revocation elsewhere takes effect within this time.
     """
 
-    def __init__(self, engine: sa.Engine, *, cache_seconds: float = 5.0) -> None:
+    def __init__(self, engine: sa.Engine, *, project: str, cache_seconds: float = 5.0) -> None:
         self.engine = engine
+        self.project = project
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[Scope | None, float]] = {}
-        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._reload = threading.Lock()
 
     def create(self, scope: Scope, *, name: str = "") -> str:
         """Store a new key and return it; this is the only time the secret is seen."""
@@ -145,100 +173,117 @@ class KeyStore:
                     scope=scope.name.lower(),
                     name=name,
                     created_at=datetime.now(UTC),
+                    project=self.project,
                 )
             )
+        self._snapshot = None
         return f"{_PREFIX}_{key_id}_{secret}"
 
     def revoke(self, key_id: str) -> None:
-        """Revoke a key by its id (the part after ``fsk_``).
+        """Revoke a key of this project by its id (the part after ``fsk_``).
 
         Raises:
-            NotFoundError: no such key.
+            NotFoundError: no such key in this project.
         """
         with Session(self.engine) as session, session.begin():
             row = session.get(ApiKey, key_id)
-            if row is None:
+            if row is None or row.project != self.project:
                 raise NotFoundError(
-                    f"no API key with id {key_id!r}; `featurestore keys list` shows the ids"
+                    f"no API key with id {key_id!r} in project {self.project!r}; "
+                    "`featurestore keys list` shows the ids"
                 )
             row.revoked_at = row.revoked_at or datetime.now(UTC)
-        with self._lock:
-            self._cache.clear()
+        self._snapshot = None
 
     def list(self) -> list[KeyInfo]:
-        """Every key, newest first, without secrets."""
+        """Every key of this project, newest first, without secrets."""
+        query = (
+            sa.select(ApiKey)
+            .where(ApiKey.project == self.project)
+            .order_by(ApiKey.created_at.desc())
+        )
         with Session(self.engine) as session:
-            rows = session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at.desc())).all()
             return [
                 KeyInfo(
                     r.key_id, Scope.parse(r.scope), r.name, r.created_at, r.revoked_at is not None
                 )
-                for r in rows
+                for r in session.scalars(query).all()
             ]
 
     def peek(self, key: str) -> Scope | None:
-        """The scope of ``key`` if a fresh cache entry vouches for it; no database read.
+        """The scope of ``key`` from the in-memory snapshot, if it can tell; no I/O.
+
+        Returns:
+            The key's scope, or None when the snapshot is too old to decide.
 
         Raises:
-            AuthenticationError: the cache knows the key is invalid.
+            AuthenticationError: malformed key, or the snapshot knows the key is not valid.
         """
-        with self._lock:
-            cached = self._cache.get(_digest(key))
-        if cached is None or cached[1] <= time.monotonic():
+        key_id, secret = _split(key)
+        snapshot = self._snapshot
+        if snapshot is None:
             return None
-        return _valid(cached[0])
+        age = time.monotonic() - snapshot.read_at
+        entry = snapshot.keys.get(key_id)
+        if age >= self.cache_seconds and entry is not None:
+            return None
+        if entry is None:
+            if age >= _UNKNOWN_ID_REREAD_SECONDS or age >= self.cache_seconds:
+                return None  # maybe created since the snapshot: re-read first
+            raise _refused()
+        return _check(entry, secret)
 
     def verify(self, key: str) -> Scope:
-        """The scope of a valid, unrevoked key (cached for ``cache_seconds``).
+        """The scope of a valid, unrevoked key of this project.
 
-        When the database cannot be reached, a key verified earlier keeps working
-        with its last known scope, so a registry outage does not lock clients out.
+        Re-reads the key table when the snapshot cannot decide (see :meth:`peek`). When
+        the database cannot be reached, the last snapshot keeps deciding, so a registry
+        outage does not lock clients out.
 
         Raises:
-            AuthenticationError: malformed, unknown or revoked key.
-            BackendUnavailableError: the database is unreachable and the key was
-                never verified by this process.
+            AuthenticationError: malformed, unknown, revoked, or another project's key.
+            BackendUnavailableError: the database is unreachable and the key is not in
+                the last snapshot (or there is none).
         """
-        cache_key = _digest(key)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(cache_key)
-        if cached is not None and cached[1] > now:
-            return _valid(cached[0])
-        try:
-            scope = self._lookup(key)
-        except sa.exc.SQLAlchemyError as exc:
-            if cached is not None:
-                return _valid(cached[0])
-            raise BackendUnavailableError(
-                "cannot verify the API key: the registry database is unreachable "
-                f"({type(exc).__name__}); retry shortly"
-            ) from exc
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[cache_key] = (scope, now + self.cache_seconds)
-        return _valid(scope)
-
-    def _lookup(self, key: str) -> Scope | None:
+        scope = self.peek(key)
+        if scope is not None:
+            return scope
         key_id, secret = _split(key)
-        with Session(self.engine) as session:
-            row = session.get(ApiKey, key_id)
-        # Compare even when the id is unknown so timing does not reveal which ids exist.
-        expected = row.secret_sha256 if row is not None else "0" * 64
-        matches = hmac.compare_digest(expected, _digest(secret))
-        if row is None or not matches or row.revoked_at is not None:
-            return None
-        return Scope.parse(row.scope)
+        stale = self._snapshot
+        with self._reload:
+            current = self._snapshot
+            if current is None or current is stale:
+                try:
+                    current = self._read()
+                except sa.exc.SQLAlchemyError as exc:
+                    if stale is not None and key_id in stale.keys:
+                        return _check(stale.keys[key_id], secret)
+                    raise BackendUnavailableError(
+                        "cannot verify the API key: the registry database is unreachable "
+                        f"({type(exc).__name__}); retry shortly"
+                    ) from exc
+                self._snapshot = current
+        entry = current.keys.get(key_id)
+        if entry is None:
+            # Compare anyway so timing does not tell which ids exist.
+            hmac.compare_digest("0" * 64, _digest(secret))
+            raise _refused()
+        return _check(entry, secret)
 
-
-def _valid(scope: Scope | None) -> Scope:
-    if scope is None:
-        raise AuthenticationError(
-            "invalid or revoked API key; create one with "
-            "`featurestore keys create --scope read|write|admin`"
+    def _read(self) -> _Snapshot:
+        query = sa.select(ApiKey.key_id, ApiKey.secret_sha256, ApiKey.scope).where(
+            ApiKey.project == self.project, ApiKey.revoked_at.is_(None)
         )
-    return scope
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        keys = {str(r[0]): (str(r[1]), Scope.parse(str(r[2]))) for r in rows}
+        return _Snapshot(keys, time.monotonic())
+
+
+def _check(entry: tuple[str, Scope], secret: str) -> Scope:
+    if not hmac.compare_digest(entry[0], _digest(secret)):
+        raise _refused()
+    return entry[1]
 
 
 class Authenticator:
@@ -252,6 +297,16 @@ class Authenticator:
     def __init__(self, store: KeyStore, *, timeout: float) -> None:
         self.store = store
         self.timeout = timeout
+
+    def peek(self, authorization: str | None) -> Scope | None:
+        """The caller's scope when the in-memory snapshot vouches for the key, else None."""
+        scheme, _, key = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return None
+        try:
+            return self.store.peek(key.strip())
+        except AuthenticationError:
+            return None
 
     async def authorize(self, authorization: str | None, required: Scope) -> Scope:
         """The caller's scope, if it is at least ``required``.

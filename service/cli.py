@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             lifespan="on",
             access_log=False,
+            timeout_keep_alive=settings.keepalive_timeout_seconds,
             log_level="info",
         )
     return 0
@@ -87,7 +88,7 @@ def _keys(args: argparse.Namespace) -> int:
     engine = sa.create_engine(url)
     try:
         upgrade(engine)
-        store = KeyStore(engine)
+        store = KeyStore(engine, project=args.project or environment.repo_project(Path(args.repo)))
         if args.keys_command == "create":
             key = store.create(Scope.parse(args.scope), name=args.name)
             print(key)
@@ -163,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
     for parser_ in (create, revoke, listing):
         parser_.add_argument("--repo", default="feature_repo")
+        parser_.add_argument(
+            "--project",
+            default=None,
+            help="the Feast project the keys belong to (default: the repo's project)",
+        )
     keys.set_defaults(func=_keys)
 
     env = sub.add_parser(

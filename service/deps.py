@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from feast import FeatureStore
 from redis import Redis as SyncRedis
 
+from service.access import SCOPE_KEY
 from service.auth import Authenticator, Scope
 from service.catalog import Catalog, RegistrySnapshot
 from service.jobs import JobManager
@@ -98,7 +99,11 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `featurestor
 
 
 def require(scope: Scope) -> object:
-    """A router dependency admitting only keys of ``scope`` or higher (when auth is on).
+    """A router dependency declaring the lowest key scope its routes need.
+
+    :class:`service.access.KeyCheckMiddleware` reads the declaration and checks the key
+    before the body is read; the dependency itself puts the bearer scheme in the OpenAPI
+    document and checks again only if the middleware did not run.
 
     Args:
         scope: the lowest scope the routes need.
@@ -112,7 +117,8 @@ def require(scope: Scope) -> object:
         _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         state: ServiceState = request.app.state.services
-        if state.auth is not None:
+        if state.auth is not None and SCOPE_KEY not in request.scope:
             await state.auth.authorize(request.headers.get("authorization"), scope)
 
+    check.required_scope = scope  # type: ignore[attr-defined]
     return Depends(check)

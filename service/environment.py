@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from online_store.embedded import EmbeddedRedis
+from service.errors import InvalidRequestError
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 REDIS_ENV = "FEATURESTORE_REDIS_URL"
@@ -40,6 +43,25 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("postgresql://"):
         return "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+def repo_project(repo: Path) -> str:
+    """The ``project:`` of ``<repo>/feature_store.yaml``.
+
+    Raises:
+        InvalidRequestError: no such file, or it names no project.
+    """
+    config = Path(repo) / "feature_store.yaml"
+    try:
+        project = yaml.safe_load(config.read_text()).get("project")
+    except (OSError, AttributeError, yaml.YAMLError):
+        project = None
+    if not isinstance(project, str) or not project:
+        raise InvalidRequestError(
+            f"cannot read the project from {config}; pass --repo with a Feast repo or "
+            "--project NAME"
+        )
+    return project
 
 
 def export_lines(repo: Path) -> list[str]:

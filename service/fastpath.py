@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Send
@@ -30,7 +31,25 @@ if TYPE_CHECKING:
     from service.deps import ServiceState
 
 PATH = "/get-online-features"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection of ``featurestore serve`` may cost (see ``Settings``).
+
+    Attributes:
+        max_header_bytes: request line plus headers; more is answered 431 and closed.
+        header_timeout_seconds: a request head must arrive within this time (408, closed).
+        max_connections: open connections per worker; more are answered 503 and closed.
+    """
+
+    max_header_bytes: int = 32 * 1024
+    header_timeout_seconds: float = 10.0
+    max_connections: int = 4096
+
+
 _JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 
 
 class OnlineFastPath:
@@ -100,15 +119,20 @@ async def respond(
         authorization: the ``Authorization`` header, if any.
         body: the request body, or a function reading it (which may raise 413).
     """
+    raw = body if isinstance(body, bytes) else None
     try:
         if state.auth is not None:
             await state.auth.authorize(authorization, Scope.READ)
-        raw = body if isinstance(body, bytes) else await body()
+        if raw is None:
+            raw = await body()  # type: ignore[operator]
         payload = await answer(state, raw)
         return 200, [_JSON, (b"content-length", b"%d" % len(payload))], payload
     except Exception as exc:
         response = error_response(exc, method="POST", path=PATH)
-        return response.status_code, response.raw_headers, bytes(response.body)
+        headers = response.raw_headers
+        if raw is None:  # refused before the body was read: do not read it on this connection
+            headers = [*headers, _CLOSE]
+        return response.status_code, headers, bytes(response.body)
 
 
 class ServerFastPath:
@@ -141,6 +165,16 @@ class ServerFastPath:
             telemetry = self._telemetry
             self._telemetry_on = bool(telemetry is not None and telemetry.enabled())
         return self._telemetry_on
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        """The per-connection limits from the app's settings."""
+        settings = self.state.settings
+        return ConnectionLimits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_seconds=settings.header_timeout_seconds,
+            max_connections=settings.max_connections,
+        )
 
     @property
     def max_body_bytes(self) -> int:

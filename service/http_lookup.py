@@ -31,9 +31,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.fastpath import PATH, ServerFastPath, respond
+from service.fastpath import PATH, ConnectionLimits, ServerFastPath, respond
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -106,11 +107,88 @@ class LookupProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._front = _front_of(self.app) if self.limit_concurrency is None else None
+        front = _front_of(self.app)
+        self._limits = front.limits if front is not None else ConnectionLimits()
+        self._front = front if self.limit_concurrency is None else None
         self._reading: _Lookup | None = None  # the lookup whose body the parser is reading
         self._head_cache: tuple[object, bytes] = (None, b"")
+        self._in_head = True  # bytes arriving now belong to a request head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # Limits on connections and request heads: a peer that never finishes its headers,
+    # sends megabytes of them, or opens connection after connection is cut off before
+    # it costs memory or file descriptors. Checked here, before the parser keeps
+    # anything, since uvicorn's httptools protocol has no such limits of its own.
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            self._refuse(503, "too many connections to this worker; retry shortly")
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._arm_head_timer()
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+            self._refuse(
+                431,
+                f"request head larger than {self._limits.max_header_bytes} bytes "
+                "(FEATURESTORE_MAX_HEADER_BYTES); send fewer or shorter headers",
+            )
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._complete_message()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(
+            self._limits.header_timeout_seconds, self._head_timed_out
+        )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self._in_head and not busy and not self.transport.is_closing():
+            self._refuse(
+                408,
+                f"request head not received within {self._limits.header_timeout_seconds:g} s "
+                "(FEATURESTORE_HEADER_TIMEOUT_SECONDS)",
+            )
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with a JSON error and close, whatever the parser holds."""
+        self._disarm_head_timer()
+        kind = {408: "request_timeout", 431: "headers_too_large"}.get(status, "overloaded")
+        body = orjson.dumps({"error": {"type": kind, "message": message}})
+        head = b"%s%scontent-type: application/json\r\ncontent-length: %d\r\n" % (
+            STATUS_LINE[status],
+            self._default_head(),
+            len(body),
+        )
+        self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
         lookup = self._take(self.parser.get_method())
         self._reading = lookup
         if lookup is None:
@@ -145,6 +223,10 @@ class LookupProtocol(HttpToolsProtocol):
                 return None
         if length < 0 or length > front.max_body_bytes:
             return None  # chunked or too large: the ASGI path reads it (and answers 413)
+        if state.auth is not None and state.auth.peek(authorization) is None:
+            # No key, or one the in-memory snapshot cannot vouch for: the ASGI path
+            # checks it before reading the body, which the parser would buffer here.
+            return None
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         return _Lookup(state, authorization, keep_alive, time.perf_counter())
 
@@ -155,7 +237,7 @@ class LookupProtocol(HttpToolsProtocol):
         else:
             lookup.body.append(body)
 
-    def on_message_complete(self) -> None:
+    def _complete_message(self) -> None:
         lookup = self._reading
         if lookup is None:
             super().on_message_complete()

@@ -85,6 +85,24 @@ class Settings(BaseSettings):
     max_features_per_request: int = Field(default=1_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_push_rows: int = Field(default=100_000, ge=1)
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Request line plus headers; a larger head is answered 431 and closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request head must arrive within this time, else 408 and closed.",
+    )
+    keepalive_timeout_seconds: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Open connections per worker; more are answered 503 and closed.",
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
     materialize_max_jobs: int = Field(

@@ -32,7 +32,7 @@ def engine(repo: Repo) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="module")
 def keys(engine: sa.Engine) -> dict[str, str]:
-    store = KeyStore(engine)
+    store = KeyStore(engine, project="rides")
     return {scope.name.lower(): store.create(scope, name=f"test-{scope.name}") for scope in Scope}
 
 

@@ -37,7 +37,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         root / "repo", registry_url=f"sqlite:///{root / 'registry.db'}", redis_url=redis_server.url
     )
     engine = open_key_engine(repo.registry_url, 5)
-    admin = KeyStore(engine).create(Scope.ADMIN, name="fuzzer")
+    admin = KeyStore(engine, project="rides").create(Scope.ADMIN, name="fuzzer")
     engine.dispose()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}

@@ -285,7 +285,7 @@ def test_a_client_leaving_mid_lookup_does_not_disturb_others(server: Server, rep
 def read_key(repo: Repo) -> Iterator[str]:
     engine: sa.Engine = open_key_engine(repo.registry_url, 5)
     try:
-        yield KeyStore(engine).create(Scope.READ, name="protocol-test")
+        yield KeyStore(engine, project="rides").create(Scope.READ, name="protocol-test")
     finally:
         engine.dispose()
 
@@ -297,32 +297,25 @@ def test_api_keys_are_checked_on_lookups(
     try:
         drivers = some_ids(repo, "driver_stats", "driver_id", 2)
         body = lookup_body(drivers)
-        with srv.connect() as sock:
-            sock.sendall(http_request("POST", "/get-online-features", body))
-            sock.sendall(
-                http_request(
-                    "POST",
-                    "/get-online-features",
-                    body,
-                    headers={"Authorization": "Bearer fsk_x_y"},
-                )
-            )
-            sock.sendall(
-                http_request(
-                    "POST",
-                    "/get-online-features",
-                    body,
-                    headers={"Authorization": f"Bearer {read_key}"},
-                )
-            )
-            for pair in (
-                [("Authorization", f"Bearer {read_key}"), ("Authorization", "Bearer fsk_x_y")],
-                [("Authorization", "Bearer fsk_x_y"), ("Authorization", f"Bearer {read_key}")],
-            ):  # two headers: the first one counts, as in the app
-                sock.sendall(http_request("POST", "/get-online-features", body, repeated=pair))
-            missing, wrong, right, first_valid, first_wrong = read_responses(sock, 5)
-            assert first_valid.status == 200
-            assert first_wrong.status == 401
+        def one(**kwargs: Any) -> Response:
+            with srv.connect() as sock:
+                sock.sendall(http_request("POST", "/get-online-features", body, **kwargs))
+                return read_responses(sock, 1)[0]
+
+        missing = one()
+        wrong = one(headers={"Authorization": "Bearer fsk_x_y"})
+        right = one(headers={"Authorization": f"Bearer {read_key}"})
+        # two headers: the first one counts, as in the app
+        first_valid = one(
+            repeated=[("Authorization", f"Bearer {read_key}"), ("Authorization", "Bearer fsk_x_y")]
+        )
+        first_wrong = one(
+            repeated=[("Authorization", "Bearer fsk_x_y"), ("Authorization", f"Bearer {read_key}")]
+        )
+        assert first_valid.status == 200
+        assert first_wrong.status == 401
+        # A refused request's body is never read, so its connection is closed.
+        assert missing.headers["connection"] == wrong.headers["connection"] == "close"
         assert missing.status == wrong.status == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
         assert missing.json()["error"]["type"] == "unauthenticated"
