@@ -7,8 +7,8 @@ make every worker buffer bodies up to the size limit, and a malformed keyless bo
 401/403/503 from the ``Authorization`` header alone; the body of a refused request is
 never read.
 
-Which scope a route needs is declared once, with :func:`service.deps.require` on its
-router; the middleware reads those declarations from the app's routes.
+``service.app`` gives the middleware each router with the scope it mounts it under;
+:func:`service.deps.require` on the same routers puts the scheme in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -23,37 +23,27 @@ from service.auth import Scope
 from service.handlers import error_response
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
+    from collections.abc import Sequence
+
+    from fastapi import APIRouter
 
 # Where the middleware leaves the verified scope for the route dependency to see.
 SCOPE_KEY = "featurestore.key_scope"
 
 
-def required_scope(route: BaseRoute) -> Scope | None:
-    """The lowest key scope ``route`` needs, from its ``require(...)`` dependencies."""
-    needed = [
-        getattr(dep.dependency, "required_scope", None)
-        for dep in getattr(route, "dependencies", ())
-    ]
-    scopes = [s for s in needed if isinstance(s, Scope)]
-    return max(scopes) if scopes else None
-
-
 class KeyCheckMiddleware:
-    """Refuse requests to protected routes whose key is missing, invalid or too weak.
+    """Refuse requests to guarded routes whose key is missing, invalid or too weak.
 
     Args:
         app: the rest of the ASGI stack (the FastAPI app's own middleware and routes).
+        guarded: each router with the lowest scope its routes need, as mounted.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, guarded: Sequence[tuple[APIRouter, Scope]]) -> None:
         self.app = app
-        self._table: list[tuple[BaseRoute, Scope]] | None = None
+        self._table = [(route, scope) for router, scope in guarded for route in router.routes]
 
     def _needed(self, scope: ASGIScope) -> Scope | None:
-        if self._table is None:
-            routes = scope["app"].router.routes
-            self._table = [(r, s) for r in routes if (s := required_scope(r)) is not None]
         for route, needed in self._table:
             match, _ = route.matches(scope)
             if match is not Match.NONE:  # PARTIAL: right path, wrong method: still guarded
@@ -76,16 +66,7 @@ class KeyCheckMiddleware:
                 scope[SCOPE_KEY] = await auth.authorize(authorization, needed)
             except Exception as exc:
                 response = error_response(exc, method=scope["method"], path=scope["path"])
-                if _has_body(scope):
-                    # The body stays unread; closing spares reading it only to drop it.
-                    response.headers["connection"] = "close"
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-
-def _has_body(scope: ASGIScope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
-            return True
-    return False

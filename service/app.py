@@ -141,20 +141,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def scoped(scope: Scope) -> list[Any]:
         return [require(scope)] if settings.auth else []
 
-    app.include_router(online.router, dependencies=scoped(Scope.READ))
-    app.include_router(registry.router, dependencies=scoped(Scope.READ))
-    app.include_router(writes.router, dependencies=scoped(Scope.WRITE))
-    app.include_router(materialize.router, dependencies=scoped(Scope.ADMIN))
+    guarded = [
+        (online.router, Scope.READ),
+        (registry.router, Scope.READ),
+        (training.router, Scope.READ),
+        (writes.router, Scope.WRITE),
+        (materialize.router, Scope.ADMIN),
+    ]
     if settings.auth:
-        app.include_router(keys.router, dependencies=scoped(Scope.ADMIN))
+        guarded.append((keys.router, Scope.ADMIN))
+    for router, scope in guarded:
+        app.include_router(router, dependencies=scoped(scope))
     app.include_router(ops.router)
-    app.include_router(training.router, dependencies=scoped(Scope.READ))
     # Added last = outermost: metrics see every response, including 413s and 401s; keys
     # are checked before the body limit and before any body is read; the lookup
     # fast path sits outside both and records its own metrics and limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth:
-        app.add_middleware(KeyCheckMiddleware)
+        app.add_middleware(KeyCheckMiddleware, guarded=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(OnlineFastPath, max_body_bytes=settings.max_body_bytes)
     return app

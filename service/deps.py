@@ -120,5 +120,4 @@ def require(scope: Scope) -> object:
         if state.auth is not None and SCOPE_KEY not in request.scope:
             await state.auth.authorize(request.headers.get("authorization"), scope)
 
-    check.required_scope = scope  # type: ignore[attr-defined]
     return Depends(check)

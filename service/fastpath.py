@@ -49,7 +49,6 @@ class ConnectionLimits:
 
 
 _JSON = (b"content-type", b"application/json")
-_CLOSE = (b"connection", b"close")
 
 
 class OnlineFastPath:
@@ -119,20 +118,15 @@ async def respond(
         authorization: the ``Authorization`` header, if any.
         body: the request body, or a function reading it (which may raise 413).
     """
-    raw = body if isinstance(body, bytes) else None
     try:
         if state.auth is not None:
             await state.auth.authorize(authorization, Scope.READ)
-        if raw is None:
-            raw = await body()  # type: ignore[operator]
+        raw = body if isinstance(body, bytes) else await body()
         payload = await answer(state, raw)
         return 200, [_JSON, (b"content-length", b"%d" % len(payload))], payload
     except Exception as exc:
         response = error_response(exc, method="POST", path=PATH)
-        headers = response.raw_headers
-        if raw is None:  # refused before the body was read: do not read it on this connection
-            headers = [*headers, _CLOSE]
-        return response.status_code, headers, bytes(response.body)
+        return response.status_code, response.raw_headers, bytes(response.body)
 
 
 class ServerFastPath:

@@ -314,8 +314,6 @@ def test_api_keys_are_checked_on_lookups(
         )
         assert first_valid.status == 200
         assert first_wrong.status == 401
-        # A refused request's body is never read, so its connection is closed.
-        assert missing.headers["connection"] == wrong.headers["connection"] == "close"
         assert missing.status == wrong.status == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
         assert missing.json()["error"]["type"] == "unauthenticated"
