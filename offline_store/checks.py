@@ -7,6 +7,7 @@ silently); here each problem is named with the view, the column and the fix.
 from __future__ import annotations
 
 import duckdb
+from feast.on_demand_feature_view import OnDemandFeatureView
 
 from offline_store.pit_join import ViewSpec
 from offline_store.sources import describe
@@ -100,3 +101,26 @@ def check_request(
                     "as an entity column; rename the column or use full_feature_names=True",
                     column=feature.output_name,
                 )
+
+
+def check_request_data(odfvs: list[OnDemandFeatureView], entity_columns: list[str]) -> None:
+    """Check that the entity rows carry the request data of every requested on-demand view.
+
+    Args:
+        odfvs: the on-demand views of the request.
+        entity_columns: the entity rows' columns.
+
+    Raises:
+        InvalidEntityError: a request field is not among the entity columns.
+    """
+    have = set(entity_columns)
+    for odfv in odfvs:
+        missing = sorted(set(odfv.get_request_data_schema()) - have)
+        if missing:
+            raise InvalidEntityError(
+                f"on-demand feature view {odfv.name!r} needs request data {missing}, which "
+                f"the entity rows do not have (they have {sorted(have)}); add the column(s) "
+                "to the entity rows",
+                feature_view=odfv.name,
+                missing=missing,
+            )

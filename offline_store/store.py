@@ -32,7 +32,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
 
-from offline_store.checks import check_request
+from offline_store.checks import check_request, check_request_data
 from offline_store.entities import EntitySource, load_entities
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
@@ -206,6 +206,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
             _register_source_views(con, config, list(by_view))
             loaded = load_entities(con, entity_df)
             check_request(con, specs, loaded.types)
+            check_request_data(odfvs, loaded.columns)
             return Query(
                 build_pit_query(
                     specs,

@@ -69,4 +69,3 @@ class KeyCheckMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-

@@ -278,8 +278,8 @@ class Catalog:
         """
         if self._snapshot is None:
             raise BackendUnavailableError(
-                f"the registry has not been loaded yet: {self.last_error or 'starting up'}; "
-                "check FEATURESTORE_REGISTRY_URL and that `feast apply` has run"
+                "the registry has not been loaded yet; check FEATURESTORE_REGISTRY_URL and "
+                "that `feast apply` has run (the server log and /ready with a key say why)"
             )
         return self._snapshot
 
@@ -314,8 +314,10 @@ class Catalog:
             self._last_full = time.monotonic()
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("cannot read the registry: %s", self.last_error)
             raise BackendUnavailableError(
-                f"cannot read the registry: {self.last_error}", backend="registry"
+                f"cannot read the registry ({type(exc).__name__}); retry shortly",
+                backend="registry",
             ) from exc
         changed = snapshot is not self._snapshot
         self._snapshot = snapshot

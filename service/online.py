@@ -11,6 +11,7 @@ read and serialise with orjson.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from service.errors import (
 )
 from service.odfv import OdfvStep, run_odfv
 from service.redis_fast import FastRedis
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +327,9 @@ async def read_online(
         # FastRedis implements the pipeline subset read_async uses (see redis_fast).
         result = await plan.read_plan.read_async(cast(aioredis.Redis, client), keys)
     except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("Redis read failed: %s: %s", type(exc).__name__, exc)
         raise BackendUnavailableError(
-            f"Redis read failed: {type(exc).__name__}: {exc}", backend="redis"
+            f"Redis read failed ({type(exc).__name__}); retry shortly", backend="redis"
         ) from exc
     finally:
         if observe_redis is not None:

@@ -255,6 +255,12 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class StrangerReadyResponse(BaseModel):
+    """``/ready`` for callers without a key: ready or not, no backend details."""
+
+    status: Literal["ready"]
+
+
 class ReadyResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

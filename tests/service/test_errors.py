@@ -209,3 +209,27 @@ def test_redis_outage_is_503_naming_redis(app_factory: Any, redis_server_factory
     error = resp.json()["error"]
     assert error["type"] == "backend_unavailable"
     assert error["backend"] == "redis"
+
+
+@pytest.mark.parametrize("service", [True, False], ids=["feature service", "features"])
+def test_training_set_without_on_demand_request_data_is_422(
+    client: AppClient, service: bool
+) -> None:
+    selection: dict[str, Any] = (
+        {"feature_service": "ride_ranking_v1"}
+        if service
+        else {"features": ["fare_estimate:estimated_fare"]}
+    )
+    resp = client.post(
+        "/training-dataset",
+        json={
+            "entity_sql": "SELECT 1001 AS driver_id, 'c_1' AS customer_id, "
+            "TIMESTAMP '2026-01-01' AS event_timestamp",
+            **selection,
+        },
+    )
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_entity"
+    assert error["missing"] == ["distance_km", "duration_min"]
+    assert "fare_estimate" in error["message"]

@@ -13,6 +13,7 @@ from feast import FeatureStore, FeatureView, Field
 from feast.types import Float64
 from pydantic import ValidationError
 
+from service.auth import KeyStore, Scope, open_key_engine
 from service.settings import Settings
 from tests.service.conftest import AppClient, Repo, columns
 
@@ -205,3 +206,29 @@ def test_settings_read_env_and_guard_production(monkeypatch: pytest.MonkeyPatch)
         Settings(registry_refresh_seconds=60)
     with pytest.raises(ValidationError, match="FEATURESTORE_REDIS_URL"):
         Settings(environment="production")
+
+
+def test_ready_tells_strangers_only_up_or_down(
+    app_factory: Any, redis_server_factory: Any, repo: Repo
+) -> None:
+    engine = open_key_engine(repo.registry_url, 5)
+    key = KeyStore(engine, project="rides").create(Scope.READ, name="ready-test")
+    engine.dispose()
+    server = redis_server_factory(persistent=False)
+    app = app_factory(redis_url=server.url, redis_timeout_seconds=0.5, auth=True)
+    keyed = {"Authorization": f"Bearer {key}"}
+    assert app.get("/ready").json() == {"status": "ready"}
+    assert app.get("/ready", headers=keyed).json()["redis"] == "ok"
+    server.kill()
+    stranger = app.get("/ready")
+    assert stranger.status_code == 503
+    port = server.url.rsplit(":", 1)[1].split("/")[0]
+    assert port not in stranger.text
+    assert "redis" not in stranger.text.lower()
+    assert stranger.json()["error"] == {
+        "type": "backend_unavailable",
+        "message": "not ready; retry shortly",
+    }
+    insider = app.get("/ready", headers=keyed)
+    assert insider.status_code == 503
+    assert insider.json()["error"]["redis"].startswith("unreachable")
