@@ -60,7 +60,10 @@ def test_revoked_key_is_refused_even_when_cached(engine: sa.Engine) -> None:
 def test_revocation_in_another_process_takes_effect_after_the_cache_window(
     engine: sa.Engine,
 ) -> None:
-    issuer, server = KeyStore(engine, project=PROJECT), KeyStore(engine, project=PROJECT, cache_seconds=0)
+    issuer, server = (
+        KeyStore(engine, project=PROJECT),
+        KeyStore(engine, project=PROJECT, cache_seconds=0),
+    )
     key = issuer.create(Scope.WRITE)
     assert server.verify(key) is Scope.WRITE
     issuer.revoke(key.split("_")[1])

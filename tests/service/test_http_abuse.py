@@ -130,7 +130,8 @@ def test_keyless_bodies_are_refused_before_they_are_read(
             sock = server.connect()
             sock.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {15 * MB}\r\n\r\n".encode() + b"{" * (64 * 1024)
+                f"Content-Length: {15 * MB}\r\n\r\n".encode()
+                + b"{" * (64 * 1024)
             )
             socks.append(sock)
         answers = [read_response(sock) for sock in socks]
@@ -220,9 +221,7 @@ def test_a_connection_flood_is_refused_and_lookups_go_on(
     assert resp.status_code == 200
 
 
-def test_made_up_keys_do_not_slow_lookups(
-    server: ServeProcess, read_key: str, repo: Repo
-) -> None:
+def test_made_up_keys_do_not_slow_lookups(server: ServeProcess, read_key: str, repo: Repo) -> None:
     def flood() -> None:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for i in range(150):

@@ -297,6 +297,7 @@ def test_api_keys_are_checked_on_lookups(
     try:
         drivers = some_ids(repo, "driver_stats", "driver_id", 2)
         body = lookup_body(drivers)
+
         def one(**kwargs: Any) -> Response:
             with srv.connect() as sock:
                 sock.sendall(http_request("POST", "/get-online-features", body, **kwargs))
