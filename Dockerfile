@@ -15,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 featurestore
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY deploy/secrets-env.sh /usr/local/bin/featurestore-env
 WORKDIR /app
 COPY --chown=featurestore:featurestore feature_repo ./feature_repo
 # The data volume mounts here; creating it in the image makes Docker copy its ownership.
@@ -23,4 +24,6 @@ USER featurestore
 EXPOSE 6566
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:6566/health', timeout=2)"
+# Exports mounted secrets (/run/secrets/featurestore_*) as FEATURESTORE_* variables.
+ENTRYPOINT ["featurestore-env"]
 CMD ["featurestore", "serve", "--repo", "/app/feature_repo", "--host", "0.0.0.0", "--port", "6566", "--workers", "2", "--auth"]

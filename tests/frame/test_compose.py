@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
+from online_store.embedded import free_port
 from service import environment
 from service.settings import Settings
 
@@ -54,20 +57,110 @@ def test_schema_check_rejects_a_broken_compose_file(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("compose") / "secrets"
+    subprocess.run(["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(folder)], check=True)
+    return folder
+
+
+def secret_env(secrets: Path) -> dict[str, str]:
+    """What deploy/secrets-env.sh (the image's entrypoint) exports from the secrets."""
+    done = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "secrets-env.sh"), "env"],
+        env={"SECRETS_DIR": str(secrets), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pairs = (line.partition("=") for line in done.stdout.splitlines())
+    return {k: v for k, _, v in pairs if k.startswith("FEATURESTORE_")}
+
+
 @pytest.mark.parametrize("service", ["init", "featurestore"])
-def test_services_that_touch_backends_get_both_urls(compose: dict[str, Any], service: str) -> None:
-    env = compose["services"][service]["environment"]
-    assert env[environment.REGISTRY_ENV].startswith("postgresql+psycopg://")
+def test_services_that_touch_backends_get_both_urls_as_secrets(
+    compose: dict[str, Any], secrets: Path, service: str
+) -> None:
+    mounted = compose["services"][service]["secrets"]
+    assert set(mounted) == {"featurestore_redis_url", "featurestore_registry_url"}
+    for name in mounted:
+        assert (secrets / Path(compose["secrets"][name]["file"]).name).is_file()
+    env = secret_env(secrets)
+    assert env[environment.REGISTRY_ENV].startswith("postgresql+psycopg://featurestore:")
     assert "@postgres:5432/" in env[environment.REGISTRY_ENV]
-    assert env[environment.REDIS_ENV] == "redis://redis:6379/0"
+    assert env[environment.REDIS_ENV].startswith("redis://featurestore:")
+    assert env[environment.REDIS_ENV].endswith("@redis:6379/0")
 
 
-def test_service_requires_api_keys_and_never_runs_insecure(compose: dict[str, Any]) -> None:
+def test_make_secrets_keeps_existing_passwords(secrets: Path) -> None:
+    before = {f.name: f.read_text() for f in secrets.iterdir()}
+    subprocess.run(["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(secrets)], check=True)
+    assert {f.name: f.read_text() for f in secrets.iterdir()} == before
+    assert (secrets.stat().st_mode & 0o777) == 0o700
+
+
+def test_no_password_is_written_in_the_compose_file_or_committed(
+    compose: dict[str, Any], secrets: Path
+) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in secrets.iterdir():
+        if "password" in secret.name:
+            assert secret.read_text() not in text
+    assert "POSTGRES_PASSWORD" not in compose["services"]["postgres"]["environment"]
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/postgres_password"
+    )
+    for declared in compose["secrets"].values():
+        assert declared["file"].startswith("./secrets/")
+    assert "secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "secrets" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def test_compose_redis_refuses_clients_without_the_password(
+    compose: dict[str, Any], secrets: Path, tmp_path: Path
+) -> None:
+    """The generated ACL file on a real redis-server, started as compose starts it."""
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == "/run/secrets/redis_users"
+    assert compose["secrets"]["redis_users"]["file"] == "./secrets/redis_users.acl"
+    assert "redis_users" in compose["services"]["redis"]["secrets"]
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(tmp_path), "--aclfile", str(secrets / "redis_users.acl")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = secret_env(secrets)[environment.REDIS_ENV]
+        service = redis.Redis.from_url(url.replace("@redis:6379", f"@127.0.0.1:{port}"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert service.set("feature", "ok")
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        stranger = redis.Redis(port=port)
+        with pytest.raises(redis.AuthenticationError):
+            stranger.set("feature", "rewritten")
+        probe = redis.Redis(port=port, username="healthcheck", password="none")
+        assert probe.ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            probe.set("feature", "rewritten")
+        assert service.get("feature") == b"ok"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_service_requires_api_keys_and_never_runs_insecure(
+    compose: dict[str, Any], secrets: Path
+) -> None:
     service = compose["services"]["featurestore"]
     assert service["environment"]["FEATURESTORE_AUTH"] == "true"
     assert "--insecure" not in service["command"]
+    variables = {**service["environment"], **secret_env(secrets)}
     settings = Settings(
-        **{k.removeprefix("FEATURESTORE_").lower(): v for k, v in service["environment"].items()}
+        **{k.removeprefix("FEATURESTORE_").lower(): v for k, v in variables.items()}
         | {"host": service["command"][service["command"].index("--host") + 1]}
     )
     assert settings.auth
@@ -99,6 +192,12 @@ def test_init_applies_and_materializes(compose: dict[str, Any]) -> None:
     assert "feast apply" in script
     assert "feast materialize" in script
     assert init["restart"] == "no"
+
+
+def test_dockerfile_entrypoint_exports_the_mounted_secrets() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/secrets-env.sh /usr/local/bin/featurestore-env" in text
+    assert 'ENTRYPOINT ["featurestore-env"]' in text
 
 
 def test_dockerfile_runs_as_non_root_from_a_slim_base() -> None:
