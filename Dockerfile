@@ -2,6 +2,7 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY foundation ./foundation
 COPY online_store ./online_store
 COPY offline_store ./offline_store
 COPY service ./service

@@ -9,9 +9,9 @@ from __future__ import annotations
 import duckdb
 from feast.on_demand_feature_view import OnDemandFeatureView
 
+from foundation.errors import InvalidEntityError, InvalidRequestError
 from offline_store.pit_join import ViewSpec
 from offline_store.sources import describe
-from service.errors import InvalidEntityError, InvalidRequestError
 
 _INTEGER = (
     "TINYINT",

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.errors import ConflictError, NotFoundError
-from service.schema import upgrade_schema
+from foundation.errors import ConflictError, NotFoundError
+from foundation.migrations import upgrade_schema
 
 VERSION_TABLE = "fs_offline_alembic_version"
 

@@ -18,9 +18,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
 from offline_store.sources import execute, fetch_all, parquet_glob, parquet_scan, quote_ident
-from service.errors import InvalidRequestError, InvalidTimestampError
 
 EntitySource: TypeAlias = pd.DataFrame | pa.Table | str | Path
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"

@@ -7,7 +7,7 @@ Wire format (``POST /training-dataset``):
   and ``full_feature_names`` as query parameters; or, for an SQL entity source, a JSON body
   ``{"entity_sql": ..., "features": [...] | "feature_service": ..., "full_feature_names": ...}``;
 - the answer is an Arrow IPC stream; errors are ``{"error": {"type", "message", ...}}`` with a
-  4xx/5xx status and are raised here as the matching ``service.errors`` class.
+  4xx/5xx status and are raised here as the matching ``foundation.errors`` class.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from foundation.errors import BackendUnavailableError, FeatureStoreError, InvalidRequestError
 from offline_store.entities import EntitySource, is_sql
 from offline_store.ipc import ARROW_STREAM, ChunkReader, table_to_ipc
-from service.errors import BackendUnavailableError, FeatureStoreError, InvalidRequestError
 
 ENDPOINT = "/training-dataset"
 
@@ -41,7 +41,7 @@ def _error_classes() -> dict[str, type[FeatureStoreError]]:
 
 
 def raise_for_error(status: int, body: bytes) -> None:
-    """Raise the ``service.errors`` class named in an error response.
+    """Raise the ``foundation.errors`` class named in an error response.
 
     Raises:
         FeatureStoreError: always (the subclass the service reported).

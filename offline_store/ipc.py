@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from service.errors import InvalidRequestError
+from foundation.errors import InvalidRequestError
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 

@@ -21,8 +21,8 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
+from foundation.errors import ConflictError, FeatureStoreError, InvalidRequestError
 from offline_store.sources import DuckDBSettings, connect, execute, fetch_all, quote_literal
-from service.errors import ConflictError, FeatureStoreError, InvalidRequestError
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 import duckdb
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 
+from foundation.errors import InvalidRequestError
 from offline_store.job import Query
 from offline_store.sources import describe, quote_ident, quote_literal, timestamp_literal
-from service.errors import InvalidRequestError
 
 
 def _bound_literal(value: datetime, column_type: str) -> str:

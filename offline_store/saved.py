@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from feast import FeatureStore
 
+from foundation.errors import InvalidRequestError, NotFoundError
 from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
 from offline_store.ipc import table_to_ipc
 from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.sources import parquet_glob
-from service.errors import InvalidRequestError, NotFoundError
 
 
 def fingerprint(entity_source: EntitySource) -> str:

@@ -25,15 +25,15 @@ import pyarrow as pa
 from feast import FeatureService, FeatureStore
 from feast.errors import FeastError
 
-from offline_store.entities import EntitySource
-from offline_store.job import DuckDBRetrievalJob
-from service.errors import (
+from foundation.errors import (
     FeatureNotFoundError,
     FeatureServiceNotFoundError,
     FeatureStoreError,
     FeatureViewNotFoundError,
     InvalidRequestError,
 )
+from offline_store.entities import EntitySource
+from offline_store.job import DuckDBRetrievalJob
 
 Output: TypeAlias = Literal["pandas", "arrow", "parquet"]
 Result: TypeAlias = pd.DataFrame | pa.Table | str

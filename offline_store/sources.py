@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from service.errors import FeatureStoreError, InvalidRequestError
+from foundation.errors import FeatureStoreError, InvalidRequestError
 
 _GLOB_CHARS = frozenset("*?[")
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from service.errors import InvalidRequestError, InvalidTimestampError
+from foundation.errors import InvalidRequestError, InvalidTimestampError
 
 Frame = TypeVar("Frame", pd.DataFrame, pa.Table)
 

@@ -32,6 +32,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
 
+from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from offline_store.checks import check_request, check_request_data
 from offline_store.entities import EntitySource, load_entities
 from offline_store.job import DuckDBRetrievalJob, Query
@@ -47,7 +48,6 @@ from offline_store.sources import (
     resolve_path,
 )
 from offline_store.writes import write_batch
-from service.errors import FeatureViewNotFoundError, InvalidRequestError
 
 
 class DuckDBParquetOfflineStoreConfig(FeastConfigBaseModel):

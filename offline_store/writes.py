@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from service.errors import InvalidRequestError, SchemaMismatchError
+from foundation.errors import InvalidRequestError, SchemaMismatchError
 
 _GLOB_CHARS = frozenset("*?[")
 

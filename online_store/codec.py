@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from feast.value_type import ValueType
 
-from service.errors import InvalidEntityError, UnsupportedTypeError
+from foundation.errors import InvalidEntityError, UnsupportedTypeError
 
 INT64_MIN = -(2**63)
 

@@ -22,7 +22,7 @@ from types import TracebackType
 
 import redis
 
-from service.errors import BackendUnavailableError
+from foundation.errors import BackendUnavailableError
 
 _STATE_FILE = "server.json"
 

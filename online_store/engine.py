@@ -40,12 +40,12 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import FeastConfigBaseModel
 from feast.utils import _convert_arrow_to_proto
 
+from foundation.environment import sqlalchemy_url
+from foundation.errors import BackendUnavailableError
 from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
 from online_store.writer import WriteSpec, write_batches
-from service.environment import sqlalchemy_url
-from service.errors import BackendUnavailableError
 
 logger = logging.getLogger(__name__)
 

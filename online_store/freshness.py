@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from service.schema import upgrade_schema
+from foundation.migrations import upgrade_schema
 
 VERSION_TABLE = "featurestore_online_alembic_version"
 # The newest revision in online_store/migrations (a test keeps the two in step). A

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 from feast.value_type import ValueType
 
+from foundation.errors import InvalidEntityError
 from online_store.codec import _ENTITY_TYPE_CODE, _fixed_column, check_entity_type
-from service.errors import InvalidEntityError
 
 
 def entity_key_prefix(join_keys: Sequence[str]) -> bytes:

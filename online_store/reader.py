@@ -25,6 +25,7 @@ import redis
 import redis.asyncio
 from feast.value_type import ValueType
 
+from foundation.errors import InvalidEntityError
 from online_store.codec import (
     check_entity_type,
     field_name,
@@ -37,7 +38,6 @@ from online_store.decode import (
     timestamp_datetime,
 )
 from online_store.keys import entity_key_from_values, entity_key_prefix
-from service.errors import InvalidEntityError
 
 PRESENT = "PRESENT"
 NULL_VALUE = "NULL_VALUE"

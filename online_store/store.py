@@ -29,6 +29,7 @@ from pydantic import StrictStr
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
+from foundation.errors import BackendUnavailableError, UnsupportedTypeError
 from online_store.codec import (
     check_entity_type,
     check_feature_type,
@@ -40,7 +41,6 @@ from online_store.connection import make_client, parse_connection_string, resolv
 from online_store.decode import EPOCH, timestamp_datetime, timestamp_nanos
 from online_store.keys import entity_key_prefix
 from online_store.reader import ReadPlan, ViewReadSpec
-from service.errors import BackendUnavailableError, UnsupportedTypeError
 
 logger = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ import pyarrow as pa
 import redis
 from feast import FeatureView
 
+from foundation.errors import SchemaMismatchError
 from online_store import blocks
 from online_store.codec import (
     check_entity_type,
@@ -55,7 +56,6 @@ from online_store.codec import (
 from online_store.decode import timestamp_nanos
 from online_store.keys import encode_entity_keys
 from online_store.rawpipe import execute_packed, pack, supports_raw
-from service.errors import SchemaMismatchError
 
 DEFAULT_CHUNK_ROWS = 20_000
 

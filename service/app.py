@@ -19,14 +19,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from foundation.errors import BackendUnavailableError
 from service import handlers
 from service.access import KeyCheckMiddleware
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
 from service.catalog import Catalog
 from service.deps import ServiceState, require
-from service.errors import BackendUnavailableError
-from service.fastpath import OnlineFastPath
+from service.fastpath import OnlineFastPath, ServerFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
@@ -162,3 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(OnlineFastPath, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def create_server_app() -> ServerFastPath:
+    """The ASGI app of ``featurestore serve`` (a uvicorn factory; settings from the env)."""
+    return ServerFastPath(create_app())

@@ -36,14 +36,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.environment import sqlalchemy_url
-from service.errors import (
+from foundation.environment import sqlalchemy_url
+from foundation.errors import (
     AuthenticationError,
     BackendUnavailableError,
     NotFoundError,
     PermissionDeniedError,
 )
-from service.schema import upgrade_schema
+from foundation.migrations import upgrade_schema
 
 VERSION_TABLE = "featurestore_service_alembic_version"
 _PREFIX = "fsk"

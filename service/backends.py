@@ -20,8 +20,8 @@ import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
+from foundation.errors import FeatureStoreError
 from online_store.connection import parse_connection_string, resolve_target
-from service.errors import FeatureStoreError
 from service.redis_fast import FastRedis
 from service.settings import Settings
 

@@ -24,13 +24,13 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFea
 from feast.data_source import PushSource
 from feast.value_type import ValueType
 
-from online_store.freshness import FreshnessLog
-from service.errors import (
+from foundation.errors import (
     BackendUnavailableError,
     FeatureServiceNotFoundError,
     FeatureViewNotFoundError,
     NotFoundError,
 )
+from online_store.freshness import FreshnessLog
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service import environment
+from foundation import environment
+from service import local_backends
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -49,10 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal; turning
     # it into SystemExit lets `backends()` stop the embedded Redis it may have started.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    with environment.backends(settings.repo_path):
+    with local_backends.backends(settings.repo_path):
         uvicorn.run(
             # create_app() behind the outermost lookup shortcut (see service.fastpath)
-            "service.fastpath:create_server_app",
+            "service.app:create_server_app",
             factory=True,
             host=settings.host,
             port=settings.port,
@@ -79,8 +80,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from foundation.errors import FeatureStoreError
     from service.auth import KeyStore, Scope, upgrade
-    from service.errors import FeatureStoreError
 
     url = environment.sqlalchemy_url(environment.registry_url(Path(args.repo)))
     if url == environment.default_registry_url(Path(args.repo)):

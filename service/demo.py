@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from foundation import environment
 from online_store.embedded import free_port
-from service import environment
+from service import local_backends
 
 DEMO_REQUEST = {
     "feature_service": "ride_ranking_v1",
@@ -87,7 +88,7 @@ def run_demo(repo: Path, *, rows: int) -> int:
         ],
         check=True,
     )
-    with environment.backends(repo) as env:
+    with local_backends.backends(repo) as env:
         print(f"registry: {env[environment.REGISTRY_ENV]}")
         print(f"redis:    {env[environment.REDIS_ENV]}")
         _step("feast apply")

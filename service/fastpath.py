@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
+from foundation.errors import RequestTooLargeError
 from service.auth import Scope
-from service.errors import RequestTooLargeError
 from service.handlers import error_response
 from service.routes.online import answer
 
@@ -194,13 +194,6 @@ class ServerFastPath:
             return
         scope["app"] = self.app
         await self.inner.serve(state, scope, receive, send)
-
-
-def create_server_app() -> ServerFastPath:
-    """The ASGI app of ``featurestore serve`` (a uvicorn factory; settings from the env)."""
-    from service.app import create_app
-
-    return ServerFastPath(create_app())
 
 
 def _header(scope: ASGIScope, name: bytes) -> str | None:

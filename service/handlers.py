@@ -1,7 +1,7 @@
 """The one place where errors become HTTP responses.
 
 Every error leaves the service as ``{"error": {"type", "message", ...details}}``
-with the status code of its class in :mod:`service.errors`. Request validation
+with the status code of its class in :mod:`foundation.errors`. Request validation
 errors (malformed JSON, wrong field types) are the same shape with 422, unknown
 routes 404/405, and anything unexpected is logged and answered with a generic 500
 that leaks nothing.
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.errors import FeatureStoreError
+from foundation.errors import FeatureStoreError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import redis
 import redis.asyncio as aioredis
 from feast import FeatureStore
 
+from foundation.errors import ConflictError, JobNotFoundError
 from online_store import progress
-from service.errors import ConflictError, JobNotFoundError
 from service.schemas import MaterializeJob, ViewProgress
 
 log = logging.getLogger(__name__)

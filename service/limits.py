@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import RequestTooLargeError
+from foundation.errors import RequestTooLargeError
 from service.handlers import json_error
 
 

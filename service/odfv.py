@@ -17,8 +17,8 @@ import pyarrow as pa
 from feast import OnDemandFeatureView
 from feast.value_type import ValueType
 
+from foundation.errors import InvalidRequestError
 from online_store.reader import ReadResult
-from service.errors import InvalidRequestError
 
 
 @dataclass(frozen=True, slots=True)

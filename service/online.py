@@ -23,10 +23,7 @@ from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.value_type import ValueType
 from redis.exceptions import RedisError
 
-from online_store.reader import ReadPlan, ViewReadSpec
-from service.catalog import RegistrySnapshot
-from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
-from service.errors import (
+from foundation.errors import (
     BackendUnavailableError,
     FeatureNotFoundError,
     FeatureViewNotFoundError,
@@ -34,6 +31,9 @@ from service.errors import (
     InvalidRequestError,
     RequestTooLargeError,
 )
+from online_store.reader import ReadPlan, ViewReadSpec
+from service.catalog import RegistrySnapshot
+from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.odfv import OdfvStep, run_odfv
 from service.redis_fast import FastRedis
 

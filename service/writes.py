@@ -23,14 +23,14 @@ from feast import FeatureStore
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.value_type import ValueType
 
-from online_store.writer import write_arrow
-from service.catalog import RegistrySnapshot, ViewInfo
-from service.errors import (
+from foundation.errors import (
     InvalidTimestampError,
     PushSourceNotFoundError,
     RequestTooLargeError,
     SchemaMismatchError,
 )
+from online_store.writer import write_arrow
+from service.catalog import RegistrySnapshot, ViewInfo
 
 _TS = pa.timestamp("us", tz="UTC")
 _SCALARS: dict[ValueType, pa.DataType] = {

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
+from foundation.errors import InvalidRequestError, InvalidTimestampError
 from service.catalog import RegistrySnapshot
 from service.deps import JobsDep, SnapshotDep
-from service.errors import InvalidRequestError, InvalidTimestampError
 from service.schemas import (
     ErrorResponse,
     MaterializeIncrementalRequest,

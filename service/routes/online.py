@@ -14,8 +14,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from foundation.errors import InvalidRequestError, RequestTooLargeError
 from service.deps import ServiceState
-from service.errors import InvalidRequestError, RequestTooLargeError
 from service.online import OnlinePlan, check_entities, compile_plan, read_online
 from service.schemas import ErrorResponse, GetOnlineFeaturesRequest, OnlineFeaturesResponse
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
+from foundation.errors import BackendUnavailableError, FeatureStoreError
 from service.auth import Scope
 from service.deps import ServiceState, StateDep
-from service.errors import BackendUnavailableError, FeatureStoreError
 from service.metrics import CONTENT_TYPE
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse, StrangerReadyResponse
 

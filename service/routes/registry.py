@@ -10,8 +10,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from foundation.errors import FeatureViewNotFoundError
 from service.deps import SnapshotDep
-from service.errors import FeatureViewNotFoundError
 from service.registry_views import (
     EntityOut,
     FeatureServiceOut,

@@ -26,10 +26,10 @@ from fastapi.responses import StreamingResponse
 from feast import FeatureStore
 from starlette.concurrency import run_in_threadpool
 
+from foundation.errors import BackendUnavailableError, InvalidRequestError
 from offline_store.entities import EntitySource
 from offline_store.ipc import ARROW_STREAM, ipc_chunks, ipc_to_table
 from offline_store.sdk import build_job
-from service.errors import BackendUnavailableError, InvalidRequestError
 
 router = APIRouter(tags=["training"])
 

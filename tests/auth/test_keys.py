@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from foundation.errors import AuthenticationError, NotFoundError
 from service.auth import ApiKey, KeyStore, Scope, upgrade
-from service.errors import AuthenticationError, NotFoundError
 
 BIN = Path(sys.executable).parent
 PROJECT = "rides"

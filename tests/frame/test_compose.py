@@ -12,8 +12,8 @@ import pytest
 import redis
 import yaml
 
+from foundation import environment
 from online_store.embedded import free_port
-from service import environment
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ import pytest
 import redis
 from feast import FeatureStore
 
+from foundation import environment
 from online_store.embedded import EmbeddedRedis
-from service import environment
 from tests.frame.conftest import BIN
 
 SHARED_REDIS = "redis://127.0.0.1:6379/15"

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
 
+from foundation.errors import InvalidRequestError
 from offline_store.store import DuckDBParquetOfflineStore
-from service.errors import InvalidRequestError
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, make_store, three_views, write_rows
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from feast import FeatureStore
 
+from foundation.errors import ConflictError, InvalidRequestError, NotFoundError
 from offline_store.datasets import DatasetCatalog, upgrade
 from offline_store.saved import (
     fingerprint,
@@ -20,7 +21,6 @@ from offline_store.saved import (
     save_training_dataset,
 )
 from offline_store.split import time_split
-from service.errors import ConflictError, InvalidRequestError, NotFoundError
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, make_store, three_views, write_rows
 
 T0 = datetime(2024, 9, 1, tzinfo=UTC)

@@ -19,10 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from feast import FeatureService, FeatureStore
 
-from offline_store.ipc import ARROW_STREAM, table_to_ipc
-from offline_store.job import DuckDBRetrievalJob
-from offline_store.sdk import get_training_dataset
-from service.errors import (
+from foundation.errors import (
     BackendUnavailableError,
     FeatureNotFoundError,
     FeatureServiceNotFoundError,
@@ -31,6 +28,9 @@ from service.errors import (
     InvalidEntityError,
     InvalidRequestError,
 )
+from offline_store.ipc import ARROW_STREAM, table_to_ipc
+from offline_store.job import DuckDBRetrievalJob
+from offline_store.sdk import get_training_dataset
 from service.routes.training import router
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,

@@ -15,13 +15,13 @@ from feast import FeatureService, Field, FileSource, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
 
-from offline_store.job import DuckDBRetrievalJob
-from service.errors import (
+from foundation.errors import (
     FeatureStoreError,
     InvalidEntityError,
     InvalidRequestError,
     InvalidTimestampError,
 )
+from offline_store.job import DuckDBRetrievalJob
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
     DRIVER_SCHEMA,

@@ -14,9 +14,9 @@ from feast import FeatureStore, FeatureView, Field, FileSource, PushSource
 from feast.data_source import PushMode
 from feast.types import Float64, Int64
 
+from foundation.errors import SchemaMismatchError
 from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import write_batch
-from service.errors import SchemaMismatchError
 from tests.offline_store.repo_helpers import DRIVER, DRIVER_SCHEMA, make_store, write_rows
 
 T0 = datetime(2024, 7, 1, tzinfo=UTC)

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from foundation.errors import InvalidEntityError, UnsupportedTypeError
 from online_store.blocks import decimal, value_block, varints
 from online_store.codec import (
     check_feature_type,
@@ -32,7 +33,6 @@ from online_store.codec import (
 from online_store.decode import decode_timestamp, decode_value
 from online_store.keys import encode_entity_keys
 from online_store.writer import _resp_hset_buffer
-from service.errors import InvalidEntityError, UnsupportedTypeError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INT64 = st.integers(-(2**63), 2**63 - 1)

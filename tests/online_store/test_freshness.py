@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from foundation.environment import sqlalchemy_url
 from online_store.freshness import FreshnessLog
-from service.environment import sqlalchemy_url
 from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
 from tests.online_store.test_store import DUCKDB, _objects
 from tests.online_store.views import T0

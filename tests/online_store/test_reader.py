@@ -11,6 +11,7 @@ import redis
 import redis.asyncio
 from feast.value_type import ValueType
 
+from foundation.errors import InvalidEntityError
 from online_store.reader import (
     NOT_FOUND,
     NULL_VALUE,
@@ -20,7 +21,6 @@ from online_store.reader import (
     ViewReadSpec,
 )
 from online_store.writer import write_arrow
-from service.errors import InvalidEntityError
 from tests.online_store.views import T0, driver_view, rows
 
 INT = (ValueType.INT64,)

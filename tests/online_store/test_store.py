@@ -14,11 +14,11 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource
 from feast.types import Float64, Int64, Json, Map
 from feast.value_type import ValueType
 
+from foundation.errors import UnsupportedTypeError
 from online_store import connection
 from online_store.codec import field_name
 from online_store.connection import parse_connection_string, redact
 from online_store.store import FastRedisOnlineStore
-from service.errors import UnsupportedTypeError
 from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
 from tests.online_store.views import T0
 

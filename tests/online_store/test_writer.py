@@ -13,10 +13,10 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from foundation.errors import SchemaMismatchError
 from online_store.embedded import find_redis_server, free_port
 from online_store.reader import ReadPlan, ViewReadSpec
 from online_store.writer import write_arrow
-from service.errors import SchemaMismatchError
 from tests.online_store.views import T0, driver_view, rows
 
 SPEC = ViewReadSpec(

@@ -4,20 +4,17 @@
 ``FEATURESTORE_REGISTRY_URL`` (Feast expands environment variables in that file).
 When it is unset, the tooling points it at a SQLite file under the repo's
 ``data/`` folder. ``FEATURESTORE_REDIS_URL`` unset means: start an embedded
-``redis-server`` whose data also lives under ``data/``.
+``redis-server`` whose data also lives under ``data/`` (``service.local_backends``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from online_store.embedded import EmbeddedRedis
-from service.errors import InvalidRequestError
+from foundation.errors import InvalidRequestError
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 REDIS_ENV = "FEATURESTORE_REDIS_URL"
@@ -70,27 +67,3 @@ def export_lines(repo: Path) -> list[str]:
     if os.environ.get(REDIS_ENV):
         lines.append(f"export {REDIS_ENV}='{os.environ[REDIS_ENV]}'")
     return lines
-
-
-@contextmanager
-def backends(repo: Path) -> Iterator[dict[str, str]]:
-    """Set both URLs in ``os.environ`` for this process and its children.
-
-    Starts the embedded Redis when ``FEATURESTORE_REDIS_URL`` is unset and stops it
-    (data kept on disk) on exit.
-
-    Yields:
-        The environment variables that were set.
-    """
-    os.environ.setdefault(REGISTRY_ENV, default_registry_url(repo))
-    data_dir(repo).mkdir(parents=True, exist_ok=True)
-    embedded: EmbeddedRedis | None = None
-    if not os.environ.get(REDIS_ENV):
-        embedded = EmbeddedRedis(data_dir(repo) / "redis")
-        os.environ[REDIS_ENV] = embedded.start()
-    try:
-        yield {REGISTRY_ENV: os.environ[REGISTRY_ENV], REDIS_ENV: os.environ[REDIS_ENV]}
-    finally:
-        if embedded is not None:
-            embedded.stop()
-            del os.environ[REDIS_ENV]
