@@ -245,7 +245,6 @@ class Catalog:
         self._snapshot: RegistrySnapshot | None = None
         self.last_success_monotonic: float | None = None
         self.last_error: str | None = None
-        self._listeners: list[Callable[[RegistrySnapshot], None]] = []
         self._marker: datetime | None = None
         self._last_full = 0.0
         self._freshness: FreshnessLog | None = None
@@ -282,10 +281,6 @@ class Catalog:
                 "that `feast apply` has run (the server log and /ready with a key say why)"
             )
         return self._snapshot
-
-    def on_change(self, listener: Callable[[RegistrySnapshot], None]) -> None:
-        """Call ``listener`` with every new snapshot (e.g. to update metrics)."""
-        self._listeners.append(listener)
 
     def age_seconds(self) -> float:
         """Seconds since the last successful refresh (inf when never)."""
@@ -325,8 +320,6 @@ class Catalog:
         self.last_error = None
         if changed:
             log.info("registry snapshot %s loaded", snapshot.fingerprint[:8])
-            for listener in self._listeners:
-                listener(snapshot)
         return snapshot
 
     async def reload_async(self) -> RegistrySnapshot:

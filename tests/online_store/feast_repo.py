@@ -16,6 +16,7 @@ from feast import FeatureStore
 
 OURS_ONLINE = "online_store.store.FastRedisOnlineStore"
 OURS_ENGINE = "online_store.engine.StreamingMaterializationEngine"
+DUCKDB = "offline_store.store.DuckDBParquetOfflineStore"
 
 
 @dataclass(frozen=True)

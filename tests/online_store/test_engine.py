@@ -10,9 +10,8 @@ import pyarrow as pa
 import pytest
 
 from online_store.engine import prefetch
-from tests.online_store.feast_repo import RepoSpec, make_store
-from tests.online_store.test_store import DUCKDB, _objects
-from tests.online_store.views import T0
+from tests.online_store.feast_repo import DUCKDB, RepoSpec, make_store
+from tests.online_store.views import T0, parquet_views
 
 
 def test_prefetch_yields_in_order_then_raises_the_producer_error() -> None:
@@ -37,7 +36,7 @@ def test_failed_pull_fails_materialize_and_records_no_interval(
 ) -> None:
     missing = tmp_path / "missing.parquet"
     spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
-    store = make_store(tmp_path / "repo", spec, lambda: _objects(missing))
+    store = make_store(tmp_path / "repo", spec, lambda: parquet_views(missing))
     with pytest.raises(Exception, match=r"missing\.parquet|No files found|does not exist"):
         store.materialize(T0 - timedelta(1), T0 + timedelta(1))
     assert not store.get_feature_view("a").materialization_intervals

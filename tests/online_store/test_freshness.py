@@ -19,9 +19,8 @@ import sqlalchemy as sa
 
 from foundation.environment import sqlalchemy_url
 from online_store.freshness import FreshnessLog
-from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
-from tests.online_store.test_store import DUCKDB, _objects
-from tests.online_store.views import T0
+from tests.online_store.feast_repo import DUCKDB, RepoSpec, make_store, write_repo
+from tests.online_store.views import T0, parquet_views
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,7 +106,7 @@ def test_materialize_records_the_newest_event_written_not_the_window_end(
     parquet = _rows(tmp_path / "d.parquet", [T0 - timedelta(hours=5), T0, T0 - timedelta(days=1)])
     registry = tmp_path / "registry.db"
     spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB, registry_path=registry)
-    store = make_store(tmp_path / "repo", spec, lambda: _objects(parquet))
+    store = make_store(tmp_path / "repo", spec, lambda: parquet_views(parquet))
     # `feast apply` created the table, so the first materialize does not migrate.
     assert sa.inspect(sa.create_engine(f"sqlite:///{registry}")).has_table(
         "featurestore_view_freshness"
@@ -136,7 +135,7 @@ def test_materialize_with_a_file_registry_records_nothing_and_succeeds(
     config["registry"] = str(tmp_path / "registry.pb")  # Feast's file registry
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
     store = FeatureStore(repo_path=str(repo))
-    store.apply(_objects(parquet))
+    store.apply(parquet_views(parquet))
     store.materialize(T0 - timedelta(1), T0 + timedelta(1))
     assert store.get_online_features(["a:a_x"], [{"driver_id": 0}]).to_dict()["a_x"] == [0.0]
     assert not list(tmp_path.glob("*.db"))

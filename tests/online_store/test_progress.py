@@ -10,9 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from online_store.progress import ProgressEvent, ViewProgress, subscribe
-from tests.online_store.feast_repo import RepoSpec, make_store
-from tests.online_store.test_store import DUCKDB, _objects
-from tests.online_store.views import T0
+from tests.online_store.feast_repo import DUCKDB, RepoSpec, make_store
+from tests.online_store.views import T0, parquet_views
 
 
 def test_non_tty_progress_prints_rows_rate_and_eta() -> None:
@@ -98,7 +97,7 @@ def test_materialize_publishes_progress_per_view(tmp_path: Path, redis_url: str)
     store = make_store(
         tmp_path / "repo",
         RepoSpec("p", redis_url, True, True, offline=DUCKDB),
-        lambda: _objects(parquet),
+        lambda: parquet_views(parquet),
     )
     events: list[ProgressEvent] = []
     unsubscribe = subscribe(events.append)

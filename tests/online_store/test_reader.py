@@ -21,9 +21,7 @@ from online_store.reader import (
     ViewReadSpec,
 )
 from online_store.writer import write_arrow
-from tests.online_store.views import T0, driver_view, rows
-
-INT = (ValueType.INT64,)
+from tests.online_store.views import INT, T0, driver_view, rows
 
 
 def _spec(

@@ -10,33 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource
-from feast.types import Float64, Int64, Json, Map
-from feast.value_type import ValueType
+from feast import FeatureStore
+from feast.types import Json, Map
 
 from foundation.errors import UnsupportedTypeError
 from online_store import connection
 from online_store.codec import field_name
 from online_store.connection import parse_connection_string, redact
 from online_store.store import FastRedisOnlineStore
-from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
-from tests.online_store.views import T0
-
-DUCKDB = "offline_store.store.DuckDBParquetOfflineStore"
-
-
-def _objects(parquet: Path, *, extra: Any = None, views: tuple[str, ...] = ("a", "b")) -> list[Any]:
-    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
-    src = FileSource(path=str(parquet), timestamp_field="event_ts")
-    out: list[Any] = [driver]
-    for name in views:
-        schema = [Field(name="driver_id", dtype=Int64), Field(name=f"{name}_x", dtype=Float64)]
-        if extra is not None:
-            schema.append(Field(name="bad", dtype=extra))
-        out.append(
-            FeatureView(name=name, entities=[driver], schema=schema, source=src, ttl=timedelta(0))
-        )
-    return out
+from tests.online_store.feast_repo import DUCKDB, RepoSpec, make_store, write_repo
+from tests.online_store.views import T0, parquet_views
 
 
 def _data(path: Path) -> Path:
@@ -63,14 +46,14 @@ def test_unsupported_type_is_rejected_at_apply(
     write_repo(tmp_path / "repo", spec)
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
     with pytest.raises(UnsupportedTypeError, match=r"feature 'a:bad' has type") as info:
-        store.apply(_objects(parquet, extra=bad_type, views=("a",)))
+        store.apply(parquet_views(parquet, extra=bad_type, views=("a",)))
     assert "use one of" in info.value.message
 
 
 def test_removing_a_view_removes_only_its_data(tmp_path: Path, redis_url: str) -> None:
     parquet = _data(tmp_path / "d.parquet")
     spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
-    store = make_store(tmp_path / "repo", spec, lambda: _objects(parquet))
+    store = make_store(tmp_path / "repo", spec, lambda: parquet_views(parquet))
     store.materialize(T0 - timedelta(1), T0 + timedelta(1))
     client = redis.Redis.from_url(redis_url)
     before = {k: client.hgetall(k) for k in list(client.scan_iter())}
@@ -93,7 +76,7 @@ def test_teardown_deletes_every_key_of_the_project_only(tmp_path: Path, redis_ur
     stores = []
     for project in ("p", "q"):
         spec = RepoSpec(project, redis_url, True, True, offline=DUCKDB)
-        store = make_store(tmp_path / project, spec, lambda: _objects(parquet))
+        store = make_store(tmp_path / project, spec, lambda: parquet_views(parquet))
         store.materialize(T0 - timedelta(1), T0 + timedelta(1))
         stores.append(store)
     assert client.dbsize() == 4
@@ -151,7 +134,7 @@ def test_rejected_apply_leaves_no_view_behind(tmp_path: Path, redis_url: str) ->
     write_repo(tmp_path / "repo", RepoSpec("p", redis_url, True, True, offline=DUCKDB))
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
     with pytest.raises(UnsupportedTypeError):
-        store.apply(_objects(parquet, extra=Map, views=("a",)))
+        store.apply(parquet_views(parquet, extra=Map, views=("a",)))
     fresh = FeatureStore(repo_path=str(tmp_path / "repo"))
     assert [v.name for v in fresh.list_feature_views()] == []
 
@@ -166,12 +149,12 @@ def test_sdk_write_to_online_store_writes_stock_bytes(tmp_path: Path, module_red
     for url in urls:
         redis.Redis.from_url(url).flushdb()
     stock = make_store(
-        tmp_path / "stock", RepoSpec("p", urls[0], False, False), lambda: _objects(parquet)
+        tmp_path / "stock", RepoSpec("p", urls[0], False, False), lambda: parquet_views(parquet)
     )
     ours = make_store(
         tmp_path / "ours",
         RepoSpec("p", urls[1], True, True, offline=DUCKDB),
-        lambda: _objects(parquet),
+        lambda: parquet_views(parquet),
     )
     df = pd.DataFrame(
         {

@@ -27,8 +27,7 @@ from online_store.decode import timestamp_nanos
 from online_store.keys import encode_entity_keys
 from online_store.reader import ReadPlan, ViewReadSpec
 from online_store.writer import WriteSpec, write_arrow, write_batches
-from tests.online_store.test_reader import INT
-from tests.online_store.views import T0, driver_view, rows
+from tests.online_store.views import INT, T0, driver_view, rows
 
 DRIVERS = (1, 2, 3)
 WRITERS = 6

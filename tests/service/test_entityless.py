@@ -16,8 +16,7 @@ from feast.types import Float64, Int64
 from feast.value_type import ValueType
 
 from service.app import create_app
-from tests.online_store.feast_repo import RepoSpec, make_store
-from tests.online_store.test_store import DUCKDB
+from tests.online_store.feast_repo import DUCKDB, RepoSpec, make_store
 from tests.service.conftest import AppClient, Repo, columns, make_settings, rfc3339
 
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
