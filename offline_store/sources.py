@@ -94,7 +94,10 @@ def timestamp_literal(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     utc = value.astimezone(UTC)
-    return f"TIMESTAMPTZ '{utc.strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+    # isoformat pads the year to four digits (strftime's %Y does not below year 1000).
+    return (
+        f"TIMESTAMPTZ '{utc.replace(tzinfo=None).isoformat(sep=' ', timespec='microseconds')}+00'"
+    )
 
 
 def resolve_path(repo_path: Path | str | None, uri: str) -> str:

@@ -37,7 +37,7 @@ from online_store.decode import (
     timestamp_datetime,
 )
 from online_store.keys import entity_key_from_values, entity_key_prefix
-from service.errors import InvalidEntityError
+from service.errors import InvalidEntityError, show
 
 PRESENT = "PRESENT"
 NULL_VALUE = "NULL_VALUE"
@@ -157,7 +157,7 @@ def _check_value(key: str, vt: ValueType, value: object) -> object:
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidEntityError(
-                f"join key '{key}' expects an integer ({vt.name}), got {value!r}; "
+                f"join key '{key}' expects an integer ({vt.name}), got {show(value)}; "
                 "send it as a JSON number",
                 join_key=key,
             )
@@ -169,7 +169,7 @@ def _check_value(key: str, vt: ValueType, value: object) -> object:
         return value
     if vt == ValueType.STRING and not isinstance(value, str):
         raise InvalidEntityError(
-            f"join key '{key}' expects a string, got {value!r}; send it as a JSON string",
+            f"join key '{key}' expects a string, got {show(value)}; send it as a JSON string",
             join_key=key,
         )
     if vt == ValueType.BYTES and not isinstance(value, bytes):

@@ -152,14 +152,27 @@ class WriteResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"status": "ok", "rows": 1, "feature_views": ["driver_hourly_stats"],
+                {"status": "ok", "rows": 1, "written": 1, "skipped_older": 0,
+                 "offline_written": 1, "feature_views": ["driver_hourly_stats"],
                  "to": "online_and_offline"}
             ]
         }
     )  # fmt: skip
 
     status: Literal["ok"] = "ok"
-    rows: int = Field(description="Rows accepted.")
+    rows: int = Field(description="Rows accepted (the request's rows).")
+    written: int = Field(
+        description="Rows stored, summed over the target views: in the online store when "
+        "the target includes it, else appended offline."
+    )
+    skipped_older: int = Field(
+        description="Rows not stored online because the stored row (or another row for "
+        "the same entity in the request) is as new or newer, summed over the views."
+    )
+    offline_written: int = Field(
+        description="Rows appended to the offline store, summed over the views (0 when "
+        "the target is online only)."
+    )
     feature_views: list[str]
     to: PushTarget
 
