@@ -459,6 +459,21 @@ class ReadPlan:
                 col_times = [col_times[u] for u in row_to_unique]
             columns[key] = FeatureColumn(vals, stats, col_times)
 
+    def entity_keys(self, entities: Mapping[str, Sequence[object]]) -> list[bytes]:
+        """The Redis keys of the entity rows (unique, every group of the plan).
+
+        Args:
+            entities: join key -> values, one value per entity row.
+
+        Returns:
+            The hash keys, each once.
+
+        Raises:
+            InvalidEntityError: as :meth:`read`.
+        """
+        _, commands = self._commands(entities)
+        return list(dict.fromkeys(key for _, _, keys in commands for key in keys))
+
     def read(
         self,
         client: redis.Redis | redis.RedisCluster,

@@ -29,7 +29,7 @@ from service.fastpath import OnlineFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import keys, materialize, online, ops, registry, training, writes
+from service.routes import keys, materialize, online, online_admin, ops, registry, training, writes
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async_client=client,
             sync_client=sync_client,
             max_jobs=settings.materialize_max_jobs,
+            lock_ttl_ms=int(settings.materialize_lock_ttl_seconds * 1000),
         )
         key_engine = None
         authenticator = None
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(registry.router, dependencies=scoped(Scope.READ))
     app.include_router(writes.router, dependencies=scoped(Scope.WRITE))
     app.include_router(materialize.router, dependencies=scoped(Scope.ADMIN))
+    app.include_router(online_admin.router, dependencies=scoped(Scope.ADMIN))
     if settings.auth:
         app.include_router(keys.router, dependencies=scoped(Scope.ADMIN))
     app.include_router(ops.router)

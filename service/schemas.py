@@ -146,6 +146,27 @@ class WriteToOnlineStoreRequest(BaseModel):
     transform_on_write: bool = True
 
 
+class OnlineDeleteRequest(BaseModel):
+    """``DELETE /online/{feature_view}`` body: some entities, or every row."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"entities": {"driver_id": [1001]}}]}
+    )
+
+    entities: dict[str, list[Any]] | None = Field(
+        default=None, description="Join key -> values, one per entity row to delete."
+    )
+    all_rows: bool = Field(default=False, description="Delete every row of the view.")
+
+
+class OnlineDeleteResponse(BaseModel):
+    """What a delete removed."""
+
+    status: Literal["ok"] = "ok"
+    feature_view: str
+    deleted: int = Field(description="Entities (hashes) that held a row of the view.")
+
+
 class WriteResponse(BaseModel):
     """What a successful write did."""
 
