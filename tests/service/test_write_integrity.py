@@ -468,3 +468,24 @@ def fresh(app_factory: Any, redis_server_factory: Any) -> AppClient:
     server = redis_server_factory(persistent=False)
     app: AppClient = app_factory(redis_url=server.url)
     return app
+
+
+def test_deeply_nested_training_json_is_a_4xx(client: AppClient) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    resp = client.post(
+        "/training-dataset", content=body, headers={"content-type": "application/json"}
+    )
+    _assert_refused(resp, "invalid_request", "nested too deeply")
+
+
+@pytest.mark.parametrize("value", [[1], {"a": 1}, "x", True])
+def test_on_demand_request_data_of_the_wrong_type_is_refused(client: AppClient, value: Any) -> None:
+    resp = client.post(
+        "/get-online-features",
+        json={
+            "entities": {"driver_id": [1001], "distance_km": [value], "duration_min": [2.0]},
+            "features": ["fare_estimate:estimated_fare"],
+        },
+    )
+    error = _assert_refused(resp, "invalid_request", "expects DOUBLE")
+    assert error["field"] == "distance_km"

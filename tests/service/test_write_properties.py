@@ -70,9 +70,7 @@ def _expected(name: str, value: Any) -> Any:
     signup_ts=epochs,
     favourite_zones=lists,
 )
-def test_pushed_values_read_back_unchanged_or_are_refused(
-    client: AppClient, **row: Any
-) -> None:
+def test_pushed_values_read_back_unchanged_or_are_refused(client: AppClient, **row: Any) -> None:
     customer = f"c_prop_{next(_ids)}"
     when = datetime.now(UTC) - timedelta(seconds=1)
     df = {"customer_id": [customer], "event_timestamp": [when.isoformat()]}
