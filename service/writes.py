@@ -2,7 +2,9 @@
 
 A request is checked in full against the schema of every target view (column set,
 types, join keys, timestamps) and turned into typed Arrow tables before anything is
-written, so bad input never leaves a partial write behind. Online writes go through
+written, so bad input never leaves a partial write behind (the value rules are in
+:mod:`service.write_values`, including the clock rule: event times too far ahead of
+the server clock are refused). Online writes go through
 ``online_store.writer.write_arrow`` (Feast's never-older-over-newer rule); offline
 writes through the repo's offline store (``offline_write_batch``). With
 ``online_and_offline`` the offline append runs first: it is the side more likely to

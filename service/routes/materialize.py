@@ -106,7 +106,8 @@ async def materialize(
     """Start a job loading ``[start_ts, end_ts)`` of each view into Redis.
 
     Answers 202 with the job (poll ``GET /materialize/{job_id}``), or 409 when one of
-    the views is already being materialized.
+    the views is already being materialized. ``end_ts`` more than
+    ``max_future_skew_seconds`` ahead of the server clock is a 422.
     """
     if body.disable_event_timestamp:
         start, end = datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC)
@@ -135,7 +136,11 @@ async def materialize(
 async def materialize_incremental(
     body: MaterializeIncrementalRequest, snapshot: SnapshotDep, jobs: JobsDep, settings: SettingsDep
 ) -> MaterializeJob:
-    """Like ``feast materialize-incremental END_TS``, as a job (202, or 409 if busy)."""
+    """Like ``feast materialize-incremental END_TS``, as a job (202, or 409 if busy).
+
+    ``end_ts`` more than ``max_future_skew_seconds`` ahead of the server clock is a 422:
+    the next run would start there and load nothing until someone ran a full window.
+    """
     end = parse_timestamp(body.end_ts, "end_ts")
     check_not_future(end, "end_ts", settings.max_future_skew_seconds)
     views = _views(snapshot, body.feature_views)
