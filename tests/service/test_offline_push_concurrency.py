@@ -42,7 +42,7 @@ def _counts(repo: Repo, ids: list[int]) -> dict[int, int]:
 
 
 def test_twenty_concurrent_offline_pushes_all_land_once(client: AppClient, repo: Repo) -> None:
-    ids = list(range(920_000, 920_020))
+    ids = list(range(930_000, 930_020))
     start = threading.Barrier(len(ids))
 
     def push(driver_id: int) -> int:
@@ -57,7 +57,7 @@ def test_twenty_concurrent_offline_pushes_all_land_once(client: AppClient, repo:
 
 def test_pushes_to_two_worker_processes_keep_every_row(repo: Repo, tmp_path: Path) -> None:
     server = ServeProcess(repo, tmp_path / "serve.log", "--workers", "2")
-    ids = list(range(921_000, 921_060))
+    ids = list(range(931_000, 931_060))
     try:
 
         def push(chunk: list[int]) -> list[int]:

@@ -76,7 +76,7 @@ def _assert_refused(resp: Any, error_type: str, *mentions: str) -> dict[str, Any
 def test_push_far_in_the_future_is_refused_naming_the_limit(
     client: AppClient, repo: Repo, to: str
 ) -> None:
-    driver = {"online": 910001, "offline": 910002, "online_and_offline": 910003}[to]
+    driver = {"online": 940001, "offline": 940002, "online_and_offline": 940003}[to]
     df = _driver_df([driver], "9999-12-31T23:59:59Z")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": to})
     error = _assert_refused(resp, "invalid_timestamp", "FEATURESTORE_MAX_FUTURE_SKEW_SECONDS")
@@ -90,21 +90,21 @@ def test_write_to_online_store_in_the_future_is_refused(client: AppClient) -> No
     soon = datetime.now(UTC) + timedelta(hours=1)
     resp = client.post(
         "/write-to-online-store",
-        json={"feature_view_name": "driver_hourly_stats", "df": _driver_df([910004], soon)},
+        json={"feature_view_name": "driver_hourly_stats", "df": _driver_df([940004], soon)},
     )
     _assert_refused(resp, "invalid_timestamp", "300 s ahead")
-    assert _read_driver(client, 910004)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert _read_driver(client, 940004)["conv_rate"]["statuses"] == ["NOT_FOUND"]
 
 
 def test_event_time_within_the_allowed_skew_is_accepted(client: AppClient) -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=2)).replace(microsecond=0)
-    resp = client.post("/push", json={"push_source_name": PUSH, "df": _driver_df([910005], soon)})
+    resp = client.post("/push", json={"push_source_name": PUSH, "df": _driver_df([940005], soon)})
     assert resp.status_code == 200, resp.text
-    assert _read_driver(client, 910005)["conv_rate"]["statuses"] == ["PRESENT"]
+    assert _read_driver(client, 940005)["conv_rate"]["statuses"] == ["PRESENT"]
 
 
 def test_future_created_timestamp_is_refused_too(client: AppClient) -> None:
-    df = _driver_df([910006], datetime.now(UTC), created="9999-01-01T00:00:00Z")
+    df = _driver_df([940006], datetime.now(UTC), created="9999-01-01T00:00:00Z")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": "offline"})
     error = _assert_refused(resp, "invalid_timestamp")
     assert error["column"] == "created"
@@ -128,7 +128,7 @@ def test_materialize_window_ending_in_the_future_is_refused(
 def test_skew_limit_is_a_setting(app_factory: Any) -> None:
     strict = app_factory(max_future_skew_seconds=0)
     soon = datetime.now(UTC) + timedelta(seconds=30)
-    resp = strict.post("/push", json={"push_source_name": PUSH, "df": _driver_df([910007], soon)})
+    resp = strict.post("/push", json={"push_source_name": PUSH, "df": _driver_df([940007], soon)})
     _assert_refused(resp, "invalid_timestamp", "0 s ahead")
 
 
@@ -138,12 +138,12 @@ def test_skew_limit_is_a_setting(app_factory: Any) -> None:
 def test_write_answer_counts_written_and_skipped_older_rows(client: AppClient) -> None:
     now = datetime.now(UTC)
     first = client.post(
-        "/push", json={"push_source_name": PUSH, "df": _driver_df([910010, 910011], now)}
+        "/push", json={"push_source_name": PUSH, "df": _driver_df([940010, 940011], now)}
     )
     assert first.json()["written"] == 2
-    # 910010 older than stored (skipped), 910012 new (written), 910011 twice in one
+    # 940010 older than stored (skipped), 940012 new (written), 940011 twice in one
     # request: the newer of the two wins, the other is skipped.
-    df = _driver_df([910010, 910012, 910011, 910011], now - timedelta(hours=1))
+    df = _driver_df([940010, 940012, 940011, 940011], now - timedelta(hours=1))
     df["event_timestamp"][3] = _iso(now + timedelta(seconds=1))
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": "online"})
     assert resp.status_code == 200, resp.text
@@ -154,7 +154,7 @@ def test_write_answer_counts_written_and_skipped_older_rows(client: AppClient) -
 
 def test_an_offline_and_online_push_reports_both_sides(client: AppClient) -> None:
     when = datetime.now(UTC) - timedelta(minutes=1)
-    df = _driver_df([910013], when)
+    df = _driver_df([940013], when)
     resp = client.post(
         "/push", json={"push_source_name": PUSH, "df": df, "to": "online_and_offline"}
     )
@@ -199,7 +199,7 @@ def _pin(client: AppClient, driver: int) -> None:
 
 
 def test_admin_delete_of_a_pinned_key_lets_the_next_write_land(client: AppClient) -> None:
-    driver = 910020
+    driver = 940020
     _pin(client, driver)
     now = datetime.now(UTC) - timedelta(seconds=5)
     blocked = client.post(
@@ -209,7 +209,7 @@ def test_admin_delete_of_a_pinned_key_lets_the_next_write_land(client: AppClient
     assert _read_driver(client, driver)["avg_daily_trips"]["values"] == [999]
 
     resp = client.request(
-        "DELETE", "/online/driver_hourly_stats", json={"entities": {"driver_id": [driver, 910021]}}
+        "DELETE", "/online/driver_hourly_stats", json={"entities": {"driver_id": [driver, 940021]}}
     )
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"status": "ok", "feature_view": "driver_hourly_stats", "deleted": 1}
@@ -225,7 +225,7 @@ def test_admin_delete_of_a_pinned_key_lets_the_next_write_land(client: AppClient
 
 
 def test_delete_all_rows_of_a_view_keeps_other_views(fresh: AppClient) -> None:
-    for driver in (910030, 910031):
+    for driver in (940030, 940031):
         _pin(fresh, driver)
     profile = {
         "customer_id": ["c_keep"],
@@ -243,7 +243,7 @@ def test_delete_all_rows_of_a_view_keeps_other_views(fresh: AppClient) -> None:
     assert written.status_code == 200, written.text
     resp = fresh.request("DELETE", "/online/driver_hourly_stats", json={"all_rows": True})
     assert resp.json()["deleted"] == 2
-    assert _read_driver(fresh, 910030)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert _read_driver(fresh, 940030)["conv_rate"]["statuses"] == ["NOT_FOUND"]
     kept = fresh.post(
         "/get-online-features",
         json={
@@ -293,22 +293,22 @@ def test_delete_of_an_unknown_view_is_404(client: AppClient) -> None:
 def test_values_outside_their_type_are_refused(
     client: AppClient, change: dict[str, Any], column: str, mention: str
 ) -> None:
-    df = _driver_df([910040], datetime.now(UTC), **change)
+    df = _driver_df([940040], datetime.now(UTC), **change)
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df})
     error = _assert_refused(resp, "schema_mismatch", mention)
     assert error["column"] == column
-    assert _read_driver(client, 910040)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert _read_driver(client, 940040)["conv_rate"]["statuses"] == ["NOT_FOUND"]
 
 
 def test_largest_float32_is_kept(client: AppClient) -> None:
-    df = _driver_df([910041], datetime.now(UTC), conv_rate=3.4028234663852886e38)
+    df = _driver_df([940041], datetime.now(UTC), conv_rate=3.4028234663852886e38)
     assert client.post("/push", json={"push_source_name": PUSH, "df": df}).status_code == 200
-    assert _read_driver(client, 910041)["conv_rate"]["values"] == [3.4028234663852886e38]
+    assert _read_driver(client, 940041)["conv_rate"]["values"] == [3.4028234663852886e38]
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_floats_are_refused(client: AppClient, token: str) -> None:
-    df = _driver_df([910042], datetime.now(UTC))
+    df = _driver_df([940042], datetime.now(UTC))
     text = json.dumps({"push_source_name": PUSH, "df": df})
     text = text.replace('"avg_rating": [4.75]', f'"avg_rating": [{token}]')
     resp = client.post("/push", content=text, headers={"content-type": "application/json"})
@@ -317,7 +317,7 @@ def test_non_finite_floats_are_refused(client: AppClient, token: str) -> None:
 
 def test_int32_overflow_is_refused(client: AppClient) -> None:
     df = {
-        "driver_id": [910043],
+        "driver_id": [940043],
         "customer_id": ["c_int32"],
         "event_timestamp": [_iso(datetime.now(UTC))],
         "trips_together": [2**31],
@@ -400,7 +400,7 @@ def test_year_one_event_time_reads_back_as_rfc3339_and_newer_rows_replace_it(
 
 
 def test_timestamp_before_year_one_in_utc_is_refused_on_push(client: AppClient) -> None:
-    df = _driver_df([910050], "0001-01-01T00:00:00+14:00")
+    df = _driver_df([940050], "0001-01-01T00:00:00+14:00")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df})
     _assert_refused(resp, "invalid_timestamp", "years 1 and 9999")
 
@@ -443,7 +443,7 @@ def test_deeply_nested_join_key_is_a_4xx(client: AppClient, depth: int) -> None:
 
 @pytest.mark.parametrize("depth", [900, 5000])
 def test_deeply_nested_pushed_value_is_a_4xx(client: AppClient, depth: int) -> None:
-    df = json.dumps(_driver_df([910060], datetime.now(UTC)))
+    df = json.dumps(_driver_df([940060], datetime.now(UTC)))
     df = df.replace('"conv_rate": [0.25]', '"conv_rate": [' + "[" * depth + "]" * depth + "]")
     body = '{"push_source_name": "' + PUSH + '", "df": ' + df + "}"
     resp = client.post("/push", content=body, headers={"content-type": "application/json"})
