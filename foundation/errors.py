@@ -25,7 +25,25 @@ class's ``status_code``. Nothing here imports FastAPI.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, ClassVar
+
+# Values quoted in messages are shortened: a hostile value nested a thousand deep or a
+# megabyte long must not reach repr() whole (RecursionError, huge bodies).
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother = 3, 60, 60
+
+
+def show(value: Any) -> str:
+    """A short ``repr`` of a caller's value for an error message, bounded in depth and size.
+
+    Args:
+        value: anything that arrived in a request.
+
+    Returns:
+        e.g. ``[[[[...]]]]`` for a deeply nested list, ``'aaa...aaa'`` for a long string.
+    """
+    return _SHOW.repr(value)
 
 
 class FeatureStoreError(Exception):

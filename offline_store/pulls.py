@@ -32,7 +32,7 @@ def _bound_literal(value: datetime, column_type: str) -> str:
     if column_type.upper() == "TIMESTAMP":
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return f"TIMESTAMP '{value.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+        return f"TIMESTAMP '{value.isoformat(sep=' ', timespec='microseconds')}'"
     return timestamp_literal(value)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from foundation.errors import FeatureStoreError, InvalidRequestError
+from offline_store.writes import PARTS_SUFFIX
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -93,7 +94,10 @@ def timestamp_literal(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     utc = value.astimezone(UTC)
-    return f"TIMESTAMPTZ '{utc.strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+    # isoformat pads the year to four digits (strftime's %Y does not below year 1000).
+    return (
+        f"TIMESTAMPTZ '{utc.replace(tzinfo=None).isoformat(sep=' ', timespec='microseconds')}+00'"
+    )
 
 
 def resolve_path(repo_path: Path | str | None, uri: str) -> str:
@@ -129,6 +133,45 @@ def parquet_glob(path: str) -> str:
     return path
 
 
+def parts_pattern(pattern: str) -> str | None:
+    """The pushed parts of a single-file source, when it has any.
+
+    Pushes to a source defined as one file ``x.parquet`` land as immutable files in
+    ``x.parquet.parts/`` (see :mod:`offline_store.writes`); readers take both.
+
+    Args:
+        pattern: what :func:`parquet_glob` returned.
+
+    Returns:
+        ``<pattern>.parts/*.parquet`` when ``pattern`` is a local file with parts, else None.
+    """
+    if "://" in pattern or any(ch in pattern for ch in _GLOB_CHARS):
+        return None
+    parts = os.path.join(pattern + PARTS_SUFFIX, "*.parquet")
+    return parts if glob.glob(parts) else None
+
+
+def source_patterns(pattern: str) -> list[str]:
+    """Every pattern a source is read from: the source itself and its pushed parts."""
+    parts = parts_pattern(pattern)
+    return [pattern] if parts is None else [pattern, parts]
+
+
+def source_files(path: str) -> list[str]:
+    """Every local Parquet file a source reads, pushed parts included, in source order.
+
+    Args:
+        path: a resolved source path (file, directory or glob).
+
+    Returns:
+        File paths sorted as the readers order them (by path).
+    """
+    files: list[str] = []
+    for pattern in source_patterns(parquet_glob(path)):
+        files.extend(glob.glob(pattern, recursive=True))
+    return sorted(set(files))
+
+
 def has_files(pattern: str) -> bool:
     """Whether a local pattern matches at least one file (remote patterns are assumed to)."""
     if "://" in pattern:
@@ -145,6 +188,8 @@ def parquet_scan(pattern: str, *, with_order_columns: bool = False) -> str:
             in (event_ts, created_ts) can be ordered by where they sit in the source (a later
             file or a later row wins).
 
+    A single-file source is read together with its pushed parts (:func:`parts_pattern`).
+
     Returns:
         SQL text usable after ``FROM``.
 
@@ -160,7 +205,13 @@ def parquet_scan(pattern: str, *, with_order_columns: bool = False) -> str:
     options = "union_by_name=true"
     if with_order_columns:
         options += ", filename=true, file_row_number=true"
-    return f"read_parquet({quote_literal(pattern)}, {options})"
+    patterns = source_patterns(pattern)
+    if len(patterns) == 1:
+        return f"read_parquet({quote_literal(pattern)}, {options})"
+    # The parts directory's paths extend the file's path, so they sort after it and a
+    # later push wins exact ties in "source order".
+    listed = ", ".join(quote_literal(p) for p in patterns)
+    return f"read_parquet([{listed}], {options})"
 
 
 def describe(con: duckdb.DuckDBPyConnection, table_sql: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ from offline_store.sources import (
     execute,
     parquet_glob,
     parquet_scan,
+    parts_pattern,
     quote_ident,
     resolve_path,
 )
@@ -86,9 +87,12 @@ def pull_settings(config: RepoConfig) -> DuckDBSettings:
 
 
 def _is_single_file(pattern: str) -> bool:
-    """Whether a read pattern names exactly one local file (no glob, no directory)."""
+    """Whether a read pattern names exactly one local file (no glob, no directory, no parts)."""
     return (
-        "://" not in pattern and not any(ch in pattern for ch in "*?[") and os.path.isfile(pattern)
+        "://" not in pattern
+        and not any(ch in pattern for ch in "*?[")
+        and os.path.isfile(pattern)
+        and parts_pattern(pattern) is None
     )
 
 

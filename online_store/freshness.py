@@ -97,10 +97,13 @@ class FreshnessLog:
 
         Args:
             feature_view: the view written.
-            newest_event: the greatest event time among the rows just written (naive = UTC).
+            newest_event: the greatest event time among the rows just written (naive = UTC);
+                clamped to the current time.
         """
         self.ensure_table()
-        newest = _utc(newest_event)
+        # Never past the recording time: a source row stamped in the future (fed to a
+        # plain `feast materialize`) would otherwise hold the gauge at "fresh" for good.
+        newest = min(_utc(newest_event), datetime.now(UTC))
         mine = (_ROW.project == self._project) & (_ROW.feature_view == feature_view)
         raise_to = sa.update(FRESHNESS).where(mine)
         raise_to = raise_to.values(

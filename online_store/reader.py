@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 from feast.value_type import ValueType
 
-from foundation.errors import InvalidEntityError
+from foundation.errors import InvalidEntityError, show
 from online_store.codec import (
     check_entity_type,
     field_name,
@@ -157,7 +157,7 @@ def _check_value(key: str, vt: ValueType, value: object) -> object:
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise InvalidEntityError(
-                f"join key '{key}' expects an integer ({vt.name}), got {value!r}; "
+                f"join key '{key}' expects an integer ({vt.name}), got {show(value)}; "
                 "send it as a JSON number",
                 join_key=key,
             )
@@ -169,7 +169,7 @@ def _check_value(key: str, vt: ValueType, value: object) -> object:
         return value
     if vt == ValueType.STRING and not isinstance(value, str):
         raise InvalidEntityError(
-            f"join key '{key}' expects a string, got {value!r}; send it as a JSON string",
+            f"join key '{key}' expects a string, got {show(value)}; send it as a JSON string",
             join_key=key,
         )
     if vt == ValueType.BYTES and not isinstance(value, bytes):
@@ -458,6 +458,21 @@ class ReadPlan:
                 stats = [stats[u] for u in row_to_unique]
                 col_times = [col_times[u] for u in row_to_unique]
             columns[key] = FeatureColumn(vals, stats, col_times)
+
+    def entity_keys(self, entities: Mapping[str, Sequence[object]]) -> list[bytes]:
+        """The Redis keys of the entity rows (unique, every group of the plan).
+
+        Args:
+            entities: join key -> values, one value per entity row.
+
+        Returns:
+            The hash keys, each once.
+
+        Raises:
+            InvalidEntityError: as :meth:`read`.
+        """
+        _, commands = self._commands(entities)
+        return list(dict.fromkeys(key for _, _, keys in commands for key in keys))
 
     def read(
         self,

@@ -95,10 +95,24 @@ class WriteSpec:
 
 @dataclass(slots=True)
 class WriteStats:
-    """Counts of one write call."""
+    """Counts of one write call.
+
+    Attributes:
+        rows_in: rows given.
+        rows_written: rows stored; the others were skipped because the stored row (or
+            another row for the same key in the call) is as new or newer.
+        newest_written_micros: the greatest event time stored (epoch microseconds), or
+            None when nothing was stored; only reported by the atomic path.
+    """
 
     rows_in: int = 0
     rows_written: int = 0
+    newest_written_micros: int | None = None
+
+    @property
+    def rows_skipped(self) -> int:
+        """Rows not written because a stored or given row for their key is as new."""
+        return self.rows_in - self.rows_written
 
 
 def _column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
@@ -341,10 +355,11 @@ def _stored_times(
 
 # Compare-and-set of one row per key, atomic in Redis. KEYS: entity keys. ARGV: the
 # ``_ts`` field, the number of features F, the F feature fields, the key TTL ("0": none),
-# then per key: the new event time in microseconds, its Timestamp bytes, F values.
-# The stored Timestamp is decoded here (proto3 varints; a negative int64 is a 10-byte
-# varint) and compared in microseconds, which Lua's doubles hold exactly for dates
-# between the years 1685 and 2255.
+# then per key: the new event time as whole seconds and microseconds within the second,
+# its Timestamp bytes, F values. The stored Timestamp is decoded here (proto3 varints; a
+# negative int64 is a 10-byte varint) and compared as (seconds, microseconds): Lua's
+# doubles hold both exactly for every year 1..9999, which one microsecond count would not.
+# Returns {rows written, seconds, microseconds of the newest row written} ({0} if none).
 _CAS_LUA = b"""
 local function varint(raw, i)
   local groups = {}
@@ -374,30 +389,36 @@ end
 local ts_field, f = ARGV[1], tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3 + f])
 local pos, written = 4 + f, 0
+local top_s, top_us = nil, nil
 for k = 1, #KEYS do
-  local new = tonumber(ARGV[pos])
+  local new_s, new_us = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
   local stored = redis.call('HGET', KEYS[k], ts_field)
   local newer = true
   if stored then
     local seconds, nanos = decode(stored)
     -- a zero stored time counts as none (Feast); new > old in nanoseconds is
     -- new > floor(old / 1000) in microseconds
+    local old_us = math.floor(nanos / 1000)
     newer = (seconds == 0 and nanos == 0)
-      or new > seconds * 1000000 + math.floor(nanos / 1000)
+      or new_s > seconds or (new_s == seconds and new_us > old_us)
   end
   if newer then
-    local args = {ts_field, ARGV[pos + 1]}
+    local args = {ts_field, ARGV[pos + 2]}
     for j = 1, f do
       args[#args + 1] = ARGV[2 + j]
-      args[#args + 1] = ARGV[pos + 1 + j]
+      args[#args + 1] = ARGV[pos + 2 + j]
     end
     redis.call('HSET', KEYS[k], unpack(args))
     if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
     written = written + 1
+    if top_s == nil or new_s > top_s or (new_s == top_s and new_us > top_us) then
+      top_s, top_us = new_s, new_us
+    end
   end
-  pos = pos + 2 + f
+  pos = pos + 3 + f
 end
-return written
+if top_s == nil then return {0} end
+return {written, top_s, top_us}
 """
 _CAS_SHA = hashlib.sha1(
     _CAS_LUA, usedforsecurity=False
@@ -414,12 +435,16 @@ def _write_chunk_atomic(
     key_ttl_seconds: int | None,
     fields: list[bytes],
     ts_name: bytes,
-) -> int:
-    """Write the chunk's newest row per key through the compare-and-set script."""
+) -> tuple[int, int | None]:
+    """Write the chunk's newest row per key through the compare-and-set script.
+
+    Returns (rows written, newest written event time in microseconds or None).
+    """
     keys, micros, rows = _chunk_winners(spec, chunk, project)
     ts_values, encoded = _encode_rows(spec, chunk, pa.array(rows, type=pa.int64()), micros)
     head: list[bytes | str | int] = [ts_name, len(fields), *fields, key_ttl_seconds or 0]
-    new_micros = micros[rows].tolist()
+    new_seconds = (micros[rows] // 1_000_000).tolist()
+    new_us = (micros[rows] % 1_000_000).tolist()
     row_keys = [keys[i] for i in rows.tolist()]
     # One key per call on a cluster (each call runs on its key's node); on one server,
     # a few hundred keys per call.
@@ -429,7 +454,8 @@ def _write_chunk_atomic(
         stop = min(start + per_call, len(row_keys))
         args: list[bytes | str | int] = list(head)
         for j in range(start, stop):
-            args.append(new_micros[j])
+            args.append(new_seconds[j])
+            args.append(new_us[j])
             args.append(ts_values[j])
             args.extend(col[j] for col in encoded)
         calls.append(("EVALSHA", _CAS_SHA, stop - start, *row_keys[start:stop], *args))
@@ -444,11 +470,20 @@ def _write_chunk_atomic(
 
 def _run_calls(
     client: redis.Redis | redis.RedisCluster, calls: list[tuple[bytes | str | int, ...]]
-) -> int:
+) -> tuple[int, int | None]:
+    """Run the script calls; (rows written, newest written event time in us or None)."""
     with client.pipeline(transaction=False) as pipe:
         for call in calls:
             pipe.execute_command(*call)
-        return sum(int(count) for count in pipe.execute())
+        replies = pipe.execute()
+    written = 0
+    newest: int | None = None
+    for reply in replies:
+        written += int(reply[0])
+        if len(reply) == 3:
+            micros = int(reply[1]) * 1_000_000 + int(reply[2])
+            newest = micros if newest is None else max(newest, micros)
+    return written, newest
 
 
 def write_batches(
@@ -498,7 +533,11 @@ def write_batches(
             for start in range(0, batch.num_rows, chunk_rows):
                 chunk = batch.slice(start, chunk_rows)
                 if sink is None:
-                    written = _write_chunk_atomic(client, spec, chunk, **options)
+                    written, newest = _write_chunk_atomic(client, spec, chunk, **options)
+                    if newest is not None:
+                        stats.newest_written_micros = max(
+                            newest, stats.newest_written_micros or newest
+                        )
                 else:
                     written = _write_chunk(sink, spec, chunk, **options)
                 stats.rows_written += written

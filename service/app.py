@@ -30,7 +30,7 @@ from service.fastpath import OnlineFastPath, ServerFastPath
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import keys, materialize, online, ops, registry, training, writes
+from service.routes import keys, materialize, online, online_admin, ops, registry, training, writes
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async_client=client,
             sync_client=sync_client,
             max_jobs=settings.materialize_max_jobs,
+            lock_ttl_ms=int(settings.materialize_lock_ttl_seconds * 1000),
         )
         key_engine = None
         authenticator = None
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (training.router, Scope.READ),
         (writes.router, Scope.WRITE),
         (materialize.router, Scope.ADMIN),
+        (online_admin.router, Scope.ADMIN),
     ]
     if settings.auth:
         guarded.append((keys.router, Scope.ADMIN))

@@ -3,6 +3,7 @@
 featurestore serve --repo feature_repo [--host 127.0.0.1] [--port 6566] [--workers N] [--insecure]
 featurestore demo  --repo feature_repo [--rows 20000]
 featurestore env   --repo feature_repo      # eval "$(featurestore env --repo feature_repo)"
+featurestore compact --repo feature_repo [--feature-view NAME ...]
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from feast import FeatureStore
+
+    from foundation.errors import FeatureStoreError
+    from offline_store.compact import compact_feature_views
+
+    repo = Path(args.repo)
+    os.environ.setdefault(environment.REGISTRY_ENV, environment.default_registry_url(repo))
+    try:
+        store = FeatureStore(repo_path=str(repo))
+        results = compact_feature_views(store, args.feature_view or None)
+    except FeatureStoreError as exc:
+        print(f"featurestore compact: {exc.message}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(f"{result.source}\tparts merged: {result.parts_merged}\trows: {result.rows}")
+    return 0
+
+
 def _env(args: argparse.Namespace) -> int:
     print("\n".join(environment.export_lines(Path(args.repo))))
     return 0
@@ -171,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="the Feast project the keys belong to (default: the repo's project)",
         )
     keys.set_defaults(func=_keys)
+
+    compact = sub.add_parser(
+        "compact",
+        help="fold pushed offline parts back into their Parquet sources (safe during pushes)",
+    )
+    compact.add_argument("--repo", default="feature_repo")
+    compact.add_argument(
+        "--feature-view",
+        action="append",
+        help="a view whose source to compact (repeatable); default every local Parquet source",
+    )
+    compact.set_defaults(func=_compact)
 
     env = sub.add_parser(
         "env", help="print shell exports so plain `feast` commands use the defaults"

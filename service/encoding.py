@@ -31,7 +31,10 @@ def format_timestamp(ts: datetime) -> str:
     Returns:
         e.g. ``2026-11-26T09:00:00Z``, ``...:00.250Z`` or ``...:00.250001Z``.
     """
-    base = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    # strftime("%Y") does not pad years below 1000 ("1-01-01"), which is not RFC 3339.
+    base = (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:{ts.second:02d}"
+    )
     micros = ts.microsecond
     if micros == 0:
         return base + "Z"

@@ -4,8 +4,11 @@ A job is a ``FeatureStore.materialize`` (or ``materialize_incremental``) call ru
 a worker thread. Its record and the per-view locks live in Redis, not in process
 memory, because with ``--workers N`` the ``GET /materialize/{id}`` that follows a
 ``POST /materialize`` may land on another worker, and a second job for the same
-view must be refused (409) whichever worker receives it. Locks expire unless the
-running job keeps refreshing them, so a killed worker cannot block a view forever.
+view must be refused (409) whichever worker receives it. A job holds its views' locks
+from submit to finish: one heartbeat thread per process refreshes the locks of every
+job it has accepted, queued or running, so a job waiting for a free slot cannot lose
+its lock to a duplicate. Locks expire unless refreshed, so a killed worker cannot block
+a view forever.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ class JobManager:
         store: the Feast store whose ``materialize*`` methods run the jobs.
         async_client: the service's asyncio Redis client (records, locks).
         sync_client: a blocking client for the job threads.
-        max_jobs: jobs running at once in this process.
+        max_jobs: jobs running at once in this process (later ones queue, locks held).
+        lock_ttl_ms: expiry of a view lock; refreshed every third of it until the job ends.
     """
 
     def __init__(
@@ -74,8 +78,15 @@ class JobManager:
         async_client: aioredis.Redis,
         sync_client: redis.Redis,
         max_jobs: int,
+        lock_ttl_ms: int = _LOCK_TTL_MS,
     ) -> None:
         self.store = store
+        self._lock_ttl_ms = lock_ttl_ms
+        self._held: dict[str, list[str]] = {}  # job id -> lock keys, queued or running
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._refresh_forever, name="materialize-locks", daemon=True
+        )
         self.project = store.project
         self._aredis = async_client
         self._redis = sync_client
@@ -84,6 +95,19 @@ class JobManager:
         self._last_save: dict[str, float] = {}
         self._lock = threading.Lock()
         self._unsubscribe = progress.subscribe(self._on_progress)
+        self._heartbeat.start()
+
+    def _refresh_forever(self) -> None:
+        while not self._stop.wait(self._lock_ttl_ms / 3000):
+            with self._lock:
+                held = list(self._held.items())
+            for job_id, lock_keys in held:
+                try:
+                    self._redis.eval(
+                        _REFRESH, len(lock_keys), *lock_keys, job_id, self._lock_ttl_ms
+                    )
+                except redis.RedisError as exc:
+                    log.warning("job %s: lock refresh failed: %s", job_id, exc)
 
     def _key(self, kind: str, name: str) -> str:
         return f"featurestore:{{{self.project}}}:{kind}:{name}"
@@ -124,7 +148,7 @@ class JobManager:
         )
         lock_keys = [self._key("materialize-lock", v) for v in views]
         held = await self._aredis.eval(
-            _ACQUIRE, len(lock_keys), *lock_keys, job.job_id, _LOCK_TTL_MS
+            _ACQUIRE, len(lock_keys), *lock_keys, job.job_id, self._lock_ttl_ms
         )  # type: ignore[misc]
         if held:
             view = views[int(held[0]) - 1]
@@ -139,6 +163,8 @@ class JobManager:
             self._key("job", job.job_id), job.model_dump_json(), ex=_RECORD_TTL_S
         )
         with self._lock:
+            # From here the heartbeat keeps the locks while the job waits for a slot.
+            self._held[job.job_id] = lock_keys
             for v in views:
                 self._running[v] = job
         self._executor.submit(self._run, job, runner or self._materialize, lock_keys)
@@ -171,17 +197,6 @@ class JobManager:
             self.store.materialize_incremental(job.end_ts, job.feature_views)
 
     def _run(self, job: MaterializeJob, runner: Runner, lock_keys: list[str]) -> None:
-        stop = threading.Event()
-
-        def heartbeat() -> None:
-            while not stop.wait(_LOCK_TTL_MS / 3000):
-                try:
-                    self._redis.eval(_REFRESH, len(lock_keys), *lock_keys, job.job_id, _LOCK_TTL_MS)
-                except redis.RedisError as exc:
-                    log.warning("job %s: lock refresh failed: %s", job.job_id, exc)
-
-        beat = threading.Thread(target=heartbeat, name=f"job-{job.job_id[:8]}", daemon=True)
-        beat.start()
         try:
             job.state = "running"
             self._save(job)
@@ -194,9 +209,9 @@ class JobManager:
             job.state = "failed"
             job.error = f"{type(exc).__name__}: {exc}"
         finally:
-            stop.set()
             job.finished_at = datetime.now(UTC)
             with self._lock:
+                self._held.pop(job.job_id, None)
                 for v in job.feature_views:
                     if self._running.get(v) is job:
                         del self._running[v]
@@ -205,7 +220,7 @@ class JobManager:
                 self._redis.eval(_RELEASE, len(lock_keys), *lock_keys, job.job_id)
             except redis.RedisError:
                 log.exception("job %s: could not record its end; locks expire in %d s",
-                              job.job_id, _LOCK_TTL_MS // 1000)  # fmt: skip
+                              job.job_id, self._lock_ttl_ms // 1000)  # fmt: skip
             self._last_save.pop(job.job_id, None)
 
     def _on_progress(self, event: progress.ProgressEvent) -> None:
@@ -225,7 +240,12 @@ class JobManager:
                 log.warning("job %s: progress not saved: %s", job.job_id, exc)
 
     def shutdown(self) -> None:
-        """Stop listening for progress; running jobs finish in their threads."""
+        """Stop listening for progress; running jobs finish in their threads.
+
+        The lock heartbeat stops too: locks of jobs still queued or running lapse after
+        the lock TTL, as they would if this process died.
+        """
         self._unsubscribe()
+        self._stop.set()
         # wait=False: a shutdown must not hang on a long job; its locks expire by themselves.
         self._executor.shutdown(wait=False)

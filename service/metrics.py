@@ -57,7 +57,10 @@ class _FreshnessCollector(Collector):
                 )
                 newest = max((t for t in written if t is not None), default=None)
                 if newest is not None:
-                    freshness.add_metric([name], (now - newest).total_seconds())
+                    # Never negative: an event time ahead of the clock (refused at the
+                    # door, but a clock step back or an old record can still leave one)
+                    # reads as "just written", not as an alert-blinding -2.5e11 s.
+                    freshness.add_metric([name], max(0.0, (now - newest).total_seconds()))
         yield freshness
 
 
@@ -145,9 +148,18 @@ class Metrics:
         return child.observe  # type: ignore[no-any-return]
 
     def note_pushed(self, view: str, newest: datetime) -> None:
-        """Remember the newest event time written to ``view`` by this process."""
+        """Remember the newest event time written to ``view`` by this process.
+
+        Clamped to the current time, so one write ahead of the clock cannot freeze the
+        freshness gauge at a value no later write can beat.
+
+        Args:
+            view: the feature view written.
+            newest: the greatest event time the write stored (naive = UTC).
+        """
         if newest.tzinfo is None:
             newest = newest.replace(tzinfo=UTC)
+        newest = min(newest, datetime.now(UTC))
         current = self.pushed_event_times.get(view)
         if current is None or newest > current:
             self.pushed_event_times[view] = newest

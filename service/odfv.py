@@ -17,7 +17,7 @@ import pyarrow as pa
 from feast import OnDemandFeatureView
 from feast.value_type import ValueType
 
-from foundation.errors import InvalidRequestError
+from foundation.errors import InvalidRequestError, show
 from online_store.reader import ReadResult
 
 
@@ -38,6 +38,42 @@ def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
     return value
 
 
+_NUMBERS = (ValueType.FLOAT, ValueType.DOUBLE)
+_INTS = {ValueType.INT32: 2**31, ValueType.INT64: 2**63}
+
+
+def _fits(value_type: ValueType | None, value: Any) -> bool:
+    if value is None or value_type is None:
+        return True
+    if value_type in _NUMBERS:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if value_type in _INTS:
+        bound = _INTS[value_type]
+        return isinstance(value, int) and not isinstance(value, bool) and -bound <= value < bound
+    if value_type == ValueType.STRING:
+        return isinstance(value, str)
+    if value_type == ValueType.BOOL:
+        return isinstance(value, bool)
+    return True  # other types go to the transformation as given
+
+
+def _check_request_data(
+    view: str, name: str, value_type: ValueType | None, values: Sequence[Any]
+) -> None:
+    """Refuse request data the request source's schema does not allow, before pandas sees it."""
+    for row, value in enumerate(values):
+        if not _fits(value_type, value):
+            assert value_type is not None
+            raise InvalidRequestError(
+                f"request data {name!r} for on-demand feature view {view!r} expects "
+                f"{value_type.name}, got {show(value)} at row {row}; send one "
+                f"{value_type.name.lower()} per entity row",
+                feature_view=view,
+                field=name,
+                row=row,
+            )
+
+
 def run_odfv(
     step: OdfvStep,
     entities: Mapping[str, Sequence[Any]],
@@ -56,6 +92,9 @@ def run_odfv(
     """
     odfv = step.view
     columns: dict[str, list[Any]] = {}
+    schema = odfv.get_request_data_schema()
+    for name in step.request_fields:
+        _check_request_data(odfv.name, name, schema.get(name), entities[name])
     for entity in odfv.entity_columns:
         if entity.name in entities:
             columns[entity.name] = list(entities[entity.name])
@@ -72,7 +111,7 @@ def run_odfv(
             return {resp: list(out_dict[t]) for t, resp in step.outputs}
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
         return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
-    except (pa.ArrowException, TypeError, ValueError, KeyError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError) as exc:
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
             f"request data types against its request source schema "

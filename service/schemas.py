@@ -146,20 +146,54 @@ class WriteToOnlineStoreRequest(BaseModel):
     transform_on_write: bool = True
 
 
+class OnlineDeleteRequest(BaseModel):
+    """``DELETE /online/{feature_view}`` body: some entities, or every row."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"entities": {"driver_id": [1001]}}]}
+    )
+
+    entities: dict[str, list[Any]] | None = Field(
+        default=None, description="Join key -> values, one per entity row to delete."
+    )
+    all_rows: bool = Field(default=False, description="Delete every row of the view.")
+
+
+class OnlineDeleteResponse(BaseModel):
+    """What a delete removed."""
+
+    status: Literal["ok"] = "ok"
+    feature_view: str
+    deleted: int = Field(description="Entities (hashes) that held a row of the view.")
+
+
 class WriteResponse(BaseModel):
     """What a successful write did."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"status": "ok", "rows": 1, "feature_views": ["driver_hourly_stats"],
+                {"status": "ok", "rows": 1, "written": 1, "skipped_older": 0,
+                 "offline_written": 1, "feature_views": ["driver_hourly_stats"],
                  "to": "online_and_offline"}
             ]
         }
     )  # fmt: skip
 
     status: Literal["ok"] = "ok"
-    rows: int = Field(description="Rows accepted.")
+    rows: int = Field(description="Rows accepted (the request's rows).")
+    written: int = Field(
+        description="Rows stored, summed over the target views: in the online store when "
+        "the target includes it, else appended offline."
+    )
+    skipped_older: int = Field(
+        description="Rows not stored online because the stored row (or another row for "
+        "the same entity in the request) is as new or newer, summed over the views."
+    )
+    offline_written: int = Field(
+        description="Rows appended to the offline store, summed over the views (0 when "
+        "the target is online only)."
+    )
     feature_views: list[str]
     to: PushTarget
 

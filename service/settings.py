@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     materialize_max_jobs: int = Field(
         default=2, ge=1, description="Materialization jobs running at once per worker."
     )
+    materialize_lock_ttl_seconds: float = Field(
+        default=30.0,
+        ge=0.5,
+        description="Expiry of a view's materialization lock; refreshed every third of it "
+        "from submit to finish, so only a dead worker's locks lapse.",
+    )
+    max_future_skew_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Writes (push, write-to-online-store) with event times, and "
+        "materialization windows ending, more than this ahead of the server clock are "
+        "refused (422).",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -71,6 +71,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         parsed = json.loads(body)
     except ValueError as exc:
         raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
+    except RecursionError:
+        raise InvalidRequestError("malformed JSON body: nested too deeply") from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("entity_sql"), str):
         raise InvalidRequestError(
             'a JSON body must be an object with "entity_sql" (an SQL query over the offline '

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow.compute as pc
 from fastapi import APIRouter
 
 from service.deps import MetricsDep, SettingsDep, SnapshotDep, StateDep
@@ -16,7 +15,7 @@ from service.schemas import (
     WriteResponse,
     WriteToOnlineStoreRequest,
 )
-from service.writes import check_shape, push_views, validate_and_write
+from service.writes import WriteOutcome, check_shape, push_views, validate_and_write
 
 router = APIRouter(tags=["writes"])
 
@@ -25,13 +24,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _note_newest(metrics: MetricsDep, tables: list[Any]) -> None:
-    for info, table in tables:
-        source = info.view.batch_source
-        column = source.timestamp_field if source is not None else "event_timestamp"
-        newest = pc.max(table.column(column)).as_py()
-        if isinstance(newest, datetime):
-            metrics.note_pushed(info.name, newest)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _answer(outcome: WriteOutcome, metrics: MetricsDep, *, to: Any) -> WriteResponse:
+    """The response, after noting the newest event time each view actually stored."""
+    for view, stats in outcome.online.items():
+        if stats.newest_written_micros is not None:
+            newest = _EPOCH + timedelta(microseconds=stats.newest_written_micros)
+            metrics.note_pushed(view, newest)
+    rows = outcome.tables[0][1].num_rows if outcome.tables else 0
+    if outcome.online:
+        written = sum(s.rows_written for s in outcome.online.values())
+        skipped = sum(s.rows_skipped for s in outcome.online.values())
+    else:
+        written, skipped = outcome.offline_rows, 0
+    return WriteResponse(
+        rows=rows,
+        written=written,
+        skipped_older=skipped,
+        offline_written=outcome.offline_rows,
+        feature_views=[info.name for info, _ in outcome.tables],
+        to=to,
+    )
 
 
 @router.post("/push", summary="Push rows through a push source", responses=_ERRORS)
@@ -46,13 +61,15 @@ async def push(
 
     ``to``: ``online`` (Redis, never replacing a newer stored event), ``offline``
     (appended to the view's Parquet source) or ``online_and_offline``. Nothing is
-    written unless every row of every view is valid.
+    written unless every row of every view is valid; event times more than
+    ``max_future_skew_seconds`` ahead of the server clock are refused. The answer
+    counts the rows written and those skipped as older than the stored row.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     views = push_views(snapshot, body.push_source_name)
     online = body.to in ("online", "online_and_offline")
     offline = body.to in ("offline", "online_and_offline")
-    tables = await asyncio.to_thread(
+    outcome = await asyncio.to_thread(
         validate_and_write,
         state.store,
         state.redis_sync,
@@ -60,11 +77,9 @@ async def push(
         body.df,
         online=online,
         offline=offline,
+        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
     )
-    if online:
-        _note_newest(metrics, tables)
-    return WriteResponse(rows=tables[0][1].num_rows if tables else 0,
-                         feature_views=[v.name for v in views], to=body.to)  # fmt: skip
+    return _answer(outcome, metrics, to=body.to)
 
 
 @router.post("/write-to-online-store", summary="Write rows of one view to Redis", responses=_ERRORS)
@@ -77,11 +92,12 @@ async def write_to_online_store(
 ) -> WriteResponse:
     """Validate the rows against the view schema, then write them online.
 
-    A stored row with a newer event time is never replaced by an older one.
+    A stored row with a newer event time is never replaced by an older one; the
+    answer says how many rows were written and how many skipped as older.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     info = snapshot.view(body.feature_view_name)
-    tables = await asyncio.to_thread(
+    outcome = await asyncio.to_thread(
         validate_and_write,
         state.store,
         state.redis_sync,
@@ -89,6 +105,6 @@ async def write_to_online_store(
         body.df,
         online=True,
         offline=False,
+        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
     )
-    _note_newest(metrics, tables)
-    return WriteResponse(rows=tables[0][1].num_rows, feature_views=[info.name], to="online")
+    return _answer(outcome, metrics, to="online")

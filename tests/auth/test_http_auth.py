@@ -54,6 +54,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/push", PUSH, "write"),
     ("POST", "/materialize", {**WINDOW, "feature_views": ["driver_hourly_stats"]}, "admin"),
     ("GET", "/keys", None, "admin"),
+    # an id no test writes: the admin call deletes nothing other tests read
+    ("DELETE", "/online/driver_hourly_stats", {"entities": {"driver_id": [999_999]}}, "admin"),
 ]
 
 

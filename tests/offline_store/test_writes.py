@@ -15,6 +15,7 @@ from feast.data_source import PushMode
 from feast.types import Float64, Int64
 
 from foundation.errors import SchemaMismatchError
+from offline_store.sources import source_files
 from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import write_batch
 from tests.offline_store.repo_helpers import DRIVER, DRIVER_SCHEMA, make_store, write_rows
@@ -70,7 +71,7 @@ def test_push_to_offline_appends_and_later_rows_win_exact_ties(tmp_path: Path, l
 
     fs.push("driver_push", _pushed_frame(0.9), to=PushMode.OFFLINE)
 
-    rows = pq.read_table(tmp_path / path).sort_by("rate").to_pylist()
+    rows = pq.read_table(source_files(str(tmp_path / path))).sort_by("rate").to_pylist()
     assert [r["rate"] for r in rows] == [0.1, 0.9]
     # Same (event_ts, created_ts) as the existing row: the pushed row is later in the source.
     assert _latest_rate(fs) == 0.9

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -150,3 +150,11 @@ def test_head_revision_constant_is_the_newest_migration() -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(freshness.__file__).with_name("migrations")))
     assert ScriptDirectory.from_config(config).get_heads() == [freshness.HEAD_REVISION]
+
+
+def test_a_future_event_time_is_recorded_as_the_recording_time(tmp_path: Path) -> None:
+    log = FreshnessLog(sa.create_engine(f"sqlite:///{tmp_path / 'f.db'}"), "p")
+    log.record("v", datetime(9999, 12, 31, tzinfo=UTC))
+    assert log.newest_events()["v"] <= datetime.now(UTC)
+    log.record("v", datetime.now(UTC) + timedelta(seconds=1))  # still moves forward
+    assert log.newest_events()["v"] > datetime.now(UTC) - timedelta(seconds=5)

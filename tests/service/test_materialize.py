@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -159,3 +160,37 @@ def test_unknown_job_is_404(client: AppClient) -> None:
     resp = client.get("/materialize/0123456789abcdef")
     assert resp.status_code == 404
     assert resp.json()["error"]["type"] == "job_not_found"
+
+
+def test_queued_job_keeps_its_lock_past_the_lock_ttl(
+    app_factory: Any, redis_server_factory: Any, repo: Repo
+) -> None:
+    server = redis_server_factory(persistent=False)
+    app: AppClient = app_factory(
+        redis_url=server.url, materialize_max_jobs=1, materialize_lock_ttl_seconds=1
+    )
+    gate = threading.Event()
+
+    def blocked(*args: Any, **kwargs: Any) -> None:
+        gate.wait(60)  # holds the only job slot while the test checks the queue
+
+    client = redis.Redis.from_url(server.url)
+    lock = "featurestore:{rides}:materialize-lock:driver_hourly_stats"
+    with mock.patch.object(app.state.store, "materialize", side_effect=blocked):
+        running = app.post(
+            "/materialize", json={**_window(repo), "feature_views": ["customer_profile"]}
+        )
+        body = {**_window(repo), "feature_views": ["driver_hourly_stats"]}
+        queued = app.post("/materialize", json=body)
+        assert (running.status_code, queued.status_code) == (202, 202)
+        assert 0 < client.pttl(lock) <= 1000  # the short TTL is in force
+        time.sleep(2.5)  # more than twice the lock TTL while the job waits for the slot
+        assert app.get(f"/materialize/{queued.json()['job_id']}").json()["state"] == "pending"
+        duplicate = app.post("/materialize", json=body)
+        assert duplicate.status_code == 409, duplicate.text
+        assert duplicate.json()["error"]["job_id"] == queued.json()["job_id"]
+        gate.set()
+        assert _wait(app, running.json()["job_id"])["state"] == "succeeded"
+        assert _wait(app, queued.json()["job_id"])["state"] == "succeeded"
+    assert client.get(lock) is None  # released at the end
+    client.close()

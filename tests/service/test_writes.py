@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from offline_store.sources import source_files
 from tests.service.conftest import AppClient, Repo, columns, rfc3339
 
 FEATURES = [
@@ -53,7 +54,8 @@ def _read(client: AppClient, driver_ids: list[int]) -> dict[str, dict[str, list[
 
 
 def _offline_rows(repo: Repo, driver_id: int) -> int:
-    table = pq.read_table(repo.path / "data" / "driver_stats.parquet")
+    # the source file and the parts pushes added next to it
+    table = pq.read_table(source_files(str(repo.path / "data" / "driver_stats.parquet")))
     return int(pc.sum(pc.equal(table.column("driver_id"), driver_id)).as_py() or 0)
 
 
@@ -71,6 +73,9 @@ def test_push_online_is_readable_and_typed(client: AppClient) -> None:
     assert resp.json() == {
         "status": "ok",
         "rows": 1,
+        "written": 1,
+        "skipped_older": 0,
+        "offline_written": 0,
         "feature_views": ["driver_hourly_stats"],
         "to": "online",
     }
@@ -100,6 +105,8 @@ def test_older_push_never_replaces_a_newer_value(client: AppClient) -> None:
         },
     )
     assert old.status_code == 200
+    # The answer says nothing was stored: the stored row is newer.
+    assert (old.json()["rows"], old.json()["written"], old.json()["skipped_older"]) == (1, 0, 1)
     assert _read(client, [900010])["avg_daily_trips"]["values"] == [11]
 
 
@@ -126,6 +133,8 @@ def test_push_offline_appends_to_parquet_only(client: AppClient, repo: Repo) -> 
         "/push", json={"push_source_name": "driver_stats_push", "df": df, "to": "offline"}
     )
     assert resp.status_code == 200, resp.text
+    assert resp.json()["written"] == 1
+    assert resp.json()["offline_written"] == 1
     assert _offline_rows(repo, 900030) == 1
     assert _read(client, [900030])["conv_rate"]["statuses"] == ["NOT_FOUND"]
 
