@@ -6,17 +6,27 @@ Request, either:
   application/vnd.apache.arrow.stream``; query: ``features`` (repeat it per
   ``view:feature``) or ``feature_service``, and ``full_feature_names`` (default false); or
 - body: JSON ``{"entity_sql": "SELECT ...", "features": [...] | "feature_service": "...",
-  "full_feature_names": false}``, the entity rows being an SQL query over the offline data.
+  "full_feature_names": false}``, the entity rows being an SQL query over the offline data;
+  or ``{"entity_path": "trips/2026-01.parquet", ...}``, a Parquet file or directory inside
+  ``FEATURESTORE_ENTITY_DIR`` (refused while that is unset).
+
+Everything here is untrusted (DESIGN.md, "Trust boundaries"): the rows reach the offline store
+as :class:`~offline_store.sandbox.UntrustedEntities`, so entity SQL must be one SELECT over the
+requested views and runs on a locked-down DuckDB connection, paths are confined to the entity
+directory, uploads are size-checked before they are decompressed (off the event loop), and
+each request runs within the ``training_*`` limits of :class:`~service.settings.Settings`.
 
 Response: an Arrow IPC stream, streamed batch by batch from DuckDB (the whole dataset is never
 held in memory). Errors found before the first batch (unknown features, missing join keys, bad
-timestamps) are ``{"error": {...}}`` 4xx answers; the offline store SDK
-(``offline_store.sdk.get_training_dataset(url=...)``) is the client.
+timestamps, refused SQL, limits) are ``{"error": {...}}`` 4xx answers; an error after it (the
+time limit while streaming) ends the stream without Arrow's end-of-stream marker, which the
+offline store SDK (``offline_store.sdk.get_training_dataset(url=...)``) reports as an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -26,12 +36,14 @@ from fastapi.responses import StreamingResponse
 from feast import FeatureStore
 from starlette.concurrency import run_in_threadpool
 
-from offline_store.entities import EntitySource
-from offline_store.ipc import ARROW_STREAM, ipc_chunks, ipc_to_table
+from offline_store.ipc import ARROW_STREAM, ipc_chunks, read_bounded_ipc
+from offline_store.sandbox import ConfinedFiles, SandboxedSql, UntrustedEntities
 from offline_store.sdk import build_job
-from service.errors import BackendUnavailableError, InvalidRequestError
+from service.errors import BackendUnavailableError, FeatureStoreError, InvalidRequestError
+from service.settings import Settings
 
 router = APIRouter(tags=["training"])
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
 
@@ -44,7 +56,7 @@ _ERROR_BODY: dict[str, Any] = {
 
 def _start(
     store: FeatureStore,
-    entity_source: EntitySource,
+    entity_source: UntrustedEntities,
     features: list[str] | None,
     feature_service: str | None,
     full_feature_names: bool,
@@ -66,17 +78,36 @@ def _start(
     return first.schema, rest()
 
 
+def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+    """The response body; a failure after the first batch ends it without the end marker."""
+    try:
+        yield from ipc_chunks(schema, batches)
+    except FeatureStoreError as exc:
+        # The status is sent already; a body without Arrow's end-of-stream marker is how
+        # the client learns the dataset is incomplete.
+        log.warning("training dataset stream cut after it started: %s", exc.message)
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         parsed = json.loads(body)
     except ValueError as exc:
         raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("entity_sql"), str):
+    given = [k for k in ("entity_sql", "entity_path") if isinstance(parsed, dict) and k in parsed]
+    if len(given) != 1 or not isinstance(parsed[given[0]], str):
         raise InvalidRequestError(
-            'a JSON body must be an object with "entity_sql" (an SQL query over the offline '
-            "data); send entity rows as an Arrow IPC stream instead otherwise",
+            'a JSON body must be an object with one of "entity_sql" (one SELECT over the '
+            'offline views) or "entity_path" (a Parquet file inside FEATURESTORE_ENTITY_DIR) '
+            "as a string; send entity rows as an Arrow IPC stream otherwise",
         )
+    assert isinstance(parsed, dict)
     return parsed
+
+
+def _json_rows(parsed: dict[str, Any], settings: Settings) -> SandboxedSql | ConfinedFiles:
+    if "entity_sql" in parsed:
+        return SandboxedSql.parse(parsed["entity_sql"])
+    return ConfinedFiles.resolve(parsed["entity_path"], settings.entity_dir)
 
 
 @router.post(
@@ -85,6 +116,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
     responses={
         200: {"content": {ARROW_STREAM: {}}, "description": "Arrow IPC stream of the rows."},
         404: _ERROR_BODY,
+        408: _ERROR_BODY,
+        413: _ERROR_BODY,
         422: _ERROR_BODY,
         503: _ERROR_BODY,
     },
@@ -97,9 +130,9 @@ def _parse_json(body: bytes) -> dict[str, Any]:
                 "application/json": {
                     "schema": {
                         "type": "object",
-                        "required": ["entity_sql"],
                         "properties": {
                             "entity_sql": {"type": "string"},
+                            "entity_path": {"type": "string"},
                             "features": {"type": "array", "items": {"type": "string"}},
                             "feature_service": {"type": "string"},
                             "full_feature_names": {"type": "boolean"},
@@ -118,26 +151,36 @@ async def training_dataset(
 ) -> StreamingResponse:
     """Point-in-time correct training rows for the posted entity rows (see module docstring)."""
     store = getattr(request.app.state, "feature_store", None)
-    if not isinstance(store, FeatureStore):
+    settings = getattr(request.app.state, "settings", None)
+    if not isinstance(store, FeatureStore) or not isinstance(settings, Settings):
         raise BackendUnavailableError("no feature store is loaded; check the service's --repo")
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    entity_source: EntitySource
+    rows: pa.Table | SandboxedSql | ConfinedFiles
     if content_type == "application/json":
         parsed = _parse_json(body)
-        entity_source = parsed["entity_sql"]
+        # Parsing SQL and resolving paths touch DuckDB and the disk: off the event loop.
+        rows = await run_in_threadpool(_json_rows, parsed, settings)
         features = parsed.get("features", features)
         feature_service = parsed.get("feature_service", feature_service)
         full_feature_names = bool(parsed.get("full_feature_names", full_feature_names))
     elif content_type in (ARROW_STREAM, "application/octet-stream"):
-        entity_source = ipc_to_table(body)
+        # Decompressing is CPU and memory: bounded, and never on the event loop.
+        rows = await run_in_threadpool(
+            lambda: read_bounded_ipc(
+                body,
+                max_bytes=settings.max_training_upload_bytes,
+                max_rows=settings.max_training_entity_rows,
+            )
+        )
     else:
         raise InvalidRequestError(
             f"unsupported Content-Type {content_type!r}; send the entity rows as "
             f"{ARROW_STREAM} or an SQL entity query as application/json",
         )
+    entities = UntrustedEntities(rows, settings.training_limits())
     # DuckDB and Feast block; keep them off the event loop.
     schema, batches = await run_in_threadpool(
-        _start, store, entity_source, features, feature_service, full_feature_names
+        _start, store, entities, features, feature_service, full_feature_names
     )
-    return StreamingResponse(ipc_chunks(schema, batches), media_type=ARROW_STREAM)
+    return StreamingResponse(_stream(schema, batches), media_type=ARROW_STREAM)
