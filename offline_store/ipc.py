@@ -210,23 +210,36 @@ class ChunkReader(io.RawIOBase):
         self._chunks = chunks
         self._pending = b""
         self._tail = b""
+        self._exhausted = False
 
     @property
     def complete(self) -> bool:
         """Whether everything was read and it ended with the end-of-stream marker."""
-        return self._tail == END_OF_STREAM
+        return self._exhausted and self._tail == END_OF_STREAM
+
+    @property
+    def cut(self) -> bool:
+        """Whether the chunks ran out without the end-of-stream marker (a cut response)."""
+        return self._exhausted and self._tail != END_OF_STREAM
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._tail = (self._tail + self._pending[:size])[-len(END_OF_STREAM) :]
-        self._pending = self._pending[size:]
-        return size
+        # Fill the whole buffer unless the chunks run out: pyarrow takes a short read for
+        # the end of the stream, and network chunks (~64 KB) are smaller than big batches.
+        filled = 0
+        while filled < len(buffer):
+            if not self._pending:
+                try:
+                    self._pending = next(self._chunks)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                continue
+            size = min(len(buffer) - filled, len(self._pending))
+            buffer[filled : filled + size] = self._pending[:size]
+            self._tail = (self._tail + self._pending[:size])[-len(END_OF_STREAM) :]
+            self._pending = self._pending[size:]
+            filled += size
+        return filled
