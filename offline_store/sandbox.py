@@ -196,33 +196,39 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _table_refs(node: Any) -> Iterator[dict[str, Any]]:
-    """Every table reference in a serialized DuckDB parse tree.
+def _is_table_ref(node: dict[str, Any]) -> bool:
+    # Table references carry a type, an alias and a sample; expressions carry a class and
+    # query nodes no alias. A reference of a kind not known here is refused (fails closed).
+    return {"type", "alias", "sample"} <= node.keys() and "class" not in node
 
-    Table references are the objects with a ``type``, an ``alias`` and a ``sample``;
-    expressions carry a ``class`` and query nodes no ``alias``. A reference of a kind this
-    module does not know is refused by :func:`check_relations` (it fails closed).
+
+def _scoped_refs(
+    node: Any, visible: frozenset[str]
+) -> Iterator[tuple[dict[str, Any], frozenset[str]]]:
+    """Every table reference in a serialized parse tree, with the CTE names in its scope.
+
+    CTE names are scoped as DuckDB binds them: the body of the i-th CTE of a ``WITH`` sees
+    the CTEs up to itself (an earlier body naming a later CTE reads the catalog instead),
+    the query after the ``WITH`` sees all of them, and nothing outside sees any. A global
+    set of CTE names would let ``... FROM duckdb_views UNION (WITH duckdb_views AS ...)``
+    read a system view.
     """
-    if isinstance(node, dict):
-        if {"type", "alias", "sample"} <= node.keys() and "class" not in node:
-            yield node
-        for value in node.values():
-            yield from _table_refs(value)
-    elif isinstance(node, list):
+    if isinstance(node, list):
         for value in node:
-            yield from _table_refs(value)
-
-
-def _cte_names(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for entry in (node.get("cte_map") or {}).get("map", []) or []:
-            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                yield entry["key"]
-        for value in node.values():
-            yield from _cte_names(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _cte_names(value)
+            yield from _scoped_refs(value, visible)
+        return
+    if not isinstance(node, dict):
+        return
+    if _is_table_ref(node):
+        yield node, visible
+    entries = [e for e in (node.get("cte_map") or {}).get("map", []) or [] if isinstance(e, dict)]
+    names = [e.get("key") for e in entries]
+    for i, entry in enumerate(entries):
+        yield from _scoped_refs(entry.get("value"), visible | {str(n) for n in names[: i + 1]})
+    inner = visible | {str(n) for n in names}
+    for key, value in node.items():
+        if key != "cte_map":
+            yield from _scoped_refs(value, inner)
 
 
 def check_relations(query: SandboxedSql, views: Collection[str]) -> None:
@@ -249,12 +255,12 @@ def check_relations(query: SandboxedSql, views: Collection[str]) -> None:
             f"entity_sql cannot be checked ({tree.get('error_message', 'unsupported')}); "
             f"send {allowed}",
         )
-    visible = set(views) | set(_cte_names(tree))
-    for ref in _table_refs(tree):
+    for ref, ctes in _scoped_refs(tree, frozenset()):
         kind = ref.get("type")
         if kind == "BASE_TABLE":
             name = ref.get("table_name")
-            if not ref.get("schema_name") and not ref.get("catalog_name") and name in visible:
+            unqualified = not ref.get("schema_name") and not ref.get("catalog_name")
+            if unqualified and (name in views or name in ctes):
                 continue
             what = f"table {name!r}"
         elif kind == "TABLE_FUNCTION":

@@ -108,6 +108,20 @@ ABUSES: list[tuple[str, str, str]] = [
     ("url_table_function", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')", "r"),
     ("url_as_table", "SELECT * FROM 'https://example.com/entities.parquet'", "r"),
     ("query_function", "SELECT * FROM query('SELECT 1')", "r"),
+    ("system_view", f"SELECT sql AS x, {ROW} FROM duckdb_views", "r"),
+    ("qualified_view", f"SELECT sql AS x, {ROW} FROM system.main.duckdb_views", "r"),
+    (
+        "cte_shadow_outside_its_scope",
+        f"SELECT sql AS x, {ROW} FROM duckdb_views UNION ALL "
+        f"(WITH duckdb_views AS (SELECT 1) SELECT 'y', {ROW})",
+        "r",
+    ),
+    (
+        "cte_named_before_defined",
+        f"WITH a AS (SELECT sql FROM duckdb_views), duckdb_views AS (SELECT 1) "
+        f"SELECT sql AS x, {ROW} FROM a",
+        "r",
+    ),
     ("settings_function", "SELECT * FROM duckdb_settings()", "r"),
     ("scalar_subquery", f"SELECT (SELECT content FROM read_text('{{text}}')) AS x, {ROW}", "r"),
     (
@@ -173,7 +187,7 @@ def test_sql_errors_name_the_callers_mistake_not_our_sql(app: AppClient, read_ke
 
 
 def test_entity_sql_over_the_views_matches_the_in_process_sdk(
-    app: AppClient, read_key: str, repo: Repo
+    app: AppClient, read_key: str
 ) -> None:
     sql = (
         "WITH d AS (SELECT driver_id, max(event_timestamp) AS t FROM driver_hourly_stats "
