@@ -249,13 +249,22 @@ def check_relations(query: SandboxedSql, views: Collection[str]) -> None:
         row = con.execute(f"SELECT json_serialize_sql({quote_literal(query.sql)})").fetchone()
     finally:
         con.close()
-    tree = json.loads(row[0]) if row else {"error": True}
+    try:
+        tree = json.loads(row[0]) if row else {"error": True}
+        refs = [] if tree.get("error") else list(_scoped_refs(tree, frozenset()))
+    except RecursionError:
+        # DuckDB parses up to 1000 nested expressions; Python's JSON reader and our walk
+        # stop sooner. Deeper is refused, never a 500.
+        raise EntitySqlRefusedError(
+            f"entity_sql is nested too deeply to check; send {allowed} with fewer nested "
+            "expressions or subqueries",
+        ) from None
     if tree.get("error"):
         raise EntitySqlRefusedError(
             f"entity_sql cannot be checked ({tree.get('error_message', 'unsupported')}); "
             f"send {allowed}",
         )
-    for ref, ctes in _scoped_refs(tree, frozenset()):
+    for ref, ctes in refs:
         kind = ref.get("type")
         if kind == "BASE_TABLE":
             name = ref.get("table_name")

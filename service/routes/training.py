@@ -91,7 +91,8 @@ def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[by
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         parsed = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: a few KB of nested brackets must be a 422, not a 500.
         raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
     given = [k for k in ("entity_sql", "entity_path") if isinstance(parsed, dict) and k in parsed]
     if len(given) != 1 or not isinstance(parsed[given[0]], str):

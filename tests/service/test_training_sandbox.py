@@ -142,6 +142,7 @@ ABUSES: list[tuple[str, str, str]] = [
     ("call", "CALL duckdb_settings()", "r"),
     ("export_database", "EXPORT DATABASE '{dir}/export'", "r"),
     ("create_table", "CREATE TABLE t AS SELECT 1", "r"),
+    ("nested_too_deep", "SELECT " + "abs(" * 900 + "1" + ")" * 900 + " AS x", "r"),
     ("path_not_sql", "{parquet}", "r"),
     ("etc_passwd_not_sql", "/etc/passwd", "r"),
     # No relation to refuse: the locked-down engine has no getenv() at all.
@@ -229,6 +230,16 @@ def test_both_or_neither_entity_field_is_422(app: AppClient, read_key: str) -> N
         response = post(app, read_key, body)
         assert response.status_code == 422
         assert response.json()["error"]["type"] == "invalid_request"
+
+
+def test_deeply_nested_json_is_422_not_500(app: AppClient, read_key: str) -> None:
+    response = app.post(
+        "/training-dataset",
+        content=b"[" * 100_000,
+        headers={"Authorization": f"Bearer {read_key}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "invalid_request"
 
 
 @pytest.fixture(scope="module")
