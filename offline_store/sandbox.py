@@ -149,6 +149,9 @@ class ConfinedFiles:
             )
         base = os.path.realpath(entity_dir)
         target = os.path.realpath(os.path.join(base, raw))
+        # Checked before anything is listed: "/" must not start a walk of the whole disk.
+        if not _inside(target, base):
+            raise _outside(raw)
         if os.path.isdir(target):
             candidates = [
                 os.path.join(root, name)
@@ -158,14 +161,10 @@ class ConfinedFiles:
             ]
         else:
             candidates = [target]
-        # Real paths: a symlink anywhere on the way that leaves the directory is caught here.
+        # Real paths: a symlink below the directory that leaves it is caught here.
         files = sorted({os.path.realpath(p) for p in candidates})
-        if not all(_inside(f, base) for f in [target, *files]):
-            raise EntityPathRefusedError(
-                f"entity_path {raw!r} resolves outside {_ENTITY_DIR_SETTING}; name a Parquet "
-                "file or directory inside it",
-                setting=_ENTITY_DIR_SETTING,
-            )
+        if not all(_inside(f, base) for f in files):
+            raise _outside(raw)
         files = [f for f in files if os.path.isfile(f)]
         if not files:
             raise EntityPathRefusedError(
@@ -186,6 +185,14 @@ class UntrustedEntities:
 
     rows: pa.Table | SandboxedSql | ConfinedFiles
     limits: RequestLimits
+
+
+def _outside(raw: str) -> EntityPathRefusedError:
+    return EntityPathRefusedError(
+        f"entity_path {raw!r} resolves outside {_ENTITY_DIR_SETTING}; name a Parquet file or "
+        "directory inside it",
+        setting=_ENTITY_DIR_SETTING,
+    )
 
 
 def _inside(path: str, base: str) -> bool:

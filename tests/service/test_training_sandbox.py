@@ -301,6 +301,7 @@ def test_an_entity_path_inside_the_entity_dir_matches_the_in_process_sdk(
         "*.parquet",
         "file://{parquet}",
         "/etc/passwd",
+        "/",
         "missing.parquet",
     ],
 )
