@@ -24,7 +24,8 @@ class's ``status_code``. Nothing here imports FastAPI.
     ├── ConflictError (409)                e.g. a materialization already running for a view
     ├── AuthenticationError (401)
     ├── PermissionDeniedError (403)
-    └── BackendUnavailableError (503)      Redis or the registry cannot be reached
+    ├── BackendUnavailableError (503)      Redis or the registry cannot be reached
+    └── ServiceBusyError (503)             every training slot of the worker is taken
 """
 
 from __future__ import annotations
@@ -142,3 +143,9 @@ class PermissionDeniedError(FeatureStoreError):
 class BackendUnavailableError(FeatureStoreError):
     status_code = 503
     error_type = "backend_unavailable"
+
+
+class ServiceBusyError(FeatureStoreError):
+    status_code = 503
+    error_type = "service_busy"
+    headers = {"Retry-After": "5"}

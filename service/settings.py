@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         default="10GB",
         description="Most each /training-dataset request may spill to DuckDB's temp directory.",
     )
+    training_max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="/training-dataset requests running at once per worker (streaming "
+        "included); more are answered 503 service_busy with Retry-After.",
+    )
     max_training_entity_rows: int = Field(
         default=1_000_000, ge=1, description="Most entity rows per /training-dataset request."
     )

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pyarrow as pa
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 from feast import FeatureStore
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +41,12 @@ from starlette.concurrency import run_in_threadpool
 from offline_store.ipc import ARROW_STREAM, ipc_chunks, read_bounded_ipc
 from offline_store.sandbox import ConfinedFiles, SandboxedSql, UntrustedEntities
 from offline_store.sdk import build_job
-from service.errors import BackendUnavailableError, FeatureStoreError, InvalidRequestError
+from service.errors import (
+    BackendUnavailableError,
+    FeatureStoreError,
+    InvalidRequestError,
+    ServiceBusyError,
+)
 from service.settings import Settings
 
 router = APIRouter(tags=["training"])
@@ -78,14 +85,57 @@ def _start(
     return first.schema, rest()
 
 
-def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+class _Slot:
+    """One of the worker's training slots, released exactly once, from any thread."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._slots.release()
+
+
+def _take_slot(app: FastAPI, settings: Settings) -> _Slot:
+    """A training slot, or 503: each request is bounded, this bounds how many run at once."""
+    slots = getattr(app.state, "training_slots", None)
+    if not isinstance(slots, threading.BoundedSemaphore):
+        # No await since the lookup: on the event loop this cannot race.
+        slots = threading.BoundedSemaphore(settings.training_max_concurrent)
+        app.state.training_slots = slots
+    if not slots.acquire(blocking=False):
+        raise ServiceBusyError(
+            f"{settings.training_max_concurrent} training requests are running on this worker "
+            "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds",
+            limit=settings.training_max_concurrent,
+            setting="FEATURESTORE_TRAINING_MAX_CONCURRENT",
+        )
+    return _Slot(slots)
+
+
+def _finish(batches: Iterator[pa.RecordBatch], slot: _Slot) -> None:
+    # Close the DuckDB side before handing the slot on, so its memory is really free.
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    slot.release()
+
+
+def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch], slot: _Slot) -> Iterator[bytes]:
     """The response body; a failure after the first batch ends it without the end marker."""
     try:
         yield from ipc_chunks(schema, batches)
     except FeatureStoreError as exc:
         # The status is sent already; a body without Arrow's end-of-stream marker is how
         # the client learns the dataset is incomplete.
+        _finish(batches, slot)
         log.warning("training dataset stream cut after it started: %s", exc.message)
+    finally:
+        _finish(batches, slot)
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
@@ -155,6 +205,29 @@ async def training_dataset(
     settings = getattr(request.app.state, "settings", None)
     if not isinstance(store, FeatureStore) or not isinstance(settings, Settings):
         raise BackendUnavailableError("no feature store is loaded; check the service's --repo")
+    slot = _take_slot(request.app, settings)
+    try:
+        schema, batches = await _prepare(
+            request, store, settings, features, feature_service, full_feature_names
+        )
+    except BaseException:
+        slot.release()
+        raise
+    body_stream = _stream(schema, batches, slot)
+    # A response that is never sent (the client left first) still gives its slot back.
+    weakref.finalize(body_stream, slot.release)
+    return StreamingResponse(body_stream, media_type=ARROW_STREAM)
+
+
+async def _prepare(
+    request: Request,
+    store: FeatureStore,
+    settings: Settings,
+    features: list[str] | None,
+    feature_service: str | None,
+    full_feature_names: bool,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Read and check the body, then run the job up to its first batch."""
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     rows: pa.Table | SandboxedSql | ConfinedFiles
@@ -181,7 +254,6 @@ async def training_dataset(
         )
     entities = UntrustedEntities(rows, settings.training_limits())
     # DuckDB and Feast block; keep them off the event loop.
-    schema, batches = await run_in_threadpool(
+    return await run_in_threadpool(
         _start, store, entities, features, feature_service, full_feature_names
     )
-    return StreamingResponse(_stream(schema, batches), media_type=ARROW_STREAM)

@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ LIMITS = {
     "FEATURESTORE_TRAINING_MEMORY_LIMIT": "100MB",
     "FEATURESTORE_TRAINING_MAX_TEMP_SIZE": "300MB",
     "FEATURESTORE_TRAINING_THREADS": "1",
+    "FEATURESTORE_TRAINING_MAX_CONCURRENT": "1",
     "FEATURESTORE_MAX_TRAINING_ENTITY_ROWS": "500000",
     "FEATURESTORE_MAX_TRAINING_UPLOAD_BYTES": str(64 * 1024 * 1024),
 }
@@ -132,14 +134,23 @@ def post_sql(http: httpx.Client, sql: str, features: list[str] | None = None) ->
 def test_a_query_past_the_time_limit_is_cancelled_with_408_while_lookups_answer(
     server: ServeProcess, http: httpx.Client, read_key: str
 ) -> None:
+    """Also: while it runs, it holds the worker's only training slot: others get 503."""
     # Four self-joins of the driver table: 10^12 rows, hours of work without the limit.
     sql = (
         "SELECT a.driver_id, max(b.event_timestamp) AS event_timestamp FROM "
         "driver_hourly_stats a, driver_hourly_stats b, driver_hourly_stats c, "
         "driver_hourly_stats d GROUP BY a.driver_id"
     )
-    with Lookups(server, read_key) as lookups:
-        response, seconds = timed(lambda: post_sql(http, sql))
+    small = "SELECT 1001 AS driver_id, now() AS event_timestamp"
+    with Lookups(server, read_key) as lookups, ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(timed, lambda: post_sql(http, sql))
+        time.sleep(1.5)
+        busy = post_sql(http, small)
+        response, seconds = heavy.result()
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["retry-after"] == "5"
+    assert busy.json()["error"]["type"] == "service_busy"
+    assert busy.json()["error"]["setting"] == "FEATURESTORE_TRAINING_MAX_CONCURRENT"
     assert response.status_code == 408, response.text
     error = response.json()["error"]
     assert error["type"] == "query_timeout"
@@ -147,8 +158,8 @@ def test_a_query_past_the_time_limit_is_cancelled_with_408_while_lookups_answer(
     assert TIMEOUT_SECONDS <= seconds < TIMEOUT_SECONDS + 10
     figures = lookups.check()
     print(f"time limit: 408 after {seconds:.2f} s; concurrent lookups {figures}")
-    # The server is not stuck on the cancelled query: the next one is answered at once.
-    assert post_sql(http, "SELECT 1001 AS driver_id, now() AS event_timestamp").status_code == 200
+    # The cancelled query gave its slot back: the next one is answered at once.
+    assert post_sql(http, small).status_code == 200
 
 
 def test_a_query_over_the_memory_limit_is_cancelled_with_413_while_lookups_answer(
