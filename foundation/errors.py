@@ -8,7 +8,9 @@ class's ``status_code``. Nothing here imports FastAPI.
     ├── InvalidRequestError (422)          bad input the caller can fix
     │   ├── InvalidEntityError             wrong entity key type, missing join key
     │   ├── InvalidTimestampError          unparseable or naive/aware mix-ups
-    │   └── SchemaMismatchError            pushed rows do not match the view schema
+    │   ├── SchemaMismatchError            pushed rows do not match the view schema
+    │   ├── EntitySqlRefusedError          HTTP entity SQL that is not one SELECT over the views
+    │   └── EntityPathRefusedError         an HTTP entity path outside FEATURESTORE_ENTITY_DIR
     ├── NotFoundError (404)
     │   ├── FeatureViewNotFoundError
     │   ├── FeatureNotFoundError
@@ -16,11 +18,14 @@ class's ``status_code``. Nothing here imports FastAPI.
     │   ├── PushSourceNotFoundError
     │   └── JobNotFoundError
     ├── RequestTooLargeError (413)         too many entities / features / bytes
+    │   └── MemoryLimitExceededError       a training query over its memory or spill limit
+    ├── QueryTimeoutError (408)            a training query over its wall-clock limit
     ├── UnsupportedTypeError (422)         a feature type the online codec cannot store
     ├── ConflictError (409)                e.g. a materialization already running for a view
     ├── AuthenticationError (401)
     ├── PermissionDeniedError (403)
-    └── BackendUnavailableError (503)      Redis or the registry cannot be reached
+    ├── BackendUnavailableError (503)      Redis or the registry cannot be reached
+    └── ServiceBusyError (503)             every training slot of the worker is taken
 """
 
 from __future__ import annotations
@@ -85,6 +90,14 @@ class SchemaMismatchError(InvalidRequestError):
     error_type = "schema_mismatch"
 
 
+class EntitySqlRefusedError(InvalidRequestError):
+    error_type = "entity_sql_refused"
+
+
+class EntityPathRefusedError(InvalidRequestError):
+    error_type = "entity_path_refused"
+
+
 class UnsupportedTypeError(FeatureStoreError):
     status_code = 422
     error_type = "unsupported_type"
@@ -120,6 +133,15 @@ class RequestTooLargeError(FeatureStoreError):
     error_type = "request_too_large"
 
 
+class MemoryLimitExceededError(RequestTooLargeError):
+    error_type = "memory_limit_exceeded"
+
+
+class QueryTimeoutError(FeatureStoreError):
+    status_code = 408
+    error_type = "query_timeout"
+
+
 class ConflictError(FeatureStoreError):
     status_code = 409
     error_type = "conflict"
@@ -139,3 +161,9 @@ class PermissionDeniedError(FeatureStoreError):
 class BackendUnavailableError(FeatureStoreError):
     status_code = 503
     error_type = "backend_unavailable"
+
+
+class ServiceBusyError(FeatureStoreError):
+    status_code = 503
+    error_type = "service_busy"
+    headers = {"Retry-After": "5"}

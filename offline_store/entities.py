@@ -4,6 +4,10 @@ An entity source is a pandas DataFrame, an Arrow table, a Parquet path (file, di
 or an SQL query over the offline data (each feature view's source is visible as a view named
 after the view and after its batch source). Whatever the kind, the rows land in one temp table
 whose ``rowid`` is the input order, behind a view that adds the UTC event timestamp.
+
+Rows from untrusted callers arrive as :mod:`offline_store.sandbox` records instead: a checked
+SELECT, which is bound as a relation of its own (its text is never pasted into ours), or files
+already confined to the entity directory.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from foundation.errors import InvalidRequestError, InvalidTimestampError
+from foundation.errors import InvalidRequestError, InvalidTimestampError, RequestTooLargeError
 from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
+from offline_store.sandbox import ConfinedFiles, SandboxedSql
 from offline_store.sources import execute, fetch_all, parquet_glob, parquet_scan, quote_ident
 
 EntitySource: TypeAlias = pd.DataFrame | pa.Table | str | Path
+# What the join loads: a caller's own source, or the rows of an untrusted one.
+LoadableSource: TypeAlias = EntitySource | SandboxedSql | ConfinedFiles
+_INPUT = "__entity_input"
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 _ROWS_TABLE = "__entity_rows"
 _TIMESTAMP_TYPES = ("TIMESTAMP", "DATE")
@@ -55,8 +63,18 @@ def is_sql(source: str) -> bool:
     return source.lstrip().lower().startswith(_SQL_STARTS) and not os.path.exists(source)
 
 
-def _input_relation(con: duckdb.DuckDBPyConnection, source: EntitySource) -> str:
+def _input_relation(con: duckdb.DuckDBPyConnection, source: LoadableSource) -> str:
     """Register the source on ``con`` and return SQL text for it after ``FROM``."""
+    if isinstance(source, SandboxedSql):
+        # Bound on its own: a comment or parenthesis in the caller's text cannot reach
+        # into the statement that copies the rows.
+        try:
+            con.sql(source.sql).create_view(_INPUT, replace=True)
+        except duckdb.Error as exc:
+            raise InvalidRequestError(f"entity_sql failed: {_caller_error(exc)}") from exc
+        return _INPUT
+    if isinstance(source, ConfinedFiles):
+        return parquet_scan(source.paths)
     if isinstance(source, pd.DataFrame):
         try:
             table = pa.Table.from_pandas(source, preserve_index=False)
@@ -65,11 +83,11 @@ def _input_relation(con: duckdb.DuckDBPyConnection, source: EntitySource) -> str
                 f"entity DataFrame cannot be converted to Arrow ({exc}); a column mixes "
                 "types, often naive and timezone-aware timestamps: make them all one kind",
             ) from exc
-        con.register("__entity_input", table)
-        return "__entity_input"
+        con.register(_INPUT, table)
+        return _INPUT
     if isinstance(source, pa.Table):
-        con.register("__entity_input", source)
-        return "__entity_input"
+        con.register(_INPUT, source)
+        return _INPUT
     if isinstance(source, (str, Path)):
         text = str(source)
         if isinstance(source, str) and is_sql(text):
@@ -79,6 +97,12 @@ def _input_relation(con: duckdb.DuckDBPyConnection, source: EntitySource) -> str
         f"unsupported entity source of type {type(source).__name__}; pass a pandas "
         "DataFrame, a pyarrow Table, a Parquet path or an SQL query string",
     )
+
+
+def _caller_error(exc: BaseException) -> str:
+    """DuckDB's message without the ``LINE n:`` excerpt of the SQL it was running."""
+    text = str(exc).split("\nLINE ", 1)[0].strip()
+    return " ".join(text.split())
 
 
 def _pick_timestamp_column(types: dict[str, str]) -> str:
@@ -95,15 +119,22 @@ def _pick_timestamp_column(types: dict[str, str]) -> str:
 
 
 def load_entities(
-    con: duckdb.DuckDBPyConnection, source: EntitySource, *, materialize: bool = True
+    con: duckdb.DuckDBPyConnection,
+    source: LoadableSource,
+    *,
+    materialize: bool = True,
+    max_rows: int | None = None,
 ) -> LoadedEntities:
     """Materialize the entity rows into ``__entities`` (plus row id and UTC time).
 
     Args:
         con: the connection the join will run on.
-        source: a DataFrame, Arrow table, Parquet path or SQL query.
+        source: a DataFrame, Arrow table, Parquet path or SQL query, or an untrusted
+            caller's checked SELECT or confined files.
         materialize: copy the rows into a temp table (needed for the join, whose row id is
             the table's ``rowid``); without it only a view is made, enough for statistics.
+        max_rows: refuse more entity rows than this; reading stops one row past it, so an
+            oversized query costs no more than the limit.
 
     Returns:
         Column names, types, the timestamp column, row count and time range.
@@ -111,15 +142,32 @@ def load_entities(
     Raises:
         InvalidRequestError: the source cannot be read (bad SQL, missing file).
         InvalidTimestampError: no usable timestamp column, unparseable or null timestamps.
+        RequestTooLargeError: more than ``max_rows`` rows.
     """
     relation = _input_relation(con, source)
+    limit = "" if max_rows is None else f" LIMIT {int(max_rows) + 1}"
     try:
         kind = "TABLE" if materialize else "VIEW"
-        execute(con, f"CREATE TEMP {kind} {_ROWS_TABLE} AS SELECT * FROM {relation}")
+        execute(con, f"CREATE TEMP {kind} {_ROWS_TABLE} AS SELECT * FROM {relation}{limit}")
+    except (duckdb.InterruptException, duckdb.OutOfMemoryException):
+        raise  # a request limit, not a fault in the rows: the job reports it
     except duckdb.Error as exc:
+        if isinstance(source, (SandboxedSql, ConfinedFiles)):
+            what = "entity_sql" if isinstance(source, SandboxedSql) else "entity_path"
+            raise InvalidRequestError(f"{what} failed: {_caller_error(exc)}") from exc
         raise InvalidRequestError(
             f"cannot read the entity rows: {exc}; check the SQL or the Parquet path",
         ) from exc
+    if max_rows is not None:
+        count = int(fetch_all(con, f"SELECT count(*) FROM {_ROWS_TABLE}")[0][0])
+        if count > max_rows:
+            raise RequestTooLargeError(
+                f"more than {max_rows} entity rows in one training request "
+                "(FEATURESTORE_MAX_TRAINING_ENTITY_ROWS); split the entity rows into "
+                "smaller requests",
+                limit=max_rows,
+                setting="FEATURESTORE_MAX_TRAINING_ENTITY_ROWS",
+            )
     types = {str(r[0]): str(r[1]) for r in fetch_all(con, f"DESCRIBE SELECT * FROM {_ROWS_TABLE}")}
     ts_col = _pick_timestamp_column(types)
     ts = quote_ident(ts_col)

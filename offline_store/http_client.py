@@ -126,8 +126,10 @@ def fetch_training_dataset(
                 # Errors after the first batch cannot change the status any more; the
                 # server cuts the stream and the reader sees it end early.
                 raise FeatureStoreError(
-                    f"the training dataset stream ended early ({exc}); the service log has "
-                    "the cause, retry or use output='parquet' with a smaller entity set",
+                    f"the training dataset stream ended early ({exc}); the service cut it, "
+                    "at its time limit (FEATURESTORE_TRAINING_TIMEOUT_SECONDS, streaming "
+                    "included) or on an error in its log: retry with fewer entity rows, "
+                    "read the stream without pausing, or build large sets in-process",
                 ) from exc
     except httpx.TransportError as exc:
         raise BackendUnavailableError(
@@ -142,6 +144,19 @@ def _read_stream(
     response: httpx.Response, output: str, path: str | Path | None
 ) -> pd.DataFrame | pa.Table | str:
     source = ChunkReader(response.iter_bytes())
+    try:
+        return _decode(source, output, path)
+    except OSError as exc:
+        # Arrow reports a body that stops inside a batch as an I/O error; a cut response
+        # is the service's doing, any other I/O error (a full disk) stays what it is.
+        if source.cut:
+            raise pa.ArrowInvalid(f"cut inside a batch: {exc}") from exc
+        raise
+
+
+def _decode(
+    source: ChunkReader, output: str, path: str | Path | None
+) -> pd.DataFrame | pa.Table | str:
     reader = pa.ipc.open_stream(source)
     if output == "parquet":
         assert path is not None

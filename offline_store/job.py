@@ -3,12 +3,18 @@
 Besides Feast's ``to_df``/``to_arrow``, a job can stream (:meth:`DuckDBRetrievalJob.iter_batches`)
 and write Parquet straight from DuckDB (:meth:`DuckDBRetrievalJob.to_parquet`), so results larger
 than RAM never become one in-memory table.
+
+A job for an untrusted caller carries :class:`~offline_store.sandbox.RequestLimits`: every
+connection it opens is watched by a timer that interrupts the query at the time limit (the
+streaming of a result included), and limit errors become 408/413 errors whose messages hold
+no SQL of ours.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,14 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
-from foundation.errors import ConflictError, FeatureStoreError, InvalidRequestError
+from foundation.errors import (
+    ConflictError,
+    FeatureStoreError,
+    InvalidRequestError,
+    MemoryLimitExceededError,
+    QueryTimeoutError,
+)
+from offline_store.sandbox import RequestLimits, Watchdog
 from offline_store.sources import DuckDBSettings, connect, execute, fetch_all, quote_literal
 
 
@@ -43,6 +56,8 @@ class Query:
 
 # Registers inputs on a fresh connection and returns the query to run there.
 Prepare = Callable[[duckdb.DuckDBPyConnection], Query]
+# Computes the retrieval metadata on a fresh connection (it may read the entity rows).
+MetadataFn = Callable[[duckdb.DuckDBPyConnection], RetrievalMetadata]
 
 
 class DuckDBRetrievalJob(RetrievalJob):
@@ -53,8 +68,10 @@ class DuckDBRetrievalJob(RetrievalJob):
         prepare: registers inputs on the connection and returns the SQL to run.
         full_feature_names: whether feature columns are ``view__feature``.
         on_demand_feature_views: ODFVs Feast's ``to_arrow`` applies to the result.
-        metadata: a callable computing the retrieval metadata on first use (it may need to
-            read the entity rows, which is not free).
+        metadata: computes the retrieval metadata on a connection of the job, on first use
+            (it may need to read the entity rows, which is not free).
+        limits: set for an untrusted caller: the wall-clock limit of each connection, and
+            errors reported without our SQL (memory and threads are in ``settings``).
     """
 
     def __init__(
@@ -64,10 +81,12 @@ class DuckDBRetrievalJob(RetrievalJob):
         *,
         full_feature_names: bool = False,
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
-        metadata: Callable[[], RetrievalMetadata] | None = None,
+        metadata: MetadataFn | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self._settings = settings
         self._prepare = prepare
+        self._limits = limits
         self._full_feature_names = full_feature_names
         self._odfvs = on_demand_feature_views or []
         self._metadata_fn = metadata
@@ -84,8 +103,42 @@ class DuckDBRetrievalJob(RetrievalJob):
     @property
     def metadata(self) -> RetrievalMetadata | None:
         if self._metadata is None and self._metadata_fn is not None:
-            self._metadata = self._metadata_fn()
+            with self._connect() as con:
+                self._metadata = self._metadata_fn(con)
         return self._metadata
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh connection, watched by the time limit; DuckDB errors become ours."""
+        con = connect(self._settings)
+        timeout = self._limits.timeout_seconds if self._limits else None
+        try:
+            with Watchdog(con, timeout) as watchdog:
+                try:
+                    yield con
+                except (duckdb.Error, OSError) as exc:
+                    # A streamed result reports the interrupt as an OSError from Arrow.
+                    if watchdog.fired:
+                        raise self._timeout() from exc
+                    if isinstance(exc, duckdb.Error):
+                        raise _translate(exc, self._limits) from exc
+                    raise
+                except FeatureStoreError as exc:
+                    if watchdog.fired:
+                        raise self._timeout() from exc
+                    raise
+        finally:
+            con.close()
+
+    def _timeout(self) -> QueryTimeoutError:
+        seconds = self._limits.timeout_seconds if self._limits else 0.0
+        return QueryTimeoutError(
+            f"the training query ran past its {seconds:g} s limit and was cancelled "
+            "(FEATURESTORE_TRAINING_TIMEOUT_SECONDS); ask for fewer entity rows or features, "
+            "or build large datasets in-process with the SDK",
+            limit_seconds=seconds,
+            setting="FEATURESTORE_TRAINING_TIMEOUT_SECONDS",
+        )
 
     def _start(
         self, con: duckdb.DuckDBPyConnection, on_total: Callable[[int], None] | None = None
@@ -96,33 +149,20 @@ class DuckDBRetrievalJob(RetrievalJob):
             The job's SQL, ready to run on ``con``.
         """
         query = self._prepare(con)
-        try:
-            for statement in query.setup:
-                execute(con, statement)
-            if on_total is not None and query.count_sql is not None:
-                on_total(int(fetch_all(con, query.count_sql)[0][0]))
-        except duckdb.Error as exc:
-            raise _translate(exc) from exc
+        for statement in query.setup:
+            execute(con, statement)
+        if on_total is not None and query.count_sql is not None:
+            on_total(int(fetch_all(con, query.count_sql)[0][0]))
         return query.sql
 
     def _run(
         self, con: duckdb.DuckDBPyConnection, on_total: Callable[[int], None] | None = None
     ) -> duckdb.DuckDBPyRelation:
-        sql = self._start(con, on_total)
-        try:
-            return con.sql(sql)
-        except duckdb.Error as exc:
-            raise _translate(exc) from exc
+        return con.sql(self._start(con, on_total))
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        con = connect(self._settings)
-        try:
-            try:
-                return self._run(con).to_arrow_table()
-            except duckdb.Error as exc:
-                raise _translate(exc) from exc
-        finally:
-            con.close()
+        with self._connect() as con:
+            return self._run(con).to_arrow_table()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         frame: pd.DataFrame = self._to_arrow_internal(timeout).to_pandas()
@@ -130,11 +170,8 @@ class DuckDBRetrievalJob(RetrievalJob):
 
     def to_sql(self) -> str:
         """The SQL the job runs (it refers to temp tables the job creates first)."""
-        con = connect(self._settings)
-        try:
+        with self._connect() as con:
             return self._prepare(con).sql
-        finally:
-            con.close()
 
     def iter_batches(
         self, max_rows: int, *, on_total: Callable[[int], None] | None = None
@@ -156,22 +193,18 @@ class DuckDBRetrievalJob(RetrievalJob):
 
         Raises:
             InvalidRequestError: ``max_rows`` is not positive.
+            QueryTimeoutError: past the time limit of an untrusted request (also while
+                streaming: the connection lives until the last batch).
             FeatureStoreError: the query failed.
         """
         if max_rows <= 0:
             raise InvalidRequestError(f"max_rows must be positive, got {max_rows}")
-        con = connect(self._settings)
-        try:
-            try:
-                reader = self._run(con, on_total).to_arrow_reader(max_rows)
-                for batch in reader:
-                    # DuckDB batches are vector-aligned and can exceed the request.
-                    for start in range(0, batch.num_rows, max_rows):
-                        yield self._with_odfvs(batch.slice(start, max_rows))
-            except duckdb.Error as exc:
-                raise _translate(exc) from exc
-        finally:
-            con.close()
+        with self._connect() as con:
+            reader = self._run(con, on_total).to_arrow_reader(max_rows)
+            for batch in reader:
+                # DuckDB batches are vector-aligned and can exceed the request.
+                for start in range(0, batch.num_rows, max_rows):
+                    yield self._with_odfvs(batch.slice(start, max_rows))
 
     def _with_odfvs(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if not self._odfvs:
@@ -217,14 +250,9 @@ class DuckDBRetrievalJob(RetrievalJob):
             if writer is None:
                 pq.write_table(self.to_arrow().slice(0, 0), tmp)
         else:
-            con = connect(self._settings)
-            try:
+            with self._connect() as con:
                 sql = self._start(con)
                 execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
-            except duckdb.Error as exc:
-                raise _translate(exc) from exc
-            finally:
-                con.close()
         # Readers never see a half-written file.
         os.replace(tmp, dest)
         return dest
@@ -283,9 +311,24 @@ def apply_odfvs(table: pa.Table, job: RetrievalJob) -> pa.Table:
     return table
 
 
-def _translate(exc: Exception) -> FeatureStoreError:
-    """Map DuckDB errors to our tree: bad input is the caller's fault, the rest is ours."""
+def _translate(exc: Exception, limits: RequestLimits | None = None) -> FeatureStoreError:
+    """Map DuckDB errors to our tree: bad input is the caller's fault, the rest is ours.
+
+    For an untrusted caller (``limits`` set) the message keeps DuckDB's first paragraph only:
+    its ``LINE n:`` excerpt would show our generated SQL.
+    """
     text = str(exc)
+    if limits is not None:
+        text = " ".join(text.split("\nLINE ", 1)[0].split())
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return MemoryLimitExceededError(
+                f"the training query needs more than its memory limit {limits.memory_limit} "
+                f"(FEATURESTORE_TRAINING_MEMORY_LIMIT) or spill limit {limits.max_temp_size} "
+                "(FEATURESTORE_TRAINING_MAX_TEMP_SIZE) and was cancelled: ask for fewer entity "
+                "rows or features per request",
+                memory_limit=limits.memory_limit,
+                setting="FEATURESTORE_TRAINING_MEMORY_LIMIT",
+            )
     if isinstance(exc, (duckdb.BinderException, duckdb.ConversionException)):
         return InvalidRequestError(f"offline query rejected: {text}")
     if isinstance(exc, duckdb.OutOfMemoryException):

@@ -34,6 +34,7 @@ from foundation.errors import (
 )
 from offline_store.entities import EntitySource
 from offline_store.job import DuckDBRetrievalJob
+from offline_store.sandbox import UntrustedEntities
 
 Output: TypeAlias = Literal["pandas", "arrow", "parquet"]
 Result: TypeAlias = pd.DataFrame | pa.Table | str
@@ -105,13 +106,16 @@ def resolve_features(
 
 def build_job(
     fs: FeatureStore,
-    entity_source: EntitySource,
+    entity_source: EntitySource | UntrustedEntities,
     features: Sequence[str] | None = None,
     feature_service: str | None = None,
     *,
     full_feature_names: bool = False,
 ) -> DuckDBRetrievalJob:
     """A lazy point-in-time job on ``fs``'s offline store (which must be ours).
+
+    The HTTP service passes :class:`~offline_store.sandbox.UntrustedEntities`: the job then
+    runs sandboxed and within limits. In-process callers pass their own source.
 
     Raises:
         InvalidRequestError: the repo does not use the DuckDB offline store, or bad input.

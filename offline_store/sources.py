@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +33,14 @@ class DuckDBSettings:
         memory_limit: DuckDB ``memory_limit`` (e.g. ``"4GB"``); beyond it operators spill.
         temp_directory: where spilled data goes; created on demand.
         threads: worker threads; ``None`` lets DuckDB use every core.
+        max_temp_size: DuckDB ``max_temp_directory_size``, the most one connection may spill;
+            ``None`` keeps DuckDB's default (90% of the free disk).
     """
 
     memory_limit: str = "4GB"
     temp_directory: str | None = None
     threads: int | None = None
+    max_temp_size: str | None = None
 
 
 def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
@@ -60,6 +64,8 @@ def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
     }
     if settings.threads:
         config["threads"] = settings.threads
+    if settings.max_temp_size:
+        config["max_temp_directory_size"] = settings.max_temp_size
     con = duckdb.connect(database=":memory:", config=config)
     # TIMESTAMPTZ values then print and convert as UTC, and naive timestamps cast as UTC.
     execute(con, "SET TimeZone='UTC'")
@@ -172,6 +178,23 @@ def source_files(path: str) -> list[str]:
     return sorted(set(files))
 
 
+def expand_pattern(pattern: str) -> list[str]:
+    """The local files a read pattern matches now (pushed parts included), sorted by path.
+
+    Args:
+        pattern: what :func:`parquet_glob` returned (a file, ``dir/**/*.parquet`` or a glob).
+
+    Returns:
+        Absolute paths of the matching regular files.
+    """
+    return sorted(
+        os.path.abspath(p)
+        for part in source_patterns(pattern)
+        for p in glob.glob(part, recursive=True)
+        if os.path.isfile(p)
+    )
+
+
 def has_files(pattern: str) -> bool:
     """Whether a local pattern matches at least one file (remote patterns are assumed to)."""
     if "://" in pattern:
@@ -179,11 +202,12 @@ def has_files(pattern: str) -> bool:
     return bool(glob.glob(pattern, recursive=True))
 
 
-def parquet_scan(pattern: str, *, with_order_columns: bool = False) -> str:
-    """A ``read_parquet`` table expression for a source pattern.
+def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = False) -> str:
+    """A ``read_parquet`` table expression for a source pattern or an explicit file list.
 
     Args:
-        pattern: what :func:`parquet_glob` returned.
+        pattern: what :func:`parquet_glob` returned, or the exact files to read (a sandboxed
+            connection may not list directories, so it reads the files a pattern matched).
         with_order_columns: add ``filename`` and ``file_row_number`` so that rows identical
             in (event_ts, created_ts) can be ordered by where they sit in the source (a later
             file or a later row wins).
@@ -194,20 +218,28 @@ def parquet_scan(pattern: str, *, with_order_columns: bool = False) -> str:
         SQL text usable after ``FROM``.
 
     Raises:
-        InvalidRequestError: the pattern matches no file.
+        InvalidRequestError: the pattern (or list) matches no file.
     """
-    if not has_files(pattern):
+    if isinstance(pattern, str):
+        found = has_files(pattern)
+        target = quote_literal(pattern)
+    else:
+        found = bool(pattern)
+        target = "[" + ", ".join(quote_literal(p) for p in pattern) + "]"
+    if not found:
         raise InvalidRequestError(
             f"offline source {pattern!r} matches no Parquet file; generate the data or fix "
             "the FileSource path (relative paths resolve against the feature repo)",
-            source=pattern,
+            source=str(pattern),
         )
     options = "union_by_name=true"
     if with_order_columns:
         options += ", filename=true, file_row_number=true"
+    if not isinstance(pattern, str):
+        return f"read_parquet({target}, {options})"
     patterns = source_patterns(pattern)
     if len(patterns) == 1:
-        return f"read_parquet({quote_literal(pattern)}, {options})"
+        return f"read_parquet({target}, {options})"
     # The parts directory's paths extend the file's path, so they sort after it and a
     # later push wins exact ties in "source order".
     listed = ", ".join(quote_literal(p) for p in patterns)

@@ -25,27 +25,25 @@ import duckdb
 import pyarrow as pa
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
-from feast.infra.offline_stores.file_source import FileSource
-from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalMetadata
+from feast.infra.offline_stores.offline_store import OfflineStore
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
+from feast.utils import _get_requested_feature_views_to_features_dict
 
-from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
-from offline_store.checks import check_request, check_request_data
-from offline_store.entities import EntitySource, load_entities
+from foundation.errors import FeatureViewNotFoundError
+from offline_store.entities import EntitySource
+from offline_store.historical import file_source, historical_job, source_pattern
 from offline_store.job import DuckDBRetrievalJob, Query
-from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.pulls import build_pull_query
+from offline_store.sandbox import (
+    UntrustedEntities,
+)
 from offline_store.sources import (
     DuckDBSettings,
-    connect,
     execute,
-    parquet_glob,
     parquet_scan,
     parts_pattern,
-    quote_ident,
     resolve_path,
 )
 from offline_store.writes import write_batch
@@ -96,69 +94,6 @@ def _is_single_file(pattern: str) -> bool:
     )
 
 
-def _file_source(source: DataSource | None, owner: str) -> FileSource:
-    if not isinstance(source, FileSource):
-        raise InvalidRequestError(
-            f"{owner} reads from {type(source).__name__}; the DuckDB offline store reads "
-            "only FileSource (Parquet) sources",
-        )
-    return source
-
-
-def source_pattern(config: RepoConfig, source: FileSource) -> str:
-    """The read pattern (file, ``dir/**/*.parquet`` or glob) of a FileSource."""
-    return parquet_glob(resolve_path(config.repo_path, source.path))
-
-
-def _view_spec(
-    config: RepoConfig, fv: FeatureView, features: list[str], full_feature_names: bool
-) -> ViewSpec:
-    source = _file_source(fv.batch_source, f"feature view {fv.name!r}")
-    prefix = fv.projection.name_to_use()
-    join_keys = tuple(
-        (fv.projection.join_key_map.get(col.name, col.name), col.name) for col in fv.entity_columns
-    )
-    return ViewSpec(
-        name=prefix,
-        scan_sql=parquet_scan(source_pattern(config, source), with_order_columns=True),
-        column_map=dict(source.field_mapping or {}),
-        join_keys=join_keys,
-        timestamp_field=source.timestamp_field,
-        created_timestamp_column=source.created_timestamp_column or None,
-        features=tuple(
-            FeatureSpec(f, f"{prefix}__{f}" if full_feature_names else f) for f in features
-        ),
-        ttl_seconds=fv.ttl.total_seconds() if fv.ttl else 0.0,
-    )
-
-
-def _register_source_views(
-    con: duckdb.DuckDBPyConnection, config: RepoConfig, views: list[FeatureView]
-) -> None:
-    """Expose each source as a view named after its feature view and its batch source."""
-    for fv in views:
-        source = _file_source(fv.batch_source, f"feature view {fv.name!r}")
-        scan = parquet_scan(source_pattern(config, source))
-        for name in {fv.name, source.name} - {""}:
-            execute(con, f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {scan}")
-
-
-def _non_entity_rows(
-    specs: list[ViewSpec], views: list[FeatureView], kwargs: dict[str, Any]
-) -> str:
-    """Entity SQL for Feast's retrieval without entity_df (``start_date``/``end_date``)."""
-    key_sets = {tuple(sorted(e for e, _ in spec.join_keys)) for spec in specs}
-    if len(key_sets) > 1:
-        raise InvalidRequestError(
-            "without entity rows every requested view must have the same join keys (got "
-            f"{sorted(key_sets)}); pass entity_df instead",
-        )
-    start, end = compute_non_entity_date_range(
-        views, start_date=kwargs.get("start_date"), end_date=kwargs.get("end_date")
-    )
-    return non_entity_sql(specs, start, end)
-
-
 class DuckDBParquetOfflineStore(OfflineStore):
     """Exact point-in-time joins and bounded-memory pulls over Parquet, on DuckDB."""
 
@@ -167,7 +102,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
         config: RepoConfig,
         feature_views: list[FeatureView],
         feature_refs: list[str],
-        entity_df: EntitySource | None,
+        entity_df: EntitySource | UntrustedEntities | None,
         registry: BaseRegistry,
         project: str,
         full_feature_names: bool = False,
@@ -179,7 +114,9 @@ class DuckDBParquetOfflineStore(OfflineStore):
             config: the repo config.
             feature_views: views referenced by ``feature_refs``.
             feature_refs: ``view:feature`` references (ODFV inputs included by Feast).
-            entity_df: DataFrame, Arrow table, Parquet path or SQL over the offline data.
+            entity_df: DataFrame, Arrow table, Parquet path or SQL over the offline data; or
+                an HTTP caller's rows (:class:`~offline_store.sandbox.UntrustedEntities`),
+                which run sandboxed within their limits.
             registry: used to look up requested on-demand views.
             project: the Feast project.
             full_feature_names: name feature columns ``view__feature``.
@@ -192,6 +129,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
         Raises:
             InvalidRequestError: a non-Parquet source, or views with different join keys
                 without entity rows.
+            EntitySqlRefusedError: untrusted entity SQL reads more than the views.
             FeatureViewNotFoundError: a reference names no known view.
         """
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
@@ -201,46 +139,15 @@ class DuckDBParquetOfflineStore(OfflineStore):
             )
         except ValueError as exc:
             raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
-        specs = [_view_spec(config, fv, feats, full_feature_names) for fv, feats in by_view.items()]
-        if entity_df is None:
-            entity_df = _non_entity_rows(specs, list(by_view), kwargs)
-        settings = settings_from_config(config)
-
-        def prepare(con: duckdb.DuckDBPyConnection) -> Query:
-            _register_source_views(con, config, list(by_view))
-            loaded = load_entities(con, entity_df)
-            check_request(con, specs, loaded.types)
-            check_request_data(odfvs, loaded.columns)
-            return Query(
-                build_pit_query(
-                    specs,
-                    loaded.columns,
-                    loaded.timestamp_column,
-                    min_ts=loaded.min_ts,
-                    max_ts=loaded.max_ts,
-                )
-            )
-
-        def metadata() -> RetrievalMetadata:
-            con = connect(settings)
-            try:
-                _register_source_views(con, config, list(by_view))
-                loaded = load_entities(con, entity_df, materialize=False)
-            finally:
-                con.close()
-            return RetrievalMetadata(
-                features=feature_refs,
-                keys=[c for c in loaded.columns if c != loaded.timestamp_column],
-                min_event_timestamp=loaded.min_ts,
-                max_event_timestamp=loaded.max_ts,
-            )
-
-        return DuckDBRetrievalJob(
-            settings,
-            prepare,
+        return historical_job(
+            config,
+            by_view,
+            feature_refs,
+            entity_df,
+            settings=settings_from_config(config),
+            odfvs=odfvs,
             full_feature_names=full_feature_names,
-            on_demand_feature_views=odfvs,
-            metadata=metadata,
+            kwargs=kwargs,
         )
 
     @staticmethod
@@ -256,7 +163,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
         *,
         latest_only: bool,
     ) -> DuckDBRetrievalJob:
-        source = _file_source(data_source, f"data source {data_source.name!r}")
+        source = file_source(data_source, f"data source {data_source.name!r}")
         pattern = source_pattern(config, source)
         scan = parquet_scan(pattern, with_order_columns=True)
 
@@ -375,7 +282,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
             SchemaMismatchError: columns missing, unknown, or not castable.
             InvalidRequestError: the source is not a FileSource.
         """
-        source = _file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
+        source = file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
         write_batch(resolve_path(config.repo_path, source.path), table)
         if progress is not None:
             progress(table.num_rows)

@@ -8,15 +8,19 @@ every uvicorn worker process builds the same :class:`Settings` in
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundation.environment import default_registry_url
+from offline_store.sandbox import RequestLimits
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+# A DuckDB size such as "1GB", "512MiB" or "1.5 GB".
+_DUCKDB_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|[KMGT]i?B)$", re.IGNORECASE)
 
 
 def is_loopback(host: str) -> bool:
@@ -121,6 +125,51 @@ class Settings(BaseSettings):
         "materialization windows ending, more than this ahead of the server clock are "
         "refused (422).",
     )
+    training_memory_limit: str = Field(
+        default="1GB",
+        description="DuckDB memory limit of each /training-dataset request; beyond it the "
+        "request spills, and past the spill limit it is cancelled with 413.",
+    )
+    training_threads: int = Field(
+        default=2, ge=1, le=256, description="DuckDB threads of each /training-dataset request."
+    )
+    training_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Wall clock of each /training-dataset request, streaming included; "
+        "past it the query is interrupted (408 before the first byte, a cut stream after).",
+    )
+    training_max_temp_size: str = Field(
+        default="10GB",
+        description="Most each /training-dataset request may spill to DuckDB's temp directory.",
+    )
+    training_max_concurrent: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="/training-dataset requests running at once per worker (streaming "
+        "included); more are answered 503 service_busy with Retry-After.",
+    )
+    max_training_entity_rows: int = Field(
+        default=1_000_000, ge=1, description="Most entity rows per /training-dataset request."
+    )
+    max_training_upload_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes uploaded Arrow IPC entity rows may decode (decompress) to.",
+    )
+    entity_dir: Path | None = Field(
+        default=None,
+        description="Directory whose Parquet files /training-dataset may read as entity rows "
+        '(JSON "entity_path"); unset = server paths are refused.',
+    )
+
+    @field_validator("training_memory_limit", "training_max_temp_size")
+    @classmethod
+    def _duckdb_size(cls, value: str) -> str:
+        if not _DUCKDB_SIZE.match(value.strip()):
+            raise ValueError(f"{value!r} is not a size DuckDB accepts; write e.g. 1GB or 512MB")
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -141,6 +190,16 @@ class Settings(BaseSettings):
     def resolved_repo_path(self) -> Path:
         """The repo path made absolute (workers may not share the parent's cwd assumptions)."""
         return self.repo_path.expanduser().resolve()
+
+    def training_limits(self) -> RequestLimits:
+        """The limits every /training-dataset request runs within."""
+        return RequestLimits(
+            memory_limit=self.training_memory_limit,
+            threads=self.training_threads,
+            timeout_seconds=self.training_timeout_seconds,
+            max_entity_rows=self.max_training_entity_rows,
+            max_temp_size=self.training_max_temp_size,
+        )
 
     def resolved_registry_url(self) -> str:
         """The registry URL to use, defaulting to SQLite under ``<repo>/data/registry.db``."""

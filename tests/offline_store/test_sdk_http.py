@@ -32,6 +32,7 @@ from offline_store.ipc import ARROW_STREAM, table_to_ipc
 from offline_store.job import DuckDBRetrievalJob
 from offline_store.sdk import get_training_dataset
 from service.routes.training import router
+from service.settings import Settings
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
     DRIVER_SCHEMA,
@@ -82,6 +83,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 def app(store: FeatureStore) -> FastAPI:
     app = FastAPI()
     app.state.feature_store = store
+    app.state.settings = Settings(repo_path=Path(store.repo_path))
     app.include_router(router)
 
     @app.exception_handler(FeatureStoreError)
