@@ -84,13 +84,20 @@ class ChunkReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._tail = (self._tail + self._pending[:size])[-len(END_OF_STREAM) :]
-        self._pending = self._pending[size:]
-        return size
+        # Fill the whole buffer unless the chunks run out: pyarrow reads a message body with
+        # one read() call and takes a short answer for a truncated stream, and an HTTP
+        # response's chunks rarely line up with Arrow messages.
+        filled = 0
+        while filled < len(buffer):
+            if not self._pending:
+                try:
+                    self._pending = next(self._chunks)
+                except StopIteration:
+                    break
+                continue
+            size = min(len(buffer) - filled, len(self._pending))
+            buffer[filled : filled + size] = self._pending[:size]
+            self._tail = (self._tail + self._pending[:size])[-len(END_OF_STREAM) :]
+            self._pending = self._pending[size:]
+            filled += size
+        return filled
