@@ -51,10 +51,12 @@ DEFAULT_MAX_AGE_SECONDS = 8 * 86_400
             {}, type="object", description="max age in seconds per feature view"
         ),
         "default_max_age_seconds": Param(
-            DEFAULT_MAX_AGE_SECONDS, type="number", exclusiveMinimum=0,
+            DEFAULT_MAX_AGE_SECONDS,
+            type="number",
+            exclusiveMinimum=0,
             description="limit for views without a TTL",
         ),
-    },  # fmt: skip
+    },
     tags=["featurestore", "materialization"],
     doc_md=__doc__,
 )

@@ -27,7 +27,9 @@ def build_training_set(
     dataset_name: str,
     api_key_env: str,
     training_set: Output[Dataset],
-) -> NamedTuple("BuiltDataset", [("name", str), ("version", int), ("fingerprint", str)]):
+) -> NamedTuple(  # type: ignore[valid-type]  # kfp's spelling of named outputs
+    "BuiltDataset", [("name", str), ("version", int), ("fingerprint", str)]
+):
     """Ask the service for a point-in-time training set and save it as the next version."""
     import os
     import shutil
