@@ -26,7 +26,7 @@ def connection_extra(conn_id: str | None) -> dict[str, Any]:
     """
     if not conn_id:
         return {}
-    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.sdk import BaseHook
 
     try:

@@ -55,7 +55,8 @@ def test_dag_file_parses_without_importing_feast() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert out.stdout.split() == ["featurestore_materialize", "False"]
+    assert out.stdout.splitlines()[-1].split() == ["featurestore_materialize", "False"]
+    assert "deprecated" not in out.stdout + out.stderr
 
 
 def test_materialize_dag_fills_redis_then_fails_a_too_strict_freshness_check(
