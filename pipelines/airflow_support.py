@@ -26,8 +26,8 @@ def connection_extra(conn_id: str | None) -> dict[str, Any]:
     """
     if not conn_id:
         return {}
-    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         connection = BaseHook.get_connection(conn_id)

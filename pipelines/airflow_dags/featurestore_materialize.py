@@ -19,8 +19,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 DAG_ID = "featurestore_materialize"
 SCHEDULE = os.environ.get("FEATURESTORE_MATERIALIZE_SCHEDULE", "@hourly")
