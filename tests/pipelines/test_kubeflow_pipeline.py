@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -102,11 +103,19 @@ def test_pipeline_trains_on_a_saved_dataset_mlflow_can_lead_back_to(
         tracking_uri=tracking,
     )  # fmt: skip
     assert record == saved
+    with httpx.Client(base_url=served, headers={"Authorization": f"Bearer {api_key}"}) as http:
+        served_again = get_training_dataset(
+            str(trips), feature_service="ride_ranking_v1", url=served, http_client=http
+        )
+    assert isinstance(served_again, pd.DataFrame)
+    pd.testing.assert_frame_equal(frame, served_again)
+    # The same rows the SDK builds in-process (the service orders the driver columns
+    # differently, so compare by name).
     direct = get_training_dataset(
         str(trips), feature_service="ride_ranking_v1", repo_path=training_repo.path
     )
     assert isinstance(direct, pd.DataFrame)
-    pd.testing.assert_frame_equal(frame, direct)
+    pd.testing.assert_frame_equal(frame, direct[list(frame.columns)])
 
 
 def test_pipeline_without_an_api_key_fails_at_the_training_set_step(

@@ -33,6 +33,8 @@ RECORD = SavedDataset(
 def tracking(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # MLflow remembers the last experiment id process-wide; this database has its own.
+    mlflow.set_experiment("lineage")
     return uri
 
 
