@@ -8,6 +8,7 @@ definitions and generator, with real Redis (a private ``redis-server``) and a SQ
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import ROOT, Repo, build_repo, feast_cli, write_yaml
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="featurestore-airflow-"))
+# Gone at exit even when no test asked for the database (e.g. --collect-only).
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)
 AIRFLOW_ENV = {
     "AIRFLOW_HOME": str(_AIRFLOW_HOME),
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
@@ -35,8 +38,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Iterator[Path]:
-    """A migrated Airflow metadata database (SQLite), removed after the session."""
+def airflow_db() -> Path:
+    """A migrated Airflow metadata database (SQLite), removed when the session's process ends."""
     subprocess.run(
         [str(BIN / "airflow"), "db", "migrate"],
         env={**os.environ, **AIRFLOW_ENV},
@@ -44,8 +47,7 @@ def airflow_db() -> Iterator[Path]:
         capture_output=True,
         timeout=300,
     )
-    yield _AIRFLOW_HOME
-    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+    return _AIRFLOW_HOME
 
 
 @pytest.fixture(scope="session")
