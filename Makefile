@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Airflow, kfp and MLflow pin too much to share the service's environment: their own venv,
+# from a fully pinned list, with this project installed beside them (see
+# pipelines/requirements.txt).
+PIPE_VENV := .venv-pipelines
+PIPE_BIN := $(PIPE_VENV)/bin
+PIPE_STAMP := $(PIPE_VENV)/.installed
 
-.PHONY: install demo serve test lint format bench clean
+.PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +23,33 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(PIPE_STAMP): pipelines/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(PIPE_VENV)
+	$(PIPE_BIN)/python -m pip install --quiet --upgrade pip
+	$(PIPE_BIN)/python -m pip install --quiet -r pipelines/requirements.txt
+	$(PIPE_BIN)/python -m pip install --quiet --no-deps -e .
+	$(PIPE_BIN)/python -m pip check
+	touch $(PIPE_STAMP)
+
+pipelines-env: $(PIPE_STAMP)
+
+# The Kubeflow pipeline's IR YAML; tests/pipelines checks the checked-in file is current.
+pipelines-compile: $(PIPE_STAMP)
+	$(PIPE_BIN)/python -m pipelines.kubeflow.pipeline pipelines/kubeflow/ride_ranking.yaml
+
+pipelines-test: $(PIPE_STAMP)
+	$(PIPE_BIN)/python -m pytest tests/pipelines
+
 demo: $(STAMP)
 	$(BIN)/featurestore demo --repo feature_repo
 
 serve: $(STAMP)
 	$(BIN)/featurestore serve --repo feature_repo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# The service's suite in .venv, then the pipelines' (Airflow, kfp, MLflow) in .venv-pipelines.
+test: $(STAMP) $(PIPE_STAMP)
+	$(BIN)/python -m pytest --ignore=tests/pipelines
+	$(PIPE_BIN)/python -m pytest tests/pipelines
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

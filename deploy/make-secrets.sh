@@ -30,4 +30,11 @@ keep featurestore_redis_url ||
 keep featurestore_registry_url ||
     printf 'postgresql+psycopg://featurestore:%s@postgres:5432/featurestore?connect_timeout=5' \
         "$postgres_password" >"$dir/featurestore_registry_url"
+# Airflow (compose profile `airflow`): its own metadata database and the key its API
+# server signs task tokens with.
+keep airflow_postgres_password || random >"$dir/airflow_postgres_password"
+keep airflow_jwt_secret || random >"$dir/airflow_jwt_secret"
+keep airflow_db_url ||
+    printf 'postgresql+psycopg://airflow:%s@airflow-postgres:5432/airflow' \
+        "$(cat "$dir/airflow_postgres_password")" >"$dir/airflow_db_url"
 echo "secrets in $dir (keep them out of version control)" >&2

@@ -4,9 +4,14 @@
 
 ``--rows`` is the number of driver-stats rows (1k to 100M); the other sources scale
 with it: customer profiles rows/4, driver x customer stats rows/2, trips (entity rows
-for training sets, with labels) rows/10. Ten rows per driver, spread back in time
-from ``--end`` one day apart, so each driver's newest row falls inside the
-``driver_hourly_stats`` one-day TTL.
+for training sets, with labels) rows/10. Ten rows per driver, one a day like a daily
+batch job's, each driver at its own hour, so each driver's newest row falls inside the
+``driver_hourly_stats`` one-day TTL and a trip in the last nine days always finds one.
+
+Trips look like a ride app's: most are between a driver and a rider who already rode
+together (their ``driver_customer_stats`` exist), and the label (``accepted``) depends on
+hidden per-driver, per-rider and per-pair traits that the feature values also reflect
+(with noise), so a model trained on the features beats guessing.
 
 The output is a pure function of (rows, seed, end): every chunk draws from its own
 ``numpy`` generator seeded with (seed, table, chunk index), and the writer streams
@@ -34,6 +39,11 @@ NULL_FRACTION = 0.02
 CORRECTION_FRACTION = 0.01
 TIERS = np.array(["bronze", "silver", "gold", "platinum"])
 ZONES = np.array(["downtown", "airport", "harbour", "university", "stadium", "old_town"])
+# Trips fall in the last TRIP_DAYS days, inside every driver's ten daily rows.
+TRIP_DAYS = 9
+# Share of trips between a driver and a rider with no shared history (no pair stats).
+NEW_PAIR_FRACTION = 0.08
+_DAY_US = 86_400 * 1_000_000
 _TS = pa.timestamp("us", tz="UTC")
 
 
@@ -42,6 +52,7 @@ class Scale:
     """Row and entity counts derived from ``--rows``."""
 
     driver_rows: int
+    seed: int = 0
 
     @property
     def drivers(self) -> int:
@@ -62,6 +73,45 @@ class Scale:
     @property
     def trip_rows(self) -> int:
         return max(1, self.driver_rows // 10)
+
+    @property
+    def pairs(self) -> int:
+        return max(1, self.pair_rows // 5)
+
+
+def _uniform(seed: int, salt: int, index: np.ndarray) -> np.ndarray:
+    """A uniform (0, 1) draw per entity index, the same in every chunk (splitmix64 hash).
+
+    Traits must agree between tables written from different chunks and generators, so
+    they are a hash of (seed, salt, entity) rather than draws from a chunk's generator.
+    """
+    with np.errstate(over="ignore"):
+        x = index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x += np.uint64((seed * 1_000_003 + salt * 7919) & 0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _trait(seed: int, salt: int, index: np.ndarray) -> np.ndarray:
+    """A hidden, roughly standard-normal trait per entity (logistic via the inverse CDF)."""
+    u = _uniform(seed, salt, index)
+    return np.log(u / (1.0 - u)) * 0.55
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# Salts of the hidden traits: driver quality, rider reliability, pair affinity, and the
+# hour of day at which each driver's daily stats row lands.
+_DRIVER, _RIDER, _PAIR, _PHASE = 1, 2, 3, 4
+
+
+def _pair_keys(pair: np.ndarray, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+    """Driver and customer indexes of the pairs with shared history."""
+    return pair % scale.drivers, (pair * 7919) % scale.customers
 
 
 def driver_id(index: np.ndarray) -> np.ndarray:
@@ -110,21 +160,44 @@ def _driver_stats(
     rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime
 ) -> pa.Table:
     n = len(rows)
-    ts = _event_times(rng, rows // scale.drivers, end, timedelta(days=1))
+    driver = rows % scale.drivers
+    # One row a day per driver at the driver's own time of day (a daily job per region),
+    # jittered by up to ten minutes: consecutive rows are about a day apart, so the one-day
+    # TTL covers nearly every instant, and the newest row is always less than a day old.
+    # Every random draw below keeps the kind and order of the draws before traits existed,
+    # so nulls and corrections (which tests pick rows by) land where they always did.
+    phase = (_uniform(scale.seed, _PHASE, driver) * (_DAY_US - 1_200_000_000)).astype(np.int64)
+    end_us = int(end.timestamp() * 1_000_000)
+    rank = (rows // scale.drivers).astype(np.int64)
+    jitter = rng.integers(1, _DAY_US, size=n) % 600_000_000 + 1
+    ts = end_us - rank * _DAY_US - phase - jitter
     created = ts + rng.integers(0, 600_000_000, size=n)
+    quality = _trait(scale.seed, _DRIVER, driver)
 
     def col(values: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(values, type=typ, mask=_null_mask(rng, n))
 
+    def measured(uniform: np.ndarray, spread: float) -> np.ndarray:
+        """The driver's quality seen through noise (``uniform`` turned into a logistic)."""
+        u = np.clip(uniform.astype(np.float64), 1e-6, 1 - 1e-6)
+        return _sigmoid(quality + spread * np.log(u / (1.0 - u)))
+
     return pa.table(
         {
-            "driver_id": pa.array(driver_id(rows % scale.drivers)),
+            "driver_id": pa.array(driver_id(driver)),
             "event_timestamp": pa.array(ts).cast(_TS),
             "created": pa.array(created).cast(_TS),
-            "conv_rate": col(rng.random(n, dtype=np.float32), pa.float32()),
-            "acc_rate": col(rng.random(n, dtype=np.float32), pa.float32()),
+            "conv_rate": col(
+                measured(rng.random(n, dtype=np.float32), 0.35).astype(np.float32), pa.float32()
+            ),
+            "acc_rate": col(
+                measured(rng.random(n, dtype=np.float32), 0.45).astype(np.float32), pa.float32()
+            ),
             "avg_daily_trips": col(rng.integers(0, 60, size=n), pa.int64()),
-            "avg_rating": col(np.round(rng.uniform(3.0, 5.0, size=n), 3), pa.float64()),
+            "avg_rating": col(
+                np.round(3.0 + 2.0 * measured((rng.uniform(3.0, 5.0, size=n) - 3.0) / 2.0, 0.4), 3),
+                pa.float64(),
+            ),
             "surge_multiplier": col(np.round(rng.uniform(1.0, 2.5, size=n), 2), pa.float64()),
             "is_active": col(rng.random(n) < 0.8, pa.bool_()),
         }
@@ -144,6 +217,12 @@ def _customer_profile(
     zones = pa.ListArray.from_arrays(
         pa.array(offsets), pa.array(zone_values, pa.string()), mask=pa.array(_null_mask(rng, n))
     )
+    reliability = _trait(scale.seed, _RIDER, rows % scale.customers)
+
+    def rating(uniform: np.ndarray) -> np.ndarray:
+        """The rider's reliability seen through noise (same draw as before traits existed)."""
+        u = np.clip((uniform - 3.0) / 2.0, 1e-6, 1 - 1e-6)
+        return 3.0 + 2.0 * _sigmoid(reliability + 0.35 * np.log(u / (1.0 - u)))
 
     def col(values: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(values, type=typ, mask=_null_mask(rng, n))
@@ -155,7 +234,9 @@ def _customer_profile(
             "created": pa.array(created).cast(_TS),
             "current_balance": col(np.round(rng.normal(50, 30, size=n), 2), pa.float64()),
             "lifetime_trip_count": col(rng.integers(0, 5000, size=n), pa.int64()),
-            "avg_passenger_rating": col(rng.uniform(3, 5, size=n).astype(np.float32), pa.float32()),
+            "avg_passenger_rating": col(
+                rating(rng.uniform(3, 5, size=n)).astype(np.float32), pa.float32()
+            ),
             "membership_tier": col(TIERS[rng.integers(0, len(TIERS), size=n)], pa.string()),
             "signup_ts": pa.array(signup * 1_000_000, mask=_null_mask(rng, n)).cast(_TS),
             "favourite_zones": zones,
@@ -167,22 +248,37 @@ def _pair_stats(
     rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime
 ) -> pa.Table:
     n = len(rows)
-    pair = rows % max(1, scale.pair_rows // 5)
-    ts = _event_times(rng, rows // max(1, scale.pair_rows // 5), end, timedelta(days=6))
+    pair = rows % scale.pairs
+    drivers, customers = _pair_keys(pair, scale)
+    ts = _event_times(rng, rows // scale.pairs, end, timedelta(days=6))
     created = ts + rng.integers(0, 600_000_000, size=n)
+    affinity = _trait(scale.seed, _PAIR, pair)
 
     def col(values: np.ndarray, typ: pa.DataType) -> pa.Array:
         return pa.array(values, type=typ, mask=_null_mask(rng, n))
 
+    # Pairs that get on ride together more often, tip more and rate each other higher. The
+    # draws keep their kind and order from before traits existed (see _driver_stats).
+    def together(raw: np.ndarray) -> np.ndarray:
+        return np.round(np.exp(2.0 + 0.8 * affinity) * (0.5 + raw / 200.0)) + 1
+
+    def tip(raw: np.ndarray) -> np.ndarray:
+        return np.round(raw * 0.5 * np.exp(0.6 * affinity + 0.3), 2)
+
+    def rating(raw: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(3.2 + 1.1 * affinity + 0.35 * (raw - 3)), 1, 5)
+
     return pa.table(
         {
-            "driver_id": pa.array(driver_id(pair % scale.drivers)),
-            "customer_id": pa.array(customer_id((pair * 7919) % scale.customers), pa.string()),
+            "driver_id": pa.array(driver_id(drivers)),
+            "customer_id": pa.array(customer_id(customers), pa.string()),
             "event_timestamp": pa.array(ts).cast(_TS),
             "created": pa.array(created).cast(_TS),
-            "trips_together": col(rng.integers(1, 200, size=n).astype(np.int32), pa.int32()),
-            "avg_tip": col(np.round(rng.exponential(2.0, size=n), 2), pa.float64()),
-            "last_rating": col(rng.integers(1, 6, size=n).astype(np.int32), pa.int32()),
+            "trips_together": col(
+                together(rng.integers(1, 200, size=n)).astype(np.int32), pa.int32()
+            ),
+            "avg_tip": col(tip(rng.exponential(2.0, size=n)), pa.float64()),
+            "last_rating": col(rating(rng.integers(1, 6, size=n)).astype(np.int32), pa.int32()),
         }
     )
 
@@ -190,16 +286,30 @@ def _pair_stats(
 def _trips(rng: np.random.Generator, rows: np.ndarray, scale: Scale, end: datetime) -> pa.Table:
     n = len(rows)
     end_us = int(end.timestamp() * 1_000_000)
-    ts = end_us - rng.integers(0, 14 * 86_400 * 1_000_000, size=n)
+    ts = end_us - rng.integers(0, TRIP_DAYS * _DAY_US, size=n)
     distance = np.round(rng.gamma(2.0, 3.0, size=n), 2)
+    # Most trips repeat a pair with history; the rest are first rides of a random pair.
+    pair = rng.integers(0, scale.pairs, size=n)
+    drivers, customers = _pair_keys(pair, scale)
+    new = rng.random(n) < NEW_PAIR_FRACTION
+    drivers = np.where(new, rng.integers(0, scale.drivers, size=n), drivers)
+    customers = np.where(new, rng.integers(0, scale.customers, size=n), customers)
+    # Acceptance follows the hidden traits the features measure, and shorter trips.
+    logit = (
+        0.9
+        + 1.2 * _trait(scale.seed, _DRIVER, drivers)
+        + 0.7 * _trait(scale.seed, _RIDER, customers)
+        + 1.0 * np.where(new, 0.0, _trait(scale.seed, _PAIR, pair))
+        - 0.08 * (distance - 6.0)
+    )
     return pa.table(
         {
-            "driver_id": pa.array(driver_id(rng.integers(0, scale.drivers, size=n))),
-            "customer_id": pa.array(customer_id(rng.integers(0, scale.customers, size=n))),
+            "driver_id": pa.array(driver_id(drivers)),
+            "customer_id": pa.array(customer_id(customers)),
             "event_timestamp": pa.array(ts).cast(_TS),
             "distance_km": pa.array(distance),
             "duration_min": pa.array(np.round(distance * rng.uniform(1.5, 4.0, size=n), 1)),
-            "accepted": pa.array(rng.random(n) < 0.7),
+            "accepted": pa.array(rng.random(n) < _sigmoid(logit)),
         }
     )
 
@@ -225,7 +335,7 @@ def iter_chunks(name: str, *, rows: int, seed: int, end: datetime) -> Iterator[p
         end: newest event time (aware UTC).
     """
     table_id, maker, count, corrections = TABLES[name]
-    scale = Scale(rows)
+    scale = Scale(rows, seed)
     total = count(scale)
     for chunk, start in enumerate(range(0, total, CHUNK_ROWS)):
         rng = np.random.default_rng([seed, table_id, chunk])
