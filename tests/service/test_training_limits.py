@@ -51,7 +51,7 @@ DRIVER_FEATURES = [
 @pytest.fixture(scope="module")
 def read_key(repo: Repo) -> Iterator[str]:
     engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    yield KeyStore(engine).create(Scope.READ, name="training-limits")
+    yield KeyStore(engine, project="rides").create(Scope.READ, name="training-limits")
     engine.dispose()
 
 

@@ -70,7 +70,7 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Outside:
 @pytest.fixture(scope="module")
 def read_key(repo: Repo) -> Iterator[str]:
     engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    yield KeyStore(engine).create(Scope.READ, name="training-sandbox")
+    yield KeyStore(engine, project="rides").create(Scope.READ, name="training-sandbox")
     engine.dispose()
 
 
