@@ -22,7 +22,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from foundation.errors import InvalidRequestError, InvalidTimestampError, RequestTooLargeError
+from foundation.errors import InvalidRequestError, InvalidTimestampError
+from offline_store.ipc import too_many_entity_rows
 from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
 from offline_store.sandbox import ConfinedFiles, SandboxedSql
 from offline_store.sources import execute, fetch_all, parquet_glob, parquet_scan, quote_ident
@@ -161,13 +162,7 @@ def load_entities(
     if max_rows is not None:
         count = int(fetch_all(con, f"SELECT count(*) FROM {_ROWS_TABLE}")[0][0])
         if count > max_rows:
-            raise RequestTooLargeError(
-                f"more than {max_rows} entity rows in one training request "
-                "(FEATURESTORE_MAX_TRAINING_ENTITY_ROWS); split the entity rows into "
-                "smaller requests",
-                limit=max_rows,
-                setting="FEATURESTORE_MAX_TRAINING_ENTITY_ROWS",
-            )
+            raise too_many_entity_rows(max_rows)
     types = {str(r[0]): str(r[1]) for r in fetch_all(con, f"DESCRIBE SELECT * FROM {_ROWS_TABLE}")}
     ts_col = _pick_timestamp_column(types)
     ts = quote_ident(ts_col)

@@ -18,6 +18,16 @@ from foundation.errors import InvalidRequestError, RequestTooLargeError
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
+def too_many_entity_rows(max_rows: int) -> RequestTooLargeError:
+    """The 413 for a training request over its entity row limit, however the rows came."""
+    return RequestTooLargeError(
+        f"more than {max_rows} entity rows in one training request "
+        "(FEATURESTORE_MAX_TRAINING_ENTITY_ROWS); split the entity rows into smaller requests",
+        limit=max_rows,
+        setting="FEATURESTORE_MAX_TRAINING_ENTITY_ROWS",
+    )
+
+
 def table_to_ipc(table: pa.Table) -> bytes:
     """Serialize a table as one Arrow IPC stream."""
     sink = io.BytesIO()
@@ -159,13 +169,7 @@ def read_bounded_ipc(data: bytes, *, max_bytes: int, max_rows: int) -> pa.Table:
                     setting="FEATURESTORE_MAX_TRAINING_UPLOAD_BYTES",
                 )
             if rows > max_rows:
-                raise RequestTooLargeError(
-                    f"more than {max_rows} entity rows in one training request "
-                    "(FEATURESTORE_MAX_TRAINING_ENTITY_ROWS); split the entity rows into "
-                    "smaller requests",
-                    limit=max_rows,
-                    setting="FEATURESTORE_MAX_TRAINING_ENTITY_ROWS",
-                )
+                raise too_many_entity_rows(max_rows)
         table = ipc_to_table(data)
         table.validate(full=True)
     except (pa.ArrowInvalid, OSError, struct.error, IndexError) as exc:

@@ -14,19 +14,10 @@ import redis
 from feast.value_type import ValueType
 
 from online_store.codec import field_name, ts_field
-from online_store.keys import entity_key_prefix
+from online_store.keys import entity_key_prefix, glob_escape
 from online_store.reader import ReadPlan, ViewReadSpec
 
 _SCAN_COUNT = 10_000
-
-
-def _glob_escape(raw: bytes) -> bytes:
-    out = bytearray()
-    for b in raw:
-        if b in b"*?[]\\":
-            out.append(0x5C)
-        out.append(b)
-    return bytes(out)
 
 
 def _view_fields(view: str, features: Sequence[str]) -> list[bytes]:
@@ -100,6 +91,6 @@ def delete_all(
     Returns:
         How many hashes held a row of the view.
     """
-    pattern = _glob_escape(entity_key_prefix(join_keys)) + b"*" + _glob_escape(project.encode())
+    pattern = glob_escape(entity_key_prefix(join_keys)) + b"*" + glob_escape(project.encode())
     keys = list(client.scan_iter(match=pattern, count=_SCAN_COUNT))
     return _hdel(client, keys, _view_fields(view, features))

@@ -105,3 +105,13 @@ def entity_key_from_values(
             out.append(struct.pack("<II", _ENTITY_TYPE_CODE[vt], len(raw)) + raw)
     out.append(project.encode())
     return b"".join(out)
+
+
+def glob_escape(raw: bytes) -> bytes:
+    """``raw`` with Redis ``SCAN MATCH`` wildcards escaped, to match it literally."""
+    out = bytearray()
+    for b in raw:
+        if b in b"*?[]\\":
+            out.append(0x5C)
+        out.append(b)
+    return bytes(out)

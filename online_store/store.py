@@ -39,7 +39,7 @@ from online_store.codec import (
 )
 from online_store.connection import make_client, parse_connection_string, resolve_target
 from online_store.decode import EPOCH, timestamp_datetime, timestamp_nanos
-from online_store.keys import entity_key_prefix
+from online_store.keys import entity_key_prefix, glob_escape
 from online_store.reader import ReadPlan, ViewReadSpec
 
 logger = logging.getLogger(__name__)
@@ -68,15 +68,6 @@ class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
     skip_dedup: bool = False
     socket_timeout_seconds: float = 30.0
     """Bound on every Redis call (connect, send, reply); a hung server fails the run."""
-
-
-def _glob_escape(raw: bytes) -> bytes:
-    out = bytearray()
-    for b in raw:
-        if b in b"*?[]\\":
-            out.append(0x5C)
-        out.append(b)
-    return bytes(out)
 
 
 def _proto_scalar(v: ValueProto) -> tuple[object, ValueType]:
@@ -269,9 +260,7 @@ class FastRedisOnlineStore(OnlineStore):
 
     def _scan(self, config: RepoConfig, join_keys: Sequence[str]) -> list[bytes]:
         pattern = (
-            _glob_escape(entity_key_prefix(join_keys))
-            + b"*"
-            + _glob_escape(config.project.encode())
+            glob_escape(entity_key_prefix(join_keys)) + b"*" + glob_escape(config.project.encode())
         )
         return list(self.client(config).scan_iter(match=pattern, count=10_000))
 

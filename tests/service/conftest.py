@@ -27,11 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 import yaml
 from fastapi import FastAPI
 
 from online_store.embedded import EmbeddedRedis, free_port
 from service.app import create_app
+from service.auth import KeyStore, Scope, open_key_engine
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -292,3 +294,13 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def read_key(repo: Repo, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A key of scope ``read`` for the session repo's project, named after the test module."""
+    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
+    try:
+        yield KeyStore(engine, project="rides").create(Scope.READ, name=request.module.__name__)
+    finally:
+        engine.dispose()

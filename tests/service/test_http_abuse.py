@@ -15,9 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import sqlalchemy as sa
 
-from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import Repo, ServeProcess, some_ids
 
 MB = 1024 * 1024
@@ -33,15 +31,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-@pytest.fixture(scope="module")
-def read_key(repo: Repo) -> Iterator[str]:
-    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    try:
-        yield KeyStore(engine, project="rides").create(Scope.READ, name="abuse-test")
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

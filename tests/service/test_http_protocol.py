@@ -21,10 +21,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import sqlalchemy as sa
 
 from online_store.embedded import EmbeddedRedis
-from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import AppClient, Repo, columns, some_ids
 from tests.service.conftest import ServeProcess as Server
 
@@ -279,15 +277,6 @@ def test_a_client_leaving_mid_lookup_does_not_disturb_others(server: Server, rep
         (resp,) = read_responses(sock, 1)
     assert resp.status == 200
     assert drivers_of(resp) == drivers[:2]
-
-
-@pytest.fixture(scope="module")
-def read_key(repo: Repo) -> Iterator[str]:
-    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    try:
-        yield KeyStore(engine, project="rides").create(Scope.READ, name="protocol-test")
-    finally:
-        engine.dispose()
 
 
 def test_api_keys_are_checked_on_lookups(

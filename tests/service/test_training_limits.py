@@ -21,12 +21,10 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
 
 from foundation.errors import FeatureStoreError
 from offline_store.ipc import ARROW_STREAM
 from offline_store.sdk import get_training_dataset
-from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import Repo, ServeProcess
 
 TIMEOUT_SECONDS = 6
@@ -46,13 +44,6 @@ DRIVER_FEATURES = [
     f"driver_hourly_stats:{f}"
     for f in ("conv_rate", "acc_rate", "avg_daily_trips", "avg_rating", "surge_multiplier")
 ]
-
-
-@pytest.fixture(scope="module")
-def read_key(repo: Repo) -> Iterator[str]:
-    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    yield KeyStore(engine, project="rides").create(Scope.READ, name="training-limits")
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

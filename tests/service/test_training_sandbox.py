@@ -21,12 +21,10 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
 
 from offline_store.sandbox import lock_down
 from offline_store.sdk import get_training_dataset
 from service.app import create_app
-from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import AppClient, Repo, make_settings
 
 FEATURES = ["driver_hourly_stats:conv_rate", "customer_profile:membership_tier"]
@@ -65,13 +63,6 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Outside:
         root / "marker.parquet",
     )
     return Outside(root, secret, root / "marker.txt", root / "marker.parquet")
-
-
-@pytest.fixture(scope="module")
-def read_key(repo: Repo) -> Iterator[str]:
-    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
-    yield KeyStore(engine, project="rides").create(Scope.READ, name="training-sandbox")
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
