@@ -141,8 +141,10 @@ def _stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch], slot: _Slot) -
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         parsed = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: a few KB of nested brackets must be a 422, not a 500.
+    except RecursionError:
+        # A few KB of nested brackets must be a 422, not a 500.
+        raise InvalidRequestError("malformed JSON body: nested too deeply") from None
+    except ValueError as exc:
         raise InvalidRequestError(f"malformed JSON body: {exc}") from exc
     given = [k for k in ("entity_sql", "entity_path") if isinstance(parsed, dict) and k in parsed]
     if len(given) != 1 or not isinstance(parsed[given[0]], str):
