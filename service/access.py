@@ -57,15 +57,18 @@ class KeyCheckMiddleware:
         needed = self._needed(scope)
         auth = scope["app"].state.services.auth if needed is not None else None
         if auth is not None and needed is not None:
-            authorization = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                    break  # the first one counts
             try:
-                scope[SCOPE_KEY] = await auth.authorize(authorization, needed)
+                scope[SCOPE_KEY] = await auth.authorize(header(scope, b"authorization"), needed)
             except Exception as exc:
                 response = error_response(exc, method=scope["method"], path=scope["path"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def header(scope: ASGIScope, name: bytes) -> str | None:
+    """The first ``name`` header of a request (the first one counts, as in the app)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None

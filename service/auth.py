@@ -286,6 +286,13 @@ def _check(entry: tuple[str, Scope], secret: str) -> Scope:
     return entry[1]
 
 
+def _bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, None for anything else."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
 class Authenticator:
     """Checks ``Authorization: Bearer <key>`` headers against a :class:`KeyStore`.
 
@@ -300,11 +307,11 @@ class Authenticator:
 
     def peek(self, authorization: str | None) -> Scope | None:
         """The caller's scope when the in-memory snapshot vouches for the key, else None."""
-        scheme, _, key = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = _bearer_key(authorization)
+        if key is None:
             return None
         try:
-            return self.store.peek(key.strip())
+            return self.store.peek(key)
         except AuthenticationError:
             return None
 
@@ -316,9 +323,8 @@ class Authenticator:
             PermissionDeniedError: a valid key with a lower scope (403).
             BackendUnavailableError: the key could not be checked in time (503).
         """
-        scheme, _, key = (authorization or "").strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
+        key = _bearer_key(authorization)
+        if key is None:
             raise AuthenticationError(
                 "missing API key; send `Authorization: Bearer <key>` with a key from "
                 "`featurestore keys create --scope read|write|admin`"

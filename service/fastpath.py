@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from foundation.errors import RequestTooLargeError
+from service.access import header
 from service.auth import Scope
 from service.handlers import error_response
 from service.routes.online import answer
@@ -95,7 +96,7 @@ class OnlineFastPath:
         """Answer one ``POST /get-online-features``: auth, body, lookup, errors, metrics."""
         started = time.perf_counter()
         status, headers, body = await respond(
-            state, _header(scope, b"authorization"), lambda: self._body(scope, receive)
+            state, header(scope, b"authorization"), lambda: self._body(scope, receive)
         )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -194,13 +195,6 @@ class ServerFastPath:
             return
         scope["app"] = self.app
         await self.inner.serve(state, scope, receive, send)
-
-
-def _header(scope: ASGIScope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
