@@ -2,9 +2,10 @@
 
 redis-py spends ~10 µs of Python per pipelined command (queueing, packing, one
 ``parse_response`` per reply); for a materialization that is most of the wall time.
-Here commands are packed by hiredis in C, sent in one ``sendall``, and the replies are
-parsed by one ``hiredis.Reader`` fed straight from the socket. The connection comes
-from (and returns to) the client's own pool, so AUTH, SELECT and TLS are redis-py's.
+Here commands are packed by hiredis in C and sent in one write, and the replies are read
+with the connection's own ``read_response`` (redis-py's hiredis parser) without building
+a pipeline. The connection comes from (and returns to) the client's own pool, so AUTH,
+SELECT, TLS and unix sockets are redis-py's.
 
 Only for ``redis.Redis`` (not cluster): cluster clients use ordinary pipelines, which
 route every command to its slot's node.
@@ -53,24 +54,17 @@ def execute_packed(
     conn = pool.get_connection()
     try:
         conn.send_packed_command([b"".join(packed)], check_health=False)
-        sock = conn._sock
-        if sock is None:
-            raise redis.ConnectionError("connection closed while sending")
-        reader = hiredis.Reader()
         want = len(packed) if replies is None else replies
         out: list[object] = []
-        while len(out) < want:
-            data = sock.recv(1 << 20)
-            if not data:
-                raise redis.ConnectionError("Redis closed the connection mid-reply")
-            reader.feed(data)
-            reply = reader.gets()
-            while reply is not False:
-                out.append(reply)
-                reply = reader.gets()
-        error = next((r for r in out if isinstance(r, hiredis.ReplyError)), None)
+        error: redis.ResponseError | None = None
+        for _ in range(want):
+            try:
+                out.append(conn.read_response(disable_decoding=True))
+            except redis.ResponseError as exc:  # an error reply; the stream stays in step
+                error = error or exc
+                out.append(exc)
         if error is not None:
-            raise redis.ResponseError(str(error))
+            raise error
         return out
     except BaseException:
         # The reply stream may be half-read: never hand this connection out again.
