@@ -299,3 +299,41 @@ def test_training_dtypes_are_feasts_for_nullable_entities(pair: Pair) -> None:
     assert str(ours["driver_id"].dtype) == "Int64"
     assert str(ours["event_timestamp"].dtype) == "datetime64[ns, UTC]"
     pd.testing.assert_frame_equal(ours, stock[list(ours.columns)], check_exact=True)
+
+
+def test_http_push_of_map_json_struct_stores_what_stock_push_stores(
+    pair: Pair, tmp_path: Path
+) -> None:
+    at = (pair.end - timedelta(minutes=2)).replace(tzinfo=None)
+    row: dict[str, Any] = {
+        "driver_id": 1003,
+        "conv_rate": 0.5,
+        "acc_rate": 0.25,
+        "avg_daily_trips": 12,
+        "driver_metadata": {"vehicle_type": "van", "rating": "4.1"},
+        "driver_config": {"max_distance_km": 80, "preferred_zones": ["east"]},
+        "driver_profile": {"name": "driver_1003_pushed", "age": "41"},
+    }
+    stock_row = {**row, "driver_config": json.dumps(row["driver_config"])}
+    stock_df = pd.DataFrame([{**stock_row, "event_timestamp": at, "created": at}])
+    pair.stock.push("driver_stats_push_source", stock_df, to=PushMode.ONLINE)
+    body = {
+        "push_source_name": "driver_stats_push_source",
+        "df": {k: [v] for k, v in row.items()}
+        | {"event_timestamp": [at.isoformat() + "Z"], "created": [at.isoformat() + "Z"]},
+        "to": "online",
+    }
+    settings = Settings(repo_path=pair.ours_path, registry_url=f"sqlite:///{tmp_path / 'keys.db'}")
+    client = AppClient(create_app(settings))
+    try:
+        response = client.post("/push", json=body)
+        bad = client.post(
+            "/push",
+            json=body | {"df": body["df"] | {"driver_metadata": ["not an object"]}},
+        )
+    finally:
+        client.close()
+    assert response.status_code == 200, response.text
+    assert pair.dump(OURS_DB) == pair.dump(STOCK_DB)
+    assert bad.status_code == 422
+    assert "driver_metadata" in bad.text
