@@ -61,6 +61,29 @@ def repo_project(repo: Path) -> str:
     return project
 
 
+def configured_redis(repo: Path) -> str | None:
+    """The Redis the environment or the repo names, if any (no embedded one needed then).
+
+    ``FEATURESTORE_REDIS_URL`` first, else the ``online_store.connection_string`` of
+    ``<repo>/feature_store.yaml`` (environment variables expanded, as Feast does).
+
+    Returns:
+        The URL or Feast connection string, or ``None`` when nothing names a Redis.
+    """
+    if os.environ.get(REDIS_ENV):
+        return os.environ[REDIS_ENV]
+    try:
+        raw = yaml.safe_load(os.path.expandvars((Path(repo) / "feature_store.yaml").read_text()))
+    except (OSError, yaml.YAMLError):
+        return None
+    online = raw.get("online_store") if isinstance(raw, dict) else None
+    target = online.get("connection_string") if isinstance(online, dict) else None
+    # An unexpanded ${VAR} names nothing: Feast would fail on it, the embedded one would not.
+    if isinstance(target, str) and target.strip() and "${" not in target:
+        return target.strip()
+    return None
+
+
 def export_lines(repo: Path) -> list[str]:
     """Shell ``export`` lines that make plain ``feast`` commands use the defaults."""
     lines = [f"export {REGISTRY_ENV}='{registry_url(repo)}'"]

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import duckdb
+import pandas as pd
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.file_source import FileSource
@@ -235,4 +236,17 @@ def historical_job(
         on_demand_feature_views=odfvs,
         metadata=metadata,
         limits=limits,
+        pandas_dtypes=_extension_dtypes(rows),
     )
+
+
+def _extension_dtypes(rows: object) -> dict[str, str]:
+    """Entity columns with pandas extension dtypes (``Int64``...), kept in the result."""
+    if not isinstance(rows, pd.DataFrame):
+        return {}
+    return {
+        str(name): str(dtype)
+        for name, dtype in rows.dtypes.items()
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype)
+        and not isinstance(dtype, pd.DatetimeTZDtype)
+    }

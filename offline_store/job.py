@@ -12,6 +12,7 @@ no SQL of ours.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +61,33 @@ Prepare = Callable[[duckdb.DuckDBPyConnection], Query]
 MetadataFn = Callable[[duckdb.DuckDBPyConnection], RetrievalMetadata]
 
 
+def feast_frame_types(table: pa.Table, pandas_dtypes: dict[str, str]) -> pa.Table:
+    """The result with the types Feast's file store gives it.
+
+    Timestamps become nanoseconds (DuckDB's are microseconds; values outside the
+    nanosecond range keep microseconds rather than overflow). Entity columns the caller
+    gave as pandas extension dtypes (nullable ``Int64``, ``boolean``, ``string``) are
+    recorded in the schema's pandas metadata, as ``pa.Table.from_pandas`` does for
+    Feast, so ``to_df`` gives them back with their dtype instead of ``float64``.
+    """
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(field.type) and field.type.unit != "ns":
+            # Outside 1677..2262 the cast fails: microseconds are the only exact choice.
+            with contextlib.suppress(pa.ArrowInvalid):
+                column = column.cast(pa.timestamp("ns", tz=field.type.tz))
+        columns.append(column)
+    table = pa.Table.from_arrays(columns, names=table.column_names)
+    if not pandas_dtypes:
+        return table
+    empty = table.slice(0, 0).to_pandas()
+    for name, dtype in pandas_dtypes.items():
+        if name in empty.columns:
+            empty[name] = empty[name].astype(dtype)
+    metadata = pa.Schema.from_pandas(empty, preserve_index=False).metadata
+    return table.replace_schema_metadata(metadata)
+
+
 class DuckDBRetrievalJob(RetrievalJob):
     """A query over Parquet that runs only when a result is asked for.
 
@@ -83,8 +111,10 @@ class DuckDBRetrievalJob(RetrievalJob):
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
         metadata: MetadataFn | None = None,
         limits: RequestLimits | None = None,
+        pandas_dtypes: dict[str, str] | None = None,
     ) -> None:
         self._settings = settings
+        self._pandas_dtypes = pandas_dtypes or {}
         self._prepare = prepare
         self._limits = limits
         self._full_feature_names = full_feature_names
@@ -162,7 +192,8 @@ class DuckDBRetrievalJob(RetrievalJob):
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         with self._connect() as con:
-            return self._run(con).to_arrow_table()
+            table = self._run(con).to_arrow_table()
+        return feast_frame_types(table, self._pandas_dtypes)
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         frame: pd.DataFrame = self._to_arrow_internal(timeout).to_pandas()

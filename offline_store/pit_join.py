@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from offline_store.sources import quote_ident, timestamp_literal
+from offline_store.sources import FILE_ORDER, FILE_ORDER_FIRST, quote_ident, timestamp_literal
 
 ENTITY_TABLE = "__entities"
 ROW_ID = "__row_id"
@@ -107,7 +107,7 @@ def _view_cte(
         # one struct lets a single ASOF join pick the winner without a dedupe pass.
         f"{{'ts': CAST({ts_raw} AS TIMESTAMPTZ), "
         f"'cr': coalesce(epoch_us(CAST({cr_raw} AS TIMESTAMPTZ)), {_BIGINT_MIN}), "
-        "'f': filename, 'rn': CAST(file_row_number AS BIGINT)} AS __ord",
+        f"'o': {FILE_ORDER}, 'f': filename, 'rn': CAST(file_row_number AS BIGINT)}} AS __ord",
     ]
     where = [f"{ts_raw} IS NOT NULL"]
     # Pruning by the entity time range: rows after the last entity time or before the first
@@ -168,7 +168,8 @@ def build_pit_query(
         select += outs
         joins.append(f"ASOF LEFT JOIN __v{i} ON {on}")
     probe = (
-        f"(SELECT *, {{'ts': {ENTITY_TS}, 'cr': {_BIGINT_MAX}, 'f': '', 'rn': CAST(0 AS BIGINT)}}"
+        f"(SELECT *, {{'ts': {ENTITY_TS}, 'cr': {_BIGINT_MAX}, 'o': {FILE_ORDER_FIRST}, "
+        "'f': '', 'rn': CAST(0 AS BIGINT)}"
         f" AS __probe FROM {ENTITY_TABLE})"
     )
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""

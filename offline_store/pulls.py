@@ -24,7 +24,13 @@ from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 
 from foundation.errors import InvalidRequestError
 from offline_store.job import Query
-from offline_store.sources import describe, quote_ident, quote_literal, timestamp_literal
+from offline_store.sources import (
+    FILE_ORDER,
+    describe,
+    quote_ident,
+    quote_literal,
+    timestamp_literal,
+)
 
 
 def _bound_literal(value: datetime, column_type: str) -> str:
@@ -131,7 +137,7 @@ def build_pull_query(
         sql
         + (
             f" QUALIFY row_number() OVER ({partition}ORDER BY {q(timestamp_field)} DESC, "
-            f"{created}filename DESC, file_row_number DESC) = 1"
+            f"{created}{FILE_ORDER} DESC, filename DESC, file_row_number DESC) = 1"
         ),
         count_sql=(f"SELECT count(*) FROM (SELECT 1 FROM {scan_sql} WHERE {cond}{groups})"),
     )
@@ -171,15 +177,17 @@ def _latest_by_aggregate(
 ) -> Query:
     """Latest row per key with a hash aggregate and a semi join, instead of a window.
 
-    Per key, ``max`` of the struct ``(order key, filename, file_row_number)`` names the
-    winning row: the order key packs (event_ts, created_ts with null lowest) into one
-    HUGEINT (event micros in the high 64 bits, shifted created micros in the low 64 bits),
-    so struct order is exactly (event_ts, created_ts NULLS FIRST, filename, file_row_number),
-    the window's order. The winners go into a temp table first (the semi join needs all
-    of them before its first output row anyway), so counting the rows to come is free. A
-    second scan keeps the rows so named; it streams, so the caller consumes the first rows
-    while DuckDB is still reading. With a single file the constant ``filename`` is left
-    out of the struct (less memory per key, same order).
+    Per key, ``max`` of the struct ``(order key, file order, filename, file_row_number)``
+    names the winning row: the order key packs (event_ts, created_ts with null lowest)
+    into one HUGEINT (event micros in the high 64 bits, shifted created micros in the low
+    64 bits), so struct order is exactly (event_ts, created_ts NULLS FIRST, file order,
+    filename, file_row_number), the window's order (file order: the natural sort of paths,
+    :data:`~offline_store.sources.FILE_ORDER`). The winners go into a temp table first (the
+    semi join needs all of them before its first output row anyway), so counting the rows
+    to come is free. A second scan keeps the rows so named; it streams, so the caller
+    consumes the first rows while DuckDB is still reading. With a single file the file
+    order and the constant ``filename`` are left out of the struct (less memory per key,
+    same order).
     """
     q = quote_ident
     event = _micros(q(timestamp_field), null=None)
@@ -192,7 +200,7 @@ def _latest_by_aggregate(
         ("", "")
         if single_file
         else (
-            "f := filename, ",
+            f"o := {FILE_ORDER}, f := filename, ",
             f"filename = {win}.f AND ",
         )
     )

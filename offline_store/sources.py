@@ -43,6 +43,20 @@ class DuckDBSettings:
     max_temp_size: str | None = None
 
 
+# The order files are read in, for "last row in source order" among rows identical in
+# (event_ts, created_ts): the natural sort of their paths (``part-2`` before ``part-10``),
+# which is dask's ``natural_sort_key``, the order Feast's file offline store reads a
+# directory in. Digit runs compare as numbers, the rest as text; ``filename`` (plain
+# text) breaks the remaining ties (``a01`` and ``a1``).
+_PART = "STRUCT(s VARCHAR, n HUGEINT)"
+FILE_ORDER = (
+    "list_transform(regexp_extract_all(filename, '[0-9]+|[^0-9]+'), lambda x: "
+    "CASE WHEN regexp_full_match(x, '[0-9]+') THEN {'s': '', 'n': TRY_CAST(x AS HUGEINT)} "
+    "ELSE {'s': x, 'n': CAST(0 AS HUGEINT)} END)"
+)
+FILE_ORDER_FIRST = f"CAST([] AS {_PART}[])"  # sorts before every path's key
+
+
 def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
     """Open an in-memory DuckDB connection with limits, UTC session time zone and ordered output.
 

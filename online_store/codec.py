@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError, UnsupportedTypeError
@@ -52,8 +53,12 @@ VALUE_TAGS: dict[ValueType, bytes] = {
     ValueType.BOOL_LIST: b"\x8a\x01",
     ValueType.UNIX_TIMESTAMP_LIST: b"\x92\x01",
 }
-SUPPORTED_FEATURE_TYPES = frozenset(VALUE_TAGS)
-SUPPORTED_DSL_TYPES = "Int32, Int64, Float32, Float64, Bool, String, Bytes, UnixTimestamp"
+# Types without a fast encoder (Map, Json, Struct, sets, PDF/image bytes, UUID, Decimal,
+# nested lists, ...) are converted by Feast's own ``python_values_to_proto_values``, the
+# function its materialization uses, so their bytes are Feast's by construction.
+# UNKNOWN and NULL are not storable types: Feast cannot convert a column declared so.
+UNSUPPORTED_FEATURE_TYPES = frozenset({ValueType.UNKNOWN, ValueType.NULL})
+SUPPORTED_FEATURE_TYPES = frozenset(vt for vt in ValueType if vt not in UNSUPPORTED_FEATURE_TYPES)
 SUPPORTED_ENTITY_TYPES = frozenset(
     {ValueType.INT64, ValueType.INT32, ValueType.STRING, ValueType.BYTES}
 )
@@ -86,9 +91,9 @@ def check_feature_type(view: str, feature: str, value_type: ValueType) -> None:
     """
     if value_type not in SUPPORTED_FEATURE_TYPES:
         raise UnsupportedTypeError(
-            f"feature '{view}:{feature}' has type {value_type.name}, which the Redis online "
-            f"store does not support; use one of {SUPPORTED_DSL_TYPES} (or Array of them) "
-            "in the view's schema",
+            f"feature '{view}:{feature}' has type {value_type.name}, which no online store "
+            "can hold; give the field a concrete Feast type (e.g. Float64, String, Map, "
+            "Json, Struct, Array(...)) in the view's schema",
             feature_view=view,
             feature=feature,
         )
@@ -338,6 +343,29 @@ def _list_items(arr: pa.Array, vt: ValueType) -> list[list[object] | None]:
     return rows
 
 
+def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
+    """Serialized ``feast.types.Value`` per row through Feast's own conversion.
+
+    Used for the value types without a vectorized encoder. Feast's materialization calls
+    ``python_values_to_proto_values`` on ``column.to_numpy(zero_copy_only=False)``; we
+    hand it the same values, so the bytes are the ones stock Feast writes.
+
+    Raises:
+        UnsupportedTypeError: ``vt`` is UNKNOWN/NULL, or Feast cannot convert the column.
+    """
+    if vt in UNSUPPORTED_FEATURE_TYPES:
+        raise UnsupportedTypeError(f"value type {vt.name} is not supported by the online codec")
+    values = arr.to_numpy(zero_copy_only=False)
+    try:
+        protos = python_values_to_proto_values(values, vt)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedTypeError(
+            f"a column of Arrow type {arr.type} cannot be stored as Feast type {vt.name}: "
+            f"{exc}; make the source column match the field's dtype"
+        ) from exc
+    return [p.SerializeToString() for p in protos]
+
+
 def encode_values(
     arr: pa.Array | pa.ChunkedArray, vt: ValueType, *, frame: bytes | None = None
 ) -> list[bytes]:
@@ -359,7 +387,8 @@ def encode_values(
         arr = arr.combine_chunks()
     tag = VALUE_TAGS.get(vt)
     if tag is None:
-        raise UnsupportedTypeError(f"value type {vt.name} is not supported by the online codec")
+        plain = feast_encoded(arr, vt)
+        return plain if frame is None else frame_values(frame, plain)
     null = b"" if frame is None else frame + b"$0\r\n\r\n"
     if vt in (ValueType.DOUBLE, ValueType.FLOAT):
         np_type = np.float64 if vt == ValueType.DOUBLE else np.float32

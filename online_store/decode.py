@@ -6,11 +6,17 @@ protobuf runtime (they are rare on the read path and their packed encodings vary
 
 from __future__ import annotations
 
+import base64
+import math
+import re
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.message import DecodeError
 
 from online_store.codec import INT64_MIN
 
@@ -87,7 +93,72 @@ def decode_value(raw: bytes) -> object:
     if field is not None:
         proto = ValueProto.FromString(raw)
         return list(getattr(proto, field).val)
-    raise UndecodableValueError(f"stored value with tag byte 0x{tag:02x} is not supported")
+    try:
+        proto = ValueProto.FromString(raw)
+    except DecodeError as exc:
+        message = f"stored value with tag byte 0x{tag:02x} is not a Value"
+        raise UndecodableValueError(message) from exc
+    return native_value(proto)
+
+
+def native_value(v: ValueProto) -> Any:
+    """JSON-ready value of a ``Value`` the scalar decoder does not handle by hand.
+
+    Mirrors what ``feast serve`` answers (``MessageToDict`` with Feast's ``proto_json``
+    patch): maps and structs as objects, map/struct lists as arrays of objects, sets
+    and lists as arrays, bytes base64-encoded, non-finite floats as their JSON strings.
+    """
+    which = v.WhichOneof("val")
+    if which is None or which == "null_val":
+        return None
+    if which in ("double_val", "float_val"):
+        return _float_native(getattr(v, which))
+    if which == "bytes_val":
+        return base64.b64encode(v.bytes_val).decode("ascii")
+    if which in ("list_val", "set_val"):
+        return [native_value(item) for item in getattr(v, which).val]
+    if which in ("map_val", "struct_val"):
+        return {k: native_value(item) for k, item in getattr(v, which).val.items()}
+    if which in ("map_list_val", "struct_list_val"):
+        return [{k: native_value(i) for k, i in m.val.items()} for m in getattr(v, which).val]
+    if which in ("bytes_list_val", "bytes_set_val"):
+        return [base64.b64encode(b).decode("ascii") for b in getattr(v, which).val]
+    if which in ("double_set_val", "float_set_val", "double_list_val", "float_list_val"):
+        return [_float_native(f) for f in getattr(v, which).val]
+    if which == "scalar_map_val":
+        # feast serve answers None here too (its converter does not handle the type).
+        return None
+    if which == "zoned_timestamp_val":
+        zoned = v.zoned_timestamp_val
+        if zoned.unix_timestamp == INT64_MIN:
+            return None
+        return datetime.fromtimestamp(zoned.unix_timestamp, tz=_zone(zoned.zone)).isoformat()
+    if "_list_" in which or "_set_" in which:
+        return list(getattr(v, which).val)
+    return getattr(v, which)
+
+
+def _zone(name: str) -> tzinfo:
+    """The zone a ZonedTimestamp names: IANA key, a fixed offset, or UTC (as Feast reads it)."""
+    if not name or name in ("UTC", "GMT"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        match = re.fullmatch(r"(?:UTC|GMT)?([+-])(\d{2}):?(\d{2})", name.strip())
+        if match is None:
+            return UTC
+        sign, hours, minutes = match.groups()
+        delta = timedelta(hours=int(hours), minutes=int(minutes))
+        return timezone(-delta if sign == "-" else delta)
+
+
+def _float_native(f: float) -> float | str:
+    if math.isfinite(f):
+        return f
+    if math.isnan(f):
+        return "NaN"
+    return "Infinity" if f > 0 else "-Infinity"
 
 
 def decode_timestamp(raw: bytes) -> tuple[int, int]:

@@ -88,5 +88,7 @@ ENCODERS: dict[ValueType, Encoder] = {
     ValueType.FLOAT_LIST: _encode_float_lists,
     ValueType.DOUBLE_LIST: _encode_float_lists,
     ValueType.BYTES: _encode_bytes,
+    ValueType.PDF_BYTES: _encode_bytes,
+    ValueType.IMAGE_BYTES: _encode_bytes,
     ValueType.BYTES_LIST: _encode_bytes_lists,
 }

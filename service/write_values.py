@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidTimestampError, SchemaMismatchError, show
@@ -125,9 +127,50 @@ def _timestamp(v: Any) -> tuple[datetime, bool]:
     raise _Bad("an RFC 3339 timestamp or epoch seconds")
 
 
+def _json_text(v: Any) -> Any:
+    return v if v is None or isinstance(v, str) else json.dumps(v)
+
+
+def _feast_column(name: str, values: Sequence[Any], vt: ValueType, *, view: str) -> pa.Array:
+    """A column of a type without a hand-written check (Map, Json, Struct, sets, ...).
+
+    The values go into Arrow the way ``feast serve``'s push builds its frame (inferred from
+    the JSON values), and Feast's own conversion must accept them, so what we store is
+    what stock Feast would store; anything it refuses is a 422 naming the column.
+    """
+    cells = list(values)
+    # Keep each JSON document as written (an inferred struct would add missing keys).
+    if vt == ValueType.JSON:
+        cells = [_json_text(v) for v in cells]
+    elif vt == ValueType.JSON_LIST:
+        cells = [[_json_text(x) for x in v] if isinstance(v, list) else v for v in cells]
+    try:
+        arr = pa.array(cells)
+        python_values_to_proto_values(arr.to_numpy(zero_copy_only=False), vt)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise SchemaMismatchError(
+            f"column {name!r} of feature view {view!r} expects values of Feast type "
+            f"{vt.name}, and Feast cannot convert what was sent ({exc}); send values of that "
+            "type (an object for Map/Struct, any JSON for Json, a list for Array/Set)",
+            column=name,
+            expected=vt.name,
+        ) from None
+    return arr
+
+
 def column(
     name: str, values: Sequence[Any], vt: ValueType, *, view: str, nullable: bool
 ) -> pa.Array:
+    if vt not in _SCALARS and vt not in _LISTS:
+        if not nullable and any(v is None for v in values):
+            row = next(i for i, v in enumerate(values) if v is None)
+            raise SchemaMismatchError(
+                f"column {name!r} of feature view {view!r} is null at row {row}; join keys "
+                "and event timestamps must be set on every row",
+                column=name,
+                row=row,
+            )
+        return _feast_column(name, values, vt, view=view)
     inner = _LISTS.get(vt)
     check: Callable[[Any], Any]
     if inner is not None:

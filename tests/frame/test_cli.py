@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import yaml
 
 from online_store.embedded import free_port
 from tests.frame.conftest import BIN
@@ -78,6 +79,30 @@ def test_serve_without_redis_url_runs_and_stops_an_embedded_redis(example_repo: 
     assert not state.exists()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_serve_uses_the_redis_feature_store_yaml_names_without_an_embedded_one(
+    example_repo: Path, redis_url: str
+) -> None:
+    """A repo naming its Redis (and no FEATURESTORE_REDIS_URL): nothing embedded starts."""
+    config_path = example_repo / "feature_store.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["online_store"]["connection_string"] = redis_url
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = _serve(example_repo, None, "--port", str(port))
+    named = redis.Redis.from_url(redis_url)
+    try:
+        assert _wait_health(port, proc).status_code == 200
+        httpx.get(f"http://127.0.0.1:{port}/ready", timeout=30)  # pings its Redis
+        # The service's connections are on the named Redis (ours is the other one).
+        assert len(named.client_list()) >= 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        named.close()
+    assert proc.returncode == 0
+    assert not (example_repo / "data" / "redis").exists()
 
 
 def test_env_prints_the_sqlite_default(example_repo: Path) -> None:

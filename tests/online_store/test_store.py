@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from feast import FeatureStore
-from feast.types import Json, Map
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+from feast.types import Array, Float64, Json, Map, PdfBytes, Set, String, Struct
+from feast.value_type import ValueType
 
 from foundation.errors import UnsupportedTypeError
 from online_store import connection
@@ -37,17 +38,38 @@ def _data(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bad_type", [Map, Json], ids=["map", "json"])
-def test_unsupported_type_is_rejected_at_apply(
-    tmp_path: Path, redis_url: str, bad_type: Any
-) -> None:
+def _float_keyed_view(parquet: Path) -> list[Any]:
+    """A view whose join key is a Float64, which Feast's entity key encoding cannot hold."""
+    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.DOUBLE)
+    schema = [Field(name="driver_id", dtype=Float64), Field(name="a_x", dtype=Float64)]
+    src = FileSource(path=str(parquet), timestamp_field="event_ts")
+    return [driver, FeatureView(name="a", entities=[driver], schema=schema, source=src)]
+
+
+@pytest.mark.parametrize(
+    "feast_type",
+    [Map, Json, Struct({"name": String, "age": String}), Set(String), PdfBytes, Array(Map)],
+    ids=["map", "json", "struct", "set", "pdf", "map-list"],
+)
+def test_every_feast_type_applies(tmp_path: Path, redis_url: str, feast_type: Any) -> None:
     parquet = _data(tmp_path / "d.parquet")
     spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
     write_repo(tmp_path / "repo", spec)
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
-    with pytest.raises(UnsupportedTypeError, match=r"feature 'a:bad' has type") as info:
-        store.apply(parquet_views(parquet, extra=bad_type, views=("a",)))
-    assert "use one of" in info.value.message
+    store.apply(parquet_views(parquet, extra=feast_type, views=("a",)))
+    fresh = FeatureStore(repo_path=str(tmp_path / "repo"))
+    (view,) = fresh.list_feature_views()
+    assert {f.name: f.dtype for f in view.features}["bad"] == feast_type
+
+
+def test_unstorable_join_key_type_is_rejected_at_apply(tmp_path: Path, redis_url: str) -> None:
+    parquet = _data(tmp_path / "d.parquet")
+    spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB)
+    write_repo(tmp_path / "repo", spec)
+    store = FeatureStore(repo_path=str(tmp_path / "repo"))
+    with pytest.raises(UnsupportedTypeError, match=r"join key 'driver_id'.*DOUBLE") as info:
+        store.apply(_float_keyed_view(parquet))
+    assert "Int64, Int32, String or Bytes" in info.value.message
 
 
 def test_removing_a_view_removes_only_its_data(tmp_path: Path, redis_url: str) -> None:
@@ -134,7 +156,7 @@ def test_rejected_apply_leaves_no_view_behind(tmp_path: Path, redis_url: str) ->
     write_repo(tmp_path / "repo", RepoSpec("p", redis_url, True, True, offline=DUCKDB))
     store = FeatureStore(repo_path=str(tmp_path / "repo"))
     with pytest.raises(UnsupportedTypeError):
-        store.apply(parquet_views(parquet, extra=Map, views=("a",)))
+        store.apply(_float_keyed_view(parquet))
     fresh = FeatureStore(repo_path=str(tmp_path / "repo"))
     assert [v.name for v in fresh.list_feature_views()] == []
 
