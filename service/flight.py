@@ -243,7 +243,16 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
         writer: fl.FlightMetadataWriter,
     ) -> None:
         """Refused (writes, logged features and saved datasets are not served)."""
-        self._refuse(context, "do_put (offline writes, logged features, persist)")
+        self._authorize_or_raise(context)
+        if _command(descriptor)["api"] == "persist":
+            raise pa.ArrowInvalid(
+                "saving a dataset through the remote offline store is not served: Feast's "
+                "remote client sends only the storage's data source name (empty for "
+                "SavedDatasetFileStorage), not where to write, and stock serve_offline fails "
+                "on it too; save it in-process with offline_store.saved.save_training_dataset "
+                "or FeatureStore.create_saved_dataset on the server's repo"
+            )
+        self._refuse(context, "do_put (offline writes, logged features)")
 
     def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
         """Refused: this server keeps no flights between calls."""

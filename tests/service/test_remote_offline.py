@@ -25,6 +25,7 @@ import pyarrow.flight as fl
 import pytest
 import yaml
 from feast import FeatureStore
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
 from online_store.embedded import free_port
 from tests.service.conftest import ROOT, Repo
@@ -204,3 +205,16 @@ def _exchange_without_key(port: int) -> pa.Table:
 def test_no_key_is_refused(flight_port: int) -> None:
     with pytest.raises(fl.FlightUnauthenticatedError, match="missing API key"):
         _exchange_without_key(flight_port)
+
+
+def test_saving_a_dataset_remotely_is_refused_with_the_reason(
+    remote: FeatureStore, repo: Repo, tmp_path: Path
+) -> None:
+    job = remote.get_historical_features(entity_df=_entities(repo), features=FEATURES[:1])
+    with pytest.raises(pa.ArrowInvalid, match="data source name"):
+        remote.create_saved_dataset(
+            from_=job,
+            name="remote_save",
+            storage=SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")),
+        )
+    assert not (tmp_path / "saved.parquet").exists()
