@@ -166,14 +166,7 @@ def check_unknown_columns(
     Raises:
         SchemaMismatchError: names the unknown columns.
     """
-    known: set[str] = set(also)
-    for info in views:
-        source = info.view.batch_source
-        known.update(info.join_keys, info.features)
-        if source is not None:
-            known.add(source.timestamp_field)
-            if source.created_timestamp_column:
-                known.add(source.created_timestamp_column)
+    known = _view_columns(views) | also
     unknown = sorted(set(df) - known)
     if unknown:
         raise SchemaMismatchError(
@@ -181,6 +174,18 @@ def check_unknown_columns(
             f"({[v.name for v in views]}) takes; remove or rename them",
             unknown=unknown,
         )
+
+
+def _view_columns(views: Sequence[ViewInfo]) -> frozenset[str]:
+    known: set[str] = set()
+    for info in views:
+        source = info.view.batch_source
+        known.update(info.join_keys, info.features)
+        if source is not None:
+            known.add(source.timestamp_field)
+            if source.created_timestamp_column:
+                known.add(source.created_timestamp_column)
+    return frozenset(known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +316,10 @@ def validate_and_write(
     Raises:
         SchemaMismatchError, InvalidTimestampError: bad input; nothing was written.
     """
-    schemas = [offline_schema(store, info) if offline else None for info in views]
+    # The sources' other columns are accepted (as stock Feast does); their schemas are
+    # read only when the rows go offline or carry a column the views do not use.
+    with_sources = offline or not _view_columns(views).issuperset(df)
+    schemas = [offline_schema(store, info) if with_sources else None for info in views]
     source_columns = frozenset(n for schema in schemas if schema is not None for n in schema.names)
     check_unknown_columns(df, views, also=source_columns)
     now = datetime.now(UTC)

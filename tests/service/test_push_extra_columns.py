@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +172,29 @@ def test_offline_push_with_a_mistyped_unused_column_is_refused_whole(
     typo = _push(client, {**PUSHED, "driver_id": [8, 9], "regoin_id": [1, 2]})
     assert typo.status_code == 422
     assert "regoin_id" in typo.json()["error"]["message"]
+
+
+def test_online_push_with_the_unused_columns_is_taken_like_stock(
+    ours: tuple[AppClient, Path], stock: FeatureStore
+) -> None:
+    client, _ = ours
+    fresh = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # within the view's TTL
+    df = {**PUSHED, "driver_id": [10, 11], **UNUSED}
+    df["event_timestamp"] = df["created"] = [fresh, fresh]
+    stock.push("trips_push", _frame(df), to=PushMode.ONLINE)
+    expected = stock.get_online_features(
+        features=["trips:conv_rate", "trips:trip_count"], entity_rows=[{"driver_id": 10}]
+    ).to_dict()
+    resp = client.post("/push", json={"push_source_name": "trips_push", "df": df, "to": "online"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["written"] == 2
+    got = client.post(
+        "/get-online-features",
+        json={"entities": {"driver_id": [10]}, "features": ["trips:conv_rate", "trips:trip_count"]},
+    ).json()
+    values = {
+        n: r["values"]
+        for n, r in zip(got["metadata"]["feature_names"], got["results"], strict=True)
+    }
+    assert values["trip_count"] == expected["trip_count"] == [4]
+    assert values["conv_rate"] == expected["conv_rate"] == [0.25]
