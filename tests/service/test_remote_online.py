@@ -154,3 +154,35 @@ def test_remote_client_reads_a_feature_service_like_the_in_process_store(
     out = _both(stores, service, rows)
     assert len(out["estimated_fare"]) == len(rows)
     assert sum(v is not None for v in out["conv_rate"]) >= 4
+
+
+def test_remote_client_sends_our_api_key_as_feast_token(
+    repo: Repo, read_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    proc = ServeProcess(repo, tmp_path_factory.mktemp("remote-auth") / "serve.log", "--auth")
+    try:
+        stores = []
+        for key in (read_key, "fsk_000000000000_wrong"):
+            client_repo = tmp_path_factory.mktemp("remote-auth-client")
+            config = {
+                "project": "rides",
+                "provider": "local",
+                "registry": {"registry_type": "sql", "path": repo.registry_url},
+                "online_store": {"type": "remote", "path": proc.url},
+                "auth": {"type": "kubernetes", "user_token": key},
+                "entity_key_serialization_version": 3,
+            }
+            (client_repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+            stores.append(FeatureStore(repo_path=str(client_repo)))
+        good, bad = stores
+        ids = _drivers(repo, 3)
+        rows = [{"driver_id": d} for d in ids]
+        out = good.get_online_features(
+            features=["driver_hourly_stats:conv_rate"], entity_rows=rows
+        ).to_dict()
+        assert out["driver_id"] == ids
+        assert all(v is not None for v in out["conv_rate"])
+        with pytest.raises(RuntimeError, match="401"):
+            bad.get_online_features(features=["driver_hourly_stats:conv_rate"], entity_rows=rows)
+    finally:
+        proc.stop()
