@@ -287,3 +287,25 @@ def test_inputs_feast_serve_guesses_at_are_refused_with_a_clear_422(
     assert error["type"] == error_type
     for word in words:
         assert word in error["message"], (word, error["message"])
+
+
+def test_entity_name_with_string_ids_is_read_right_where_feast_serve_misses(
+    ours: httpx.Client, feast_serve: httpx.Client, drivers: list[int]
+) -> None:
+    canonical = {"entities": {"driver_id": drivers}, "features": DRIVER_FEATURES}
+    body = {"entities": {"driver": [str(d) for d in drivers]}, "features": DRIVER_FEATURES}
+    # Feast types values under an entity name by inference: "1001" is a string key, no row.
+    theirs = columns(_post(feast_serve, body).json())
+    assert theirs["conv_rate"]["values"] == [None] * len(drivers)
+    mine, reference = _post(ours, body), _post(ours, canonical)
+    assert mine.status_code == 200, mine.text
+    assert columns(mine.json()) == columns(reference.json())
+    assert None not in columns(mine.json())["conv_rate"]["values"]
+
+
+def test_empty_feature_service_falls_back_to_features_like_feast_serve(
+    ours: httpx.Client, feast_serve: httpx.Client, drivers: list[int]
+) -> None:
+    canonical = {"entities": {"driver_id": [*drivers, MISSING_DRIVER]}, "features": DRIVER_FEATURES}
+    body = {**canonical, "feature_service": ""}
+    _same_answer(ours, feast_serve, body, canonical)
