@@ -218,3 +218,12 @@ def test_saving_a_dataset_remotely_is_refused_with_the_reason(
             storage=SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")),
         )
     assert not (tmp_path / "saved.parquet").exists()
+
+
+def test_entity_frame_with_a_filtered_index_equals_the_in_process_join(
+    remote: FeatureStore, local: FeatureStore, repo: Repo
+) -> None:
+    entities = _entities(repo).iloc[::3]  # the index is no longer a RangeIndex
+    theirs = remote.get_historical_features(entity_df=entities, features=FEATURES[:2]).to_df()
+    ours = local.get_historical_features(entity_df=entities, features=FEATURES[:2]).to_df()
+    _equal(theirs, ours)
