@@ -207,6 +207,7 @@ def test_no_key_is_refused(flight_port: int) -> None:
         _exchange_without_key(flight_port)
 
 
+@pytest.mark.filterwarnings("ignore:Saving dataset is an experimental feature:RuntimeWarning")
 def test_saving_a_dataset_remotely_is_refused_with_the_reason(
     remote: FeatureStore, repo: Repo, tmp_path: Path
 ) -> None:
