@@ -47,8 +47,12 @@ def parts_directory(path: str) -> str:
     return path + PARTS_SUFFIX
 
 
-def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
-    """Reorder and cast ``table`` to ``schema`` or explain what does not fit."""
+def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Reorder and cast ``table`` to ``schema`` or explain what does not fit.
+
+    Raises:
+        SchemaMismatchError: a column missing or unknown, or not castable.
+    """
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
     if missing or extra:
@@ -126,6 +130,25 @@ def _schema_of(files: list[str]) -> pa.Schema | None:
     return pq.read_schema(sorted(files)[0]) if files else None
 
 
+def source_schema(path: str) -> pa.Schema | None:
+    """The schema pushes to the Parquet source at ``path`` are cast to.
+
+    Args:
+        path: resolved source path: a ``.parquet`` file, a directory, or a glob.
+
+    Returns:
+        The schema of the source's files (with a hive source's partition columns), or
+        None when the source has no file yet (the first push sets it).
+    """
+    if any(ch in path for ch in _GLOB_CHARS):
+        return _schema_of(glob.glob(path, recursive=True))
+    if os.path.isdir(path) and _is_hive(path):
+        return ds.dataset(path, format="parquet", partitioning="hive").schema
+    if os.path.isdir(path):
+        return _schema_of(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    return pq.read_schema(path) if os.path.exists(path) else None
+
+
 def _is_hive(directory: str) -> bool:
     return any("=" in entry.name for entry in os.scandir(directory) if entry.is_dir())
 
@@ -135,7 +158,7 @@ def _write_hive(directory: str, table: pa.Table) -> str:
     dataset = ds.dataset(directory, format="parquet", partitioning="hive")
     partitioning = dataset.partitioning
     assert partitioning is not None
-    conformed = _conform(table, dataset.schema, directory)
+    conformed = conform(table, dataset.schema, directory)
     parent = os.path.dirname(os.path.abspath(directory))
     staging = os.path.join(parent, f".{os.path.basename(directory)}.staging-{uuid.uuid4().hex}")
     try:
@@ -170,7 +193,7 @@ def _write_first_file(path: str, table: pa.Table) -> str:
         os.link(tmp, path)  # unlike rename, never replaces a file another push just made
     except FileExistsError:
         schema = pq.read_schema(path)
-        return publish(parts_directory(path), _conform(table, schema, path))
+        return publish(parts_directory(path), conform(table, schema, path))
     finally:
         os.remove(tmp)
     fsync_directory(directory)
@@ -198,7 +221,7 @@ def write_batch(path: str, table: pa.Table) -> str:
     """
     if any(ch in path for ch in _GLOB_CHARS):
         schema = _schema_of(glob.glob(path, recursive=True))
-        conformed = _conform(table, schema, path) if schema is not None else table
+        conformed = conform(table, schema, path) if schema is not None else table
         head = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
         directory = head if head.endswith(os.sep) else os.path.dirname(head)
         probe = os.path.join(directory, part_name())
@@ -212,9 +235,9 @@ def write_batch(path: str, table: pa.Table) -> str:
         return _write_hive(path, table)
     if os.path.isdir(path):
         schema = _schema_of(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-        conformed = _conform(table, schema, path) if schema is not None else table
+        conformed = conform(table, schema, path) if schema is not None else table
         return publish(path, conformed)
     if os.path.exists(path):
-        conformed = _conform(table, pq.read_schema(path), path)
+        conformed = conform(table, pq.read_schema(path), path)
         return publish(parts_directory(path), conformed)
     return _write_first_file(path, table)

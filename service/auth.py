@@ -323,12 +323,7 @@ class Authenticator:
             PermissionDeniedError: a valid key with a lower scope (403).
             BackendUnavailableError: the key could not be checked in time (503).
         """
-        key = _bearer_key(authorization)
-        if key is None:
-            raise AuthenticationError(
-                "missing API key; send `Authorization: Bearer <key>` with a key from "
-                "`featurestore keys create --scope read|write|admin`"
-            )
+        key = _required_key(authorization)
         scope = self.store.peek(key)
         if scope is None:
             try:
@@ -340,12 +335,35 @@ class Authenticator:
                     f"cannot verify the API key within {self.timeout:g} s: the registry "
                     "database is slow or unreachable; retry shortly"
                 ) from None
-        if scope < required:
-            need = required.name.lower()
-            raise PermissionDeniedError(
-                f"this API key has scope {scope.name.lower()!r} but this endpoint needs "
-                f"{need!r}; use a key from `featurestore keys create --scope {need}`",
-                scope=scope.name.lower(),
-                required=need,
-            )
-        return scope
+        return _at_least(scope, required)
+
+    def authorize_blocking(self, authorization: str | None, required: Scope) -> Scope:
+        """:meth:`authorize` for threads that may block (the Arrow Flight server).
+
+        Raises:
+            AuthenticationError, PermissionDeniedError, BackendUnavailableError: as
+                :meth:`authorize`.
+        """
+        return _at_least(self.store.verify(_required_key(authorization)), required)
+
+
+def _required_key(authorization: str | None) -> str:
+    key = _bearer_key(authorization)
+    if key is None:
+        raise AuthenticationError(
+            "missing API key; send `Authorization: Bearer <key>` with a key from "
+            "`featurestore keys create --scope read|write|admin`"
+        )
+    return key
+
+
+def _at_least(scope: Scope, required: Scope) -> Scope:
+    if scope < required:
+        need = required.name.lower()
+        raise PermissionDeniedError(
+            f"this API key has scope {scope.name.lower()!r} but this endpoint needs "
+            f"{need!r}; use a key from `featurestore keys create --scope {need}`",
+            scope=scope.name.lower(),
+            required=need,
+        )
+    return scope

@@ -1,6 +1,7 @@
 """The ``featurestore`` command.
 
 featurestore serve --repo feature_repo [--host 127.0.0.1] [--port 6566] [--workers N] [--insecure]
+featurestore serve-offline --repo feature_repo [--host 127.0.0.1] [--port 8815] [--auth]
 featurestore demo  --repo feature_repo [--rows 20000]
 featurestore env   --repo feature_repo      # eval "$(featurestore env --repo feature_repo)"
 featurestore compact --repo feature_repo [--feature-view NAME ...]
@@ -69,6 +70,40 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=settings.keepalive_timeout_seconds,
             log_level="info",
         )
+    return 0
+
+
+def _serve_offline(args: argparse.Namespace) -> int:
+    repo = Path(args.repo).resolve()
+    os.environ.update(
+        {
+            "FEATURESTORE_REPO_PATH": str(repo),
+            "FEATURESTORE_HOST": args.host,
+            "FEATURESTORE_INSECURE": "true" if args.insecure else "false",
+            **({"FEATURESTORE_AUTH": "true"} if args.auth else {}),
+        }
+    )
+    os.environ.setdefault(environment.REGISTRY_ENV, environment.default_registry_url(repo))
+    from foundation.errors import FeatureStoreError
+    from service.flight import build_server
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+        server = build_server(settings, port=args.port)
+    except ValidationError as exc:
+        messages = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        print(f"featurestore serve-offline: refusing to start: {messages}", file=sys.stderr)
+        return 2
+    except FeatureStoreError as exc:
+        print(f"featurestore serve-offline: {exc.message}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    print(f"featurestore serve-offline: Arrow Flight on {args.host}:{server.port}", flush=True)
+    try:
+        server.serve()
+    finally:
+        server.shutdown()
     return 0
 
 
@@ -167,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow binding a non-loopback address without authentication",
     )
     serve.set_defaults(func=_serve)
+
+    offline = sub.add_parser(
+        "serve-offline",
+        help="serve Feast's remote offline store protocol (Arrow Flight) from our DuckDB join",
+    )
+    offline.add_argument(
+        "--repo", default="feature_repo", help="Feast repo with feature_store.yaml"
+    )
+    offline.add_argument("--host", default="127.0.0.1")
+    offline.add_argument("--port", type=int, default=8815, help="as `feast serve_offline`")
+    offline.add_argument(
+        "--auth", action="store_true", help="require API keys of scope read (Bearer)"
+    )
+    offline.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address without authentication",
+    )
+    offline.set_defaults(func=_serve_offline)
 
     demo = sub.add_parser(
         "demo", help="generate data, apply, materialize, serve one lookup and a training set"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
@@ -34,6 +34,7 @@ from foundation.errors import (
 from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
+from service.entity_values import EntityForms, entity_forms
 from service.odfv import OdfvStep, run_odfv
 from service.redis_fast import FastRedis
 
@@ -69,6 +70,8 @@ class OnlinePlan:
     # Entity columns echoed in the response: any of the project's join keys the request
     # gives, needed or not (as Feast does).
     echo_keys: frozenset[str] = frozenset()
+    # The lossless forms of entity values accepted besides the canonical one.
+    entity_forms: EntityForms = field(default_factory=EntityForms)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -202,9 +205,11 @@ def compile_plan(
 
     specs = []
     join_keys: set[str] = set()
+    key_types: dict[str, ValueType] = {}
     for view_name, feats in read_features.items():
         info = snapshot.views[view_name]
         join_keys.update(info.join_keys)
+        key_types.update(zip(info.join_keys, info.join_key_types, strict=True))
         specs.append(
             ViewReadSpec(
                 name=view_name,
@@ -223,6 +228,11 @@ def compile_plan(
     return OnlinePlan(
         entityless=entityless,
         echo_keys=frozenset(echo_keys),
+        entity_forms=entity_forms(
+            snapshot.entities.values(),
+            key_types,
+            reserved=frozenset(join_keys | echo_keys | request_fields),
+        ),
         join_keys=frozenset(join_keys),
         request_fields=frozenset(request_fields),
         read_plan=ReadPlan.compile(snapshot.project, specs),

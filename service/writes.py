@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 import redis
-from feast import FeatureStore
+from feast import FeatureStore, FileSource
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 
 from foundation.errors import (
@@ -28,6 +28,8 @@ from foundation.errors import (
     RequestTooLargeError,
     SchemaMismatchError,
 )
+from offline_store.sources import resolve_path
+from offline_store.writes import conform, source_schema
 from online_store.writer import WriteStats, write_arrow
 from service.catalog import RegistrySnapshot, ViewInfo
 from service.write_values import column, timestamp_column
@@ -151,12 +153,30 @@ def push_views(snapshot: RegistrySnapshot, push_source: str) -> list[ViewInfo]:
     return [snapshot.views[name] for name in snapshot.push_sources[push_source]]
 
 
-def check_unknown_columns(df: Mapping[str, Any], views: Sequence[ViewInfo]) -> None:
+def check_unknown_columns(
+    df: Mapping[str, Any], views: Sequence[ViewInfo], *, also: frozenset[str] = frozenset()
+) -> None:
     """Refuse columns that no target view takes (a typo must not be dropped silently).
+
+    Args:
+        df: the request's columns.
+        views: the target views.
+        also: other accepted names (the offline sources' columns, for offline pushes).
 
     Raises:
         SchemaMismatchError: names the unknown columns.
     """
+    known = _view_columns(views) | also
+    unknown = sorted(set(df) - known)
+    if unknown:
+        raise SchemaMismatchError(
+            f"df has columns {unknown} that no target feature view "
+            f"({[v.name for v in views]}) takes; remove or rename them",
+            unknown=unknown,
+        )
+
+
+def _view_columns(views: Sequence[ViewInfo]) -> frozenset[str]:
     known: set[str] = set()
     for info in views:
         source = info.view.batch_source
@@ -165,13 +185,7 @@ def check_unknown_columns(df: Mapping[str, Any], views: Sequence[ViewInfo]) -> N
             known.add(source.timestamp_field)
             if source.created_timestamp_column:
                 known.add(source.created_timestamp_column)
-    unknown = sorted(set(df) - known)
-    if unknown:
-        raise SchemaMismatchError(
-            f"df has columns {unknown} that no target feature view "
-            f"({[v.name for v in views]}) takes; remove or rename them",
-            unknown=unknown,
-        )
+    return frozenset(known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +203,49 @@ class WriteOutcome:
     offline_rows: int
 
 
+def offline_schema(store: FeatureStore, info: ViewInfo) -> pa.Schema | None:
+    """The schema of a view's Parquet source (None: not a FileSource, or no file yet)."""
+    source = info.view.batch_source
+    if not isinstance(source, FileSource):
+        return None
+    return source_schema(resolve_path(store.config.repo_path, source.path))
+
+
+def with_source_columns(
+    table: pa.Table, schema: pa.Schema | None, df: Mapping[str, Sequence[Any]], *, view: str
+) -> pa.Table:
+    """A view's table widened to its offline source's columns, cast to the source types.
+
+    Columns of the source that the view does not use are taken from ``df`` when the
+    caller sent them, else written as nulls (stock Feast refuses such a push with a 500).
+
+    Raises:
+        SchemaMismatchError: a sent column that does not fit the source's type.
+    """
+    if schema is None:
+        return table
+    where = f"the offline source of feature view {view!r}"
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for field in schema:
+        if field.name in table.column_names:
+            columns[field.name] = table[field.name]
+        elif field.name in df:
+            try:
+                columns[field.name] = pa.array(list(df[field.name])).cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise SchemaMismatchError(
+                    f"column {field.name!r} does not fit {where}, which stores it as "
+                    f"{field.type}: {exc}; send {field.type} values or leave the column out "
+                    "(it is then written as null)",
+                    column=field.name,
+                ) from exc
+        else:
+            columns[field.name] = pa.nulls(table.num_rows, field.type)
+    for name in table.column_names:
+        columns.setdefault(name, table[name])  # conform names what does not belong
+    return conform(pa.table(columns), schema, where)
+
+
 def write_tables(
     store: FeatureStore,
     client: redis.Redis,
@@ -196,6 +253,7 @@ def write_tables(
     *,
     online: bool,
     offline: bool,
+    offline_tables: Sequence[pa.Table] | None = None,
 ) -> WriteOutcome:
     """Write validated tables (blocking; run in a worker thread).
 
@@ -205,6 +263,8 @@ def write_tables(
         tables: (view, table) pairs from :func:`build_table`.
         online: write to Redis.
         offline: append to the offline store.
+        offline_tables: what to append offline for each of ``tables`` (default: the
+            same tables), e.g. from :func:`with_source_columns`.
 
     Returns:
         Rows written and skipped per view.
@@ -212,11 +272,9 @@ def write_tables(
     offline_rows = 0
     if offline:
         provider = store._get_provider()
-        for info, table in tables:
-            # the placeholder key of an entity-less view is not a source column
-            if DUMMY_ENTITY_ID in table.column_names:
-                table = table.drop_columns([DUMMY_ENTITY_ID])
-            provider.ingest_df_to_offline_store(info.view, table)
+        appended = offline_tables if offline_tables is not None else [t for _, t in tables]
+        for (info, _), table in zip(tables, appended, strict=True):
+            provider.ingest_df_to_offline_store(info.view, _source_table(table))
             offline_rows += table.num_rows
     stats: dict[str, WriteStats] = {}
     if online:
@@ -258,9 +316,29 @@ def validate_and_write(
     Raises:
         SchemaMismatchError, InvalidTimestampError: bad input; nothing was written.
     """
-    check_unknown_columns(df, views)
+    # The sources' other columns are accepted (as stock Feast does); their schemas are
+    # read only when the rows go offline or carry a column the views do not use.
+    with_sources = offline or not _view_columns(views).issuperset(df)
+    schemas = [offline_schema(store, info) if with_sources else None for info in views]
+    source_columns = frozenset(n for schema in schemas if schema is not None for n in schema.names)
+    check_unknown_columns(df, views, also=source_columns)
     now = datetime.now(UTC)
     tables = [
         (info, build_table(info, df, max_future_skew=max_future_skew, now=now)) for info in views
     ]
-    return write_tables(store, client, tables, online=online, offline=offline)
+    offline_tables = None
+    if offline:
+        offline_tables = [
+            with_source_columns(_source_table(table), schema, df, view=info.name)
+            for (info, table), schema in zip(tables, schemas, strict=True)
+        ]
+    return write_tables(
+        store, client, tables, online=online, offline=offline, offline_tables=offline_tables
+    )
+
+
+def _source_table(table: pa.Table) -> pa.Table:
+    # the placeholder key of an entity-less view is not a source column
+    if DUMMY_ENTITY_ID in table.column_names:
+        return table.drop_columns([DUMMY_ENTITY_ID])
+    return table

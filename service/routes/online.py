@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from foundation.errors import InvalidRequestError, RequestTooLargeError
 from service.deps import ServiceState
+from service.entity_values import coerce_entities
 from service.online import OnlinePlan, check_entities, compile_plan, read_online
 from service.schemas import ErrorResponse, GetOnlineFeaturesRequest, OnlineFeaturesResponse
 
@@ -84,30 +85,31 @@ def _parse_simple(body: bytes) -> _Request | None:
 
 
 def _plan(state: ServiceState, req: GetOnlineFeaturesRequest | _Request) -> OnlinePlan:
-    if req.feature_service is not None and req.features:
-        raise InvalidRequestError('give either "features" or "feature_service", not both')
-    if req.feature_service is None and not req.features:
+    # As in ``feast serve``: a (non-empty) feature service wins over ``features``.
+    service = req.feature_service or None
+    features: tuple[str, ...] = () if service is not None else tuple(req.features)
+    if service is None and not features:
         raise InvalidRequestError(
             'no features requested; set "features" to ["<view>:<feature>", ...] or '
             '"feature_service" to a feature service name'
         )
     limit = state.settings.max_features_per_request
-    if len(req.features) > limit:
+    if len(features) > limit:
         raise RequestTooLargeError(
-            f"{len(req.features)} features in one request; the limit is {limit} "
+            f"{len(features)} features in one request; the limit is {limit} "
             "(FEATURESTORE_MAX_FEATURES_PER_REQUEST)",
             limit=limit,
         )
     snapshot = state.catalog.snapshot
-    key = (req.feature_service, tuple(req.features), req.full_feature_names)
+    key = (service, features, req.full_feature_names)
     return cast(
         OnlinePlan,
         snapshot.plans.get_or_build(
             key,
             lambda: compile_plan(
                 snapshot,
-                features=req.features,
-                feature_service=req.feature_service,
+                features=features,
+                feature_service=service,
                 full_feature_names=req.full_feature_names,
             ),
         ),
@@ -132,11 +134,12 @@ async def answer(state: ServiceState, body: bytes) -> bytes:
     # and validated (with its errors) by pydantic-core straight from bytes.
     req = _parse_simple(body) or GetOnlineFeaturesRequest.model_validate_json(body)
     plan = _plan(state, req)
-    rows = check_entities(plan, req.entities, max_rows=state.settings.max_entities_per_request)
+    entities = coerce_entities(plan.entity_forms, req.entities)
+    rows = check_entities(plan, entities, max_rows=state.settings.max_entities_per_request)
     return await read_online(
         plan,
         state.reader,
-        req.entities,
+        entities,
         rows=rows,
         full_feature_names=req.full_feature_names,
         include_view_metadata=req.include_feature_view_version_metadata,

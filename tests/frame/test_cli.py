@@ -115,3 +115,17 @@ def test_env_prints_the_sqlite_default(example_repo: Path) -> None:
         out.strip()
         == f"export FEATURESTORE_REGISTRY_URL='sqlite:///{example_repo.resolve()}/data/registry.db'"
     )
+
+
+def test_serve_offline_on_a_non_loopback_host_without_auth_refuses_to_start(
+    example_repo: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    proc = subprocess.run(
+        [str(BIN / "featurestore"), "serve-offline", "--repo", str(example_repo),
+         "--host", "0.0.0.0", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "serve-offline: refusing to start" in proc.stderr
+    assert "--insecure" in proc.stderr

@@ -304,3 +304,40 @@ def read_key(repo: Repo, request: pytest.FixtureRequest) -> Iterator[str]:
         yield KeyStore(engine, project="rides").create(Scope.READ, name=request.module.__name__)
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """Stock `feast serve` on the session repo's registry and Redis (Feast's own Redis store)."""
+    stock = tmp_path_factory.mktemp("stock-repo")
+    write_yaml(stock, registry_url=repo.registry_url, redis_url=repo.redis_url, stock=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    log = (stock / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "feast"), "-c", str(stock), "serve",
+         "-h", "127.0.0.1", "-p", str(port), "--no-access-log", "-r", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (stock / "serve.log").read_text()[-3000:]
+            try:
+                if client.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "feast serve did not start"
+            time.sleep(0.3)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

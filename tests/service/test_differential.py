@@ -9,59 +9,16 @@ ours ``OUTSIDE_MAX_AGE`` with null and the stored event time). A stored null is
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from online_store.embedded import free_port
-from tests.service.conftest import ROOT, AppClient, Repo, columns, write_yaml
+from tests.service.conftest import AppClient, Repo, columns
 
 STALE_DRIVER = 910_001
 MISSING_DRIVER = 4_000_000_002
-
-
-@pytest.fixture(scope="module")
-def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    stock = tmp_path_factory.mktemp("stock-repo")
-    write_yaml(stock, registry_url=repo.registry_url, redis_url=repo.redis_url, stock=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
-    env["PYTHONPATH"] = str(ROOT)
-    log = (stock / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "feast"), "-c", str(stock), "serve",
-         "-h", "127.0.0.1", "-p", str(port), "--no-access-log", "-r", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (stock / "serve.log").read_text()[-3000:]
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "feast serve did not start"
-            time.sleep(0.3)
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,25 @@ ONLINE_CASES: list[tuple[str, dict[str, Any], int, str, list[str]]] = [
         ["'conv_rate'", "<feature_view>:<feature>"],
     ),
     (
-        "string for int64 key",
-        {"entities": {"driver_id": ["1001"]}, "features": F},
+        "non-decimal string for int64 key",
+        {"entities": {"driver_id": ["1_001"]}, "features": F},
         422,
         "invalid_entity",
-        ["driver_id", "integer"],
+        ["driver_id", "integer", "decimal string"],
+    ),
+    (
+        "fractional float for int64 key",
+        {"entities": {"driver_id": [1001.5]}, "features": F},
+        422,
+        "invalid_entity",
+        ["driver_id", "1001.5", "exact integer"],
+    ),
+    (
+        "entity by name and by join key",
+        {"entities": {"driver": [1001], "driver_id": [1001]}, "features": F},
+        422,
+        "invalid_entity",
+        ["'driver'", "'driver_id'", "once"],
     ),
     (
         "int for string key",
@@ -85,13 +99,6 @@ ONLINE_CASES: list[tuple[str, dict[str, Any], int, str, list[str]]] = [
         422,
         "invalid_entity",
         ["distance_km", "duration_min"],
-    ),
-    (
-        "both features and service",
-        {"entities": OK_ENTITIES, "features": F, "feature_service": "ride_ranking_v1"},
-        422,
-        "invalid_request",
-        ["either"],
     ),
     ("no features", {"entities": OK_ENTITIES}, 422, "invalid_request", ["no features"]),
     (
