@@ -1,0 +1,139 @@
+"""The statistics, freshness and drift routes over the session repo (materialized by `feast`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from foundation.statistics import profile
+from foundation.stats_log import FEATURE_VIEW, StatisticsLog
+from offline_store.saved import save_training_dataset
+from tests.service.conftest import AppClient, Repo
+
+
+def _latest_frame(repo: Repo) -> pd.DataFrame:
+    rows = repo.latest("driver_stats", ["driver_id"])
+    return pd.DataFrame(list(rows.values()))
+
+
+def test_materialize_statistics_are_served_and_equal_pandas(client: AppClient, repo: Repo) -> None:
+    response = client.get("/statistics/feature-views/driver_hourly_stats")
+    assert response.status_code == 200
+    runs = response.json()
+    latest = _latest_frame(repo)
+    run = runs[0]
+    assert run["source"] == "materialize"
+    assert run["row_count"] == len(latest)
+    columns = {c["name"]: c for c in run["columns"]}
+    rating = columns["avg_rating"]
+    assert rating["mean"] == pytest.approx(latest["avg_rating"].mean(), rel=1e-12)
+    assert rating["std"] == pytest.approx(latest["avg_rating"].std(), rel=1e-12)
+    assert rating["completeness"] == latest["avg_rating"].notna().mean()
+    assert sum(b["count"] for b in rating["histogram"]) == rating["count"] - rating["nulls"]
+    assert columns["is_active"]["kind"] == "string"  # booleans: top values
+    assert {v for v, _ in columns["is_active"]["top"]} <= {"true", "false"}
+
+
+def test_freshness_lists_every_view_with_its_last_run(client: AppClient, repo: Repo) -> None:
+    rows = {r["feature_view"]: r for r in client.get("/statistics/freshness").json()}
+    assert set(rows) == {"driver_hourly_stats", "customer_profile", "driver_customer_stats"}
+    driver = rows["driver_hourly_stats"]
+    assert driver["ttl_seconds"] == 86_400
+    assert driver["status"] == "fresh"  # data ends an hour ago, TTL one day
+    assert driver["last_rows"] == len(_latest_frame(repo))
+    assert rows["customer_profile"]["ttl_seconds"] == 0
+
+
+def test_unknown_names_are_404_with_the_fix(client: AppClient) -> None:
+    response = client.get("/statistics/feature-views/nope")
+    assert response.status_code == 404
+    assert "feast apply" in response.json()["error"]["message"]
+    response = client.get("/statistics/drift/no_such_dataset")
+    assert response.status_code == 404
+    assert "no_such_dataset" in response.json()["error"]["message"]
+    assert client.get("/statistics/feature-views/x?limit=0").status_code == 422
+
+
+def test_registry_lists_projects_and_data_sources_with_where_used(client: AppClient) -> None:
+    (project,) = client.get("/registry/projects").json()
+    assert project["name"] == "rides"
+    assert project["feature_views"] == 3
+    sources = {s["name"]: s for s in client.get("/registry/data-sources").json()}
+    assert sources["driver_stats_source"]["used_by"] == ["driver_hourly_stats"]
+    assert sources["driver_stats_push"]["kind"] == "PushSource"
+    assert project["data_sources"] == len(sources)
+
+
+def test_statistics_routes_are_in_the_openapi_schema(client: AppClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/statistics/freshness",
+        "/statistics/feature-views/{name}",
+        "/statistics/training-datasets",
+        "/statistics/training-datasets/{name}/versions/{version}",
+        "/statistics/drift/{name}",
+        "/statistics/feature-views/{name}/compute",
+        "/registry/data-sources",
+    ):
+        assert path in paths
+
+
+def _shifted_run(repo: Repo, shift: float) -> None:
+    """Record a window of driver_hourly_stats whose avg_rating moved by ``shift``."""
+    latest = _latest_frame(repo)
+    rng = np.random.default_rng(5)
+    table = pa.table(
+        {"avg_rating": latest["avg_rating"].to_numpy() + shift + rng.normal(0, 0.01, len(latest))}
+    )
+    engine = sa.create_engine(repo.registry_url)
+    StatisticsLog(engine, "rides").record(
+        subject_kind=FEATURE_VIEW,
+        subject_name="driver_hourly_stats",
+        columns=profile(table),
+        row_count=table.num_rows,
+        source="window",
+    )
+    engine.dispose()
+
+
+def test_drift_of_a_saved_dataset_is_flagged_and_exported(client: AppClient, repo: Repo) -> None:
+    latest = _latest_frame(repo)
+    entities = pd.DataFrame(
+        {
+            "driver_id": latest["driver_id"],
+            # One timestamp: each row gets its driver's latest (materialized) values.
+            "event_timestamp": [repo.end + timedelta(minutes=1)] * len(latest),
+        }
+    )
+    saved = save_training_dataset(
+        entities,
+        ["driver_hourly_stats:avg_rating"],
+        name="drift_demo",
+        store=client.app.state.feature_store,
+    )
+    listed = client.get("/statistics/training-datasets").json()
+    assert any(d["name"] == "drift_demo" and d["row_count"] == saved.row_count for d in listed)
+    splits = client.get(f"/statistics/training-datasets/drift_demo/versions/{saved.version}")
+    assert [r["split"] for r in splits.json()] == ["all", "train", "validation", "test"]
+
+    # Against the materialized rows it was built from: stable. (All rows share one
+    # timestamp, so the training split is empty and the whole set is the reference.)
+    body: dict[str, Any] = client.get("/statistics/drift/drift_demo").json()
+    (feature,) = body["features"]
+    assert feature["psi"] is not None
+    assert feature["psi"] < body["threshold"]
+    assert not body["drifted"]
+    # The latest window's ratings moved up by two standard deviations: flagged.
+    _shifted_run(repo, 2 * float(latest["avg_rating"].std()))
+    body = client.get("/statistics/drift/drift_demo").json()
+    assert body["drifted"]
+    assert body["features"][0]["psi"] > 0.25
+    metrics = client.get("/metrics").text
+    gauge = 'featurestore_feature_drift_psi{feature="avg_rating",training_dataset="drift_demo"}'
+    assert gauge in metrics
