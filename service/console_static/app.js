@@ -25,6 +25,7 @@ async function api(path, { cached = false } = {}) {
   try { body = await response.json(); } catch (_) { body = null; }
   if (response.status === 401) {
     sessionStorage.removeItem(KEY);
+    sessionChecked = false;
     throw new AuthError(body?.error?.message || "this key was refused");
   }
   if (!response.ok) throw new Error(body?.error?.message || `${response.status} ${response.statusText}`);
@@ -206,6 +207,13 @@ function series(runs, name) {
     const x = (i) => (values.length === 1 ? W / 2 : (i * (W - 8)) / (values.length - 1) + 4);
     const y = (v) => (hi === lo ? H / 2 : H - 4 - ((v - lo) * (H - 8)) / (hi - lo));
     root.appendChild(svg("polyline", { class: cls, points: known.map(([i, v]) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ") }));
+    for (const [i, v] of known) {
+      const dot = svg("circle", { class: cls, cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 3 });
+      const tip = svg("title", {});
+      tip.textContent = `${cls === "series-mean" ? "mean" : "completeness"} ${fmtNum(v)} (${fmtTime(runs[i].computed_at)})`;
+      dot.appendChild(tip);
+      root.appendChild(dot);
+    }
   };
   line(points.map((c) => c.mean), "series-mean");
   line(points.map((c) => c.completeness), "series-completeness");
@@ -305,22 +313,38 @@ function keyPrompt(message) {
   document.getElementById("key-input").focus();
 }
 
+// One check before any data call: a missing or refused key shows the prompt, not a 401.
+let sessionChecked = false;
+async function session() {
+  if (sessionChecked) return;
+  const key = sessionStorage.getItem(KEY);
+  const response = await fetch("/ui/session", { headers: key ? { Authorization: `Bearer ${key}` } : {} });
+  const body = await response.json();
+  if (!body.key_accepted) {
+    if (key) sessionStorage.removeItem(KEY);
+    throw new AuthError(key ? body.message || "this key was refused" : "");
+  }
+  sessionChecked = true;
+}
+
 async function route() {
   const parts = (location.hash.replace(/^#\/?/, "") || "registry").split("/").map(decodeURIComponent);
   document.getElementById("forget").hidden = !sessionStorage.getItem(KEY);
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === `#/${parts[0]}`);
   try {
+    await session();
+    document.getElementById("forget").hidden = !sessionStorage.getItem(KEY);
     if (parts[0] === "freshness") await freshnessPage();
     else if (parts[0] === "statistics") await statisticsPage(parts[1]);
     else if (parts[0] === "datasets") await datasetsPage(parts[1], parts[2]);
     else await registryPage(parts[1], parts[2]);
     document.body.dataset.ready = location.hash;
   } catch (error) {
-    if (error instanceof AuthError) keyPrompt(document.getElementById("key-input") ? error.message : "");
+    if (error instanceof AuthError) keyPrompt(error.message);
     else main.innerHTML = `<p class="error">${esc(error.message)}</p>`;
   }
 }
 
-document.getElementById("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); cache.clear(); route(); });
+document.getElementById("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); sessionChecked = false; cache.clear(); route(); });
 window.addEventListener("hashchange", route);
 route();
