@@ -199,7 +199,7 @@ function histogram(column) {
 function series(runs, name) {
   const W = 360, H = 90;
   const root = svg("svg", { width: W, height: H + 18, class: "series", "data-column": name });
-  const points = runs.map((r) => r.columns.find((c) => c.name === name)).filter(Boolean);
+  const points = runs.map((r) => r.columns.find((c) => c.name === name) || {});
   const line = (values, cls) => {
     const known = values.map((v, i) => [i, v]).filter(([, v]) => v !== null && v !== undefined);
     if (!known.length) return;
@@ -218,7 +218,7 @@ function series(runs, name) {
   line(points.map((c) => c.mean), "series-mean");
   line(points.map((c) => c.completeness), "series-completeness");
   const label = svg("text", { x: 0, y: H + 14, class: "axis" });
-  label.textContent = `${points.length} runs · mean (blue) · completeness (green)`;
+  label.textContent = `${runs.length} runs · mean (blue) · completeness (green)`;
   root.appendChild(label);
   return root;
 }
