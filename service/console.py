@@ -10,7 +10,6 @@ origin: no CDN, no inline script, nothing fetched from anywhere else.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Annotated
 
 from fastapi import FastAPI, Header, Request

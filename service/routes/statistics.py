@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from offline_store.statistics import profile_window
 from service.deps import MetricsDep, SnapshotDep, StoreDep
@@ -28,6 +28,7 @@ from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/statistics", tags=["statistics"])
 compute_router = APIRouter(prefix="/statistics", tags=["statistics"])
+_MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
@@ -71,7 +72,9 @@ def training_datasets(insights: InsightsDep) -> list[DatasetOut]:
     summary="Statistics of a saved dataset, whole and per split",
     responses=_ERRORS,
 )
-def dataset_statistics(name: str, version: int, insights: InsightsDep) -> list[RunOut]:
+def dataset_statistics(
+    name: str, version: Annotated[int, Path(ge=1, le=_MAX_VERSION)], insights: InsightsDep
+) -> list[RunOut]:
     """Runs of splits ``all``, ``train``, ``validation``, ``test`` stored at save time."""
     return [run_out(r) for r in insights.dataset_runs(name, version)]
 
@@ -83,7 +86,7 @@ def drift(
     name: str,
     insights: InsightsDep,
     metrics: MetricsDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=_MAX_VERSION)] = None,
 ) -> DriftOut:
     """PSI per feature between the dataset's training split and the latest window of each
     view (materialized or profiled); ``drifted`` at or above ``FEATURESTORE_DRIFT_PSI_THRESHOLD``.
