@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.resolved_registry_url(),
         store.project,
         drift_threshold=settings.drift_psi_threshold,
+        push_window_seconds=settings.statistics_push_window_seconds,
     )
 
     @asynccontextmanager
@@ -129,12 +130,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         refresher = asyncio.create_task(catalog.refresh_forever(), name="registry-refresh")
+        flusher = asyncio.create_task(insights.pushes.flush_forever(), name="push-statistics")
         try:
             yield
         finally:
             refresher.cancel()
+            flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             jobs.shutdown()
             await client.aclose()
             if reader is not client:

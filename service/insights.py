@@ -20,6 +20,7 @@ from foundation.stats_log import FEATURE_VIEW, TRAINING_DATASET, StatisticsLog, 
 from offline_store.datasets import DatasetCatalog, SavedDataset
 from offline_store.datasets import upgrade as upgrade_datasets
 from service.catalog import RegistrySnapshot
+from service.push_stats import PushStatistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +58,22 @@ class Insights:
         registry_url: the registry database.
         project: the Feast project.
         drift_threshold: PSI at or above which a feature counts as drifted.
+        push_window_seconds: how often pushed rows' statistics are stored.
     """
 
-    def __init__(self, registry_url: str, project: str, *, drift_threshold: float) -> None:
+    def __init__(
+        self,
+        registry_url: str,
+        project: str,
+        *,
+        drift_threshold: float,
+        push_window_seconds: float = 60.0,
+    ) -> None:
         self.engine = sa.create_engine(sqlalchemy_url(registry_url), pool_pre_ping=True)
         self.project = project
         self.drift_threshold = drift_threshold
         self.log = StatisticsLog(self.engine, project)
+        self.pushes = PushStatistics(self.log, push_window_seconds)
         self._datasets_ready = False
 
     def close(self) -> None:

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="Population stability index at or above which a saved training dataset's "
         "feature counts as drifted from the latest data (console, /statistics/drift).",
     )
+    statistics_push_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Statistics of pushed rows are profiled as they are written and stored "
+        "as one run per feature view this often.",
+    )
     entity_dir: Path | None = Field(
         default=None,
         description="Directory whose Parquet files /training-dataset may read as entity rows "

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
 from offline_store.statistics import profile_window
-from service.deps import MetricsDep, SnapshotDep, StoreDep
-from service.insights import Insights
+from service.deps import InsightsDep, MetricsDep, SnapshotDep, StoreDep
 from service.insights_models import (
     ComputeWindow,
     DatasetOut,
@@ -33,15 +32,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
 }
-
-
-def get_insights(request: Request) -> Insights:
-    """The app's :class:`Insights` (created by ``create_app``)."""
-    insights: Insights = request.app.state.insights
-    return insights
-
-
-InsightsDep = Annotated[Insights, Depends(get_insights)]
 
 
 @router.get("/freshness", summary="Every feature view's age against its TTL")

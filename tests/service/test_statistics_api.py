@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -137,3 +137,33 @@ def test_drift_of_a_saved_dataset_is_flagged_and_exported(client: AppClient, rep
     metrics = client.get("/metrics").text
     gauge = 'featurestore_feature_drift_psi{feature="avg_rating",training_dataset="drift_demo"}'
     assert gauge in metrics
+
+
+def test_pushed_rows_are_profiled_and_stored_as_one_run_per_window(app_factory: Any) -> None:
+    # A window longer than the test: only the explicit flush below stores the run.
+    client = app_factory(statistics_push_window_seconds=3600)
+    when = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    ratings = [4.0, 4.5, 5.0, None]
+    for i, rating in enumerate(ratings):  # four pushes, one window
+        df: dict[str, list[Any]] = {
+            "driver_id": [950_000 + i],
+            "event_timestamp": [when],
+            "created": [when],
+            "conv_rate": [0.5],
+            "acc_rate": [0.5],
+            "avg_daily_trips": [3],
+            "avg_rating": [rating],
+            "surge_multiplier": [1.0],
+            "is_active": [True],
+        }
+        response = client.post("/push", json={"push_source_name": "driver_stats_push", "df": df})
+        assert response.status_code == 200, response.text
+    (run,) = client.app.state.insights.pushes.flush()
+    assert run.source == "push"
+    assert run.row_count == 4
+    rating_stats = next(c for c in run.columns if c.name == "avg_rating")
+    assert rating_stats.nulls == 1
+    assert rating_stats.mean == pytest.approx(4.5)
+    served = client.get("/statistics/feature-views/driver_hourly_stats").json()[0]
+    assert (served["source"], served["run_id"]) == ("push", run.run_id)
+    assert client.app.state.insights.pushes.flush() == []  # nothing new since
