@@ -280,7 +280,8 @@ async function datasetsPage(name, version) {
     ], { filter: (d) => `${d.name} ${d.features.join(" ")}`, id: "datasets-table" });
     return;
   }
-  const [runs, drift] = await Promise.all([
+  const [all, runs, drift] = await Promise.all([
+    api("/statistics/training-datasets"),
     api(`/statistics/training-datasets/${enc(name)}/versions/${enc(version)}`),
     api(`/statistics/drift/${enc(name)}?version=${enc(version)}`).catch((e) => ({ error: e.message })),
   ]);
@@ -289,7 +290,11 @@ async function datasetsPage(name, version) {
       <table id="drift-table"><thead><tr><th>Feature</th><th>View</th><th>PSI</th><th>Status</th><th>Against run of</th></tr></thead><tbody>${drift.features.map((f) =>
       `<tr class="${f.drifted ? "drifted" : ""}" data-feature="${esc(f.column)}"><td>${esc(f.column)}</td><td>${esc(f.feature_view)}</td><td>${fmtNum(f.psi)}</td>
       <td>${f.psi === null ? esc(f.note) : f.drifted ? "drifted" : "stable"}</td><td>${esc(fmtTime(f.current_computed_at))}</td></tr>`).join("")}</tbody></table>`;
-  main.innerHTML = `<h1>${esc(name)} <span class="muted">v${esc(version)}</span></h1><h2>Drift against now</h2>${flag}<h2>Statistics</h2><div id="splits"></div>`;
+  const d = all.find((x) => x.name === name && String(x.version) === String(version));
+  const about = d ? `<p id="dataset-about">Fingerprint <code>${esc(d.entity_fingerprint)}</code> · ${fmtNum(d.row_count)} rows ·
+    ${esc(fmtTime(d.min_event_timestamp))} → ${esc(fmtTime(d.max_event_timestamp))} · features ${esc(d.features.join(", "))} ·
+    other versions: ${all.filter((x) => x.name === name).map((x) => `<a href="#/datasets/${enc(name)}/${x.version}">v${x.version}</a>`).join(" ")}</p>` : "";
+  main.innerHTML = `<h1>${esc(name)} <span class="muted">v${esc(version)}</span></h1>${about}<h2>Drift against now</h2>${flag}<h2>Statistics</h2><div id="splits"></div>`;
   const box = document.getElementById("splits");
   for (const run of runs) {
     const part = document.createElement("section");

@@ -230,4 +230,5 @@ def test_a_drifted_dataset_is_flagged(page: Page, server: Server, stale_repo: Re
     page.wait_for_selector("#drift-table")
     assert page.inner_text(".drift-flag").startswith("Drift detected")
     assert page.locator("#drift-table tr.drifted[data-feature='avg_rating']").count() == 1
+    assert "driver_hourly_stats:avg_rating" in page.inner_text("#dataset-about")
     _shot(page, "dataset-drift")
