@@ -167,3 +167,30 @@ def test_pushed_rows_are_profiled_and_stored_as_one_run_per_window(app_factory: 
     served = client.get("/statistics/feature-views/driver_hourly_stats").json()[0]
     assert (served["source"], served["run_id"]) == ("push", run.run_id)
     assert client.app.state.insights.pushes.flush() == []  # nothing new since
+
+
+def test_compute_profiles_an_offline_window_on_demand(app_factory: Any, repo: Repo) -> None:
+    client = app_factory()
+    start, end = repo.end - timedelta(days=2), repo.end - timedelta(days=1)
+    response = client.post(
+        "/statistics/feature-views/driver_customer_stats/compute",
+        json={"start": start.isoformat(), "end": end.isoformat()},
+    )
+    assert response.status_code == 200, response.text
+    frame = repo.table("driver_customer_stats").to_pandas()
+    rows = frame[(frame["event_timestamp"] >= start) & (frame["event_timestamp"] < end)]
+    run = response.json()
+    assert (run["source"], run["row_count"]) == ("window", len(rows))
+    tip = next(c for c in run["columns"] if c["name"] == "avg_tip")
+    assert tip["mean"] == pytest.approx(rows["avg_tip"].mean(), rel=1e-12)
+    reversed_window = client.post(
+        "/statistics/feature-views/driver_customer_stats/compute",
+        json={"start": end.isoformat(), "end": start.isoformat()},
+    )
+    assert reversed_window.status_code == 422
+    assert "not after its start" in reversed_window.json()["error"]["message"]
+    unknown = client.post(
+        "/statistics/feature-views/nope/compute",
+        json={"start": start.isoformat(), "end": end.isoformat()},
+    )
+    assert unknown.status_code == 404
