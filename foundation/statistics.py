@@ -180,9 +180,12 @@ class _Column:
         self.hll.add_hashes(pd.util.hash_array(native))
         if self.values is not None:
             uniq, counts = np.unique(x, return_counts=True)
-            self.values.update(dict(zip(uniq.tolist(), counts.tolist(), strict=True)))
-            if len(self.values) > BUCKETS:
+            if len(uniq) > BUCKETS:
                 self.values = None
+            else:
+                self.values.update(dict(zip(uniq.tolist(), counts.tolist(), strict=True)))
+                if len(self.values) > BUCKETS:
+                    self.values = None
         self._reservoir(x)
 
     def _reservoir(self, x: np.ndarray[Any, np.dtype[np.float64]]) -> None:
