@@ -130,16 +130,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         refresher = asyncio.create_task(catalog.refresh_forever(), name="registry-refresh")
-        flusher = asyncio.create_task(insights.pushes.flush_forever(), name="push-statistics")
+        background = [
+            asyncio.create_task(insights.pushes.flush_forever(), name="push-statistics"),
+            asyncio.create_task(
+                insights.drift_forever(metrics, settings.statistics_push_window_seconds),
+                name="drift-gauge",
+            ),
+        ]
         try:
             yield
         finally:
             refresher.cancel()
-            flusher.cancel()
+            for task in background:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             jobs.shutdown()
             await client.aclose()
             if reader is not client:

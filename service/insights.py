@@ -7,6 +7,8 @@ SQLAlchemy engine does not connect).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,7 +22,10 @@ from foundation.stats_log import FEATURE_VIEW, TRAINING_DATASET, StatisticsLog, 
 from offline_store.datasets import DatasetCatalog, SavedDataset
 from offline_store.datasets import upgrade as upgrade_datasets
 from service.catalog import RegistrySnapshot
+from service.metrics import Metrics
 from service.push_stats import PushStatistics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +195,36 @@ class Insights:
                 )
             )
         return record, out
+
+    def update_drift_gauge(self, metrics: Metrics) -> int:
+        """Recompute drift of the latest version of every saved dataset into the gauge.
+
+        Returns:
+            How many features were set.
+        """
+        latest: dict[str, int] = {}
+        for record in self.datasets().list():
+            latest[record.name] = max(record.version, latest.get(record.name, 0))
+        count = 0
+        for name, version in latest.items():
+            try:
+                _, features = self.drift(name, version)
+            except NotFoundError:  # saved before statistics existed
+                continue
+            for f in features:
+                if f.psi is not None:
+                    metrics.note_drift(name, f.column, f.psi)
+                    count += 1
+        return count
+
+    async def drift_forever(self, metrics: Metrics, every_seconds: float) -> None:
+        """Keep the drift gauge current: recompute every ``every_seconds`` until cancelled."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                await asyncio.to_thread(self.update_drift_gauge, metrics)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("could not update the drift gauge: %s", exc)
 
 
 def _feature_drift(

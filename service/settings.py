@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         description="Statistics of pushed rows are profiled as they are written and stored "
-        "as one run per feature view this often.",
+        "as one run per feature view this often; the drift gauge is recomputed as often.",
     )
     entity_dir: Path | None = Field(
         default=None,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from foundation.statistics import profile
 from foundation.stats_log import FEATURE_VIEW, StatisticsLog
 from offline_store.saved import save_training_dataset
+from service.metrics import Metrics
 from tests.service.conftest import AppClient, Repo
 
 
@@ -137,6 +138,10 @@ def test_drift_of_a_saved_dataset_is_flagged_and_exported(client: AppClient, rep
     metrics = client.get("/metrics").text
     gauge = 'featurestore_feature_drift_psi{feature="avg_rating",training_dataset="drift_demo"}'
     assert gauge in metrics
+    # The background refresh sets the gauge without anyone asking for the drift.
+    fresh = Metrics()
+    assert client.app.state.insights.update_drift_gauge(fresh) >= 1
+    assert gauge in fresh.render().decode()
 
 
 def test_pushed_rows_are_profiled_and_stored_as_one_run_per_window(app_factory: Any) -> None:
