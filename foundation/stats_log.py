@@ -198,18 +198,19 @@ class StatisticsLog:
         with Session(self._engine) as session:
             return [_run(r) for r in session.scalars(query.limit(limit))]
 
-    def latest_by_subject(self, subject_kind: SubjectKind) -> dict[str, StatisticsRun]:
-        """The newest run with rows of every subject of a kind (for boards and gauges)."""
+    def latest_by_subject(
+        self, subject_kind: SubjectKind, *, source: str | None = None
+    ) -> dict[str, StatisticsRun]:
+        """The newest run with rows of every subject of a kind (of one ``source`` if given)."""
         self.ensure_table()
-        newest = (
-            sa.select(sa.func.max(StatisticsRow.id))
-            .where(
-                StatisticsRow.project == self._project,
-                StatisticsRow.subject_kind == subject_kind,
-                StatisticsRow.row_count > 0,
-            )
-            .group_by(StatisticsRow.subject_name)
+        newest = sa.select(sa.func.max(StatisticsRow.id)).where(
+            StatisticsRow.project == self._project,
+            StatisticsRow.subject_kind == subject_kind,
+            StatisticsRow.row_count > 0,
         )
+        if source is not None:
+            newest = newest.where(StatisticsRow.source == source)
+        newest = newest.group_by(StatisticsRow.subject_name)
         query = sa.select(StatisticsRow).where(StatisticsRow.id.in_(newest))
         with Session(self._engine) as session:
             return {r.subject_name: _run(r) for r in session.scalars(query)}

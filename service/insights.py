@@ -99,7 +99,7 @@ class Insights:
         never expires), ``never`` when nothing was materialized.
         """
         now = now or datetime.now(UTC)
-        latest = self.log.latest_by_subject(FEATURE_VIEW)
+        latest = self.log.latest_by_subject(FEATURE_VIEW, source="materialize")
         rows = []
         for name, info in sorted(snapshot.views.items()):
             newest = snapshot.newest_events.get(name)
