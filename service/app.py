@@ -27,7 +27,7 @@ from service.backends import is_cluster, open_clients, open_feature_store, resol
 from service.catalog import Catalog
 from service.console import mount_console
 from service.deps import ServiceState, require
-from service.fastpath import OnlineFastPath, ServerFastPath
+from service.fastpath import OnlineFastPath
 from service.insights import Insights
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
@@ -191,16 +191,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     mount_console(app)
     # Added last = outermost: metrics see every response, including 413s and 401s; keys
-    # are checked before the body limit and before any body is read; the lookup
-    # fast path sits outside both and records its own metrics and limit.
+    # are checked before the body limit and before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.auth:
         app.add_middleware(KeyCheckMiddleware, guarded=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(OnlineFastPath, max_body_bytes=settings.max_body_bytes)
     return app
 
 
-def create_server_app() -> ServerFastPath:
-    """The ASGI app of ``featurestore serve`` (a uvicorn factory; settings from the env)."""
-    return ServerFastPath(create_app())
+def create_server_app() -> FastAPI | OnlineFastPath:
+    """The ASGI app of ``featurestore serve`` (a uvicorn factory; settings from the env).
+
+    Lookups are answered in front of FastAPI (:class:`service.fastpath.OnlineFastPath`)
+    unless ``FEATURESTORE_LOOKUP_SHORTCUT=false``.
+    """
+    app = create_app()
+    return OnlineFastPath(app) if app.state.settings.lookup_shortcut else app

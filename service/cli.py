@@ -53,16 +53,16 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with local_backends.backends(settings.repo_path):
         uvicorn.run(
-            # create_app() behind the outermost lookup shortcut (see service.fastpath)
+            # create_app() behind the lookup shortcut (see service.fastpath)
             "service.app:create_server_app",
             factory=True,
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            # uvicorn's httptools protocol, answering lookups in the protocol itself
-            # (service.http_lookup); uvloop from uvicorn[standard], named rather than
+            # uvicorn's httptools protocol behind per-connection limits
+            # (service.connections); uvloop from uvicorn[standard], named rather than
             # "auto" so a missing one fails instead of falling back to asyncio silently
-            http="service.http_lookup:LookupProtocol",
+            http="service.connections:GuardedHttpProtocol",
             loop="uvloop",
             lifespan="on",
             access_log=False,

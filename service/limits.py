@@ -8,7 +8,8 @@ from foundation.errors import RequestTooLargeError
 from service.handlers import json_error
 
 
-def _too_large(limit: int) -> RequestTooLargeError:
+def too_large(limit: int) -> RequestTooLargeError:
+    """The 413 error for a body over ``limit`` bytes."""
     return RequestTooLargeError(
         f"request body is larger than {limit} bytes (FEATURESTORE_MAX_BODY_BYTES); "
         "split it into smaller requests",
@@ -39,7 +40,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    err = _too_large(self.max_bytes)
+                    err = too_large(self.max_bytes)
                     await json_error(err.status_code, err.to_dict())(scope, receive, send)
                     return
                 break
@@ -51,7 +52,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _too_large(self.max_bytes)
+                    raise too_large(self.max_bytes)
             return message
 
         await self.app(scope, counting_receive, send)

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections per worker; more are answered 503 and closed.",
     )
+    lookup_shortcut: bool = Field(
+        default=True,
+        description="Answer POST /get-online-features in front of FastAPI (faster); false "
+        "sends lookups through FastAPI's stack, e.g. to have its telemetry trace them.",
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
     materialize_max_jobs: int = Field(
