@@ -47,7 +47,14 @@ serve: $(STAMP)
 	$(BIN)/featurestore serve --repo feature_repo
 
 # The service's suite in .venv, then the pipelines' (Airflow, kfp, MLflow) in .venv-pipelines.
-test: $(STAMP) $(PIPE_STAMP)
+# The console's browser tests drive Debian's Chromium (Playwright cannot download its own).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	sudo -n apt-get install -y chromium || apt-get install -y chromium || \
+		(apt-get update && apt-get install -y chromium)
+
+test: $(STAMP) $(PIPE_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest --ignore=tests/pipelines
 	$(PIPE_BIN)/python -m pytest tests/pipelines
 

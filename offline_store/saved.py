@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -22,11 +23,15 @@ import sqlalchemy as sa
 from feast import FeatureStore
 
 from foundation.errors import InvalidRequestError, NotFoundError
+from foundation.stats_log import StatisticsLog
 from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
 from offline_store.ipc import table_to_ipc
 from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.sources import parquet_glob
+from offline_store.statistics import profile_saved_dataset
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(entity_source: EntitySource) -> str:
@@ -98,7 +103,8 @@ def save_training_dataset(
         version: force a version number (default: latest + 1).
 
     Returns:
-        The stored record.
+        The stored record. Its statistics (whole and per time split) are stored too,
+        see :func:`offline_store.statistics.profile_saved_dataset`.
 
     Raises:
         InvalidRequestError: bad input, or the registry is not SQL.
@@ -123,7 +129,7 @@ def save_training_dataset(
     metadata = job.metadata
     catalog, engine = catalog_for(fs)
     try:
-        return catalog.add(
+        record = catalog.add(
             name=name,
             version=version,
             features=refs,
@@ -135,6 +141,13 @@ def save_training_dataset(
             max_event_timestamp=metadata.max_event_timestamp if metadata else None,
             storage_path=dest,
         )
+        # Statistics per column and per split, stored as this version's runs (the drift
+        # reference); the dataset is saved either way.
+        try:
+            profile_saved_dataset(record, StatisticsLog(engine, fs.project))
+        except (sa.exc.SQLAlchemyError, OSError, pa.ArrowException) as exc:
+            log.warning("could not record statistics of dataset %r: %s", name, exc)
+        return record
     finally:
         engine.dispose()
 

@@ -11,7 +11,9 @@ any order, reruns and runs killed half-way all converge to the same Redis conten
 
 With a SQL registry the engine also records the newest event time it wrote per view
 (:mod:`online_store.freshness`), for the service's freshness gauge, and drops the record
-when ``feast apply`` removes the view.
+when ``feast apply`` removes the view. It also profiles the feature columns of the rows it
+writes, as they stream past (:class:`foundation.statistics.TableProfiler`: no extra pass),
+and stores one statistics run per view and window (:mod:`foundation.stats_log`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from feast.utils import _convert_arrow_to_proto
 
 from foundation.environment import sqlalchemy_url
 from foundation.errors import BackendUnavailableError
+from foundation.statistics import TableProfiler
+from foundation.stats_log import FEATURE_VIEW, StatisticsLog
 from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
@@ -195,26 +199,46 @@ class StreamingMaterializationEngine(ComputeEngine):
         self.batch_rows = batch_rows
         self.write_chunk_rows = write_chunk_rows
         self._freshness: dict[str, FreshnessLog] = {}
+        self._statistics: dict[str, StatisticsLog] = {}
         self._registry_engine: sa.Engine | None = None
 
-    def freshness_log(self, project: str) -> FreshnessLog | None:
-        """The freshness records of ``project``; ``None`` unless the registry is SQL."""
+    def _sql_registry(self) -> sa.Engine | None:
         registry = self.repo_config.registry
         if getattr(registry, "registry_type", None) != "sql" or not registry.path:
             return None
+        if self._registry_engine is None:
+            kwargs = dict(getattr(registry, "sqlalchemy_config_kwargs", None) or {})
+            kwargs.setdefault("pool_pre_ping", True)
+            self._registry_engine = sa.create_engine(sqlalchemy_url(registry.path), **kwargs)
+        return self._registry_engine
+
+    def freshness_log(self, project: str) -> FreshnessLog | None:
+        """The freshness records of ``project``; ``None`` unless the registry is SQL."""
+        engine = self._sql_registry()
+        if engine is None:
+            return None
         log = self._freshness.get(project)
         if log is None:
-            if self._registry_engine is None:
-                kwargs = dict(getattr(registry, "sqlalchemy_config_kwargs", None) or {})
-                kwargs.setdefault("pool_pre_ping", True)
-                self._registry_engine = sa.create_engine(sqlalchemy_url(registry.path), **kwargs)
-            log = self._freshness[project] = FreshnessLog(self._registry_engine, project)
+            log = self._freshness[project] = FreshnessLog(engine, project)
+        return log
+
+    def statistics_log(self, project: str) -> StatisticsLog | None:
+        """The statistics runs of ``project``; ``None`` unless the registry is SQL."""
+        engine = self._sql_registry()
+        if engine is None:
+            return None
+        log = self._statistics.get(project)
+        if log is None:
+            log = self._statistics[project] = StatisticsLog(engine, project)
         return log
 
     def _forget(self, project: str, views: Sequence[Any]) -> None:
         log = self.freshness_log(project) if views else None
         if log is not None:
             log.forget(v.name for v in views)
+        stats = self.statistics_log(project) if views else None
+        if stats is not None:
+            stats.forget(FEATURE_VIEW, [v.name for v in views])
 
     def update(
         self,
@@ -250,14 +274,18 @@ class StreamingMaterializationEngine(ComputeEngine):
     ) -> MaterializationJob:
         view = task.feature_view
         job_id = f"{view.name}-{task.start_time}-{task.end_time}"
-        newest = NewestEvent(WriteSpec.from_feature_view(view).timestamp_field)
+        spec = WriteSpec.from_feature_view(view)
+        newest = NewestEvent(spec.timestamp_field)
+        profiler = TableProfiler(spec.features)
         try:
-            rows_in, rows_written = self._run(task, newest)
+            rows_in, rows_written = self._run(task, newest, profiler)
         except Exception as exc:
             logger.debug("materialization of %s failed", view.name, exc_info=True)
             return StreamingMaterializationJob(job_id, MaterializationJobStatus.ERROR, exc)
         if newest.value is not None:
             self._record_freshness(task.project, view.name, newest.value)
+        if profiler.rows:
+            self._record_statistics(task, profiler)
         return StreamingMaterializationJob(
             job_id, MaterializationJobStatus.SUCCEEDED, None, rows_in, rows_written
         )
@@ -271,7 +299,26 @@ class StreamingMaterializationEngine(ComputeEngine):
         except sa.exc.SQLAlchemyError as exc:
             logger.warning("could not record the freshness of %s: %s", view, exc)
 
-    def _run(self, task: MaterializationTask, newest: NewestEvent) -> tuple[int, int]:
+    def _record_statistics(self, task: MaterializationTask, profiler: TableProfiler) -> None:
+        # Like freshness: the rows are written; losing their statistics must not fail the run.
+        try:
+            log = self.statistics_log(task.project)
+            if log is not None:
+                log.record(
+                    subject_kind=FEATURE_VIEW,
+                    subject_name=task.feature_view.name,
+                    columns=profiler.finish(),
+                    row_count=profiler.rows,
+                    source="materialize",
+                    window_start=task.start_time,
+                    window_end=task.end_time,
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            logger.warning("could not record statistics of %s: %s", task.feature_view.name, exc)
+
+    def _run(
+        self, task: MaterializationTask, newest: NewestEvent, profiler: TableProfiler
+    ) -> tuple[int, int]:
         view = task.feature_view
         if not getattr(view, "online", True):
             return 0, 0
@@ -298,7 +345,7 @@ class StreamingMaterializationEngine(ComputeEngine):
         )
         with ViewProgress(view.name) as progress:
             batches = iter_job_batches(job, self.batch_rows, progress)
-            renamed = newest.watch(_rename(b, mapping) for b in prefetch(batches))
+            renamed = profiler.watch(newest.watch(_rename(b, mapping) for b in prefetch(batches)))
             if isinstance(self.online_store, FastRedisOnlineStore):
                 store_config = self.repo_config.online_store
                 client = self.online_store.client(self.repo_config)

@@ -25,12 +25,24 @@ from service.access import KeyCheckMiddleware
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
 from service.catalog import Catalog
+from service.console import mount_console
 from service.deps import ServiceState, require
 from service.fastpath import OnlineFastPath
+from service.insights import Insights
 from service.jobs import JobManager
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import keys, materialize, online, online_admin, ops, registry, training, writes
+from service.routes import (
+    keys,
+    materialize,
+    online,
+    online_admin,
+    ops,
+    registry,
+    statistics,
+    training,
+    writes,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = open_feature_store(settings)
     metrics = Metrics()
+    insights = Insights(
+        settings.resolved_registry_url(),
+        store.project,
+        drift_threshold=settings.drift_psi_threshold,
+        push_window_seconds=settings.statistics_push_window_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,12 +130,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         refresher = asyncio.create_task(catalog.refresh_forever(), name="registry-refresh")
+        background = [
+            asyncio.create_task(insights.pushes.flush_forever(), name="push-statistics"),
+            asyncio.create_task(
+                insights.drift_forever(metrics, settings.statistics_push_window_seconds),
+                name="drift-gauge",
+            ),
+        ]
         try:
             yield
         finally:
             refresher.cancel()
+            for task in background:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             jobs.shutdown()
             await client.aclose()
             if reader is not client:
@@ -125,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sync_client.close()
             if key_engine is not None:
                 key_engine.dispose()
+            insights.close()
 
     app = FastAPI(
         title="featurestore",
@@ -135,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.feature_store = store
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.insights = insights
     handlers.install(app)
 
     # Scopes: read < write < admin. With auth off the checks are skipped, and the
@@ -146,7 +178,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (online.router, Scope.READ),
         (registry.router, Scope.READ),
         (training.router, Scope.READ),
+        (statistics.router, Scope.READ),
         (writes.router, Scope.WRITE),
+        (statistics.compute_router, Scope.WRITE),
         (materialize.router, Scope.ADMIN),
         (online_admin.router, Scope.ADMIN),
     ]
@@ -155,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router, scope in guarded:
         app.include_router(router, dependencies=scoped(scope))
     app.include_router(ops.router)
+    mount_console(app)
     # Added last = outermost: metrics see every response, including 413s and 401s; keys
     # are checked before the body limit and before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -18,6 +18,7 @@ from redis import Redis as SyncRedis
 from service.access import SCOPE_KEY
 from service.auth import Authenticator, Scope
 from service.catalog import Catalog, RegistrySnapshot
+from service.insights import Insights
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.redis_fast import FastRedis
@@ -85,7 +86,14 @@ async def get_store(state: StateDep) -> FeatureStore:
     return state.store
 
 
+async def get_insights(request: Request) -> Insights:
+    """Statistics, saved datasets and drift (set up by ``create_app``)."""
+    insights: Insights = request.app.state.insights
+    return insights
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+InsightsDep = Annotated[Insights, Depends(get_insights)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 SnapshotDep = Annotated[RegistrySnapshot, Depends(get_snapshot)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]

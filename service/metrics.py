@@ -117,6 +117,14 @@ class Metrics:
         registry_age.set_function(
             lambda: self.catalog.age_seconds() if self.catalog is not None else float("inf")
         )
+        self.drift = Gauge(
+            "featurestore_feature_drift_psi",
+            "Population stability index of a saved training dataset's feature against the "
+            "latest window of its feature view, as last computed (GET /statistics/drift).",
+            ["training_dataset", "feature"],
+            registry=self.registry,
+        )
+        self._drift_children: dict[tuple[str, str], Any] = {}
         self.pushed_event_times: dict[str, datetime] = {}
         self.registry.register(_FreshnessCollector(self))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -163,6 +171,16 @@ class Metrics:
         current = self.pushed_event_times.get(view)
         if current is None or newest > current:
             self.pushed_event_times[view] = newest
+
+    def note_drift(self, dataset: str, feature: str, psi: float) -> None:
+        """Set the drift gauge of one feature of a saved dataset."""
+        key = (dataset, feature)
+        child = self._drift_children.get(key)
+        if child is None:
+            with _in_process_values():
+                child = self.drift.labels(dataset, feature)
+            self._drift_children[key] = child
+        child.set(psi)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

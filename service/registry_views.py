@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from feast import Entity, FeatureService, OnDemandFeatureView
-from feast.data_source import PushSource
+from feast.data_source import DataSource, PushSource
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.catalog import ViewInfo
@@ -185,3 +185,56 @@ def feature_service_out(service: FeatureService) -> FeatureServiceOut:
         description=service.description or "",
         owner=service.owner or "",
     )
+
+
+class DataSourceOut(BaseModel):
+    """A data source, its definition, and the views that read it."""
+
+    name: str
+    kind: str
+    timestamp_field: str
+    created_timestamp_column: str
+    field_mapping: dict[str, str]
+    path: str | None = Field(description="File sources: the Parquet path or glob.")
+    description: str
+    tags: dict[str, str]
+    owner: str
+    used_by: list[str] = Field(description="Feature views reading this source.")
+
+
+class ProjectOut(BaseModel):
+    """The project the service serves, with object counts."""
+
+    name: str
+    entities: int
+    feature_views: int
+    on_demand_feature_views: int
+    feature_services: int
+    data_sources: int
+
+
+def data_sources_out(views: list[ViewInfo]) -> list[DataSourceOut]:
+    """Every batch and stream source used by ``views``, by name, with where it is used."""
+    sources: dict[str, DataSource] = {}
+    used_by: dict[str, list[str]] = {}
+    for info in views:
+        for source in (info.view.batch_source, info.view.stream_source):
+            if source is None or not source.name:
+                continue
+            sources.setdefault(source.name, source)
+            used_by.setdefault(source.name, []).append(info.view.name)
+    return [
+        DataSourceOut(
+            name=name,
+            kind=type(source).__name__,
+            timestamp_field=source.timestamp_field or "",
+            created_timestamp_column=source.created_timestamp_column or "",
+            field_mapping=dict(source.field_mapping or {}),
+            path=getattr(source, "path", None),
+            description=source.description or "",
+            tags=dict(source.tags or {}),
+            owner=source.owner or "",
+            used_by=sorted(set(used_by[name])),
+        )
+        for name, source in sorted(sources.items())
+    ]

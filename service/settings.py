@@ -163,6 +163,18 @@ class Settings(BaseSettings):
         ge=1024,
         description="Most bytes uploaded Arrow IPC entity rows may decode (decompress) to.",
     )
+    drift_psi_threshold: float = Field(
+        default=0.2,
+        gt=0,
+        description="Population stability index at or above which a saved training dataset's "
+        "feature counts as drifted from the latest data (console, /statistics/drift).",
+    )
+    statistics_push_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Statistics of pushed rows are profiled as they are written and stored "
+        "as one run per feature view this often; the drift gauge is recomputed as often.",
+    )
     entity_dir: Path | None = Field(
         default=None,
         description="Directory whose Parquet files /training-dataset may read as entity rows "

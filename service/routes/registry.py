@@ -13,10 +13,13 @@ from fastapi import APIRouter
 from foundation.errors import FeatureViewNotFoundError
 from service.deps import SnapshotDep
 from service.registry_views import (
+    DataSourceOut,
     EntityOut,
     FeatureServiceOut,
     FeatureViewOut,
     OnDemandFeatureViewOut,
+    ProjectOut,
+    data_sources_out,
     entity_out,
     feature_service_out,
     feature_view_out,
@@ -26,6 +29,27 @@ from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/registry", tags=["registry"])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+
+
+@router.get("/projects", summary="The project served, with object counts")
+async def list_projects(snapshot: SnapshotDep) -> list[ProjectOut]:
+    """The one project this service serves (a list, as a registry may hold several)."""
+    return [
+        ProjectOut(
+            name=snapshot.project,
+            entities=len(snapshot.entities),
+            feature_views=len(snapshot.views),
+            on_demand_feature_views=len(snapshot.on_demand_views),
+            feature_services=len(snapshot.feature_services),
+            data_sources=len(data_sources_out(list(snapshot.views.values()))),
+        )
+    ]
+
+
+@router.get("/data-sources", summary="List data sources and the views that read them")
+async def list_data_sources(snapshot: SnapshotDep) -> list[DataSourceOut]:
+    """Every batch and stream source of the project's feature views."""
+    return data_sources_out(list(snapshot.views.values()))
 
 
 @router.get("/entities", summary="List entities")

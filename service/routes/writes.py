@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.deps import MetricsDep, SettingsDep, SnapshotDep, StateDep
+from service.deps import InsightsDep, MetricsDep, SettingsDep, SnapshotDep, StateDep
+from service.push_stats import PushStatistics
 from service.schemas import (
     ErrorResponse,
     PushRequest,
@@ -25,6 +26,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _write_and_profile(pushes: PushStatistics, *args: Any, **kwargs: Any) -> WriteOutcome:
+    """:func:`validate_and_write`, then profile what was written, in the same thread."""
+    outcome = validate_and_write(*args, **kwargs)
+    for info, table in outcome.tables:
+        pushes.note(info.name, list(info.features), table)
+    return outcome
 
 
 def _answer(outcome: WriteOutcome, metrics: MetricsDep, *, to: Any) -> WriteResponse:
@@ -56,6 +65,7 @@ async def push(
     snapshot: SnapshotDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    insights: InsightsDep,
 ) -> WriteResponse:
     """Validate the rows against every view fed by the push source, then write them.
 
@@ -70,7 +80,8 @@ async def push(
     online = body.to in ("online", "online_and_offline")
     offline = body.to in ("offline", "online_and_offline")
     outcome = await asyncio.to_thread(
-        validate_and_write,
+        _write_and_profile,
+        insights.pushes,
         state.store,
         state.redis_sync,
         views,
@@ -89,6 +100,7 @@ async def write_to_online_store(
     snapshot: SnapshotDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    insights: InsightsDep,
 ) -> WriteResponse:
     """Validate the rows against the view schema, then write them online.
 
@@ -98,7 +110,8 @@ async def write_to_online_store(
     check_shape(body.df, max_rows=settings.max_push_rows)
     info = snapshot.view(body.feature_view_name)
     outcome = await asyncio.to_thread(
-        validate_and_write,
+        _write_and_profile,
+        insights.pushes,
         state.store,
         state.redis_sync,
         [info],

@@ -121,17 +121,23 @@ def service_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 
 
 def build_repo(
-    path: Path, *, registry_url: str, redis_url: str, rows: int = 1000, seed: int = 11
+    path: Path,
+    *,
+    registry_url: str,
+    redis_url: str,
+    rows: int = 1000,
+    seed: int = 11,
+    end: datetime | None = None,
 ) -> Repo:
-    """The example definitions with generated data ending an hour ago, applied and
-    materialized with our plugins."""
+    """The example definitions with generated data ending at ``end`` (default an hour
+    ago), applied and materialized with our plugins."""
     sys.path.insert(0, str(ROOT / "feature_repo"))
     from generate import generate  # the repo's seeded generator
 
     (path / "data").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "feature_repo" / "definitions.py", path / "definitions.py")
     write_yaml(path, registry_url=registry_url, redis_url=redis_url, stock=False)
-    end = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    end = end or (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
     generate(path / "data", rows=rows, seed=seed, end=end)
     feast_cli(path, redis_url, registry_url, "apply")
     start = (end - timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,230 @@
+"""Statistics runs stored next to Feast's SQL registry, so they form a time series.
+
+One row of ``featurestore_statistics`` per (subject, split, run): the subject is a feature
+view (runs from materialization, on-demand windows, pushes) or a saved training dataset
+version (one run per split at save time). Per-column statistics are a JSON list of
+:meth:`foundation.statistics.ColumnStats.to_dict`. Created by the Alembic migrations in
+``foundation/stats_migrations`` with their own version table. It lives in the foundation
+because both stores record runs and neither may import the other.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from foundation.migrations import upgrade_schema
+from foundation.statistics import ColumnStats
+
+VERSION_TABLE = "featurestore_stats_alembic_version"
+HEAD_REVISION = "stats_0001"
+
+SubjectKind = Literal["feature_view", "training_dataset"]
+FEATURE_VIEW: SubjectKind = "feature_view"
+TRAINING_DATASET: SubjectKind = "training_dataset"
+
+
+class Base(DeclarativeBase):
+    """Declarative base for the statistics table."""
+
+
+class StatisticsRow(Base):
+    """ORM row of ``featurestore_statistics``."""
+
+    __tablename__ = "featurestore_statistics"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(sa.String(255))
+    subject_kind: Mapped[str] = mapped_column(sa.String(32))
+    subject_name: Mapped[str] = mapped_column(sa.String(255))
+    subject_version: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    split: Mapped[str] = mapped_column(sa.String(32))
+    source: Mapped[str] = mapped_column(sa.String(32))
+    run_id: Mapped[str] = mapped_column(sa.String(64))
+    window_start: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    computed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    row_count: Mapped[int] = mapped_column(sa.BigInteger)
+    columns: Mapped[list[dict[str, object]]] = mapped_column(sa.JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsRun:
+    """One stored run as callers see it."""
+
+    subject_kind: str
+    subject_name: str
+    subject_version: int | None
+    split: str
+    source: str
+    run_id: str
+    window_start: datetime | None
+    window_end: datetime | None
+    computed_at: datetime
+    row_count: int
+    columns: list[ColumnStats]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _run(row: StatisticsRow) -> StatisticsRun:
+    computed = _utc(row.computed_at)
+    assert computed is not None
+    return StatisticsRun(
+        subject_kind=row.subject_kind,
+        subject_name=row.subject_name,
+        subject_version=row.subject_version,
+        split=row.split,
+        source=row.source,
+        run_id=row.run_id,
+        window_start=_utc(row.window_start),
+        window_end=_utc(row.window_end),
+        computed_at=computed,
+        row_count=row.row_count,
+        columns=[ColumnStats.from_dict(c) for c in row.columns],
+    )
+
+
+class StatisticsLog:
+    """Record and read the statistics runs of one project.
+
+    Creates its table (idempotent migrations) on first use.
+
+    Args:
+        engine: the registry database.
+        project: the Feast project.
+    """
+
+    def __init__(self, engine: sa.Engine, project: str) -> None:
+        self._engine = engine
+        self._project = project
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def ensure_table(self) -> None:
+        """Create or migrate the table if needed (one query once it is at the head)."""
+        if self._ready:
+            return
+        with self._lock:
+            if not self._ready and not self._at_head():
+                migrations = Path(__file__).with_name("stats_migrations")
+                try:
+                    upgrade_schema(self._engine, migrations)
+                except sa.exc.SQLAlchemyError:
+                    # A concurrent process created it between our check and our CREATE.
+                    upgrade_schema(self._engine, migrations)
+            self._ready = True
+
+    def _at_head(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}"))
+                return [r[0] for r in rows] == [HEAD_REVISION]
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def record(
+        self,
+        *,
+        subject_kind: SubjectKind,
+        subject_name: str,
+        columns: Sequence[ColumnStats],
+        row_count: int,
+        source: str,
+        subject_version: int | None = None,
+        split: str = "all",
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+        run_id: str | None = None,
+    ) -> StatisticsRun:
+        """Store one run (naive times are UTC).
+
+        Returns:
+            The stored run.
+        """
+        self.ensure_table()
+        row = StatisticsRow(
+            project=self._project,
+            subject_kind=subject_kind,
+            subject_name=subject_name,
+            subject_version=subject_version,
+            split=split,
+            source=source,
+            run_id=run_id or uuid.uuid4().hex,
+            window_start=_utc(window_start),
+            window_end=_utc(window_end),
+            computed_at=datetime.now(UTC),
+            row_count=row_count,
+            columns=[c.to_dict() for c in columns],
+        )
+        with Session(self._engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            return _run(row)
+
+    def runs(
+        self,
+        subject_kind: SubjectKind,
+        subject_name: str,
+        *,
+        subject_version: int | None = None,
+        split: str | None = None,
+        limit: int = 50,
+    ) -> list[StatisticsRun]:
+        """The subject's runs, newest first (at most ``limit``)."""
+        self.ensure_table()
+        query = sa.select(StatisticsRow).where(
+            StatisticsRow.project == self._project,
+            StatisticsRow.subject_kind == subject_kind,
+            StatisticsRow.subject_name == subject_name,
+        )
+        if subject_version is not None:
+            query = query.where(StatisticsRow.subject_version == subject_version)
+        if split is not None:
+            query = query.where(StatisticsRow.split == split)
+        query = query.order_by(StatisticsRow.computed_at.desc(), StatisticsRow.id.desc())
+        with Session(self._engine) as session:
+            return [_run(r) for r in session.scalars(query.limit(limit))]
+
+    def latest_by_subject(
+        self, subject_kind: SubjectKind, *, source: str | None = None
+    ) -> dict[str, StatisticsRun]:
+        """The newest run with rows of every subject of a kind (of one ``source`` if given)."""
+        self.ensure_table()
+        newest = sa.select(sa.func.max(StatisticsRow.id)).where(
+            StatisticsRow.project == self._project,
+            StatisticsRow.subject_kind == subject_kind,
+            StatisticsRow.row_count > 0,
+        )
+        if source is not None:
+            newest = newest.where(StatisticsRow.source == source)
+        newest = newest.group_by(StatisticsRow.subject_name)
+        query = sa.select(StatisticsRow).where(StatisticsRow.id.in_(newest))
+        with Session(self._engine) as session:
+            return {r.subject_name: _run(r) for r in session.scalars(query)}
+
+    def forget(self, subject_kind: SubjectKind, names: Sequence[str]) -> None:
+        """Drop every run of the named subjects (views removed by ``feast apply``)."""
+        if not names:
+            return
+        self.ensure_table()
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.delete(StatisticsRow.__table__).where(  # type: ignore[arg-type]
+                    (StatisticsRow.project == self._project)
+                    & (StatisticsRow.subject_kind == subject_kind)
+                    & StatisticsRow.subject_name.in_(list(names))
+                )
+            )
