@@ -14,12 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from foundation.errors import InvalidEntityError, InvalidRequestError, InvalidTimestampError
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, is_sql
 from offline_store.spark_join import ENTITY_TS, ROW_ID, SparkView, raw_column
+from offline_store.spark_sources import is_nanos
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -57,6 +59,7 @@ def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
                 "types, often naive and timezone-aware timestamps: make them all one kind",
             ) from exc
     if isinstance(source, pa.Table):
+        source = micro_timestamps(source)
         numbered = source.append_column(ROW_ID, pa.array(range(source.num_rows), pa.int64()))
         frame: DataFrame = spark.createDataFrame(numbered)
         return frame
@@ -84,6 +87,26 @@ def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
             "DataFrame, a pyarrow Table, a Spark DataFrame, a Parquet path or a Spark SQL query",
         )
     return frame.withColumn(ROW_ID, F.monotonically_increasing_id())
+
+
+def micro_timestamps(table: pa.Table) -> pa.Table:
+    """Nanosecond timestamp columns rounded to microseconds as DuckDB rounds them.
+
+    Spark holds microseconds; left to itself the Arrow conversion would truncate, and an
+    entity time of 1.5 us would then compare differently than in the DuckDB store.
+    """
+    for i, field in enumerate(table.schema):
+        if not is_nanos(field.type):
+            continue
+        ns = table.column(i).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        valid = table.column(i).is_valid().to_numpy(zero_copy_only=False)
+        ints = np.where(valid, ns, 0).astype(np.int64)
+        # Half away from zero, in integers (numpy's // floors, so work on magnitudes).
+        micros = np.sign(ints) * ((np.abs(ints) + 500) // 1000)
+        unit = pa.timestamp("us", tz=field.type.tz)  # type: ignore[attr-defined]
+        column = pa.array(micros, pa.int64(), mask=~valid).cast(unit)
+        table = table.set_column(i, field.with_type(unit), column)
+    return table
 
 
 def _pick_timestamp_column(frame: DataFrame) -> str:

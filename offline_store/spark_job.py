@@ -154,10 +154,10 @@ class SparkRetrievalJob(RetrievalJob):
         frame = self.to_spark_df()
         if not self._odfvs:
             return frame
-        from pyspark.sql.pandas.types import from_arrow_schema
+        from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
         context = _OdfvContext(self._odfvs, self._full_feature_names, self.metadata)
-        empty = pa.Table.from_pylist([], schema=frame.limit(0).toArrow().schema)
+        empty = to_arrow_schema(frame.schema, timezone="UTC").empty_table()
         schema = apply_odfvs(empty, context).schema
 
         def transform(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -12,13 +12,16 @@ Whatever session is used (an active one, e.g. a notebook's or a test's, or a new
   ``TIMESTAMP(NANOS)`` columns, which Spark refuses by default; read as int64 nanoseconds,
   :mod:`offline_store.spark_sources` converts them back to timestamps;
 - ``spark.sql.parquet.inferTimestampNTZ.enabled=false``: naive Parquet timestamps read as
-  instants (UTC), like DuckDB's ``CAST(... AS TIMESTAMPTZ)``.
+  instants (UTC), like DuckDB's ``CAST(... AS TIMESTAMPTZ)``;
+- ``spark.sql.parquet.outputTimestampType=TIMESTAMP_MICROS``: written datasets hold UTC
+  microsecond timestamps (not the legacy INT96) that pyarrow and DuckDB read as UTC.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,7 @@ FORCED_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.parquet.inferTimestampNTZ.enabled": "false",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
 }
 DEFAULT_CONF = {
     "spark.master": "local[*]",
@@ -91,6 +95,10 @@ def spark_session(conf: Mapping[str, str] | None = None) -> SparkSession:
                 "install one (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) or "
                 "set JAVA_HOME",
             )
+        # Python workers (mapInArrow, foreachPartition) run this interpreter, with this
+        # environment's packages, unless PYSPARK_PYTHON says otherwise (a cluster whose
+        # executors have their own Python sets it).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder
         for key, value in {**DEFAULT_CONF, **dict(conf or {}), **FORCED_CONF}.items():
             builder = builder.config(key, value)

@@ -97,12 +97,13 @@ def nanosecond_columns(paths: list[str]) -> set[str]:
             schema = pads.dataset(target, format="parquet", partitioning="hive").schema
         except (OSError, pa.ArrowInvalid):
             continue  # Spark reports unreadable paths itself, with the path in the message
-        found.update(
-            f.name
-            for f in schema
-            if pa.types.is_timestamp(f.type) and f.type.unit == "ns"  # type: ignore[attr-defined]
-        )
+        found.update(f.name for f in schema if is_nanos(f.type))
     return found
+
+
+def is_nanos(dtype: pa.DataType) -> bool:
+    """Whether an Arrow type is a nanosecond timestamp."""
+    return bool(pa.types.is_timestamp(dtype) and dtype.unit == "ns")  # type: ignore[attr-defined]
 
 
 def _from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:
@@ -111,18 +112,27 @@ def _from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:
 
     for name, dtype in [(f.name, f.dataType) for f in frame.schema.fields]:
         if name in columns and isinstance(dtype, LongType):
-            # Floor to whole microseconds, as DuckDB's cast from TIMESTAMP_NS does.
-            frame = frame.withColumn(
-                name, F.timestamp_micros(F.floor(F.col(name) / F.lit(1000)).cast("long"))
-            )
+            micros = F.expr(round_nanos_sql(f"`{name.replace('`', '``')}`"))
+            frame = frame.withColumn(name, F.timestamp_micros(micros))
     return frame
+
+
+def round_nanos_sql(ns: str) -> str:
+    """Nanoseconds to microseconds as DuckDB casts ``TIMESTAMP_NS``: half away from zero.
+
+    ``div`` truncates toward zero, so shifting by half a unit away from zero first rounds
+    half away from zero, in exact integer arithmetic.
+    """
+    return f"CASE WHEN {ns} >= 0 THEN ({ns} + 500) div 1000 ELSE ({ns} - 500) div 1000 END"
 
 
 def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
     from pyspark.sql import functions as F
 
+    # Merging schemas runs a Spark job: only worth it when several files may differ.
+    single = len(paths) == 1 and "://" not in paths[0] and os.path.isfile(paths[0])
     try:
-        frame = spark.read.option("mergeSchema", "true").parquet(*paths)
+        frame = spark.read.option("mergeSchema", str(not single).lower()).parquet(*paths)
     except Exception as exc:  # AnalysisException: missing path, not Parquet
         raise InvalidRequestError(
             f"Spark cannot read the offline source {paths}: {str(exc).splitlines()[0]}; fix "
