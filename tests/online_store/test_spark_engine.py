@@ -37,6 +37,7 @@ from online_store.progress import ProgressEvent, subscribe
 from tests.online_store.conftest import snapshot
 from tests.online_store.data import T0, typed_objects, write_typed_parquet
 from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
+from tests.online_store.test_writer import cluster  # noqa: F401 (the three-node cluster)
 
 DUCKDB = "offline_store.store.DuckDBParquetOfflineStore"
 SPARK = "offline_store.spark.SparkOfflineStore"
@@ -139,6 +140,38 @@ def test_spark_engine_on_the_example_repo_matches_duckdb(
     assert snapshot(module_redis + "5") == want
 
 
+def test_spark_engine_on_a_redis_cluster_writes_the_same_hashes(
+    tmp_path: Path,
+    module_redis: str,
+    spark: Any,
+    cluster: Any,  # noqa: F811
+) -> None:
+    parquet = tmp_path / "data" / "typed.parquet"
+    write_typed_parquet(parquet, n=2000, entities=300, seed=9)
+    objects = typed_objects(parquet)
+    duck = make_store(
+        tmp_path / "duck", RepoSpec("p", module_redis + "6", True, True, offline=DUCKDB), objects
+    )
+    redis.Redis.from_url(module_redis + "6").flushdb()
+    duck.materialize(START, END)
+    node = cluster.get_nodes()[0]
+    path = tmp_path / "spark"
+    ours = spark_repo(path, module_redis + "6", objects)
+    config = yaml.safe_load((path / "feature_store.yaml").read_text())
+    config["online_store"]["connection_string"] = f"{node.host}:{node.port}"
+    config["online_store"]["redis_type"] = "redis_cluster"
+    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    ours = FeatureStore(repo_path=str(path))
+    ours.materialize(START, END)
+    want = snapshot(module_redis + "6")
+    got = {key: cluster.hgetall(key) for key in cluster.scan_iter(count=10_000)}
+    assert len(want) > 100
+    assert got == want
+    # The keys really are spread over the three nodes.
+    per_node = [n.redis_connection.dbsize() for n in cluster.get_nodes()]
+    assert all(count > 0 for count in per_node), per_node
+
+
 def test_driver_never_collects_the_rows(tmp_path: Path, module_redis: str, spark: Any) -> None:
     parquet = tmp_path / "data" / "typed.parquet"
     write_typed_parquet(parquet, n=500, entities=100, seed=2)
@@ -206,12 +239,10 @@ def test_sigkill_mid_spark_materialize_then_rerun_converges(
     )
     start, end = (T0 - timedelta(days=1)).isoformat(), (T0 + timedelta(days=30)).isoformat()
     feast_cli = Path(sys.executable).parent / "feast"
-    env = {**os.environ, "SPARK_MASTER": "local[2]"}
     proc = subprocess.Popen(
         [str(feast_cli), "-c", str(tmp_path / "killed"), "materialize", start, end],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
         start_new_session=True,
     )
     client = redis.Redis.from_url(killed_url)
