@@ -188,6 +188,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         from feast import FeatureStore
         from pyspark.sql import SparkSession
 
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder
         for key, value in CONF.items():
             builder = builder.config(key, value)
@@ -203,7 +204,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {}
         if args.kind == "materialize":
             store.materialize(T0 - timedelta(days=1), T0 + timedelta(days=40))
-            result["keys"] = int(args.rows)
+            result["drivers"] = int(args.rows)
         else:
             import pandas as pd
 
@@ -277,7 +278,9 @@ def _objects(repo: Path) -> list[Any]:
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["driver_id"], row["event_timestamp"], row["label"])
+    ts = row["event_timestamp"]
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return (row["driver_id"], ts, row["label"])
 
 
 def _diff(exact: pa.Table, got: pa.Table) -> int:

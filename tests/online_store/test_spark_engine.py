@@ -189,8 +189,8 @@ def test_driver_never_collects_the_rows(tmp_path: Path, module_redis: str, spark
     assert len(snapshot(module_redis + "7")) > 50
 
 
-ROWS = 200_000
-ENTITIES = 100_000
+ROWS = 120_000
+ENTITIES = 60_000
 
 
 def _kill_objects(parquet: Path) -> list[Any]:
