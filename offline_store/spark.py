@@ -30,6 +30,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from offline_store.checks import check_request_data
 from offline_store.pit_join import FeatureSpec
+from offline_store.sandbox import UntrustedEntities
 from offline_store.spark_entities import check_request, load_entities
 from offline_store.spark_job import SparkRetrievalJob
 from offline_store.spark_join import SparkView, pit_join
@@ -170,6 +171,11 @@ class SparkOfflineStore(OfflineStore):
             raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
         for fv in by_view:
             check_source(fv.batch_source, f"feature view {fv.name!r}")
+        if isinstance(entity_df, UntrustedEntities):
+            raise InvalidRequestError(
+                "training over HTTP runs on the DuckDB offline store (its sandbox and limits); "
+                "with the Spark offline store build training sets in-process with the SDK",
+            )
 
         def build() -> tuple[DataFrame, RetrievalMetadata]:
             spark = session_for(config)

@@ -9,6 +9,7 @@ partition by partition, with ``mapInArrow``): nothing is collected to the driver
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -167,7 +168,7 @@ class SparkRetrievalJob(RetrievalJob):
 
         return frame.mapInArrow(transform, from_arrow_schema(schema))
 
-    def to_parquet(self, path: str, *, allow_overwrite: bool = True) -> str:
+    def to_parquet(self, path: str | Path, *, allow_overwrite: bool = True) -> str:
         """Write the result as a directory of Parquet part files, from the executors.
 
         Part files are named in result order, so reading the directory back (Spark, DuckDB,

@@ -303,3 +303,28 @@ def test_spark_store_result_is_a_lazy_spark_dataframe(stores: tuple[FeatureStore
     assert frame.count() == pq.read_metadata(_trips(duck)).num_rows
     assert frame.columns[-1] == "conv_rate"
     assert isinstance(job.to_arrow(), pa.Table)
+
+
+def test_sdk_training_set_saved_dataset_and_split_on_spark(
+    stores: tuple[FeatureStore, ...], tmp_path: Path
+) -> None:
+    from offline_store.saved import load_training_dataset, save_training_dataset
+    from offline_store.sdk import get_training_dataset
+    from offline_store.split import time_split
+
+    duck, spark_fs = stores
+    entities = str(_trips(duck))
+    features = ["driver_hourly_stats:conv_rate", "customer_profile:membership_tier"]
+    want = get_training_dataset(entities, features, store=duck, output="arrow")
+    assert isinstance(want, pa.Table)
+    path = get_training_dataset(
+        entities, features, store=spark_fs, output="parquet", path=tmp_path / "train"
+    )
+    assert pq.read_table(path).to_pylist() == want.to_pylist()
+
+    record = save_training_dataset(entities, features, name="rides_spark", store=spark_fs)
+    assert record.row_count == want.num_rows
+    loaded = load_training_dataset("rides_spark", store=spark_fs)
+    assert pa.Table.from_pandas(loaded, preserve_index=False).to_pylist() == want.to_pylist()
+    parts = time_split(loaded)
+    assert len(parts.train) + len(parts.validation) + len(parts.test) == want.num_rows
