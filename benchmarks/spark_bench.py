@@ -265,7 +265,7 @@ def training(tmp: Path, feature_rows: int, entity_count: int, entity_rows_n: int
         stats = run_child(name, tmp / name, entities=ents, out=out)
         got = pq.read_table(out)
         stats["rows_kept"] = got.num_rows
-        stats["wrong_or_missing_values"] = _diff(exact, got)
+        stats.update(_diff(exact, got))
         report[name] = stats
     report["speedup_vs_feast"] = round(report["feast"]["seconds"] / report["ours"]["seconds"], 2)
     return report
@@ -283,13 +283,16 @@ def _key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["driver_id"], ts, row["label"])
 
 
-def _diff(exact: pa.Table, got: pa.Table) -> int:
-    """Entity rows whose features differ from the exact answer, or that are missing."""
+def _diff(exact: pa.Table, got: pa.Table) -> dict[str, int]:
+    """Exact rows missing (or with other values) in ``got``, and rows ``got`` has in excess."""
     from collections import Counter
 
     want = Counter((*_key(r), r["conv_rate"], r["trips"]) for r in exact.to_pylist())
     have = Counter((*_key(r), r["conv_rate"], r["trips"]) for r in got.to_pylist())
-    return sum((want - have).values())
+    return {
+        "wrong_or_missing_rows": sum((want - have).values()),
+        "extra_rows": sum((have - want).values()),
+    }
 
 
 def materialize(tmp: Path, sizes: list[int]) -> dict[str, Any]:
