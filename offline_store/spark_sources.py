@@ -140,9 +140,12 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
             source=str(paths),
         ) from exc
     frame = _from_nanos(frame, nanosecond_columns(paths))
+    # One file: its path is the same on every row and orders nothing; leaving it out keeps
+    # a long string per row out of every shuffle and sort of the join.
+    file_order = F.lit("") if single else F.col("_metadata.file_path")
     return frame.select(
         "*",
-        F.col("_metadata.file_path").alias(ORDER_FILE),
+        file_order.alias(ORDER_FILE),
         F.col("_metadata.row_index").alias(ORDER_ROW),
     )
 
