@@ -10,7 +10,7 @@ PIPE_VENV := .venv-pipelines
 PIPE_BIN := $(PIPE_VENV)/bin
 PIPE_STAMP := $(PIPE_VENV)/.installed
 
-.PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test
+.PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test java-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,16 @@ serve: $(STAMP)
 	$(BIN)/featurestore serve --repo feature_repo
 
 # The service's suite in .venv, then the pipelines' (Airflow, kfp, MLflow) in .venv-pipelines.
-test: $(STAMP) $(PIPE_STAMP)
+test: $(STAMP) $(PIPE_STAMP) java-check
 	$(BIN)/python -m pytest --ignore=tests/pipelines
 	$(PIPE_BIN)/python -m pytest tests/pipelines
+
+# The Spark tests (local[2]) need a Java 17+ runtime next to the pyspark extra.
+java-check:
+	@if [ -n "$$JAVA_HOME" ] && [ -x "$$JAVA_HOME/bin/java" ]; then exit 0; fi; \
+	command -v java >/dev/null 2>&1 || { \
+	  echo "make test needs Java 17+ for the Spark tests: install it (Debian/Ubuntu:" \
+	  "apt-get install openjdk-17-jre-headless) or set JAVA_HOME"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
