@@ -328,3 +328,59 @@ def test_sdk_training_set_saved_dataset_and_split_on_spark(
     assert pa.Table.from_pandas(loaded, preserve_index=False).to_pylist() == want.to_pylist()
     parts = time_split(loaded)
     assert len(parts.train) + len(parts.validation) + len(parts.test) == want.num_rows
+
+
+def test_entityless_view_and_no_entity_rows_match_duckdb(tmp_path: Path, spark: Any) -> None:
+    from feast import Field, FileSource
+    from feast.types import Int64
+
+    from tests.offline_store.repo_helpers import DRIVER
+
+    path = tmp_path / "totals.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "event_timestamp": pa.array(
+                    [END - timedelta(hours=h) for h in (5, 3, 3, 1)], pa.timestamp("us", tz="UTC")
+                ),
+                "total": pa.array([1, 2, 3, None], pa.int64()),
+                "driver_id": pa.array([1, 2, 1, 2], pa.int64()),
+            }
+        ),
+        path,
+    )
+
+    def objects() -> list[Any]:
+        src = FileSource(name="totals_src", path=str(path), timestamp_field="event_timestamp")
+        return [
+            DRIVER,
+            src,
+            FeatureView(
+                name="totals", entities=[], ttl=timedelta(hours=3),
+                schema=[Field(name="total", dtype=Int64)], source=src,
+            ),
+            FeatureView(
+                name="per_driver", entities=[DRIVER], ttl=timedelta(0),
+                schema=[Field(name="total", dtype=Int64)], source=src,
+            ),
+        ]  # fmt: skip
+
+    ours = _spark_only_store(tmp_path / "spark", objects())
+    duck = make_duck_twin(ours, tmp_path / "duck", objects())
+    entities = pd.DataFrame(
+        {
+            "driver_id": [2, 1, 1],
+            "event_timestamp": [END - timedelta(hours=4), END - timedelta(hours=2), END],
+        }
+    )
+    for store_args in (
+        {"entity_df": entities, "features": ["totals:total"]},
+        {"entity_df": entities, "features": ["per_driver:total"]},
+        {"entity_df": None, "features": ["per_driver:total"], "start_date": END - timedelta(1),
+         "end_date": END},
+    ):  # fmt: skip
+        want = duck.get_historical_features(**store_args).to_arrow()
+        got = ours.get_historical_features(**store_args).to_arrow()
+        order = [("driver_id", "ascending")]
+        assert got.sort_by(order).to_pylist() == want.sort_by(order).to_pylist(), store_args
+        assert got.num_rows > 0
