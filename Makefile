@@ -10,7 +10,7 @@ PIPE_VENV := .venv-pipelines
 PIPE_BIN := $(PIPE_VENV)/bin
 PIPE_STAMP := $(PIPE_VENV)/.installed
 
-.PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test
+.PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test java-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/python:
 
 # Reinstall whenever the dependency list changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,9 +54,16 @@ $(CHROMIUM):
 	sudo -n apt-get install -y chromium || apt-get install -y chromium || \
 		(apt-get update && apt-get install -y chromium)
 
-test: $(STAMP) $(PIPE_STAMP) $(CHROMIUM)
+test: $(STAMP) $(PIPE_STAMP) $(CHROMIUM) java-check
 	$(BIN)/python -m pytest --ignore=tests/pipelines
 	$(PIPE_BIN)/python -m pytest tests/pipelines
+
+# The Spark tests (local[2]) need a Java 17+ runtime next to the pyspark extra.
+java-check:
+	@if [ -n "$$JAVA_HOME" ] && [ -x "$$JAVA_HOME/bin/java" ]; then exit 0; fi; \
+	command -v java >/dev/null 2>&1 || { \
+	  echo "make test needs Java 17+ for the Spark tests: install it (Debian/Ubuntu:" \
+	  "apt-get install openjdk-17-jre-headless) or set JAVA_HOME"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from feast import FeatureStore
@@ -136,7 +137,8 @@ def save_training_dataset(
             feature_service=feature_service,
             full_feature_names=full_feature_names,
             entity_fingerprint=fingerprint(entity_source),
-            row_count=pq.ParquetFile(dest).metadata.num_rows,
+            # A file (DuckDB) or a directory of parts (Spark).
+            row_count=pads.dataset(dest, format="parquet").count_rows(),
             min_event_timestamp=metadata.min_event_timestamp if metadata else None,
             max_event_timestamp=metadata.max_event_timestamp if metadata else None,
             storage_path=dest,

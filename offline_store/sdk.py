@@ -35,6 +35,7 @@ from foundation.errors import (
 from offline_store.entities import EntitySource
 from offline_store.job import DuckDBRetrievalJob
 from offline_store.sandbox import UntrustedEntities
+from offline_store.spark_job import SparkRetrievalJob
 
 Output: TypeAlias = Literal["pandas", "arrow", "parquet"]
 Result: TypeAlias = pd.DataFrame | pa.Table | str
@@ -111,8 +112,8 @@ def build_job(
     feature_service: str | None = None,
     *,
     full_feature_names: bool = False,
-) -> DuckDBRetrievalJob:
-    """A lazy point-in-time job on ``fs``'s offline store (which must be ours).
+) -> DuckDBRetrievalJob | SparkRetrievalJob:
+    """A lazy point-in-time job on ``fs``'s offline store (which must be ours: DuckDB or Spark).
 
     The HTTP service passes :class:`~offline_store.sandbox.UntrustedEntities`: the job then
     runs sandboxed and within limits. In-process callers pass their own source.
@@ -132,16 +133,19 @@ def build_job(
         raise
     except (FeastError, ValueError) as exc:
         raise InvalidRequestError(f"cannot build the training dataset: {exc}") from exc
-    if not isinstance(job, DuckDBRetrievalJob):
+    if not isinstance(job, (DuckDBRetrievalJob, SparkRetrievalJob)):
         raise InvalidRequestError(
-            "the repo's offline store is not offline_store.store.DuckDBParquetOfflineStore; "
-            "set it under offline_store: type: in feature_store.yaml",
+            "the repo's offline store is not offline_store.store.DuckDBParquetOfflineStore "
+            "(or offline_store.spark.SparkOfflineStore); set it under offline_store: type: "
+            "in feature_store.yaml",
         )
     return job
 
 
-def deliver(job: DuckDBRetrievalJob, output: Output, path: str | Path | None) -> Result:
-    """Run a job into the requested output.
+def deliver(
+    job: DuckDBRetrievalJob | SparkRetrievalJob, output: Output, path: str | Path | None
+) -> Result:
+    """Run a job into the requested output (on Spark, ``parquet`` writes a directory of parts).
 
     Raises:
         InvalidRequestError: unknown output, or ``parquet`` without ``path``.
@@ -153,7 +157,7 @@ def deliver(job: DuckDBRetrievalJob, output: Output, path: str | Path | None) ->
     if output == "parquet":
         if path is None:
             raise InvalidRequestError("output='parquet' needs path=")
-        return job.to_parquet(path)
+        return job.to_parquet(str(path))
     raise InvalidRequestError(f"output must be 'pandas', 'arrow' or 'parquet', not {output!r}")
 
 

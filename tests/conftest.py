@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -79,3 +80,28 @@ def pg_url() -> Iterator[str]:
         )
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session for the whole test session (its JVM start-up is paid once).
+
+    ``local[2]`` with two shuffle partitions and no UI keeps it light on a small machine; the
+    Spark offline store and engine use it as the active session.
+    """
+    from offline_store.spark_session import spark_session
+
+    session = spark_session(
+        {
+            "spark.master": "local[2]",
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.memory": "1g",
+            "spark.sql.adaptive.enabled": "true",
+        }
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -211,3 +211,28 @@ def test_dockerfile_runs_as_non_root_from_a_slim_base() -> None:
     # Only runtime dependencies: the final stage installs the wheel without extras.
     final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
     assert not any("[dev]" in line for line in final)
+
+
+def test_spark_profile_runs_materialize_on_a_spark_master(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    master, worker, job = (
+        services["spark-master"],
+        services["spark-worker"],
+        services["spark-materialize"],
+    )
+    assert all(s["profiles"] == ["spark"] for s in (master, worker, job))
+    assert master["image"].startswith("apache/spark:")
+    assert "spark://spark-master:7077" in " ".join(worker["command"])
+    # Worker and job run our code (the executors write with our writer), same Spark version.
+    assert worker["build"]["dockerfile"] == job["build"]["dockerfile"] == "deploy/spark/Dockerfile"
+    assert master["image"].split(":")[1] == worker["build"]["args"]["SPARK_VERSION"]
+    assert job["environment"]["SPARK_MASTER_URL"] == "spark://spark-master:7077"
+    yaml_path = job["environment"]["FEAST_FS_YAML_FILE_PATH"]
+    spark_yaml = yaml.safe_load((ROOT / "feature_repo" / Path(yaml_path).name).read_text())
+    assert spark_yaml["offline_store"]["type"] == "offline_store.spark.SparkOfflineStore"
+    assert spark_yaml["batch_engine"]["type"] == "online_store.spark.SparkMaterializationEngine"
+    assert spark_yaml["offline_store"]["spark_conf"]["spark.master"] == "${SPARK_MASTER_URL}"
+    dockerfile = (ROOT / "deploy" / "spark" / "Dockerfile").read_text()
+    assert "openjdk-17" in dockerfile
+    assert 'pyspark==${SPARK_VERSION}"' in dockerfile
+    assert dockerfile.splitlines()[-2] == "USER featurestore"

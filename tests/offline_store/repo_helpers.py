@@ -13,6 +13,7 @@ from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueTyp
 from feast.types import Float64, Int64, String
 
 OUR_STORE = "offline_store.store.DuckDBParquetOfflineStore"
+SPARK_STORE = "offline_store.spark.SparkOfflineStore"
 
 
 def write_repo_yaml(

@@ -1,8 +1,9 @@
-"""The DuckDB point-in-time join equals the naive reference on Hypothesis-generated data.
+"""Both point-in-time joins (DuckDB and Spark) equal the naive reference on Hypothesis data.
 
 Timestamps come from a coarse minute grid so that exact TTL boundaries, event-time ties broken
 by created time, full ties, entity rows before any event and duplicate entity rows all occur
-often; keys are small ints, strings and a compound pair, over three views.
+often; keys are small ints, strings and a compound pair, over three views. The Spark store runs
+fewer examples (each is a few Spark jobs in ``local[2]``) on the same generators.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
     DRIVER_SCHEMA,
     PAIR_SCHEMA,
+    SPARK_STORE,
     make_store,
     three_views,
     write_rows,
@@ -106,6 +108,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
     return make_store(tmp_path_factory.mktemp("pit_props"), three_views(TTL_DRIVER, TTL_PAIR))
 
 
+@pytest.fixture(scope="module")
+def spark_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
+    return make_store(
+        tmp_path_factory.mktemp("pit_props_spark"),
+        three_views(TTL_DRIVER, TTL_PAIR),
+        offline_store=SPARK_STORE,
+    )
+
+
 def ref_views(
     drv: list[dict[str, Any]],
     cus: list[dict[str, Any]],
@@ -143,19 +154,7 @@ def ref_views(
     ]
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    drv=driver_rows,
-    cus=customer_rows,
-    pair=pair_rows,
-    entities=entity_rows,
-    full=st.booleans(),
-)
-def test_pit_join_matches_naive_reference(
+def check_against_reference(
     store: FeatureStore,
     drv: list[dict[str, Any]],
     cus: list[dict[str, Any]],
@@ -178,3 +177,46 @@ def test_pit_join_matches_naive_reference(
 
     expected = reference_pit(entities, ref_views(drv, cus, pair, full), "event_timestamp")
     assert got == expected
+
+
+GIVEN = given(
+    drv=driver_rows,
+    cus=customer_rows,
+    pair=pair_rows,
+    entities=entity_rows,
+    full=st.booleans(),
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@GIVEN
+def test_pit_join_matches_naive_reference(
+    store: FeatureStore,
+    drv: list[dict[str, Any]],
+    cus: list[dict[str, Any]],
+    pair: list[dict[str, Any]],
+    entities: list[dict[str, Any]],
+    full: bool,
+) -> None:
+    check_against_reference(store, drv, cus, pair, entities, full)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@GIVEN
+def test_spark_pit_join_matches_naive_reference(
+    spark_store: FeatureStore,
+    drv: list[dict[str, Any]],
+    cus: list[dict[str, Any]],
+    pair: list[dict[str, Any]],
+    entities: list[dict[str, Any]],
+    full: bool,
+) -> None:
+    check_against_reference(spark_store, drv, cus, pair, entities, full)

@@ -1,0 +1,215 @@
+"""Exact point-in-time join on Spark DataFrames: the DuckDB store's answer, without a range join.
+
+Semantics (DESIGN.md, and :mod:`offline_store.pit_join` for DuckDB): for each entity row (keys
+k, time t) and view V with TTL d (0 = unlimited), take V's rows with the same keys and
+``t - d <= event_ts <= t`` and pick the greatest (event_ts, created_ts), exact ties going to the
+later file and row; none -> nulls. Every entity row comes back once, in input order.
+
+How, per view (one shuffle each, no row explosion on hot keys):
+
+1. Feature rows get the order key (event_ts, created_ts in microseconds with null lowest, file,
+   row) and their values packed in one struct ``__feat``; entity rows get the probe
+   (t, +inf, '', 0) and a null ``__feat``.
+2. Both are unioned, partitioned by the join keys and sorted by the order key; a running
+   ``last(__feat, ignorenulls)`` gives every entity row the greatest feature row at or before
+   its probe, which is exactly the greatest (event_ts, created_ts) with ``event_ts <= t``.
+3. If that row is older than ``t - d``, every other candidate is too: the TTL is a filter on the
+   match, as in the DuckDB ASOF join.
+
+The entity rows carry all their columns through each view's step, so views chain without a
+join back; the result is sorted by the entity row id at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from offline_store.pit_join import FeatureSpec
+from offline_store.spark_sources import ORDER_FILE, ORDER_ROW
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+ROW_ID = "__row_id"
+ENTITY_TS = "__entity_ts"
+_O_TS, _O_CR, _FEAT, _IS_ENTITY, _MATCH = "__o_ts", "__o_cr", "__feat", "__is_entity", "__match"
+_LONG_MAX = 9223372036854775807
+_LONG_MIN = -9223372036854775807
+
+
+@dataclass(frozen=True, slots=True)
+class SparkView:
+    """What the Spark join needs to know about one feature view.
+
+    Attributes:
+        name: the view name (projection name) used in messages.
+        frame: the source DataFrame with its order columns (:mod:`offline_store.spark_sources`).
+        column_map: source column -> mapped name (the source's field mapping).
+        join_keys: pairs (entity-side column, mapped source column).
+        timestamp_field: mapped event timestamp column.
+        created_timestamp_column: mapped created timestamp column, if any.
+        features: requested features.
+        ttl_seconds: the view TTL; 0 means unlimited.
+    """
+
+    name: str
+    frame: Any
+    column_map: dict[str, str]
+    join_keys: tuple[tuple[str, str], ...]
+    timestamp_field: str
+    created_timestamp_column: str | None
+    features: tuple[FeatureSpec, ...]
+    ttl_seconds: float
+
+
+def raw_column(view: SparkView, mapped: str) -> str:
+    """Raw source column whose mapped name is ``mapped`` (identity when unmapped)."""
+    for raw, target in view.column_map.items():
+        if target == mapped:
+            return raw
+    return mapped
+
+
+def _col(name: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{name.replace('`', '``')}`")
+
+
+def _micros(column: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.unix_micros(column.cast("timestamp"))
+
+
+def _feature_rows(
+    view: SparkView,
+    index: int,
+    entity_types: dict[str, Any],
+    min_ts: datetime | None,
+    max_ts: datetime | None,
+) -> DataFrame:
+    """The view's rows as (join keys, order key, ``__feat``), pruned to the entity time range."""
+    from pyspark.sql import functions as F
+
+    ts = _col(raw_column(view, view.timestamp_field)).cast("timestamp")
+    created = (
+        F.coalesce(_micros(_col(raw_column(view, view.created_timestamp_column))), F.lit(_LONG_MIN))
+        if view.created_timestamp_column
+        else F.lit(_LONG_MIN)
+    )
+    keys = [
+        _col(raw_column(view, mapped)).cast(entity_types[entity]).alias(entity)
+        for entity, mapped in view.join_keys
+    ]
+    packed = F.struct(
+        ts.alias("ts"),
+        *[
+            _col(raw_column(view, f.source_column)).alias(f"f{j}")
+            for j, f in enumerate(view.features)
+        ],
+    )
+    conditions = [ts.isNotNull()] + [
+        _col(raw_column(view, mapped)).isNotNull() for _, mapped in view.join_keys
+    ]
+    if max_ts is not None:
+        conditions.append(ts <= F.lit(max_ts))
+    if min_ts is not None and view.ttl_seconds > 0:
+        low = _micros(F.lit(min_ts)) - F.lit(int(view.ttl_seconds * 1_000_000))
+        conditions.append(_micros(ts) >= low)
+    condition = conditions[0]
+    for extra in conditions[1:]:
+        condition = condition & extra
+    rows: DataFrame = (
+        view.frame.where(condition)
+        .select(
+            *keys,
+            ts.alias(_O_TS),
+            created.alias(_O_CR),
+            F.col(ORDER_FILE).cast("string").alias(ORDER_FILE),
+            F.col(ORDER_ROW).cast("long").alias(ORDER_ROW),
+            packed.alias(f"{_FEAT}{index}"),
+        )
+        .withColumn(_IS_ENTITY, F.lit(False))
+    )
+    return rows
+
+
+def _join_view(
+    entities: DataFrame,
+    view: SparkView,
+    index: int,
+    min_ts: datetime | None,
+    max_ts: datetime | None,
+) -> DataFrame:
+    """``entities`` with the view's feature columns appended (one shuffle)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    entity_types = {f.name: f.dataType for f in entities.schema.fields}
+    feats = _feature_rows(view, index, entity_types, min_ts, max_ts)
+    feat_col = f"{_FEAT}{index}"
+    probe = entities.select(
+        "*",
+        F.col(ENTITY_TS).alias(_O_TS),
+        F.lit(_LONG_MAX).alias(_O_CR),
+        F.lit("").alias(ORDER_FILE),
+        F.lit(0).cast("long").alias(ORDER_ROW),
+        F.lit(None).cast(feats.schema[feat_col].dataType).alias(feat_col),
+        F.lit(True).alias(_IS_ENTITY),
+    )
+    both = probe.unionByName(feats, allowMissingColumns=True)
+    window = (
+        Window.partitionBy(*[_col(e) for e, _ in view.join_keys])
+        .orderBy(_O_TS, _O_CR, ORDER_FILE, ORDER_ROW)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    matched = both.withColumn(_MATCH, F.last(feat_col, ignorenulls=True).over(window)).where(
+        F.col(_IS_ENTITY)
+    )
+    if view.ttl_seconds > 0:
+        low = _micros(F.col(ENTITY_TS)) - F.lit(int(view.ttl_seconds * 1_000_000))
+        in_window = _micros(F.col(f"{_MATCH}.ts")) >= low
+    else:
+        in_window = F.col(f"{_MATCH}.ts").isNotNull()
+    outputs = [
+        F.when(in_window, F.col(f"{_MATCH}.f{j}")).alias(f.output_name)
+        for j, f in enumerate(view.features)
+    ]
+    return matched.select(*[_col(c) for c in entities.columns], *outputs)
+
+
+def pit_join(
+    entities: DataFrame,
+    views: list[SparkView],
+    entity_columns: list[str],
+    timestamp_column: str,
+    *,
+    min_ts: datetime | None,
+    max_ts: datetime | None,
+) -> DataFrame:
+    """The point-in-time join of ``entities`` (with ``__row_id`` and ``__entity_ts``).
+
+    Args:
+        entities: entity rows with their row id and UTC event time columns.
+        views: the views to join, in output order.
+        entity_columns: entity columns to return, in input order.
+        timestamp_column: the entity time column; returned as a UTC timestamp.
+        min_ts: earliest entity time (pruning only).
+        max_ts: latest entity time (pruning only).
+
+    Returns:
+        Entity columns then feature columns, sorted by entity row.
+    """
+    from pyspark.sql import functions as F
+
+    joined = entities
+    for index, view in enumerate(views):
+        joined = _join_view(joined, view, index, min_ts, max_ts)
+    features = [f.output_name for view in views for f in view.features]
+    select = [
+        F.col(ENTITY_TS).alias(c) if c == timestamp_column else _col(c) for c in entity_columns
+    ]
+    return joined.orderBy(ROW_ID).select(*select, *[_col(f) for f in features])

@@ -1,0 +1,186 @@
+"""Reading feature sources into Spark DataFrames, exactly as the DuckDB store reads them.
+
+A Feast ``FileSource`` (a Parquet file with its pushed parts, a directory with hive partitions,
+or a glob) and Feast's ``SparkSource`` (``table``, ``query`` or ``path`` with a ``file_format``)
+become a DataFrame with two extra columns, the order of each row within the source:
+``__o_f`` (the file it was read from) and ``__o_rn`` (its row number in that file), taken from
+Spark's ``_metadata`` of Parquet files. Ties on (event_ts, created_ts) go to the later file and
+row, as in the DuckDB store. Tables and queries have no file order: their rows get Spark's
+``monotonically_increasing_id`` instead (stable for a given plan, but not a storage order).
+
+Parquet ``TIMESTAMP(NANOS)`` columns (pandas' default) arrive as int64 nanoseconds under
+``spark.sql.legacy.parquet.nanosAsLong`` and are turned back into (microsecond) timestamps here;
+which columns are nanoseconds is read from the Parquet footers with pyarrow.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from feast.data_source import DataSource
+from feast.infra.offline_stores.file_source import FileSource
+from feast.repo_config import RepoConfig
+
+from foundation.errors import InvalidRequestError
+from offline_store.sources import resolve_path
+from offline_store.writes import PARTS_SUFFIX
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+ORDER_FILE = "__o_f"
+ORDER_ROW = "__o_rn"
+_GLOB_CHARS = "*?["
+
+
+def _spark_source_type() -> type | None:
+    try:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+    except ImportError:  # pyspark missing: no SparkSource can exist either
+        return None
+    return SparkSource
+
+
+def check_source(source: DataSource | None, owner: str) -> DataSource:
+    """The source itself if the Spark store can read it.
+
+    Raises:
+        InvalidRequestError: neither a FileSource nor a SparkSource.
+    """
+    spark_source = _spark_source_type()
+    if isinstance(source, FileSource):
+        return source
+    if (
+        spark_source is not None
+        and isinstance(source, DataSource)
+        and isinstance(source, spark_source)
+    ):
+        return source
+    raise InvalidRequestError(
+        f"{owner} reads from {type(source).__name__}; the Spark offline store reads FileSource "
+        "(Parquet) and SparkSource (table, query or path) sources",
+    )
+
+
+def file_paths(config: RepoConfig, source: FileSource) -> list[str]:
+    """What Spark reads for a FileSource: the file or directory or glob, and pushed parts."""
+    path = resolve_path(config.repo_path, source.path)
+    paths = [path]
+    local_file = "://" not in path and not any(ch in path for ch in _GLOB_CHARS)
+    if local_file and glob.glob(os.path.join(path + PARTS_SUFFIX, "*.parquet")):
+        paths.append(os.path.join(path + PARTS_SUFFIX, "*.parquet"))
+    if local_file and not os.path.exists(path):
+        raise InvalidRequestError(
+            f"offline source {path!r} matches no Parquet file; generate the data or fix "
+            "the FileSource path (relative paths resolve against the feature repo)",
+            source=path,
+        )
+    return paths
+
+
+def nanosecond_columns(paths: list[str]) -> set[str]:
+    """Columns stored as ``TIMESTAMP(NANOS)`` in the Parquet files at ``paths``."""
+    found: set[str] = set()
+    for path in paths:
+        target: str | list[str] = path
+        if "://" not in path and any(ch in path for ch in _GLOB_CHARS):
+            target = sorted(glob.glob(path, recursive=True))
+            if not target:
+                continue
+        try:
+            schema = pads.dataset(target, format="parquet", partitioning="hive").schema
+        except (OSError, pa.ArrowInvalid):
+            continue  # Spark reports unreadable paths itself, with the path in the message
+        found.update(f.name for f in schema if is_nanos(f.type))
+    return found
+
+
+def is_nanos(dtype: pa.DataType) -> bool:
+    """Whether an Arrow type is a nanosecond timestamp."""
+    return bool(pa.types.is_timestamp(dtype) and dtype.unit == "ns")  # type: ignore[attr-defined]
+
+
+def _from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType
+
+    for name, dtype in [(f.name, f.dataType) for f in frame.schema.fields]:
+        if name in columns and isinstance(dtype, LongType):
+            micros = F.expr(round_nanos_sql(f"`{name.replace('`', '``')}`"))
+            frame = frame.withColumn(name, F.timestamp_micros(micros))
+    return frame
+
+
+def round_nanos_sql(ns: str) -> str:
+    """Nanoseconds to microseconds as DuckDB casts ``TIMESTAMP_NS``: half away from zero.
+
+    ``div`` truncates toward zero, so shifting by half a unit away from zero first rounds
+    half away from zero, in exact integer arithmetic.
+    """
+    return f"CASE WHEN {ns} >= 0 THEN ({ns} + 500) div 1000 ELSE ({ns} - 500) div 1000 END"
+
+
+def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    # Merging schemas runs a Spark job: only worth it when several files may differ.
+    single = len(paths) == 1 and "://" not in paths[0] and os.path.isfile(paths[0])
+    try:
+        frame = spark.read.option("mergeSchema", str(not single).lower()).parquet(*paths)
+    except Exception as exc:  # AnalysisException: missing path, not Parquet
+        raise InvalidRequestError(
+            f"Spark cannot read the offline source {paths}: {str(exc).splitlines()[0]}; fix "
+            "the source path",
+            source=str(paths),
+        ) from exc
+    frame = _from_nanos(frame, nanosecond_columns(paths))
+    # One file: its path is the same on every row and orders nothing; leaving it out keeps
+    # a long string per row out of every shuffle and sort of the join.
+    file_order = F.lit("") if single else F.col("_metadata.file_path")
+    return frame.select(
+        "*",
+        file_order.alias(ORDER_FILE),
+        F.col("_metadata.row_index").alias(ORDER_ROW),
+    )
+
+
+def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> DataFrame:
+    """A source as a DataFrame with its order columns ``__o_f`` and ``__o_rn``.
+
+    Args:
+        spark: the session.
+        config: the repo config (relative paths resolve against its ``repo_path``).
+        source: a FileSource or a SparkSource.
+
+    Returns:
+        The source's raw columns (no field mapping applied) plus the two order columns.
+
+    Raises:
+        InvalidRequestError: another kind of source, or a path Spark cannot read.
+    """
+    from pyspark.sql import functions as F
+
+    source = check_source(source, f"data source {source.name!r}")
+    if isinstance(source, FileSource):
+        return _read_parquet(spark, file_paths(config, source))
+    table, query, path = source.table, source.query, source.path  # type: ignore[attr-defined]
+    fmt = source.file_format or "parquet"  # type: ignore[attr-defined]
+    if path and fmt == "parquet":
+        return _read_parquet(spark, [resolve_path(config.repo_path, path)])
+    if path:
+        frame = spark.read.format(fmt).load(resolve_path(config.repo_path, path))
+    elif table:
+        frame = spark.table(table)
+    else:
+        frame = spark.sql(query)
+    return frame.select(
+        "*",
+        F.lit("").alias(ORDER_FILE),
+        F.monotonically_increasing_id().alias(ORDER_ROW),
+    )

@@ -1,0 +1,208 @@
+"""The Feast batch engine plugin on Spark: ``type: online_store.spark.SparkMaterializationEngine``.
+
+Per view, the offline store's latest-row-per-entity pull (``pull_latest_from_table_or_query``)
+is a Spark DataFrame when the repo uses ``offline_store.spark.SparkOfflineStore``: Spark picks the
+winners, and each partition is written to Redis (single or Cluster) by the executor holding it,
+with the same writer and byte codec as :mod:`online_store.engine` (``write_batches``) and so the
+same never-older-over-newer rule: reruns and runs killed half-way converge to the same bytes. The
+driver only receives one small stats row per partition; it never holds the feature rows.
+
+Progress (rows written / total) comes from a Spark accumulator the executors add to, polled by
+the driver; the total is the winners' count, computed on the persisted winners. The freshness
+record (newest event written) is the maximum the executors report. With any other offline
+store the engine behaves as :class:`online_store.engine.StreamingMaterializationEngine`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from feast.feature_view import DUMMY_ENTITY_ID
+from feast.infra.common.materialization_job import MaterializationTask
+from feast.repo_config import FeastConfigBaseModel
+
+from online_store.connection import make_client, resolve_target
+from online_store.engine import NewestEvent, StreamingMaterializationEngine, _redis_failed
+from online_store.progress import ViewProgress
+from online_store.store import FastRedisOnlineStore, RedisType
+from online_store.writer import WriteSpec, write_batches
+
+_STATS = pa.schema([("rows_in", pa.int64()), ("rows_written", pa.int64()), ("newest", pa.int64())])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class SparkMaterializationEngineConfig(FeastConfigBaseModel):
+    """``batch_engine:`` section. ``write_chunk_rows`` bounds rows per Redis round trip."""
+
+    type: Literal["online_store.spark.SparkMaterializationEngine"] = (
+        "online_store.spark.SparkMaterializationEngine"
+    )
+    batch_rows: int = 50_000
+    write_chunk_rows: int = 20_000
+
+
+def _partition_writer(
+    *,
+    target: str,
+    cluster: bool,
+    timeout: float,
+    spec: WriteSpec,
+    project: str,
+    key_ttl_seconds: int | None,
+    chunk_rows: int,
+    accumulator: Any,
+) -> Any:
+    """The function each executor runs over its partition's Arrow batches (``mapInArrow``).
+
+    It opens its own Redis client, writes the batches with :func:`write_batches` and yields
+    one stats row: rows in, rows written, newest event time written (epoch microseconds).
+    """
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        client = make_client(target, cluster=cluster, timeout=timeout)
+        newest: list[int] = []
+
+        def watched() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                if batch.num_rows:
+                    top = pc.max(batch.column(spec.timestamp_field)).cast(pa.int64()).as_py()
+                    if top is not None:
+                        newest.append(top)
+                yield batch
+
+        try:
+            stats = write_batches(
+                client,
+                spec,
+                watched(),
+                project=project,
+                key_ttl_seconds=key_ttl_seconds,
+                chunk_rows=chunk_rows,
+                progress=accumulator.add,
+            )
+        finally:
+            client.close()
+        yield pa.RecordBatch.from_pylist(
+            [
+                {
+                    "rows_in": stats.rows_in,
+                    "rows_written": stats.rows_written,
+                    "newest": max(newest) if newest else None,
+                }
+            ],
+            schema=_STATS,
+        )
+
+    return write
+
+
+class SparkMaterializationEngine(StreamingMaterializationEngine):
+    """Spark picks the latest row per entity; executors write their partitions to Redis."""
+
+    def _run(self, task: MaterializationTask, newest: NewestEvent) -> tuple[int, int]:
+        view = task.feature_view
+        if not getattr(view, "online", True) or not isinstance(
+            self.online_store, FastRedisOnlineStore
+        ):
+            return super()._run(task, newest)
+        spec = WriteSpec.from_feature_view(view)
+        source = view.batch_source
+        if source is None:
+            raise ValueError(f"feature view '{view.name}' has no batch source to materialize")
+        mapping = dict(source.field_mapping or {})
+        reverse = {v: k for k, v in mapping.items()}
+        job = self.offline_store.pull_latest_from_table_or_query(
+            config=self.repo_config,
+            data_source=source,
+            join_key_columns=[reverse.get(k, k) for k in spec.join_keys if k != DUMMY_ENTITY_ID],
+            feature_name_columns=[reverse.get(f, f) for f in spec.features],
+            timestamp_field=reverse.get(spec.timestamp_field, spec.timestamp_field),
+            created_timestamp_column=(
+                reverse.get(spec.created_timestamp_field, spec.created_timestamp_field)
+                if spec.created_timestamp_field
+                else None
+            ),
+            start_date=task.start_time,
+            end_date=task.end_time,
+        )
+        to_spark_df = getattr(job, "to_spark_df", None)
+        if not callable(to_spark_df):
+            # Not a Spark offline store: stream through the driver like the base engine.
+            return super()._run(task, newest)
+        frame = to_spark_df()
+        for raw, mapped in mapping.items():
+            if raw in frame.columns:
+                frame = frame.withColumnRenamed(raw, mapped)
+        return self._write_from_executors(task, spec, frame, newest)
+
+    def _write_from_executors(
+        self, task: MaterializationTask, spec: WriteSpec, frame: Any, newest: NewestEvent
+    ) -> tuple[int, int]:
+        from pyspark import StorageLevel
+
+        store_config = self.repo_config.online_store
+        target = resolve_target(store_config.connection_string, self.repo_config.repo_path)
+        spark = frame.sparkSession
+        accumulator = spark.sparkContext.accumulator(0)
+        writer = _partition_writer(
+            target=target,
+            cluster=store_config.redis_type == RedisType.redis_cluster,
+            timeout=store_config.socket_timeout_seconds,
+            spec=spec,
+            project=task.project,
+            key_ttl_seconds=store_config.key_ttl_seconds,
+            chunk_rows=self.write_chunk_rows,
+            accumulator=accumulator,
+        )
+        # The winners are computed once and kept by the executors (memory, then disk): the
+        # count for the progress total and the write both read them.
+        winners = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        stop = threading.Event()
+        try:
+            with ViewProgress(task.feature_view.name) as progress:
+                progress.set_total(winners.count())
+
+                def poll() -> None:
+                    while not stop.wait(0.5):
+                        _report(progress, accumulator.value)
+
+                poller = threading.Thread(target=poll, name="spark-progress", daemon=True)
+                poller.start()
+                try:
+                    stats = winners.mapInArrow(writer, _STATS_DDL).toArrow()
+                except Exception as exc:
+                    # Executor errors arrive as Spark's PythonException, the Redis error
+                    # named in its text.
+                    store = self.online_store
+                    if "redis" not in str(exc).lower() or not isinstance(
+                        store, FastRedisOnlineStore
+                    ):
+                        raise
+                    client = store.client(self.repo_config)
+                    raise _redis_failed(client, spec.name, progress.done, exc) from exc
+                finally:
+                    stop.set()
+                    poller.join(timeout=5)
+                _report(progress, accumulator.value)
+        finally:
+            winners.unpersist()
+        top = pc.max(stats.column("newest")).as_py()
+        if top is not None:
+            newest.value = _EPOCH + timedelta(microseconds=top)
+        return (
+            int(pc.sum(stats.column("rows_in")).as_py() or 0),
+            int(pc.sum(stats.column("rows_written")).as_py() or 0),
+        )
+
+
+_STATS_DDL = "rows_in long, rows_written long, newest long"
+
+
+def _report(progress: ViewProgress, done: int) -> None:
+    if done > progress.done:
+        progress.update(done - progress.done)
