@@ -360,7 +360,7 @@ class StreamingMaterializationEngine(ComputeEngine):
                         progress=progress.update,
                     )
                 except (redis.RedisError, OSError) as exc:
-                    raise _redis_failed(client, view.name, progress.done, exc) from exc
+                    raise redis_failed(client, view.name, progress.done, exc) from exc
                 return stats.rows_in, stats.rows_written
             # Any other online store: Feast's own row conversion, still in bounded chunks.
             join_types = dict(zip(spec.join_keys, spec.join_key_types, strict=True))
@@ -373,7 +373,7 @@ class StreamingMaterializationEngine(ComputeEngine):
             return rows, rows
 
 
-def _redis_failed(
+def redis_failed(
     client: Any, view: str, rows_done: int, exc: BaseException
 ) -> BackendUnavailableError:
     """Say which Redis failed, during which view, how far it got, and that a rerun is safe."""

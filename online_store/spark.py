@@ -26,8 +26,9 @@ from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.common.materialization_job import MaterializationTask
 from feast.repo_config import FeastConfigBaseModel
 
+from foundation.statistics import TableProfiler
 from online_store.connection import make_client, resolve_target
-from online_store.engine import NewestEvent, StreamingMaterializationEngine, _redis_failed
+from online_store.engine import NewestEvent, StreamingMaterializationEngine, redis_failed
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore, RedisType
 from online_store.writer import WriteSpec, write_batches
@@ -104,12 +105,16 @@ def _partition_writer(
 class SparkMaterializationEngine(StreamingMaterializationEngine):
     """Spark picks the latest row per entity; executors write their partitions to Redis."""
 
-    def _run(self, task: MaterializationTask, newest: NewestEvent) -> tuple[int, int]:
+    def _run(
+        self, task: MaterializationTask, newest: NewestEvent, profiler: TableProfiler
+    ) -> tuple[int, int]:
+        # Rows written by the executors are not profiled (no statistics run is recorded
+        # for them); rows that stream through the driver are, as in the base engine.
         view = task.feature_view
         if not getattr(view, "online", True) or not isinstance(
             self.online_store, FastRedisOnlineStore
         ):
-            return super()._run(task, newest)
+            return super()._run(task, newest, profiler)
         spec = WriteSpec.from_feature_view(view)
         source = view.batch_source
         if source is None:
@@ -133,7 +138,7 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
         to_spark_df = getattr(job, "to_spark_df", None)
         if not callable(to_spark_df):
             # Not a Spark offline store: stream through the driver like the base engine.
-            return super()._run(task, newest)
+            return super()._run(task, newest, profiler)
         frame = to_spark_df()
         for raw, mapped in mapping.items():
             if raw in frame.columns:
@@ -184,7 +189,7 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
                     ):
                         raise
                     client = store.client(self.repo_config)
-                    raise _redis_failed(client, spec.name, progress.done, exc) from exc
+                    raise redis_failed(client, spec.name, progress.done, exc) from exc
                 finally:
                     stop.set()
                     poller.join(timeout=5)
