@@ -6,11 +6,14 @@ silently); here each problem is named with the view, the column and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
+
 import duckdb
 from feast.on_demand_feature_view import OnDemandFeatureView
 
 from foundation.errors import InvalidEntityError, InvalidRequestError
-from offline_store.pit_join import ViewSpec
+from offline_store.pit_join import FeatureSpec, ViewSpec
 from offline_store.sources import describe
 
 _INTEGER = (
@@ -27,6 +30,7 @@ _INTEGER = (
 )
 _FLOAT = ("FLOAT", "DOUBLE", "DECIMAL", "REAL")
 _STRING = ("VARCHAR", "STRING", "TEXT")
+V = TypeVar("V", bound="ColumnedView")
 
 
 def _family(duck_type: str) -> str:
@@ -63,44 +67,10 @@ def check_request(
         InvalidRequestError: a feature name clashes with an entity column, or the source lacks
             a column the view declares.
     """
+    entity = {name: (duck_type, _family(duck_type)) for name, duck_type in entity_types.items()}
     for view in views:
-        source_types = describe(con, view.scan_sql)
-        needed = [m for _, m in view.join_keys] + [f.source_column for f in view.features]
-        needed.append(view.timestamp_field)
-        missing = [c for c in needed if _raw_column(view, c) not in source_types]
-        if missing:
-            raise InvalidRequestError(
-                f"the source of feature view {view.name!r} has no column(s) {missing} (it has "
-                f"{sorted(source_types)}); fix the schema or the source's field_mapping and "
-                "run `feast apply`",
-                feature_view=view.name,
-                missing=missing,
-            )
-        for entity_col, mapped in view.join_keys:
-            if entity_col not in entity_types:
-                raise InvalidEntityError(
-                    f"entity rows lack join key {entity_col!r} needed by feature view "
-                    f"{view.name!r}; add a {entity_col!r} column",
-                    join_key=entity_col,
-                    feature_view=view.name,
-                )
-            ours = _family(entity_types[entity_col])
-            theirs = _family(source_types[_raw_column(view, mapped)])
-            if ours != theirs and "string" in (ours, theirs):
-                raise InvalidEntityError(
-                    f"join key {entity_col!r} is {entity_types[entity_col]} in the entity rows "
-                    f"but {source_types[_raw_column(view, mapped)]} in the source of feature "
-                    f"view {view.name!r}; convert the entity column",
-                    join_key=entity_col,
-                    feature_view=view.name,
-                )
-        for feature in view.features:
-            if feature.output_name in entity_types:
-                raise InvalidRequestError(
-                    f"feature {feature.output_name!r} of view {view.name!r} has the same name "
-                    "as an entity column; rename the column or use full_feature_names=True",
-                    column=feature.output_name,
-                )
+        source = {name: (t, _family(t)) for name, t in describe(con, view.scan_sql).items()}
+        check_columns(view, source, entity, _raw_column)
 
 
 def check_request_data(odfvs: list[OnDemandFeatureView], entity_columns: list[str]) -> None:
@@ -123,4 +93,77 @@ def check_request_data(odfvs: list[OnDemandFeatureView], entity_columns: list[st
                 "to the entity rows",
                 feature_view=odfv.name,
                 missing=missing,
+            )
+
+
+class ColumnedView(Protocol):
+    """What :func:`check_columns` reads of a view (the DuckDB and the Spark view specs)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def join_keys(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def timestamp_field(self) -> str: ...
+    @property
+    def features(self) -> tuple[FeatureSpec, ...]: ...
+
+
+def check_columns(
+    view: V,
+    source: Mapping[str, tuple[str, str]],
+    entity: Mapping[str, tuple[str, str]],
+    raw_column: Callable[[V, str], str],
+) -> None:
+    """One view's columns against its source schema and the entity rows' columns.
+
+    Shared by the DuckDB and the Spark store, so both refuse the same requests with the
+    same messages.
+
+    Args:
+        view: the view's spec.
+        source: source column -> (its type as the engine names it, type family).
+        entity: entity column -> (type, family); families are "integer", "number",
+            "string" or the engine's own name.
+        raw_column: the raw source column of a mapped name.
+
+    Raises:
+        InvalidEntityError: a join key is missing from the entity rows or is a string on one
+            side and a number on the other.
+        InvalidRequestError: the source lacks a column the view declares, or a feature
+            name clashes with an entity column.
+    """
+    needed = [m for _, m in view.join_keys] + [f.source_column for f in view.features]
+    needed.append(view.timestamp_field)
+    missing = [c for c in needed if raw_column(view, c) not in source]
+    if missing:
+        raise InvalidRequestError(
+            f"the source of feature view {view.name!r} has no column(s) {missing} (it has "
+            f"{sorted(source)}); fix the schema or the source's field_mapping and "
+            "run `feast apply`",
+            feature_view=view.name,
+            missing=missing,
+        )
+    for entity_col, mapped in view.join_keys:
+        if entity_col not in entity:
+            raise InvalidEntityError(
+                f"entity rows lack join key {entity_col!r} needed by feature view "
+                f"{view.name!r}; add a {entity_col!r} column",
+                join_key=entity_col,
+                feature_view=view.name,
+            )
+        ours, theirs = entity[entity_col], source[raw_column(view, mapped)]
+        if ours[1] != theirs[1] and "string" in (ours[1], theirs[1]):
+            raise InvalidEntityError(
+                f"join key {entity_col!r} is {ours[0]} in the entity rows but {theirs[0]} in "
+                f"the source of feature view {view.name!r}; convert the entity column",
+                join_key=entity_col,
+                feature_view=view.name,
+            )
+    for feature in view.features:
+        if feature.output_name in entity:
+            raise InvalidRequestError(
+                f"feature {feature.output_name!r} of view {view.name!r} has the same name "
+                "as an entity column; rename the column or use full_feature_names=True",
+                column=feature.output_name,
             )

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from foundation.errors import InvalidEntityError, InvalidRequestError, InvalidTimestampError
+from foundation.errors import InvalidRequestError, InvalidTimestampError
+from offline_store.checks import check_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, is_sql
 from offline_store.spark_join import ENTITY_TS, ROW_ID, SparkView, raw_column
 from offline_store.spark_sources import is_nanos
@@ -176,41 +177,13 @@ def check_request(views: list[SparkView], entities: SparkEntities) -> None:
             side and a number on the other.
         InvalidRequestError: a source lacks a column, or a feature clashes with an entity column.
     """
-    entity_types = {f.name: f.dataType for f in entities.frame.schema.fields}
+    entity = {
+        f.name: (_family(f.dataType), _family(f.dataType)) for f in entities.frame.schema.fields
+    }
     for view in views:
-        source_types = {f.name: f.dataType for f in view.frame.schema.fields}
-        needed = [m for _, m in view.join_keys] + [f.source_column for f in view.features]
-        needed.append(view.timestamp_field)
-        missing = [c for c in needed if raw_column(view, c) not in source_types]
-        if missing:
-            raise InvalidRequestError(
-                f"the source of feature view {view.name!r} has no column(s) {missing} (it has "
-                f"{sorted(c for c in source_types if not c.startswith('__o_'))}); fix the "
-                "schema or the source's field_mapping and run `feast apply`",
-                feature_view=view.name,
-                missing=missing,
-            )
-        for entity_col, mapped in view.join_keys:
-            if entity_col not in entity_types:
-                raise InvalidEntityError(
-                    f"entity rows lack join key {entity_col!r} needed by feature view "
-                    f"{view.name!r}; add a {entity_col!r} column",
-                    join_key=entity_col,
-                    feature_view=view.name,
-                )
-            ours = _family(entity_types[entity_col])
-            theirs = _family(source_types[raw_column(view, mapped)])
-            if ours != theirs and "string" in (ours, theirs):
-                raise InvalidEntityError(
-                    f"join key {entity_col!r} is {ours} in the entity rows but {theirs} in the "
-                    f"source of feature view {view.name!r}; convert the entity column",
-                    join_key=entity_col,
-                    feature_view=view.name,
-                )
-        for feature in view.features:
-            if feature.output_name in entity_types:
-                raise InvalidRequestError(
-                    f"feature {feature.output_name!r} of view {view.name!r} has the same name "
-                    "as an entity column; rename the column or use full_feature_names=True",
-                    column=feature.output_name,
-                )
+        source = {
+            f.name: (_family(f.dataType), _family(f.dataType))
+            for f in view.frame.schema.fields
+            if not f.name.startswith("__o_")  # the store's own order columns
+        }
+        check_columns(view, source, entity, raw_column)
