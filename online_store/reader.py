@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import redis
 import redis.asyncio
+import redis.asyncio.client
+import redis.asyncio.cluster
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError, show
@@ -45,6 +47,26 @@ NOT_FOUND = "NOT_FOUND"
 OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
 
 _INT_RANGES = {ValueType.INT64: (-(2**63), 2**63 - 1), ValueType.INT32: (-(2**31), 2**31 - 1)}
+
+
+class HmgetPipeline(Protocol):
+    """A non-transactional pipeline that queues a group's HMGETs in one call."""
+
+    def hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> object:
+        """Queue ``HMGET key field...`` for each key, in order."""
+        ...
+
+    async def execute(self) -> list[Any]:
+        """Send the queue in one round trip; one reply per command, in order."""
+        ...
+
+
+class HmgetReads(Protocol):
+    """An async client whose pipelines are :class:`HmgetPipeline` (``service.redis_fast``)."""
+
+    def pipeline(self, transaction: bool = False) -> HmgetPipeline:
+        """A new non-transactional pipeline."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +526,7 @@ class ReadPlan:
 
     async def read_async(
         self,
-        client: redis.asyncio.Redis | redis.asyncio.RedisCluster,
+        client: HmgetReads | redis.asyncio.Redis | redis.asyncio.RedisCluster,
         entities: Mapping[str, Sequence[object]],
         *,
         now: datetime | None = None,
@@ -512,7 +534,9 @@ class ReadPlan:
         """Async twin of :meth:`read` (same plan and decoding; only the I/O differs).
 
         Args:
-            client: an asyncio redis-py client with ``decode_responses=False``.
+            client: an asyncio redis-py client with ``decode_responses=False``, or a client
+                whose pipelines queue a group's keys at once (:class:`HmgetReads`, such as
+                the service's auto-pipelining one).
             entities: join key -> values, one value per entity row.
             now: the reference time for TTL checks.
 
@@ -524,13 +548,13 @@ class ReadPlan:
         """
         n, commands = self._commands(entities)
         pipe = client.pipeline(transaction=False)
-        many = getattr(pipe, "hmget_many", None)  # service.redis_fast: one call per group
-        for group, _, keys in commands:
-            if many is not None:
-                many(keys, group.fields)
-                continue
-            for key in keys:
-                pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
+        if isinstance(pipe, redis.asyncio.client.Pipeline | redis.asyncio.cluster.ClusterPipeline):
+            for group, _, keys in commands:
+                for key in keys:
+                    pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # bytes keys are fine
+        else:
+            for group, _, keys in commands:
+                pipe.hmget_many(keys, group.fields)
         replies: list[Any] = await pipe.execute()
         return self._assemble(n, commands, replies, now)
 

@@ -157,11 +157,7 @@ def open_clients(url: str, settings: Settings, *, cluster: bool) -> tuple[Any, A
         use :class:`~service.redis_fast.FastRedis`.
     """
     if not cluster:
-        reader = FastRedis(
-            url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_seconds,
-        )
+        reader = FastRedis(url, timeout=settings.redis_timeout_seconds)
         return reader, open_redis(url, settings), open_sync_redis(url, settings)
     timeout = settings.redis_timeout_seconds
     aclient = aioredis.RedisCluster.from_url(

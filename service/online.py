@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -334,8 +334,7 @@ async def read_online(
         keys[DUMMY_ENTITY_ID] = [DUMMY_ENTITY_VAL] * rows
     started = time.perf_counter()
     try:
-        # FastRedis implements the pipeline subset read_async uses (see redis_fast).
-        result = await plan.read_plan.read_async(cast(aioredis.Redis, client), keys)
+        result = await plan.read_plan.read_async(client, keys)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("Redis read failed: %s: %s", type(exc).__name__, exc)
         raise BackendUnavailableError(

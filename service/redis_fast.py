@@ -4,10 +4,10 @@ redis-py's asyncio pipeline costs more than the Redis round trip itself on the
 lookup path: per command it builds argument tuples, encodes each field again and
 opens an ``asyncio.timeout`` per reply (about 20 us per HMGET here, so 2 ms for 100
 entities). This client does only what the reader needs: ``pipeline(transaction=False)``
-with ``hmget``, and ``execute()`` that sends all commands as one buffer and parses
-replies with hiredis under one timeout. It is duck-type compatible with the part of
-``redis.asyncio.Redis`` that ``online_store.reader.ReadPlan.read_async`` uses, plus
-``ping``/``aclose``. Errors are raised as redis-py exceptions.
+with ``hmget_many``, and ``execute()`` that sends all commands as one buffer and parses
+replies with hiredis under one timeout. It is an ``online_store.reader.HmgetReads``
+(what ``ReadPlan.read_async`` needs), plus ``ping``/``aclose``. Errors are raised as
+redis-py exceptions.
 
 Concurrent requests share one connection, pipelined: Redis answers in order, so each
 request queues its commands and a future, the buffers of every request issued in the
@@ -23,9 +23,9 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -145,17 +145,6 @@ class FastPipeline:
         self._head = b""
         self._block = b""
 
-    def hmget(self, key: bytes, fields: Sequence[bytes]) -> FastPipeline:
-        """Queue ``HMGET key field...``."""
-        if fields is not self._fields:
-            # A plan sends the same field tuple for every entity of a group.
-            self._fields = fields
-            self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-            self._block = self._client.fields_block(fields)
-        self._parts.append(b"%s$%d\r\n%s\r\n%s" % (self._head, len(key), key, self._block))
-        self._count += 1
-        return self
-
     def hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> FastPipeline:
         """Queue ``HMGET key field...`` for each key (same fields), in order."""
         if fields is not self._fields:
@@ -192,21 +181,32 @@ class FastPipeline:
 class FastRedis:
     """One pipelined Redis connection shared by all requests of a worker.
 
+    One connection, not a pool: pipelining keeps it busy and Redis executes commands one
+    at a time. The URL is read by redis-py (:func:`redis.asyncio.connection.parse_url`):
+    ``redis://``, ``rediss://`` (with ``ssl_cert_reqs`` and ``ssl_ca_certs``) and
+    ``unix://`` sockets, with username, password and database.
+
     Args:
-        url: ``redis://[:password@]host:port/db`` or ``rediss://``.
-        max_connections: kept for the pool interface; one connection is used, since
-            pipelining already keeps it busy and Redis executes commands one at a time.
+        url: a Redis URL as redis-py reads it.
         timeout: seconds for connecting and for each request's replies.
     """
 
-    def __init__(self, url: str, *, max_connections: int, timeout: float) -> None:
-        parsed = urlparse(url)
-        self._host = parsed.hostname or "localhost"
-        self._port = parsed.port or 6379
-        self._db = int((parsed.path or "/0").lstrip("/") or 0)
-        self._username = unquote(parsed.username) if parsed.username else None
-        self._password = unquote(parsed.password) if parsed.password else None
-        self._ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
+    def __init__(self, url: str, *, timeout: float) -> None:
+        options = parse_url(url)
+        self._path: str | None = options.get("path")
+        self._host = str(options.get("host", "localhost"))
+        self._port = int(options.get("port", 6379))
+        self._where = self._path or f"{self._host}:{self._port}"
+        self._db = int(options.get("db", 0))
+        self._username: str | None = options.get("username")
+        self._password: str | None = options.get("password")
+        self._ssl: ssl.SSLContext | None = None
+        if options.get("connection_class") is SSLConnection:
+            cafile = options.get("ssl_ca_certs")
+            self._ssl = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
         self._timeout = timeout
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
@@ -241,7 +241,12 @@ class FastRedis:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+        if self._path is not None:
+            _, conn = await loop.create_unix_connection(_Connection, self._path)
+        else:
+            _, conn = await loop.create_connection(
+                _Connection, self._host, self._port, ssl=self._ssl
+            )
         setup: list[bytes] = []
         if self._password is not None:
             auth = (
@@ -275,12 +280,10 @@ class FastRedis:
                 # A stuck server: drop the connection so later requests reconnect.
                 conn.close()
             raise RedisTimeoutError(
-                f"Redis at {self._host}:{self._port} did not answer within {self._timeout} s"
+                f"Redis at {self._where} did not answer within {self._timeout} s"
             ) from None
         except OSError as exc:
-            raise RedisConnectionError(
-                f"cannot talk to Redis at {self._host}:{self._port}: {exc}"
-            ) from exc
+            raise RedisConnectionError(f"cannot talk to Redis at {self._where}: {exc}") from exc
 
     async def ping(self) -> bool:
         """PING the server."""

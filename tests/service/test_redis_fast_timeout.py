@@ -1,11 +1,15 @@
-"""FastRedis: a server that stops answering fails requests after the timeout, never hangs."""
+"""FastRedis: URLs as redis-py reads them; a silent server fails requests after the timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,7 +33,7 @@ async def _stuck_after_first_reply() -> tuple[asyncio.Server, int]:
 def test_connected_requests_time_out_when_the_server_goes_silent() -> None:
     async def scenario() -> None:
         server, port = await _stuck_after_first_reply()
-        client = FastRedis(f"redis://127.0.0.1:{port}/0", max_connections=1, timeout=0.3)
+        client = FastRedis(f"redis://127.0.0.1:{port}/0", timeout=0.3)
         try:
             assert await client.ping()  # connected; later calls take the hot path
             started = time.monotonic()
@@ -53,10 +57,45 @@ def test_connected_requests_time_out_when_the_server_goes_silent() -> None:
 @pytest.mark.parametrize("n", [1, 50])
 def test_concurrent_requests_on_the_shared_connection_all_answer(redis_url: str, n: int) -> None:
     async def scenario() -> None:
-        client = FastRedis(redis_url, max_connections=1, timeout=2)
+        client = FastRedis(redis_url, timeout=2)
         try:
             assert all(await asyncio.gather(*(client.ping() for _ in range(n))))
         finally:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_unix_socket_url_reads_that_server_and_database(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        redis.Redis(unix_socket_path=str(sock), db=2).hset(b"k", mapping={b"f": b"v"})
+
+        async def scenario() -> list[object]:
+            client = FastRedis(f"unix://{sock}?db=2", timeout=2)
+            try:
+                return await client.pipeline().hmget_many([b"k", b"nope"], [b"f"]).execute()
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(scenario()) == [[b"v"], [None]]
+    finally:
+        proc.terminate()
+        proc.wait(10)
