@@ -80,7 +80,7 @@ _BIGINT_MIN = -9223372036854775807
 
 def _view_cte(
     index: int, view: ViewSpec, min_ts: datetime | None, max_ts: datetime | None
-) -> tuple[str, str, list[str], list[str]]:
+) -> tuple[str, str, list[str]]:
     """The source CTE of one view, its ASOF condition, and its output select items."""
     q = quote_ident
     alias = f"__v{index}"
@@ -133,7 +133,7 @@ def _view_cte(
         f"CASE WHEN {in_window} THEN {alias}.{c} END AS {q(f.output_name)}"
         for c, f in zip(feat_cols, view.features, strict=True)
     ]
-    return cte, " AND ".join(on), outs, [alias]
+    return cte, " AND ".join(on), outs
 
 
 def build_pit_query(
@@ -163,7 +163,7 @@ def build_pit_query(
     ]
     joins: list[str] = []
     for i, view in enumerate(views):
-        cte, on, outs, _ = _view_cte(i, view, min_ts, max_ts)
+        cte, on, outs = _view_cte(i, view, min_ts, max_ts)
         ctes.append(cte)
         select += outs
         joins.append(f"ASOF LEFT JOIN __v{i} ON {on}")

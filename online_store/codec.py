@@ -147,14 +147,8 @@ def _slice_rows(buf: bytes, ends: npt.NDArray[np.int64]) -> list[bytes]:
     return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
 
 
-def varint_column(
-    values: npt.NDArray[np.int64], prefix: bytes = b"", *, frame: bytes | None = None
-) -> list[bytes]:
-    """``prefix + varint(v)`` for every value, built for the whole array at once.
-
-    With ``frame``, each item is RESP-framed instead:
-    ``frame + $<len> CRLF + prefix + varint + CRLF`` (see :func:`frame_values`).
-    """
+def varint_column(values: npt.NDArray[np.int64], prefix: bytes = b"") -> list[bytes]:
+    """``prefix + varint(v)`` for every value, built for the whole array at once."""
     n = len(values)
     if n == 0:
         return []
@@ -170,14 +164,9 @@ def varint_column(
     groups[cont] |= 0x80
     p = len(prefix)
     segments: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]] = []
-    if frame is not None:
-        segments.append(_constant(frame, n))
-        segments.append(_bulk_headers(lens + p))
     if p:
         segments.append(_constant(prefix, n))
     segments.append((groups, np.arange(10)[None, :] < lens[:, None]))
-    if frame is not None:
-        segments.append(_constant(b"\r\n", n))
     matrix = np.concatenate([m for m, _ in segments], axis=1)
     keep = np.concatenate([k for _, k in segments], axis=1)
     return _slice_rows(matrix[keep].tobytes(), np.cumsum(keep.sum(axis=1)))
@@ -188,59 +177,20 @@ def _constant(raw: bytes, n: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np
     return np.broadcast_to(row, (n, len(raw))), np.ones((n, len(raw)), dtype=bool)
 
 
-def _bulk_headers(
-    lengths: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    """RESP ``$<len> CRLF`` per row, for lengths below 100 (one or two digits)."""
-    n = len(lengths)
-    two = lengths >= 10
-    head = np.empty((n, 5), dtype=np.uint8)
-    head[:, 0] = ord("$")
-    head[:, 1] = np.where(two, ord("0") + lengths // 10, ord("0") + lengths)
-    head[:, 2] = np.where(two, ord("0") + lengths % 10, ord("\r"))
-    head[:, 3] = np.where(two, ord("\r"), ord("\n"))
-    head[:, 4] = ord("\n")
-    keep = np.ones((n, 5), dtype=bool)
-    keep[:, 4] = two
-    return head, keep
-
-
-def _fixed_column(
-    tag: bytes, raw: npt.NDArray[np.uint8], width: int, frame: bytes | None = None
-) -> list[bytes]:
-    head = tag if frame is None else frame + b"$%d\r\n" % (len(tag) + width) + tag
-    tail = b"" if frame is None else b"\r\n"
+def _fixed_column(tag: bytes, raw: npt.NDArray[np.uint8], width: int) -> list[bytes]:
     n = raw.shape[0] // width if width else 0
-    row = len(head) + width + len(tail)
+    row = len(tag) + width
     matrix = np.empty((n, row), dtype=np.uint8)
-    matrix[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
-    matrix[:, len(head) : len(head) + width] = raw.reshape(n, width)
-    if tail:
-        matrix[:, len(head) + width :] = np.frombuffer(tail, dtype=np.uint8)
+    matrix[:, : len(tag)] = np.frombuffer(tag, dtype=np.uint8)
+    matrix[:, len(tag) :] = raw.reshape(n, width)
     buf = matrix.tobytes()
     return [buf[i : i + row] for i in range(0, n * row, row)]
 
 
-def _blank_nulls(out: list[bytes], mask: npt.NDArray[np.bool_], null: bytes = b"") -> list[bytes]:
+def _blank_nulls(out: list[bytes], mask: npt.NDArray[np.bool_]) -> list[bytes]:
     for i in np.flatnonzero(mask).tolist():
-        out[i] = null
+        out[i] = b""
     return out
-
-
-_BULK_HEADERS = [b"$%d\r\n" % n for n in range(4096)]
-
-
-def frame_values(frame: bytes, values: list[bytes]) -> list[bytes]:
-    """RESP bulk strings for a column: ``frame + $<len> CRLF + value + CRLF`` each.
-
-    ``frame`` is whatever precedes each value in the command (for ``HSET`` the field
-    name's own bulk string), so a whole argument pair comes out as one bytes object.
-    """
-    heads = _BULK_HEADERS
-    return [
-        frame + (heads[len(v)] if len(v) < 4096 else b"$%d\r\n" % len(v)) + v + b"\r\n"
-        for v in values
-    ]
 
 
 def _null_mask(arr: pa.Array) -> npt.NDArray[np.bool_]:
@@ -366,16 +316,12 @@ def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
     return [p.SerializeToString() for p in protos]
 
 
-def encode_values(
-    arr: pa.Array | pa.ChunkedArray, vt: ValueType, *, frame: bytes | None = None
-) -> list[bytes]:
+def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]:
     """Serialized ``feast.types.Value`` for every row of a column (``b""`` for null).
 
     Args:
         arr: the Arrow column, any type Arrow can cast to the feature's type.
         vt: the feature's Feast value type.
-        frame: when given, return RESP-framed items (see :func:`frame_values`); fixed-width
-            and varint types are then framed in NumPy, without a per-value Python step.
 
     Returns:
         One bytes object per row, byte-identical to Feast's ``Value.SerializeToString()``.
@@ -387,39 +333,34 @@ def encode_values(
         arr = arr.combine_chunks()
     tag = VALUE_TAGS.get(vt)
     if tag is None:
-        plain = feast_encoded(arr, vt)
-        return plain if frame is None else frame_values(frame, plain)
-    null = b"" if frame is None else frame + b"$0\r\n\r\n"
+        return feast_encoded(arr, vt)
     if vt in (ValueType.DOUBLE, ValueType.FLOAT):
         np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
         arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
         floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
         raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
-        out = _fixed_column(tag, raw.view(np.uint8), raw.itemsize, frame)
-        return _blank_nulls(out, np.isnan(floats), null)
+        out = _fixed_column(tag, raw.view(np.uint8), raw.itemsize)
+        return _blank_nulls(out, np.isnan(floats))
     if vt == ValueType.BOOL:
-        values = [tag + b"\x00", tag + b"\x01"]
-        lut = values if frame is None else frame_values(frame, values)
+        lut = [tag + b"\x00", tag + b"\x01"]
         bools = arr.cast(pa.bool_())
         out = [lut[b] for b in _ints(bools.cast(pa.int8()), np.int8).tolist()]
-        return _blank_nulls(out, _null_mask(bools), null) if arr.null_count else out
+        return _blank_nulls(out, _null_mask(bools)) if arr.null_count else out
     if vt in (ValueType.INT64, ValueType.INT32):
         target = pa.int64() if vt == ValueType.INT64 else pa.int32()
         cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
-        out = varint_column(_ints(cast, np.int64), tag, frame=frame)
+        out = varint_column(_ints(cast, np.int64), tag)
         nulls = _null_mask(arr)
         if pa.types.is_floating(arr.type):
             nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
-        return _blank_nulls(out, nulls, null) if nulls.any() else out
+        return _blank_nulls(out, nulls) if nulls.any() else out
     if vt == ValueType.UNIX_TIMESTAMP:
-        return varint_column(timestamp_seconds(arr), tag, frame=frame)
+        return varint_column(timestamp_seconds(arr), tag)
     if vt in (ValueType.STRING, ValueType.BYTES):
         items: list[bytes | None] = arr.cast(pa.binary()).to_pylist()
-        plain = _length_delimited(tag, items)
-    else:
-        rows = _list_items(arr, vt)
-        plain = [
-            b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
-            for row in rows
-        ]
-    return plain if frame is None else frame_values(frame, plain)
+        return _length_delimited(tag, items)
+    rows = _list_items(arr, vt)
+    return [
+        b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
+        for row in rows
+    ]

@@ -26,7 +26,6 @@ from online_store.codec import (
     encode_values,
     event_micros,
     field_name,
-    frame_values,
     ts_field,
     varint,
 )
@@ -258,18 +257,6 @@ def test_untyped_feature_is_refused_with_view_and_feature_named() -> None:
 def test_null_join_key_is_refused() -> None:
     with pytest.raises(InvalidEntityError, match="'k'"):
         encode_entity_keys([pa.array([1, None])], ["k"], [ValueType.INT64], "p")
-
-
-@pytest.mark.parametrize(("strategy", "vt", "arrow"), VALUE_CASES, ids=lambda c: str(c))
-@SETTINGS
-@given(data=st.data())
-def test_resp_framed_values_equal_framing_the_plain_values(
-    strategy: st.SearchStrategy[list[Any]], vt: ValueType, arrow: pa.DataType, data: st.DataObject
-) -> None:
-    arr = pa.array(data.draw(strategy), arrow)
-    frame = b"$4\r\nabcd\r\n"
-    framed = encode_values(arr, vt, frame=frame)
-    assert framed == frame_values(frame, encode_values(arr, vt))
 
 
 @pytest.mark.parametrize(("strategy", "vt", "arrow"), VALUE_CASES, ids=lambda c: str(c))
