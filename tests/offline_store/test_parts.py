@@ -27,8 +27,8 @@ from offline_store.sources import (
 )
 from offline_store.writes import write_batch
 from service import cli
+from tests.offline_store.push_helpers import EXISTING, T0, latest_rate, push_store
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, write_rows
-from tests.offline_store.test_writes import EXISTING, T0, _latest_rate, _push_store
 
 PROCESSES = 3
 THREADS = 4
@@ -125,7 +125,7 @@ def test_first_push_to_a_missing_file_races_safely(tmp_path: Path) -> None:
 
 
 def test_compaction_folds_parts_into_the_file_for_stock_readers(tmp_path: Path) -> None:
-    fs = _push_store(tmp_path, "data/driver.parquet")
+    fs = push_store(tmp_path, "data/driver.parquet")
     source = tmp_path / "data" / "driver.parquet"
     write_rows(source, DRIVER_SCHEMA, EXISTING)
     for rate in (0.7, 0.9):  # exact ties with the stored row: the later push wins
@@ -135,14 +135,14 @@ def test_compaction_folds_parts_into_the_file_for_stock_readers(tmp_path: Path) 
         )  # fmt: skip
         fs.push("driver_push", frame, to=PushMode.OFFLINE)
     assert pq.read_table(source).num_rows == 1  # stock readers see the file alone
-    assert _latest_rate(fs) == 0.9
+    assert latest_rate(fs) == 0.9
 
     result = compact(str(source))
 
     assert (result.parts_merged, result.rows) == (2, 3)
     assert pq.read_table(source)["rate"].to_pylist() == [0.1, 0.7, 0.9]
     assert source_files(str(source)) == [str(source)]
-    assert _latest_rate(fs) == 0.9
+    assert latest_rate(fs) == 0.9
     assert compact(str(source)).parts_merged == 0
 
 
@@ -220,7 +220,7 @@ def test_pushed_rows_are_durable_before_the_call_returns(tmp_path: Path) -> None
 def test_compact_cli_compacts_every_view_source(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _push_store(tmp_path, "data/driver.parquet")
+    push_store(tmp_path, "data/driver.parquet")
     source = tmp_path / "data" / "driver.parquet"
     write_rows(source, DRIVER_SCHEMA, EXISTING)
     write_batch(str(source), _row(7))

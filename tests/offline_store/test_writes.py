@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from feast import FeatureStore, FeatureView, Field, FileSource, PushSource
 from feast.data_source import PushMode
-from feast.types import Float64, Int64
 
 from foundation.errors import SchemaMismatchError
 from offline_store.sources import source_files
 from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import write_batch
-from tests.offline_store.repo_helpers import DRIVER, DRIVER_SCHEMA, make_store, write_rows
-
-T0 = datetime(2024, 7, 1, tzinfo=UTC)
-EXISTING = [{"driver_id": 1, "event_timestamp": T0, "created": T0, "rate": 0.1, "trips": 1}]
-
-
-def _push_store(root: Path, path: str) -> FeatureStore:
-    source = FileSource(
-        name="driver_src",
-        path=path,
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-    )
-    push = PushSource(name="driver_push", batch_source=source)
-    view = FeatureView(
-        name="driver_fv",
-        entities=[DRIVER],
-        ttl=timedelta(days=1),
-        schema=[Field(name="rate", dtype=Float64), Field(name="trips", dtype=Int64)],
-        source=push,
-    )
-    return make_store(root, [DRIVER, source, push, view])
+from tests.offline_store.push_helpers import EXISTING, T0, latest_rate, push_store
+from tests.offline_store.repo_helpers import DRIVER_SCHEMA, write_rows
 
 
 def _pushed_frame(rate: float, minutes: int = 0) -> pd.DataFrame:
@@ -55,17 +32,10 @@ def _pushed_frame(rate: float, minutes: int = 0) -> pd.DataFrame:
     )
 
 
-def _latest_rate(fs: FeatureStore) -> Any:
-    entities = pd.DataFrame({"driver_id": [1], "event_timestamp": [T0 + timedelta(hours=1)]})
-    return fs.get_historical_features(entity_df=entities, features=["driver_fv:rate"]).to_df()[
-        "rate"
-    ][0]
-
-
 @pytest.mark.parametrize("layout", ["file", "directory"])
 def test_push_to_offline_appends_and_later_rows_win_exact_ties(tmp_path: Path, layout: str) -> None:
     path = "data/driver.parquet" if layout == "file" else "data/driver"
-    fs = _push_store(tmp_path, path)
+    fs = push_store(tmp_path, path)
     target = tmp_path / "data" / ("driver.parquet" if layout == "file" else "driver/0.parquet")
     write_rows(target, DRIVER_SCHEMA, EXISTING)
 
@@ -74,11 +44,11 @@ def test_push_to_offline_appends_and_later_rows_win_exact_ties(tmp_path: Path, l
     rows = pq.read_table(source_files(str(tmp_path / path))).sort_by("rate").to_pylist()
     assert [r["rate"] for r in rows] == [0.1, 0.9]
     # Same (event_ts, created_ts) as the existing row: the pushed row is later in the source.
-    assert _latest_rate(fs) == 0.9
+    assert latest_rate(fs) == 0.9
 
 
 def test_push_with_wrong_columns_writes_nothing(tmp_path: Path) -> None:
-    fs = _push_store(tmp_path, "data/driver.parquet")
+    fs = push_store(tmp_path, "data/driver.parquet")
     write_rows(tmp_path / "data" / "driver.parquet", DRIVER_SCHEMA, EXISTING)
     before = (tmp_path / "data" / "driver.parquet").read_bytes()
     view = fs.get_feature_view("driver_fv")
@@ -102,7 +72,7 @@ def test_write_batch_to_a_glob_adds_a_matching_file(tmp_path: Path) -> None:
 
 
 def test_push_into_hive_partitions_lands_in_the_right_partition(tmp_path: Path) -> None:
-    fs = _push_store(tmp_path, "data/hive")
+    fs = push_store(tmp_path, "data/hive")
     for region in ("north", "south"):
         part = tmp_path / "data" / "hive" / f"region={region}"
         write_rows(part / "0.parquet", DRIVER_SCHEMA, EXISTING)
@@ -113,4 +83,4 @@ def test_push_into_hive_partitions_lands_in_the_right_partition(tmp_path: Path) 
     north = pq.read_table(tmp_path / "data" / "hive" / "region=north")
     assert sorted(south["rate"].to_pylist()) == [0.1, 0.9]
     assert north["rate"].to_pylist() == [0.1]
-    assert _latest_rate(fs) == 0.9
+    assert latest_rate(fs) == 0.9

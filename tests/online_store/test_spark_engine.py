@@ -37,7 +37,6 @@ from online_store.progress import ProgressEvent, subscribe
 from tests.online_store.conftest import snapshot
 from tests.online_store.data import T0, typed_objects, write_typed_parquet
 from tests.online_store.feast_repo import RepoSpec, make_store, write_repo
-from tests.online_store.test_writer import cluster  # noqa: F401 (the three-node cluster)
 
 DUCKDB = "offline_store.store.DuckDBParquetOfflineStore"
 SPARK = "offline_store.spark.SparkOfflineStore"
@@ -144,7 +143,7 @@ def test_spark_engine_on_a_redis_cluster_writes_the_same_hashes(
     tmp_path: Path,
     module_redis: str,
     spark: Any,
-    cluster: Any,  # noqa: F811
+    cluster: Any,
 ) -> None:
     parquet = tmp_path / "data" / "typed.parquet"
     write_typed_parquet(parquet, n=2000, entities=300, seed=9)

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from tests.service.conftest import AppClient, Repo, columns
+from tests.service.differential_helpers import MISSING_DRIVER, compare
 
 STALE_DRIVER = 910_001
-MISSING_DRIVER = 4_000_000_002
 
 
 @pytest.fixture(scope="module")
@@ -40,41 +40,12 @@ def stale_driver(client: AppClient) -> int:
     return STALE_DRIVER
 
 
-def _compare(ours: dict[str, Any], theirs: dict[str, Any]) -> set[str]:
-    """Assert the rules of the module docstring; return the statuses seen in ours."""
-    mine, feast = columns(ours), columns(theirs)
-    assert set(mine) == set(feast)
-    seen: set[str] = set()
-    for name, col in mine.items():
-        other = feast[name]
-        for j, status in enumerate(col["statuses"]):
-            seen.add(status)
-            if status == "NOT_FOUND":
-                assert col["values"][j] is None
-                assert other["values"][j] is None, (name, j)
-                assert col["event_timestamps"][j] == "1970-01-01T00:00:00Z"
-            elif status == "OUTSIDE_MAX_AGE":
-                assert col["values"][j] is None
-                assert other["statuses"][j] == "PRESENT"  # Feast ignores the TTL online
-                assert col["event_timestamps"][j] == other["event_timestamps"][j]
-            elif status == "NULL_VALUE":
-                assert col["values"][j] is None
-                assert other["values"][j] is None, (name, j)
-                assert other["statuses"][j] in ("PRESENT", "NULL_VALUE")
-                assert col["event_timestamps"][j] == other["event_timestamps"][j]
-            else:
-                assert status == other["statuses"][j], (name, j)
-                assert col["values"][j] == other["values"][j], (name, j)
-                assert col["event_timestamps"][j] == other["event_timestamps"][j], (name, j)
-    return seen
-
-
 def _both(client: AppClient, feast_serve: httpx.Client, body: dict[str, Any]) -> set[str]:
     ours = client.post("/get-online-features", json=body)
     theirs = feast_serve.post("/get-online-features", json=body)
     assert ours.status_code == 200, ours.text
     assert theirs.status_code == 200, theirs.text
-    return _compare(ours.json(), theirs.json())
+    return compare(ours.json(), theirs.json())
 
 
 def test_driver_view_matches_feast_serve(
@@ -159,7 +130,7 @@ def test_feature_service_with_on_demand_view_matches_feast_serve(
     }
     feast_cols = columns(theirs)
     feast_cols.pop(fare)
-    _compare(
+    compare(
         trimmed, {"metadata": {"feature_names": names}, "results": [feast_cols[n] for n in names]}
     )
 
@@ -202,4 +173,4 @@ def test_extra_join_keys_are_echoed_like_feast_serve(
     assert feast_names[:2] == names[:2]
     assert set(feast_names) == set(names)
     assert columns(ours.json())["customer_id"] == columns(theirs.json())["customer_id"]
-    _compare(ours.json(), theirs.json())
+    compare(ours.json(), theirs.json())

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.service.conftest import Repo, ServeProcess, columns
-from tests.service.test_differential import MISSING_DRIVER, _compare
+from tests.service.differential_helpers import MISSING_DRIVER, compare
 
 DRIVER_FEATURES = [
     "driver_hourly_stats:conv_rate",
@@ -64,7 +64,7 @@ def _same_answer(
     reference = _post(ours, canonical)
     assert reference.status_code == 200, reference.text
     assert columns(mine.json()) == columns(reference.json())
-    assert {"PRESENT", "NOT_FOUND"} <= _compare(mine.json(), theirs.json())
+    assert {"PRESENT", "NOT_FOUND"} <= compare(mine.json(), theirs.json())
 
 
 def test_int64_key_as_decimal_string_is_answered_like_feast_serve(

@@ -15,57 +15,12 @@ from offline_store.sources import source_files
 from online_store.writer import write_arrow
 from service.metrics import Metrics
 from tests.service.conftest import AppClient, Repo, columns
-
-PUSH = "driver_stats_push"
-DRIVER_FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips", "avg_rating", "surge_multiplier",
-                   "is_active"]  # fmt: skip
-
-
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
-
-
-def _driver_df(ids: list[int], when: datetime | str, **changes: Any) -> dict[str, list[Any]]:
-    stamp = when if isinstance(when, str) else _iso(when)
-    n = len(ids)
-    df: dict[str, list[Any]] = {
-        "driver_id": ids,
-        "event_timestamp": [stamp] * n,
-        "conv_rate": [0.25] * n,
-        "acc_rate": [0.5] * n,
-        "avg_daily_trips": [7] * n,
-        "avg_rating": [4.75] * n,
-        "surge_multiplier": [1.5] * n,
-        "is_active": [True] * n,
-    }
-    df.update({k: [v] * n for k, v in changes.items()})
-    return df
-
-
-def _read_driver(client: AppClient, driver_id: int) -> dict[str, dict[str, list[Any]]]:
-    resp = client.post(
-        "/get-online-features",
-        json={
-            "entities": {"driver_id": [driver_id]},
-            "features": [f"driver_hourly_stats:{f}" for f in DRIVER_FEATURES],
-        },
-    )
-    assert resp.status_code == 200, resp.text
-    return columns(resp.json())
+from tests.service.write_helpers import PUSH, assert_refused, driver_df, iso, read_driver
 
 
 def _offline_rows(repo: Repo, driver_id: int) -> int:
     table = pq.read_table(source_files(str(repo.path / "data" / "driver_stats.parquet")))
     return int(pc.sum(pc.equal(table.column("driver_id"), driver_id)).as_py() or 0)
-
-
-def _assert_refused(resp: Any, error_type: str, *mentions: str) -> dict[str, Any]:
-    assert resp.status_code == 422, resp.text
-    error: dict[str, Any] = resp.json()["error"]
-    assert error["type"] == error_type
-    for mention in mentions:
-        assert mention in error["message"], error
-    return error
 
 
 # --- the clock rule ---------------------------------------------------------------------
@@ -76,12 +31,12 @@ def test_push_far_in_the_future_is_refused_naming_the_limit(
     client: AppClient, repo: Repo, to: str
 ) -> None:
     driver = {"online": 940001, "offline": 940002, "online_and_offline": 940003}[to]
-    df = _driver_df([driver], "9999-12-31T23:59:59Z")
+    df = driver_df([driver], "9999-12-31T23:59:59Z")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": to})
-    error = _assert_refused(resp, "invalid_timestamp", "FEATURESTORE_MAX_FUTURE_SKEW_SECONDS")
+    error = assert_refused(resp, "invalid_timestamp", "FEATURESTORE_MAX_FUTURE_SKEW_SECONDS")
     assert error["column"] == "event_timestamp"
     assert datetime.fromisoformat(error["limit"]) < datetime.now(UTC) + timedelta(minutes=6)
-    assert _read_driver(client, driver)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert read_driver(client, driver)["conv_rate"]["statuses"] == ["NOT_FOUND"]
     assert _offline_rows(repo, driver) == 0
 
 
@@ -89,23 +44,23 @@ def test_write_to_online_store_in_the_future_is_refused(client: AppClient) -> No
     soon = datetime.now(UTC) + timedelta(hours=1)
     resp = client.post(
         "/write-to-online-store",
-        json={"feature_view_name": "driver_hourly_stats", "df": _driver_df([940004], soon)},
+        json={"feature_view_name": "driver_hourly_stats", "df": driver_df([940004], soon)},
     )
-    _assert_refused(resp, "invalid_timestamp", "300 s ahead")
-    assert _read_driver(client, 940004)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert_refused(resp, "invalid_timestamp", "300 s ahead")
+    assert read_driver(client, 940004)["conv_rate"]["statuses"] == ["NOT_FOUND"]
 
 
 def test_event_time_within_the_allowed_skew_is_accepted(client: AppClient) -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=2)).replace(microsecond=0)
-    resp = client.post("/push", json={"push_source_name": PUSH, "df": _driver_df([940005], soon)})
+    resp = client.post("/push", json={"push_source_name": PUSH, "df": driver_df([940005], soon)})
     assert resp.status_code == 200, resp.text
-    assert _read_driver(client, 940005)["conv_rate"]["statuses"] == ["PRESENT"]
+    assert read_driver(client, 940005)["conv_rate"]["statuses"] == ["PRESENT"]
 
 
 def test_future_created_timestamp_is_refused_too(client: AppClient) -> None:
-    df = _driver_df([940006], datetime.now(UTC), created="9999-01-01T00:00:00Z")
+    df = driver_df([940006], datetime.now(UTC), created="9999-01-01T00:00:00Z")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": "offline"})
-    error = _assert_refused(resp, "invalid_timestamp")
+    error = assert_refused(resp, "invalid_timestamp")
     assert error["column"] == "created"
 
 
@@ -120,15 +75,15 @@ def test_materialize_window_ending_in_the_future_is_refused(
     client: AppClient, path: str, body: dict[str, Any]
 ) -> None:
     resp = client.post(path, json={**body, "feature_views": ["driver_hourly_stats"]})
-    error = _assert_refused(resp, "invalid_timestamp", "end_ts", "ahead of the server clock")
+    error = assert_refused(resp, "invalid_timestamp", "end_ts", "ahead of the server clock")
     assert error["field"] == "end_ts"
 
 
 def test_skew_limit_is_a_setting(app_factory: Any) -> None:
     strict = app_factory(max_future_skew_seconds=0)
     soon = datetime.now(UTC) + timedelta(seconds=30)
-    resp = strict.post("/push", json={"push_source_name": PUSH, "df": _driver_df([940007], soon)})
-    _assert_refused(resp, "invalid_timestamp", "0 s ahead")
+    resp = strict.post("/push", json={"push_source_name": PUSH, "df": driver_df([940007], soon)})
+    assert_refused(resp, "invalid_timestamp", "0 s ahead")
 
 
 # --- write answers ----------------------------------------------------------------------
@@ -137,13 +92,13 @@ def test_skew_limit_is_a_setting(app_factory: Any) -> None:
 def test_write_answer_counts_written_and_skipped_older_rows(client: AppClient) -> None:
     now = datetime.now(UTC)
     first = client.post(
-        "/push", json={"push_source_name": PUSH, "df": _driver_df([940010, 940011], now)}
+        "/push", json={"push_source_name": PUSH, "df": driver_df([940010, 940011], now)}
     )
     assert first.json()["written"] == 2
     # 940010 older than stored (skipped), 940012 new (written), 940011 twice in one
     # request: the newer of the two wins, the other is skipped.
-    df = _driver_df([940010, 940012, 940011, 940011], now - timedelta(hours=1))
-    df["event_timestamp"][3] = _iso(now + timedelta(seconds=1))
+    df = driver_df([940010, 940012, 940011, 940011], now - timedelta(hours=1))
+    df["event_timestamp"][3] = iso(now + timedelta(seconds=1))
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df, "to": "online"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -153,7 +108,7 @@ def test_write_answer_counts_written_and_skipped_older_rows(client: AppClient) -
 
 def test_an_offline_and_online_push_reports_both_sides(client: AppClient) -> None:
     when = datetime.now(UTC) - timedelta(minutes=1)
-    df = _driver_df([940013], when)
+    df = driver_df([940013], when)
     resp = client.post(
         "/push", json={"push_source_name": PUSH, "df": df, "to": "online_and_offline"}
     )
@@ -202,23 +157,23 @@ def test_admin_delete_of_a_pinned_key_lets_the_next_write_land(client: AppClient
     _pin(client, driver)
     now = datetime.now(UTC) - timedelta(seconds=5)
     blocked = client.post(
-        "/push", json={"push_source_name": PUSH, "df": _driver_df([driver], now, avg_daily_trips=3)}
+        "/push", json={"push_source_name": PUSH, "df": driver_df([driver], now, avg_daily_trips=3)}
     )
     assert (blocked.json()["written"], blocked.json()["skipped_older"]) == (0, 1)
-    assert _read_driver(client, driver)["avg_daily_trips"]["values"] == [999]
+    assert read_driver(client, driver)["avg_daily_trips"]["values"] == [999]
 
     resp = client.request(
         "DELETE", "/online/driver_hourly_stats", json={"entities": {"driver_id": [driver, 940021]}}
     )
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"status": "ok", "feature_view": "driver_hourly_stats", "deleted": 1}
-    assert _read_driver(client, driver)["avg_daily_trips"]["statuses"] == ["NOT_FOUND"]
+    assert read_driver(client, driver)["avg_daily_trips"]["statuses"] == ["NOT_FOUND"]
 
     landed = client.post(
-        "/push", json={"push_source_name": PUSH, "df": _driver_df([driver], now, avg_daily_trips=3)}
+        "/push", json={"push_source_name": PUSH, "df": driver_df([driver], now, avg_daily_trips=3)}
     )
     assert landed.json()["written"] == 1
-    cols = _read_driver(client, driver)
+    cols = read_driver(client, driver)
     assert cols["avg_daily_trips"]["values"] == [3]
     assert cols["avg_daily_trips"]["statuses"] == ["PRESENT"]
 
@@ -228,7 +183,7 @@ def test_delete_all_rows_of_a_view_keeps_other_views(fresh: AppClient) -> None:
         _pin(fresh, driver)
     profile = {
         "customer_id": ["c_keep"],
-        "event_timestamp": [_iso(datetime.now(UTC))],
+        "event_timestamp": [iso(datetime.now(UTC))],
         "current_balance": [1.0],
         "lifetime_trip_count": [1],
         "avg_passenger_rating": [4.0],
@@ -242,7 +197,7 @@ def test_delete_all_rows_of_a_view_keeps_other_views(fresh: AppClient) -> None:
     assert written.status_code == 200, written.text
     resp = fresh.request("DELETE", "/online/driver_hourly_stats", json={"all_rows": True})
     assert resp.json()["deleted"] == 2
-    assert _read_driver(fresh, 940030)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert read_driver(fresh, 940030)["conv_rate"]["statuses"] == ["NOT_FOUND"]
     kept = fresh.post(
         "/get-online-features",
         json={

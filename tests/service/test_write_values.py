@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.service.conftest import AppClient, columns
-from tests.service.test_write_integrity import PUSH, _assert_refused, _driver_df, _iso, _read_driver
+from tests.service.write_helpers import PUSH, assert_refused, driver_df, iso, read_driver
 
 # --- values kept exactly or refused -----------------------------------------------------
 
@@ -28,33 +28,33 @@ from tests.service.test_write_integrity import PUSH, _assert_refused, _driver_df
 def test_values_outside_their_type_are_refused(
     client: AppClient, change: dict[str, Any], column: str, mention: str
 ) -> None:
-    df = _driver_df([940040], datetime.now(UTC), **change)
+    df = driver_df([940040], datetime.now(UTC), **change)
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df})
-    error = _assert_refused(resp, "schema_mismatch", mention)
+    error = assert_refused(resp, "schema_mismatch", mention)
     assert error["column"] == column
-    assert _read_driver(client, 940040)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert read_driver(client, 940040)["conv_rate"]["statuses"] == ["NOT_FOUND"]
 
 
 def test_largest_float32_is_kept(client: AppClient) -> None:
-    df = _driver_df([940041], datetime.now(UTC), conv_rate=3.4028234663852886e38)
+    df = driver_df([940041], datetime.now(UTC), conv_rate=3.4028234663852886e38)
     assert client.post("/push", json={"push_source_name": PUSH, "df": df}).status_code == 200
-    assert _read_driver(client, 940041)["conv_rate"]["values"] == [3.4028234663852886e38]
+    assert read_driver(client, 940041)["conv_rate"]["values"] == [3.4028234663852886e38]
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_floats_are_refused(client: AppClient, token: str) -> None:
-    df = _driver_df([940042], datetime.now(UTC))
+    df = driver_df([940042], datetime.now(UTC))
     text = json.dumps({"push_source_name": PUSH, "df": df})
     text = text.replace('"avg_rating": [4.75]', f'"avg_rating": [{token}]')
     resp = client.post("/push", content=text, headers={"content-type": "application/json"})
-    _assert_refused(resp, "schema_mismatch", "finite")
+    assert_refused(resp, "schema_mismatch", "finite")
 
 
 def test_int32_overflow_is_refused(client: AppClient) -> None:
     df = {
         "driver_id": [940043],
         "customer_id": ["c_int32"],
-        "event_timestamp": [_iso(datetime.now(UTC))],
+        "event_timestamp": [iso(datetime.now(UTC))],
         "trips_together": [2**31],
         "avg_tip": [1.0],
         "last_rating": [5],
@@ -62,13 +62,13 @@ def test_int32_overflow_is_refused(client: AppClient) -> None:
     resp = client.post(
         "/write-to-online-store", json={"feature_view_name": "driver_customer_stats", "df": df}
     )
-    _assert_refused(resp, "schema_mismatch", "INT32 range")
+    assert_refused(resp, "schema_mismatch", "INT32 range")
 
 
 def _profile(customer: str, **changes: Any) -> dict[str, list[Any]]:
     df: dict[str, Any] = {
         "customer_id": customer,
-        "event_timestamp": _iso(datetime.now(UTC) - timedelta(seconds=1)),
+        "event_timestamp": iso(datetime.now(UTC) - timedelta(seconds=1)),
         "current_balance": 1.5,
         "lifetime_trip_count": 3,
         "avg_passenger_rating": 4.5,
@@ -85,7 +85,7 @@ def test_null_inside_a_list_is_refused_not_turned_into_an_empty_string(client: A
     resp = client.post(
         "/write-to-online-store", json={"feature_view_name": "customer_profile", "df": df}
     )
-    error = _assert_refused(resp, "schema_mismatch", "without nulls")
+    error = assert_refused(resp, "schema_mismatch", "without nulls")
     assert error["column"] == "favourite_zones"
 
 
@@ -135,9 +135,9 @@ def test_year_one_event_time_reads_back_as_rfc3339_and_newer_rows_replace_it(
 
 
 def test_timestamp_before_year_one_in_utc_is_refused_on_push(client: AppClient) -> None:
-    df = _driver_df([940050], "0001-01-01T00:00:00+14:00")
+    df = driver_df([940050], "0001-01-01T00:00:00+14:00")
     resp = client.post("/push", json={"push_source_name": PUSH, "df": df})
-    _assert_refused(resp, "invalid_timestamp", "years 1 and 9999")
+    assert_refused(resp, "invalid_timestamp", "years 1 and 9999")
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_timestamp_outside_utc_range_is_refused_on_materialize(
     client: AppClient, path: str, body: dict[str, Any]
 ) -> None:
     resp = client.post(path, json=body)
-    _assert_refused(resp, "invalid_timestamp", "years 1..9999")
+    assert_refused(resp, "invalid_timestamp", "years 1..9999")
 
 
 # --- hostile shapes ---------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_deeply_nested_join_key_is_a_4xx(client: AppClient, depth: int) -> None:
 
 @pytest.mark.parametrize("depth", [900, 5000])
 def test_deeply_nested_pushed_value_is_a_4xx(client: AppClient, depth: int) -> None:
-    df = json.dumps(_driver_df([940060], datetime.now(UTC)))
+    df = json.dumps(driver_df([940060], datetime.now(UTC)))
     df = df.replace('"conv_rate": [0.25]', '"conv_rate": [' + "[" * depth + "]" * depth + "]")
     body = '{"push_source_name": "' + PUSH + '", "df": ' + df + "}"
     resp = client.post("/push", content=body, headers={"content-type": "application/json"})
@@ -202,7 +202,7 @@ def test_deeply_nested_training_json_is_a_4xx(client: AppClient) -> None:
     resp = client.post(
         "/training-dataset", content=body, headers={"content-type": "application/json"}
     )
-    _assert_refused(resp, "invalid_request", "nested too deeply")
+    assert_refused(resp, "invalid_request", "nested too deeply")
 
 
 @pytest.mark.parametrize("value", [[1], {"a": 1}, "x", True])
@@ -214,5 +214,5 @@ def test_on_demand_request_data_of_the_wrong_type_is_refused(client: AppClient, 
             "features": ["fare_estimate:estimated_fare"],
         },
     )
-    error = _assert_refused(resp, "invalid_request", "expects DOUBLE")
+    error = assert_refused(resp, "invalid_request", "expects DOUBLE")
     assert error["field"] == "distance_km"

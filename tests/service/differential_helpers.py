@@ -1,0 +1,38 @@
+"""Comparing our answers with feast serve's, shared by the differential HTTP tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.service.conftest import columns
+
+MISSING_DRIVER = 4_000_000_002
+
+
+def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> set[str]:
+    """Assert the rules of the module docstring; return the statuses seen in ours."""
+    mine, feast = columns(ours), columns(theirs)
+    assert set(mine) == set(feast)
+    seen: set[str] = set()
+    for name, col in mine.items():
+        other = feast[name]
+        for j, status in enumerate(col["statuses"]):
+            seen.add(status)
+            if status == "NOT_FOUND":
+                assert col["values"][j] is None
+                assert other["values"][j] is None, (name, j)
+                assert col["event_timestamps"][j] == "1970-01-01T00:00:00Z"
+            elif status == "OUTSIDE_MAX_AGE":
+                assert col["values"][j] is None
+                assert other["statuses"][j] == "PRESENT"  # Feast ignores the TTL online
+                assert col["event_timestamps"][j] == other["event_timestamps"][j]
+            elif status == "NULL_VALUE":
+                assert col["values"][j] is None
+                assert other["values"][j] is None, (name, j)
+                assert other["statuses"][j] in ("PRESENT", "NULL_VALUE")
+                assert col["event_timestamps"][j] == other["event_timestamps"][j]
+            else:
+                assert status == other["statuses"][j], (name, j)
+                assert col["values"][j] == other["values"][j], (name, j)
+                assert col["event_timestamps"][j] == other["event_timestamps"][j], (name, j)
+    return seen
