@@ -49,7 +49,8 @@ from foundation.stats_log import FEATURE_VIEW, StatisticsLog
 from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
-from online_store.writer import WriteSpec, write_batches
+from online_store.write_plan import WriteSpec
+from online_store.writer import write_batches
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ type code, length and bytes, then the project name.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -115,3 +116,40 @@ def glob_escape(raw: bytes) -> bytes:
             out.append(0x5C)
         out.append(b)
     return bytes(out)
+
+
+_PACK_Q = struct.Struct("<q").pack
+
+
+_PACK_I = struct.Struct("<i").pack
+
+
+_PACK_II = struct.Struct("<II").pack
+
+
+_INT64_HEAD = _PACK_II(4, 8)
+
+
+_INT32_HEAD = _PACK_II(3, 4)
+
+
+def _int64_part(value: int) -> bytes:
+    return _INT64_HEAD + _PACK_Q(value)
+
+
+def _int32_part(value: int) -> bytes:
+    return _INT32_HEAD + _PACK_I(value)
+
+
+def _string_part(value: str) -> bytes:
+    raw = value.encode()
+    return _PACK_II(2, len(raw)) + raw
+
+
+# One value's part of an entity key (type tag, length, little-endian value), by type: the
+# read path builds keys from these without protobuf.
+KEY_PART_ENCODERS: dict[ValueType, Callable[[Any], bytes]] = {
+    ValueType.INT64: _int64_part,
+    ValueType.INT32: _int32_part,
+    ValueType.STRING: _string_part,
+}

@@ -13,12 +13,11 @@ Statuses (DESIGN.md): no stored row -> ``NOT_FOUND``; ``ttl > 0`` and
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -33,18 +32,34 @@ from online_store.codec import (
     field_name,
     ts_field,
 )
-from online_store.decode import (
-    decode_column,
-    decode_timestamp,
-    decode_value,
-    timestamp_datetime,
+from online_store.keys import KEY_PART_ENCODERS, entity_key_from_values, entity_key_prefix
+from online_store.read_columns import (
+    EPOCH,
+    MICROSECOND,
+    NOT_FOUND,
+    NULL_VALUE,
+    OUTSIDE_MAX_AGE,
+    PRESENT,
+    FeatureColumn,
+    ViewReadSpec,
+    ViewSlot,
+    assemble_view,
 )
-from online_store.keys import entity_key_from_values, entity_key_prefix
 
-PRESENT = "PRESENT"
-NULL_VALUE = "NULL_VALUE"
-NOT_FOUND = "NOT_FOUND"
-OUTSIDE_MAX_AGE = "OUTSIDE_MAX_AGE"
+# The read API: plans and results here, column types from online_store.read_columns.
+__all__ = [
+    "NOT_FOUND",
+    "NULL_VALUE",
+    "OUTSIDE_MAX_AGE",
+    "PRESENT",
+    "FeatureColumn",
+    "HmgetPipeline",
+    "HmgetReads",
+    "RawRead",
+    "ReadPlan",
+    "ReadResult",
+    "ViewReadSpec",
+]
 
 _INT_RANGES = {ValueType.INT64: (-(2**63), 2**63 - 1), ValueType.INT32: (-(2**31), 2**31 - 1)}
 
@@ -70,29 +85,6 @@ class HmgetReads(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class ViewReadSpec:
-    """What to read from one feature view."""
-
-    name: str
-    join_keys: tuple[str, ...]
-    join_key_types: tuple[ValueType, ...]
-    features: tuple[str, ...]
-    ttl_seconds: int
-
-
-class FeatureColumn(NamedTuple):
-    """One requested feature, one entry per entity row.
-
-    A named tuple rather than a frozen dataclass: a lookup builds one per feature and
-    request, and a tuple is several times cheaper to construct.
-    """
-
-    values: list[object]
-    statuses: list[str]
-    event_timestamps: list[datetime | None]
-
-
-@dataclass(frozen=True, slots=True)
 class ReadResult:
     """Columns keyed ``"view:feature"``."""
 
@@ -100,69 +92,16 @@ class ReadResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _ViewSlot:
-    spec: ViewReadSpec
-    ts_index: int
-    feature_indexes: tuple[int, ...]
-    keys: tuple[str, ...] = ()  # "view:feature" per feature, the result's column keys
-
-
-@dataclass(frozen=True, slots=True)
 class _Group:
     join_keys: tuple[str, ...]
     join_key_types: tuple[ValueType, ...]
     fields: tuple[bytes, ...]
-    views: tuple[_ViewSlot, ...]
+    views: tuple[ViewSlot, ...]
     # Entity key bytes = prefix (join key names) + one part per value + suffix (project);
     # one part encoder per join key (sorted order), None for types without a fast encoder.
     key_prefix: bytes = b""
     key_suffix: bytes = b""
     part_encoders: tuple[Callable[[Any], bytes] | None, ...] = ()
-
-
-_PACK_Q = struct.Struct("<q").pack
-_PACK_I = struct.Struct("<i").pack
-_PACK_II = struct.Struct("<II").pack
-_INT64_HEAD = _PACK_II(4, 8)
-_INT32_HEAD = _PACK_II(3, 4)
-
-
-def _int64_part(value: int) -> bytes:
-    return _INT64_HEAD + _PACK_Q(value)
-
-
-def _int32_part(value: int) -> bytes:
-    return _INT32_HEAD + _PACK_I(value)
-
-
-def _string_part(value: str) -> bytes:
-    raw = value.encode()
-    return _PACK_II(2, len(raw)) + raw
-
-
-_PART_ENCODERS: dict[ValueType, Callable[[Any], bytes]] = {
-    ValueType.INT64: _int64_part,
-    ValueType.INT32: _int32_part,
-    ValueType.STRING: _string_part,
-}
-
-# Serialized Timestamp -> (aware datetime, epoch microseconds). A request's entities were
-# mostly written by the same materialization, so a handful of distinct timestamps recur.
-_TS_CACHE: dict[bytes, tuple[datetime, int]] = {}
-_TS_CACHE_MAX = 65536
-_MICROSECOND = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _event_time(raw: bytes) -> tuple[datetime, int]:
-    hit = _TS_CACHE.get(raw)
-    if hit is None:
-        seconds, nanos = decode_timestamp(raw)
-        hit = (timestamp_datetime(raw), seconds * 1_000_000 + nanos // 1000)
-        if len(_TS_CACHE) >= _TS_CACHE_MAX:
-            _TS_CACHE.clear()
-        _TS_CACHE[raw] = hit
-    return hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +193,7 @@ class ReadPlan:
                     fields.append(field_name(spec.name, feature))
                 fields.append(ts_field(spec.name))
                 slots.append(
-                    _ViewSlot(
+                    ViewSlot(
                         spec,
                         len(fields) - 1,
                         tuple(feature_indexes),
@@ -269,7 +208,7 @@ class ReadPlan:
                     tuple(slots),
                     key_prefix=entity_key_prefix(keys),
                     key_suffix=project.encode(),
-                    part_encoders=tuple(_PART_ENCODERS.get(vt) for vt in types[keys]),
+                    part_encoders=tuple(KEY_PART_ENCODERS.get(vt) for vt in types[keys]),
                 )
             )
         return cls(project, tuple(groups))
@@ -343,7 +282,7 @@ class ReadPlan:
         else:
             if now.tzinfo is None:
                 now = now.replace(tzinfo=UTC)  # naive times are UTC (STYLE.md)
-            now_us = (now - _EPOCH) // _MICROSECOND
+            now_us = (now - EPOCH) // MICROSECOND
         columns: dict[str, FeatureColumn] = {}
         offset = 0
         for group, row_to_unique, keys in commands:
@@ -352,134 +291,8 @@ class ReadPlan:
             # Every row distinct (the usual request): row j is unique entity j, no fan-out.
             fan_out = None if len(keys) == n else row_to_unique
             for slot in group.views:
-                self._assemble_view(slot, fan_out, group_replies, now_us, columns)
+                assemble_view(slot, fan_out, group_replies, now_us, columns)
         return ReadResult(columns)
-
-    @staticmethod
-    def _assemble_one(
-        slot: _ViewSlot,
-        reply: list[bytes | None],
-        now_us: int,
-        columns: dict[str, FeatureColumn],
-    ) -> None:
-        """:meth:`_assemble_view` for a single entity row (no column machinery)."""
-        ts_raw = reply[slot.ts_index]
-        if not ts_raw:
-            for key in slot.keys:
-                columns[key] = FeatureColumn([None], [NOT_FOUND], [None])
-            return
-        hit = _TS_CACHE.get(ts_raw)
-        event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
-        ttl_us = slot.spec.ttl_seconds * 1_000_000
-        if ttl_us > 0 and now_us - event_us > ttl_us:
-            for key in slot.keys:
-                columns[key] = FeatureColumn([None], [OUTSIDE_MAX_AGE], [event_ts])
-            return
-        for key, idx in zip(slot.keys, slot.feature_indexes, strict=True):
-            raw = reply[idx]
-            if raw is None:
-                column = FeatureColumn([None], [NOT_FOUND], [None])
-            elif not raw:
-                column = FeatureColumn([None], [NULL_VALUE], [event_ts])
-            else:
-                value = decode_value(raw)
-                column = FeatureColumn(
-                    [value], [NULL_VALUE if value is None else PRESENT], [event_ts]
-                )
-            columns[key] = column
-
-    @staticmethod
-    def _assemble_view(
-        slot: _ViewSlot,
-        row_to_unique: list[int] | None,
-        replies: list[list[bytes | None]],
-        now_us: int,
-        columns: dict[str, FeatureColumn],
-    ) -> None:
-        """Columns of one view: decoded per unique entity a feature at a time, then fanned
-        out to the rows (``row_to_unique`` None: rows are the unique entities)."""
-        ttl_us = slot.spec.ttl_seconds * 1_000_000
-        ts_index = slot.ts_index
-        m = len(replies)
-        if m == 1 and row_to_unique is None:
-            ReadPlan._assemble_one(slot, replies[0], now_us, columns)
-            return
-        # Per unique entity: its event time (None: no row) and whether its values count.
-        cache = _TS_CACHE
-        ts_raws = [reply[ts_index] for reply in replies]
-        times: list[datetime | None]
-        live: list[int]  # entities with a row inside the TTL
-        dead: list[str] = []  # per entity: "" when live, else NOT_FOUND / OUTSIDE_MAX_AGE
-        if None not in ts_raws and b"" not in ts_raws:
-            # Every entity has a row (the usual case): decode times in one pass.
-            events = [cache.get(raw) or _event_time(raw) for raw in ts_raws]  # type: ignore[arg-type]
-            times = [event[0] for event in events]
-            if ttl_us <= 0 or not events or min(e[1] for e in events) >= now_us - ttl_us:
-                live = list(range(m))
-            else:
-                cutoff = now_us - ttl_us
-                live = [u for u, event in enumerate(events) if event[1] >= cutoff]
-                dead = ["" if event[1] >= cutoff else OUTSIDE_MAX_AGE for event in events]
-        else:
-            times = []
-            live = []
-            for u, ts_raw in enumerate(ts_raws):
-                if not ts_raw:
-                    times.append(None)
-                    dead.append(NOT_FOUND)
-                    continue
-                hit = cache.get(ts_raw)
-                event_ts, event_us = hit if hit is not None else _event_time(ts_raw)
-                times.append(event_ts)
-                if ttl_us > 0 and now_us - event_us > ttl_us:
-                    dead.append(OUTSIDE_MAX_AGE)
-                else:
-                    dead.append("")
-                    live.append(u)
-        all_live = len(live) == m
-        live_replies = replies if all_live else [replies[u] for u in live]
-        for key, idx in zip(slot.keys, slot.feature_indexes, strict=True):
-            raws = [reply[idx] for reply in live_replies]
-            if None in raws or b"" in raws:
-                # Missing fields (NOT_FOUND) or stored nulls (NULL_VALUE) among them.
-                present = [raw for raw in raws if raw]
-                decoded = iter(decode_column(present))  # type: ignore[arg-type]
-                vals: list[object] = []
-                stats: list[str] = []
-                for raw in raws:
-                    if raw is None:
-                        vals.append(None)
-                        stats.append(NOT_FOUND)
-                    elif not raw:
-                        vals.append(None)
-                        stats.append(NULL_VALUE)
-                    else:
-                        value = next(decoded)
-                        vals.append(value)
-                        stats.append(NULL_VALUE if value is None else PRESENT)
-            else:
-                vals = decode_column(raws)  # type: ignore[arg-type]
-                if None in vals:  # e.g. a NaT timestamp decodes to None
-                    stats = [NULL_VALUE if v is None else PRESENT for v in vals]
-                else:
-                    stats = [PRESENT] * len(vals)
-            if not all_live:
-                full_vals: list[object] = [None] * m
-                full_stats = list(dead)
-                for k, u in enumerate(live):
-                    full_vals[u] = vals[k]
-                    full_stats[u] = stats[k]
-                vals, stats = full_vals, full_stats
-            col_times = times
-            if NOT_FOUND in stats:
-                col_times = [
-                    None if st == NOT_FOUND else t for st, t in zip(stats, times, strict=True)
-                ]
-            if row_to_unique is not None:
-                vals = [vals[u] for u in row_to_unique]
-                stats = [stats[u] for u in row_to_unique]
-                col_times = [col_times[u] for u in row_to_unique]
-            columns[key] = FeatureColumn(vals, stats, col_times)
 
     def entity_keys(self, entities: Mapping[str, Sequence[object]]) -> list[bytes]:
         """The Redis keys of the entity rows (unique, every group of the plan).

@@ -31,7 +31,8 @@ from online_store.connection import make_client, resolve_target
 from online_store.engine import NewestEvent, StreamingMaterializationEngine, redis_failed
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore, RedisType
-from online_store.writer import WriteSpec, write_batches
+from online_store.write_plan import WriteSpec
+from online_store.writer import write_batches
 
 _STATS = pa.schema([("rows_in", pa.int64()), ("rows_written", pa.int64()), ("newest", pa.int64())])
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -30,7 +30,8 @@ from foundation.errors import (
 )
 from offline_store.sources import resolve_path
 from offline_store.writes import conform, source_schema
-from online_store.writer import WriteStats, write_arrow
+from online_store.write_plan import WriteStats
+from online_store.writer import write_arrow
 from service.catalog import RegistrySnapshot, ViewInfo
 from service.write_values import column, timestamp_column
 

@@ -26,7 +26,8 @@ from online_store.codec import ts_field
 from online_store.decode import timestamp_nanos
 from online_store.keys import encode_entity_keys
 from online_store.reader import ReadPlan, ViewReadSpec
-from online_store.writer import WriteSpec, write_arrow, write_batches
+from online_store.write_plan import WriteSpec
+from online_store.writer import write_arrow, write_batches
 from tests.online_store.views import INT, T0, driver_view, rows
 
 DRIVERS = (1, 2, 3)

@@ -1,0 +1,140 @@
+"""What a write is: a view's write spec, its stats, and the newest row per entity key of a chunk.
+
+Every write path (bulk, atomic compare-and-set, Feast's online_write_batch) picks its
+rows and encodes them here, so they agree on which row wins and on the bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from feast import FeatureView
+
+from foundation.errors import SchemaMismatchError
+from online_store.codec import (
+    check_entity_type,
+    check_feature_type,
+    encode_timestamps,
+    encode_values,
+    event_micros,
+)
+from online_store.keys import encode_entity_keys
+
+DEFAULT_CHUNK_ROWS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSpec:
+    """Everything the writer needs about a view, precomputed once."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    join_key_types: tuple[Any, ...]
+    features: tuple[str, ...]
+    feature_types: tuple[Any, ...]
+    timestamp_field: str
+    created_timestamp_field: str | None = None
+
+    @classmethod
+    def from_feature_view(cls, feature_view: FeatureView) -> WriteSpec:
+        """Spec of a Feast feature view (its entity columns, features, source timestamps).
+
+        Raises:
+            UnsupportedTypeError: a feature or join key type is not supported.
+        """
+        join_keys = tuple(c.name for c in feature_view.entity_columns)
+        join_types = tuple(c.dtype.to_value_type() for c in feature_view.entity_columns)
+        features = tuple(f.name for f in feature_view.features)
+        feature_types = tuple(f.dtype.to_value_type() for f in feature_view.features)
+        for key, vt in zip(join_keys, join_types, strict=True):
+            check_entity_type(feature_view.name, key, vt)
+        for feature, vt in zip(features, feature_types, strict=True):
+            check_feature_type(feature_view.name, feature, vt)
+        source = feature_view.batch_source
+        ts = source.timestamp_field if source is not None else "event_timestamp"
+        created = (source.created_timestamp_column or None) if source is not None else None
+        return cls(feature_view.name, join_keys, join_types, features, feature_types, ts, created)
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """Counts of one write call.
+
+    Attributes:
+        rows_in: rows given.
+        rows_written: rows stored; the others were skipped because the stored row (or
+            another row for the same key in the call) is as new or newer.
+        newest_written_micros: the greatest event time stored (epoch microseconds), or
+            None when nothing was stored; only reported by the atomic path.
+    """
+
+    rows_in: int = 0
+    rows_written: int = 0
+    newest_written_micros: int | None = None
+
+    @property
+    def rows_skipped(self) -> int:
+        """Rows not written because a stored or given row for their key is as new."""
+        return self.rows_in - self.rows_written
+
+
+def batch_column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
+    idx = batch.schema.get_field_index(name)
+    if idx < 0:
+        raise SchemaMismatchError(
+            f"column '{name}' of feature view '{view}' is missing from the data "
+            f"(got {batch.schema.names}); include it",
+            feature_view=view,
+            column=name,
+        )
+    return batch.column(idx)
+
+
+def newest_rows(keys: list[bytes], micros: np.ndarray, created: np.ndarray | None) -> np.ndarray:
+    """Row index of the newest row per key (event time, then created time, then first)."""
+    codes, _ = pd.factorize(np.asarray(keys, dtype=object))
+    n = len(keys)
+    sort_keys: list[np.ndarray] = [np.arange(n)]
+    if created is not None:
+        sort_keys.append(-created)
+    sort_keys += [-micros, codes]
+    order = np.lexsort(sort_keys)
+    sorted_codes = codes[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    return np.sort(order[first])
+
+
+def chunk_winners(
+    spec: WriteSpec, chunk: pa.RecordBatch, project: str
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """The chunk's entity keys, event times (us) and the row index of each key's newest row."""
+    keys = encode_entity_keys(
+        [batch_column(chunk, k, spec.name) for k in spec.join_keys],
+        spec.join_keys,
+        spec.join_key_types,
+        project,
+        num_rows=chunk.num_rows,
+    )
+    micros = event_micros(batch_column(chunk, spec.timestamp_field, spec.name))
+    created = None
+    if spec.created_timestamp_field and spec.created_timestamp_field in chunk.schema.names:
+        created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
+        if created_col.null_count == 0:
+            created = event_micros(created_col)
+    return keys, micros, newest_rows(keys, micros, created)
+
+
+def encode_rows(
+    spec: WriteSpec, chunk: pa.RecordBatch, take: pa.Array, micros: np.ndarray
+) -> tuple[list[bytes], list[list[bytes]]]:
+    """Rows ``take`` of the chunk as stored bytes: the ``_ts`` values, then per feature."""
+    ts_values = encode_timestamps(micros[take.to_numpy()])
+    encoded = [
+        encode_values(batch_column(chunk, f, spec.name).take(take), vt)
+        for f, vt in zip(spec.features, spec.feature_types, strict=True)
+    ]
+    return ts_values, encoded
