@@ -20,7 +20,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
 from foundation.errors import ConflictError, InvalidRequestError
-from offline_store.job import apply_odfvs
+from offline_store.job import apply_odfvs, feast_frame_types
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -112,8 +112,8 @@ class SparkRetrievalJob(RetrievalJob):
         return self._get()[0]
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        table: pa.Table = self.to_spark_df().toArrow()
-        return table
+        # The DuckDB store's (and Feast's) result types: nanosecond timestamps.
+        return feast_frame_types(self.to_spark_df().toArrow(), {})
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         frame: pd.DataFrame = self._to_arrow_internal(timeout).to_pandas()
