@@ -88,6 +88,21 @@ def feast_frame_types(table: pa.Table, pandas_dtypes: dict[str, str]) -> pa.Tabl
     return table.replace_schema_metadata(metadata)
 
 
+def with_feast_types(
+    batches: Iterator[pa.RecordBatch], pandas_dtypes: dict[str, str]
+) -> Iterator[pa.RecordBatch]:
+    """``batches`` in the types :func:`feast_frame_types` gives a whole result.
+
+    The first batch decides the schema; a later batch with a timestamp outside the
+    nanosecond range (1677..2262) after a first one inside it raises ``ArrowInvalid``.
+    """
+    schema: pa.Schema | None = None
+    for batch in batches:
+        if schema is None:
+            schema = feast_frame_types(pa.Table.from_batches([batch]), pandas_dtypes).schema
+        yield batch.cast(schema)
+
+
 class DuckDBRetrievalJob(RetrievalJob):
     """A query over Parquet that runs only when a result is asked for.
 
@@ -205,7 +220,11 @@ class DuckDBRetrievalJob(RetrievalJob):
             return self._prepare(con).sql
 
     def iter_batches(
-        self, max_rows: int, *, on_total: Callable[[int], None] | None = None
+        self,
+        max_rows: int,
+        *,
+        on_total: Callable[[int], None] | None = None,
+        feast_types: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the result in record batches of at most ``max_rows`` rows.
 
@@ -218,6 +237,8 @@ class DuckDBRetrievalJob(RetrievalJob):
             on_total: called once, before the first batch, with the number of rows the
                 result will have, when the job can count them cheaply (latest-per-entity
                 pulls can: their winners are known before the first row streams).
+            feast_types: give the batches ``to_arrow``'s types (Feast's nanosecond
+                timestamps, entity dtypes in the pandas metadata) instead of DuckDB's.
 
         Yields:
             Record batches in result order, all with the same schema.
@@ -230,6 +251,11 @@ class DuckDBRetrievalJob(RetrievalJob):
         """
         if max_rows <= 0:
             raise InvalidRequestError(f"max_rows must be positive, got {max_rows}")
+        if feast_types:
+            yield from with_feast_types(
+                self.iter_batches(max_rows, on_total=on_total), self._pandas_dtypes
+            )
+            return
         with self._connect() as con:
             reader = self._run(con, on_total).to_arrow_reader(max_rows)
             for batch in reader:

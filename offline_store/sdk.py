@@ -15,7 +15,7 @@ the offline data. Saved, versioned datasets are in :mod:`offline_store.saved`; s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -140,6 +140,26 @@ def build_job(
             "in feature_store.yaml",
         )
     return job
+
+
+def stream_job(
+    job: DuckDBRetrievalJob | SparkRetrievalJob, max_rows: int
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The result's schema and its batches in Feast's types, the query run up to the first.
+
+    Running to the first batch makes input errors surface before a caller starts a
+    response; an empty result still has ``to_arrow``'s schema.
+    """
+    batches = job.iter_batches(max_rows, feast_types=True)
+    first = next(batches, None)
+    if first is None:
+        return job.to_arrow().schema, iter(())
+
+    def rest() -> Iterator[pa.RecordBatch]:
+        yield first
+        yield from batches
+
+    return first.schema, rest()
 
 
 def deliver(

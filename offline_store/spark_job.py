@@ -20,7 +20,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
 from foundation.errors import ConflictError, InvalidRequestError
-from offline_store.job import apply_odfvs, feast_frame_types
+from offline_store.job import apply_odfvs, feast_frame_types, with_feast_types
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -120,18 +120,26 @@ class SparkRetrievalJob(RetrievalJob):
         return frame
 
     def iter_batches(
-        self, max_rows: int, *, on_total: Callable[[int], None] | None = None
+        self,
+        max_rows: int,
+        *,
+        on_total: Callable[[int], None] | None = None,
+        feast_types: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         """Stream the result to the driver one partition at a time, in result order.
 
         ``on_total`` is accepted for the DuckDB engine's sake and not called: counting would
         run the whole Spark plan twice (the Spark engine writes from the executors instead).
+        ``feast_types`` gives the batches ``to_arrow``'s types (nanosecond timestamps).
 
         Raises:
             InvalidRequestError: ``max_rows`` is not positive.
         """
         if max_rows <= 0:
             raise InvalidRequestError(f"max_rows must be positive, got {max_rows}")
+        if feast_types:
+            yield from with_feast_types(self.iter_batches(max_rows), {})
+            return
         frame = self.to_spark_df()
         columns = frame.columns
         rows: list[Any] = []

@@ -42,7 +42,7 @@ from foundation.errors import (
     RequestTooLargeError,
 )
 from offline_store.sandbox import SandboxedSql, UntrustedEntities
-from offline_store.sdk import build_job
+from offline_store.sdk import build_job, stream_job
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import open_feature_store
 from service.settings import Settings
@@ -180,16 +180,7 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
             features=refs,
             full_feature_names=bool(command.get("full_feature_names", False)),
         )
-        batches = job.iter_batches(BATCH_ROWS)
-        first = next(batches, None)
-        if first is None:
-            return job.to_arrow().schema, iter(())
-
-        def rest() -> Iterator[pa.RecordBatch]:
-            yield first
-            yield from batches
-
-        return first.schema, rest()
+        return stream_job(job, BATCH_ROWS)
 
     def do_exchange(
         self,

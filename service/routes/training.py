@@ -46,7 +46,7 @@ from foundation.errors import (
 )
 from offline_store.ipc import ARROW_STREAM, ipc_chunks, read_bounded_ipc
 from offline_store.sandbox import ConfinedFiles, SandboxedSql, UntrustedEntities
-from offline_store.sdk import build_job
+from offline_store.sdk import build_job, stream_job
 from service.settings import Settings
 
 router = APIRouter(tags=["training"])
@@ -72,17 +72,7 @@ def _start(
     job = build_job(
         store, entity_source, features, feature_service, full_feature_names=full_feature_names
     )
-    batches = job.iter_batches(BATCH_ROWS)
-    first = next(batches, None)
-    if first is None:
-        empty = job.to_arrow()
-        return empty.schema, iter(())
-
-    def rest() -> Iterator[pa.RecordBatch]:
-        yield first
-        yield from batches
-
-    return first.schema, rest()
+    return stream_job(job, BATCH_ROWS)
 
 
 class _Slot:

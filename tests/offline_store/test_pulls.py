@@ -116,6 +116,16 @@ def test_iter_batches_streams_every_row_in_batches_of_at_most_max_rows(
     assert streamed.cast(whole.schema).equals(whole)
 
 
+def test_iter_batches_with_feast_types_streams_what_to_arrow_gives(store: FeatureStore) -> None:
+    """What the training route and Arrow Flight send: Feast's nanosecond timestamps."""
+    job = _pull(store, latest=False)
+    streamed = pa.Table.from_batches(list(job.iter_batches(2, feast_types=True)))
+    whole = job.to_arrow()
+    assert pa.types.is_timestamp(whole.schema.field("event_timestamp").type)
+    assert whole.schema.field("event_timestamp").type.unit == "ns"
+    assert streamed.equals(whole)
+
+
 def test_iter_batches_reports_the_latest_pull_row_count_before_the_first_batch(
     store: FeatureStore,
 ) -> None:

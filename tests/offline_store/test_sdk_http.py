@@ -247,8 +247,10 @@ def test_a_stream_cut_after_the_first_batch_is_a_clear_error(
 ) -> None:
     real = DuckDBRetrievalJob.iter_batches
 
-    def failing(self: DuckDBRetrievalJob, max_rows: int) -> Iterator[pa.RecordBatch]:
-        batches = real(self, max_rows)
+    def failing(
+        self: DuckDBRetrievalJob, max_rows: int, **options: Any
+    ) -> Iterator[pa.RecordBatch]:
+        batches = real(self, max_rows, **options)
         yield next(batches)
         raise RuntimeError("disk died")  # injected fault after the response started
 

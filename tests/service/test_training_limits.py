@@ -87,7 +87,7 @@ class Lookups:
             start = time.perf_counter()
             status = self._client.post("/get-online-features", json=LOOKUP).status_code
             self.results.append((status, time.perf_counter() - start))
-            self._stop.wait(0.02)
+            self._stop.wait(0.005)
 
     def __enter__(self) -> Lookups:
         self._thread.start()
