@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import redis
 
@@ -111,10 +112,42 @@ def write_chunk_atomic(
     """
     keys, micros, rows = chunk_winners(spec, chunk, project)
     ts_values, encoded = encode_rows(spec, chunk, pa.array(rows, type=pa.int64()), micros)
+    return write_rows_atomic(
+        client,
+        [keys[i] for i in rows.tolist()],
+        micros[rows],
+        ts_values,
+        encoded,
+        key_ttl_seconds=key_ttl_seconds,
+        fields=fields,
+        ts_name=ts_name,
+    )
+
+
+def write_rows_atomic(
+    client: redis.Redis | redis.RedisCluster,
+    row_keys: list[bytes],
+    micros: np.ndarray,
+    ts_values: list[bytes],
+    encoded: list[list[bytes]],
+    *,
+    key_ttl_seconds: int | None,
+    fields: list[bytes],
+    ts_name: bytes,
+) -> tuple[int, int | None]:
+    """Write one row per key (distinct keys) where it is newer than the stored one.
+
+    Args:
+        row_keys: the Redis keys.
+        micros: each row's event time in microseconds.
+        ts_values: each row's ``_ts`` value (:func:`online_store.codec.encode_timestamps`).
+        encoded: per field of ``fields``, each row's stored value bytes.
+
+    Returns (rows written, newest written event time in microseconds or None).
+    """
     head: list[bytes | str | int] = [ts_name, len(fields), *fields, key_ttl_seconds or 0]
-    new_seconds = (micros[rows] // 1_000_000).tolist()
-    new_us = (micros[rows] % 1_000_000).tolist()
-    row_keys = [keys[i] for i in rows.tolist()]
+    new_seconds = (micros // 1_000_000).tolist()
+    new_us = (micros % 1_000_000).tolist()
     # One key per call on a cluster (each call runs on its key's node); on one server,
     # a few hundred keys per call.
     per_call = _CAS_KEYS_PER_CALL if supports_raw(client) else 1

@@ -6,9 +6,8 @@ A :class:`Block` is a column of variable-length byte strings laid out as a padde
 is dropped with one boolean mask, so a chunk's ``HSET`` commands come out as one
 contiguous buffer, row after row, the bytes redis-py would pack for the same arguments.
 
-:func:`value_block` produces the same bytes as :func:`online_store.codec.encode_values`
-(``tests/online_store/test_codec.py`` checks every type); the common scalar types are
-built in NumPy, the rest go through ``encode_values``.
+This module only lays bytes out; what the bytes mean (Feast's values, timestamps and
+keys) is :mod:`online_store.codec`'s, which builds its columns from these blocks.
 """
 
 from __future__ import annotations
@@ -18,9 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from feast.value_type import ValueType
-
-from online_store.codec import VALUE_TAGS, _ints, _null_mask, encode_values, timestamp_seconds
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -173,7 +169,7 @@ def prefixed(tag: bytes, body: Block) -> Block:
     return Block(data, body.lens + len(tag))
 
 
-def _binary(arr: pa.Array) -> Block:
+def binary(arr: pa.Array) -> Block:
     """The raw bytes of a string/binary column (nulls empty), from Arrow's buffers."""
     arr = arr.cast(pa.large_binary())
     n = len(arr)
@@ -183,7 +179,7 @@ def _binary(arr: pa.Array) -> Block:
     data = np.frombuffer(buffer, dtype=np.uint8) if buffer is not None else np.zeros(0, np.uint8)
     if arr.null_count:
         # Null slots may still own bytes in the data buffer: gather the valid rows' bytes.
-        lens[_null_mask(arr)] = 0
+        lens[np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = 0
         return _scatter(data[np.repeat(offsets[:-1], lens) + _ragged_arange(lens)], lens)
     return _scatter(data[offsets[0] : offsets[-1]], lens)
 
@@ -194,40 +190,3 @@ def _ragged_arange(lens: I64) -> I64:
         return np.zeros(0, dtype=np.int64)
     starts = np.cumsum(lens) - lens
     return np.arange(total, dtype=np.int64) - np.repeat(starts, lens)
-
-
-def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> Block:
-    """Serialized ``feast.types.Value`` per row, as :func:`encode_values` makes them."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    tag = VALUE_TAGS.get(vt)
-    if tag is None:
-        return from_list(encode_values(arr, vt))  # raises UnsupportedTypeError
-    if vt in (ValueType.DOUBLE, ValueType.FLOAT):
-        np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
-        arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
-        floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
-        raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
-        body = fixed(raw.view(np.uint8), raw.itemsize)
-        return blank(prefixed(tag, body), np.isnan(floats))
-    if vt in (ValueType.INT64, ValueType.INT32):
-        target = pa.int64() if vt == ValueType.INT64 else pa.int32()
-        cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
-        block = prefixed(tag, varints(_ints(cast, np.int64)))
-        nulls = _null_mask(arr)
-        if pa.types.is_floating(arr.type):
-            nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
-        return blank(block, nulls)
-    if vt == ValueType.UNIX_TIMESTAMP:
-        return prefixed(tag, varints(timestamp_seconds(arr)))
-    if vt == ValueType.BOOL:
-        bools = arr.cast(pa.bool_())
-        raw = _ints(bools.cast(pa.int8()), np.int8).astype(np.uint8)
-        block = prefixed(tag, fixed(raw, 1))
-        return blank(block, _null_mask(bools)) if arr.null_count else block
-    if vt in (ValueType.STRING, ValueType.BYTES):
-        body = _binary(arr)
-        nulls = _null_mask(arr) if arr.null_count else np.zeros(body.rows, dtype=bool)
-        block = hconcat([constant(tag, body.rows), varints(body.lens), body])
-        return blank(block, nulls)
-    return from_list(encode_values(arr, vt))

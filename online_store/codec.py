@@ -31,6 +31,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError, UnsupportedTypeError
+from online_store import blocks
 
 INT64_MIN = -(2**63)
 
@@ -142,57 +143,6 @@ def _len_prefix(n: int) -> bytes:
     return _LEN_PREFIX[n] if n < 16384 else varint(n)
 
 
-def _slice_rows(buf: bytes, ends: npt.NDArray[np.int64]) -> list[bytes]:
-    starts = [0, *ends[:-1].tolist()]
-    return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
-
-
-def varint_column(values: npt.NDArray[np.int64], prefix: bytes = b"") -> list[bytes]:
-    """``prefix + varint(v)`` for every value, built for the whole array at once."""
-    n = len(values)
-    if n == 0:
-        return []
-    u = values.astype(np.int64, copy=False).view(np.uint64)
-    groups = np.empty((n, 10), dtype=np.uint8)
-    lens = np.ones(n, dtype=np.int64)
-    for k in range(10):
-        shifted = u >> np.uint64(7 * k)
-        groups[:, k] = (shifted & np.uint64(0x7F)).astype(np.uint8)
-        if k:
-            lens += shifted != 0
-    cont = np.arange(10)[None, :] < (lens - 1)[:, None]
-    groups[cont] |= 0x80
-    p = len(prefix)
-    segments: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]] = []
-    if p:
-        segments.append(_constant(prefix, n))
-    segments.append((groups, np.arange(10)[None, :] < lens[:, None]))
-    matrix = np.concatenate([m for m, _ in segments], axis=1)
-    keep = np.concatenate([k for _, k in segments], axis=1)
-    return _slice_rows(matrix[keep].tobytes(), np.cumsum(keep.sum(axis=1)))
-
-
-def _constant(raw: bytes, n: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    row = np.frombuffer(raw, dtype=np.uint8)
-    return np.broadcast_to(row, (n, len(raw))), np.ones((n, len(raw)), dtype=bool)
-
-
-def _fixed_column(tag: bytes, raw: npt.NDArray[np.uint8], width: int) -> list[bytes]:
-    n = raw.shape[0] // width if width else 0
-    row = len(tag) + width
-    matrix = np.empty((n, row), dtype=np.uint8)
-    matrix[:, : len(tag)] = np.frombuffer(tag, dtype=np.uint8)
-    matrix[:, len(tag) :] = raw.reshape(n, width)
-    buf = matrix.tobytes()
-    return [buf[i : i + row] for i in range(0, n * row, row)]
-
-
-def _blank_nulls(out: list[bytes], mask: npt.NDArray[np.bool_]) -> list[bytes]:
-    for i in np.flatnonzero(mask).tolist():
-        out[i] = b""
-    return out
-
-
 def _null_mask(arr: pa.Array) -> npt.NDArray[np.bool_]:
     return np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -237,22 +187,21 @@ def event_micros(arr: pa.Array) -> npt.NDArray[np.int64]:
     return raw * (1_000_000 // per_second)
 
 
-def encode_timestamps(micros: npt.NDArray[np.int64]) -> list[bytes]:
-    """Serialized ``google.protobuf.Timestamp`` per event time (the ``_ts:<view>`` value)."""
+def timestamp_block(micros: npt.NDArray[np.int64]) -> blocks.Block:
+    """Serialized ``google.protobuf.Timestamp`` per event time (the ``_ts:<view>`` value).
+
+    proto3 omits zero scalars, so seconds == 0 or nanos == 0 contribute no bytes.
+    """
     seconds = micros // 1_000_000
     nanos = (micros % 1_000_000) * 1000
-    sec_part = varint_column(seconds, b"\x08")
-    nano_part = varint_column(nanos, b"\x10")
-    # proto3 omits zero scalars, so seconds == 0 or nanos == 0 contribute no bytes.
-    for i in np.flatnonzero(seconds == 0).tolist():
-        sec_part[i] = b""
-    for i in np.flatnonzero(nanos == 0).tolist():
-        nano_part[i] = b""
-    return [a + b for a, b in zip(sec_part, nano_part, strict=True)]
+    sec = blocks.blank(blocks.prefixed(b"\x08", blocks.varints(seconds)), seconds == 0)
+    nano = blocks.blank(blocks.prefixed(b"\x10", blocks.varints(nanos)), nanos == 0)
+    return blocks.hconcat([sec, nano])
 
 
-def _length_delimited(tag: bytes, items: list[bytes | None]) -> list[bytes]:
-    return [b"" if b is None else tag + _len_prefix(len(b)) + b for b in items]
+def encode_timestamps(micros: npt.NDArray[np.int64]) -> list[bytes]:
+    """:func:`timestamp_block` as one bytes object per event time."""
+    return timestamp_block(micros).to_list()
 
 
 def _list_payload(vt: ValueType, items: list[object]) -> bytes:
@@ -316,15 +265,15 @@ def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
     return [p.SerializeToString() for p in protos]
 
 
-def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]:
-    """Serialized ``feast.types.Value`` for every row of a column (``b""`` for null).
+def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> blocks.Block:
+    """Serialized ``feast.types.Value`` for every row of a column (empty for null).
+
+    The common scalar types are laid out in NumPy for the whole column; lists go through
+    :func:`_list_payload`, the other types through Feast's own conversion.
 
     Args:
         arr: the Arrow column, any type Arrow can cast to the feature's type.
         vt: the feature's Feast value type.
-
-    Returns:
-        One bytes object per row, byte-identical to Feast's ``Value.SerializeToString()``.
 
     Raises:
         UnsupportedTypeError: ``vt`` is not supported.
@@ -333,34 +282,43 @@ def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]
         arr = arr.combine_chunks()
     tag = VALUE_TAGS.get(vt)
     if tag is None:
-        return feast_encoded(arr, vt)
+        return blocks.from_list(feast_encoded(arr, vt))
     if vt in (ValueType.DOUBLE, ValueType.FLOAT):
         np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
         arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
         floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
         raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
-        out = _fixed_column(tag, raw.view(np.uint8), raw.itemsize)
-        return _blank_nulls(out, np.isnan(floats))
-    if vt == ValueType.BOOL:
-        lut = [tag + b"\x00", tag + b"\x01"]
-        bools = arr.cast(pa.bool_())
-        out = [lut[b] for b in _ints(bools.cast(pa.int8()), np.int8).tolist()]
-        return _blank_nulls(out, _null_mask(bools)) if arr.null_count else out
+        body = blocks.fixed(raw.view(np.uint8), raw.itemsize)
+        return blocks.blank(blocks.prefixed(tag, body), np.isnan(floats))
     if vt in (ValueType.INT64, ValueType.INT32):
         target = pa.int64() if vt == ValueType.INT64 else pa.int32()
         cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
-        out = varint_column(_ints(cast, np.int64), tag)
+        block = blocks.prefixed(tag, blocks.varints(_ints(cast, np.int64)))
         nulls = _null_mask(arr)
         if pa.types.is_floating(arr.type):
             nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
-        return _blank_nulls(out, nulls) if nulls.any() else out
+        return blocks.blank(block, nulls)
     if vt == ValueType.UNIX_TIMESTAMP:
-        return varint_column(timestamp_seconds(arr), tag)
+        return blocks.prefixed(tag, blocks.varints(timestamp_seconds(arr)))
+    if vt == ValueType.BOOL:
+        bools = arr.cast(pa.bool_())
+        raw = _ints(bools.cast(pa.int8()), np.int8).astype(np.uint8)
+        block = blocks.prefixed(tag, blocks.fixed(raw, 1))
+        return blocks.blank(block, _null_mask(bools)) if arr.null_count else block
     if vt in (ValueType.STRING, ValueType.BYTES):
-        items: list[bytes | None] = arr.cast(pa.binary()).to_pylist()
-        return _length_delimited(tag, items)
+        body = blocks.binary(arr)
+        block = blocks.hconcat([blocks.constant(tag, body.rows), blocks.varints(body.lens), body])
+        return blocks.blank(block, _null_mask(arr)) if arr.null_count else block
     rows = _list_items(arr, vt)
-    return [
-        b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
-        for row in rows
-    ]
+    return blocks.from_list(
+        [
+            b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
+            for row in rows
+        ]
+    )
+
+
+def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]:
+    """:func:`value_block` as one bytes object per row (``b""`` for null), byte-identical to
+    Feast's ``Value.SerializeToString()``."""
+    return value_block(arr, vt).to_list()

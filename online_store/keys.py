@@ -15,7 +15,8 @@ import pyarrow as pa
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError
-from online_store.codec import _ENTITY_TYPE_CODE, _fixed_column, check_entity_type
+from online_store import blocks
+from online_store.codec import _ENTITY_TYPE_CODE, check_entity_type
 
 
 def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
@@ -41,7 +42,7 @@ def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
         raw = np.ascontiguousarray(np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)).view(
             np.uint8
         )
-        return _fixed_column(struct.pack("<II", code, width), raw, width)
+        return blocks.prefixed(struct.pack("<II", code, width), blocks.fixed(raw, width)).to_list()
     items: list[bytes] = arr.cast(pa.binary()).to_pylist()
     head = struct.pack("<I", code)
     return [head + struct.pack("<I", len(b)) + b for b in items]

@@ -30,6 +30,7 @@ from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
 from foundation.errors import BackendUnavailableError, UnsupportedTypeError
+from online_store.atomic_write import write_rows_atomic
 from online_store.codec import (
     check_entity_type,
     check_feature_type,
@@ -38,7 +39,7 @@ from online_store.codec import (
     ts_field,
 )
 from online_store.connection import make_client, parse_connection_string, resolve_target
-from online_store.decode import EPOCH, timestamp_datetime, timestamp_nanos
+from online_store.decode import EPOCH, timestamp_datetime
 from online_store.keys import entity_key_prefix, glob_escape
 from online_store.reader import ReadPlan, ViewReadSpec
 
@@ -141,36 +142,36 @@ class FastRedisOnlineStore(OnlineStore):
         data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
         progress: Callable[[int], Any] | None,
     ) -> None:
-        """Feast's protobuf-row write path (SDK push); same rule as the Arrow writer."""
+        """Feast's protobuf-row write path (SDK push), through the Arrow writers' atomic
+        compare-and-set: per key the newest row (the later one on a tie) is written where it
+        is newer than the stored one."""
         client = self.client(config)
         store_config: FastRedisOnlineStoreConfig = config.online_store
         project = config.project.encode()
-        ts_name = ts_field(table.name)
         latest: dict[bytes, tuple[int, int]] = {}
         for i, (entity_key, _, timestamp, _) in enumerate(data):
             key = serialize_entity_key(entity_key, entity_key_serialization_version=3) + project
             # Integer arithmetic: float timestamps round wrongly before 1970.
             micros = (make_tzaware(timestamp) - EPOCH) // timedelta(microseconds=1)
-            if key not in latest or micros > latest[key][0]:
+            if key not in latest or micros >= latest[key][0]:
                 latest[key] = (micros, i)
-        keys = list(latest)
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
-            stored = pipe.execute()
-        with client.pipeline(transaction=False) as pipe:
-            for key, (old,) in zip(keys, stored, strict=True):
-                micros, i = latest[key]
-                if old and micros * 1000 <= timestamp_nanos(old) and timestamp_nanos(old) != 0:
-                    continue
-                values = data[i][1]
-                items: list[bytes] = [ts_name, encode_timestamps(np.array([micros]))[0]]
-                for name, value in values.items():
-                    items += [field_name(table.name, name), value.SerializeToString()]
-                pipe.execute_command("HSET", key, *items)
-                if store_config.key_ttl_seconds:
-                    pipe.expire(key, store_config.key_ttl_seconds)
-            pipe.execute()
+        # One compare-and-set batch per set of features (Feast sends every feature per row).
+        groups: dict[tuple[str, ...], list[bytes]] = {}
+        for key, (_, i) in latest.items():
+            groups.setdefault(tuple(data[i][1]), []).append(key)
+        for names, keys in groups.items():
+            micros_of = np.array([latest[k][0] for k in keys], dtype=np.int64)
+            rows = [data[latest[k][1]][1] for k in keys]
+            write_rows_atomic(
+                client,
+                keys,
+                micros_of,
+                encode_timestamps(micros_of),
+                [[row[name].SerializeToString() for row in rows] for name in names],
+                key_ttl_seconds=store_config.key_ttl_seconds,
+                fields=[field_name(table.name, name) for name in names],
+                ts_name=ts_field(table.name),
+            )
         if progress:
             progress(len(data))
 

@@ -43,7 +43,9 @@ from online_store import blocks
 from online_store.atomic_write import write_chunk_atomic
 from online_store.codec import (
     field_name,
+    timestamp_block,
     ts_field,
+    value_block,
 )
 from online_store.decode import timestamp_nanos
 from online_store.rawpipe import execute_packed, pack, supports_raw
@@ -154,7 +156,7 @@ def _write_rows(
             ts_name,
             micros[kept],
             [
-                blocks.value_block(batch_column(chunk, f, spec.name).take(take), vt)
+                value_block(batch_column(chunk, f, spec.name).take(take), vt)
                 for f, vt in zip(spec.features, spec.feature_types, strict=True)
             ],
             fields,
@@ -181,15 +183,6 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-def _timestamp_block(micros: np.ndarray) -> blocks.Block:
-    """``encode_timestamps`` as a block: proto3 omits zero seconds and zero nanos."""
-    seconds = micros // 1_000_000
-    nanos = (micros % 1_000_000) * 1000
-    sec = blocks.blank(blocks.prefixed(b"\x08", blocks.varints(seconds)), seconds == 0)
-    nano = blocks.blank(blocks.prefixed(b"\x10", blocks.varints(nanos)), nanos == 0)
-    return blocks.hconcat([sec, nano])
-
-
 def _resp_hset_buffer(
     keys: list[bytes],
     ts_name: bytes,
@@ -207,7 +200,7 @@ def _resp_hset_buffer(
     key = blocks.from_list(keys)
     parts = [blocks.constant(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(values)), n)]
     parts += blocks.bulk(key)
-    parts += blocks.bulk(_timestamp_block(micros), _bulk(ts_name))
+    parts += blocks.bulk(timestamp_block(micros), _bulk(ts_name))
     for field, value in zip(fields, values, strict=True):
         parts += blocks.bulk(value, _bulk(field))
     if key_ttl_seconds:

@@ -192,3 +192,52 @@ def test_sdk_write_to_online_store_writes_stock_bytes(tmp_path: Path, module_red
     result = snapshot(urls[1])
     assert len(result) == 2
     assert result == snapshot(urls[0])
+
+
+def test_sdk_writes_never_put_an_older_row_over_a_newer_one(
+    tmp_path: Path, module_redis: str
+) -> None:
+    """Feast's protobuf write path keeps the Arrow writers' rule: newest wins, the later
+    row on a full tie, and an older row sent later leaves the stored one alone."""
+    import pandas as pd
+
+    parquet = _data(tmp_path / "d.parquet")
+    url = module_redis + "9"
+    redis.Redis.from_url(url).flushdb()
+    store = make_store(
+        tmp_path / "ours",
+        RepoSpec("p", url, True, True, offline=DUCKDB),
+        lambda: parquet_views(parquet),
+    )
+
+    def write(rows: list[tuple[int, float, str]]) -> None:
+        store.write_to_online_store(
+            "a",
+            pd.DataFrame(
+                {
+                    "driver_id": [r[0] for r in rows],
+                    "a_x": [r[1] for r in rows],
+                    "event_ts": pd.to_datetime([r[2] for r in rows], utc=True, format="ISO8601"),
+                }
+            ),
+        )
+
+    def stored() -> dict[int, float]:
+        frame = store.get_online_features(
+            features=["a:a_x"], entity_rows=[{"driver_id": 1}, {"driver_id": 2}]
+        ).to_df()
+        return dict(zip(frame["driver_id"], frame["a_x"], strict=True))
+
+    write(
+        [
+            (1, 1.0, "2024-01-01T00:00:00.000002Z"),
+            (1, 2.0, "2024-01-01T00:00:00.000001Z"),  # older, later in the batch
+            (2, 3.0, "2024-01-01T00:00:00Z"),
+            (2, 4.0, "2024-01-01T00:00:00Z"),  # full tie: the later row wins
+        ]
+    )
+    assert stored() == {1: 1.0, 2: 4.0}
+    write([(1, 5.0, "2024-01-01T00:00:00.000001Z"), (2, 6.0, "2023-12-31T23:59:59Z")])
+    assert stored() == {1: 1.0, 2: 4.0}
+    write([(1, 7.0, "2024-01-01T00:00:00.000003Z")])  # one microsecond newer
+    assert stored() == {1: 7.0, 2: 4.0}
