@@ -35,16 +35,11 @@ def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
 
 
-def encode_command(*args: bytes | str | int) -> bytes:
-    """RESP encoding of one command."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = str(arg).encode()
-        parts.append(_bulk(arg))
-    return b"".join(parts)
+def _pack(*args: bytes | str | int) -> bytes:
+    """One command in RESP, packed by hiredis."""
+    # hiredis's stub types the argument as a 1-tuple; any tuple of arguments is accepted.
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
 
 
 class _Connection(asyncio.Protocol):
@@ -158,7 +153,7 @@ class FastPipeline:
 
     def execute_command(self, *args: bytes | str | int) -> FastPipeline:
         """Queue any command."""
-        self._parts.append(encode_command(*args))
+        self._parts.append(_pack(*args))
         self._count += 1
         return self
 
@@ -254,9 +249,9 @@ class FastRedis:
                 if self._username
                 else ("AUTH", self._password)
             )
-            setup.append(encode_command(*auth))  # type: ignore[arg-type]
+            setup.append(_pack(*auth))  # type: ignore[arg-type]
         if self._db:
-            setup.append(encode_command("SELECT", self._db))
+            setup.append(_pack("SELECT", self._db))
         if setup:
             for reply in await conn.submit(b"".join(setup), len(setup)):
                 if isinstance(reply, hiredis.ReplyError):

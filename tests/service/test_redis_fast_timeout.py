@@ -66,8 +66,7 @@ def test_concurrent_requests_on_the_shared_connection_all_answer(redis_url: str,
     asyncio.run(scenario())
 
 
-def test_a_unix_socket_url_reads_that_server_and_database(tmp_path: Path) -> None:
-    sock = tmp_path / "redis.sock"
+def _socket_server(sock: Path, *options: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
             shutil.which("redis-server") or "redis-server",
@@ -79,13 +78,20 @@ def test_a_unix_socket_url_reads_that_server_and_database(tmp_path: Path) -> Non
             "",
             "--appendonly",
             "no",
+            *options,
         ],
         stdout=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+def test_a_unix_socket_url_reads_that_server_and_database(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    proc = _socket_server(sock)
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
         redis.Redis(unix_socket_path=str(sock), db=2).hset(b"k", mapping={b"f": b"v"})
 
         async def scenario() -> list[object]:
@@ -96,6 +102,34 @@ def test_a_unix_socket_url_reads_that_server_and_database(tmp_path: Path) -> Non
                 await client.aclose()
 
         assert asyncio.run(scenario()) == [[b"v"], [None]]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("user", ["", "reader"])
+def test_credentials_in_the_url_authenticate(tmp_path: Path, user: str) -> None:
+    """A password (or an ACL user and password) from the URL; a wrong one is refused."""
+    sock = tmp_path / "redis.sock"
+    proc = _socket_server(
+        sock, "--requirepass", "s3cret", "--user", "reader", "on", ">r3ad", "~*", "+@all"
+    )
+    try:
+        admin = redis.Redis(unix_socket_path=str(sock), password="s3cret", db=1)
+        admin.hset(b"k", mapping={b"f": b"v"})
+        password = "r3ad" if user else "s3cret"
+
+        async def read(url: str) -> list[object]:
+            client = FastRedis(url, timeout=2)
+            try:
+                return await client.pipeline().hmget_many([b"k"], [b"f"]).execute()
+            finally:
+                await client.aclose()
+
+        creds = f"{user}:{password}" if user else f":{password}"
+        assert asyncio.run(read(f"unix://{creds}@{sock}?db=1")) == [[b"v"]]
+        with pytest.raises(redis.exceptions.RedisError):
+            asyncio.run(read(f"unix://{user}:wrong@{sock}?db=1"))
     finally:
         proc.terminate()
         proc.wait(10)
