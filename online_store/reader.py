@@ -152,6 +152,18 @@ def _check_column(key: str, vt: ValueType, values: Sequence[object]) -> list[obj
     return [_check_value(key, vt, v) for v in values]
 
 
+def _fetch(
+    client: redis.Redis | redis.RedisCluster, commands: list[tuple[_Group, list[int], list[bytes]]]
+) -> list[Any]:
+    """One pipelined round trip of the plan's ``HMGET`` commands (sync redis-py)."""
+    with client.pipeline(transaction=False) as pipe:
+        for group, _, keys in commands:
+            for key in keys:
+                pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
+        replies: list[Any] = pipe.execute()
+    return replies
+
+
 class ReadPlan:
     """Precompiled hash keys and fields for a fixed set of views."""
 
@@ -330,11 +342,7 @@ class ReadPlan:
             InvalidEntityError: a join key is missing, mistyped, or the lists differ in length.
         """
         n, commands = self._commands(entities)
-        with client.pipeline(transaction=False) as pipe:
-            for group, _, keys in commands:
-                for key in keys:
-                    pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
-            replies: list[Any] = pipe.execute()
+        replies = _fetch(client, commands)
         return self._assemble(n, commands, replies, now)
 
     async def read_async(
@@ -384,11 +392,7 @@ class ReadPlan:
             One :class:`RawRead` per group, in plan order.
         """
         _, commands = self._commands(entities)
-        with client.pipeline(transaction=False) as pipe:
-            for group, _, keys in commands:
-                for key in keys:
-                    pipe.hmget(key, group.fields)  # type: ignore[arg-type]  # redis-py accepts bytes keys
-            replies: list[Any] = pipe.execute()
+        replies = _fetch(client, commands)
         out = []
         offset = 0
         for _, row_to_unique, keys in commands:
