@@ -10,14 +10,20 @@ When it is unset, the tooling points it at a SQLite file under the repo's
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
 
-from foundation.errors import InvalidRequestError
+from foundation.errors import FeatureStoreError, InvalidRequestError
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 REDIS_ENV = "FEATURESTORE_REDIS_URL"
+_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
 def data_dir(repo: Path) -> Path:
@@ -90,3 +96,60 @@ def export_lines(repo: Path) -> list[str]:
     if os.environ.get(REDIS_ENV):
         lines.append(f"export {REDIS_ENV}='{os.environ[REDIS_ENV]}'")
     return lines
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """``os.path.expandvars`` (unknown variables stay as written) over an explicit mapping."""
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return env.get(name, match.group(0))
+
+    return _VAR.sub(sub, text)
+
+
+def read_repo_yaml(repo: Path, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``<repo>/feature_store.yaml`` parsed, variables expanded as Feast does, except that
+    ``FEATURESTORE_REGISTRY_URL`` defaults to the SQLite registry under ``data/`` and
+    ``overrides`` win over the environment (which is not modified).
+
+    Raises:
+        FeatureStoreError: no such file, or not a YAML mapping.
+    """
+    yaml_path = Path(repo) / "feature_store.yaml"
+    if not yaml_path.is_file():
+        raise FeatureStoreError(
+            f"no feature_store.yaml in {repo}; pass --repo (FEATURESTORE_REPO_PATH) "
+            "pointing at a Feast repo"
+        )
+    env = {**os.environ, **(overrides or {})}
+    if not env.get(REGISTRY_ENV):
+        env[REGISTRY_ENV] = default_registry_url(repo)
+    raw = yaml.safe_load(expand(yaml_path.read_text(), env))
+    if not isinstance(raw, dict):
+        raise FeatureStoreError(f"{yaml_path} is not a Feast repo config (a YAML mapping)")
+    return raw
+
+
+def repo_config(raw: dict[str, Any], repo: Path) -> RepoConfig:
+    """Feast's config from :func:`read_repo_yaml`'s mapping, with ``repo_path`` set.
+
+    Raises:
+        FeatureStoreError: Feast refuses the config.
+    """
+    try:
+        config = RepoConfig(**raw)
+    except Exception as exc:  # pydantic errors from Feast's own config classes
+        raise FeatureStoreError(f"invalid {Path(repo) / 'feature_store.yaml'}: {exc}") from exc
+    config.repo_path = Path(repo)
+    return config
+
+
+def open_repo(repo: str | Path) -> FeatureStore:
+    """A Feast store on ``repo`` with the tooling's defaults (see :func:`read_repo_yaml`).
+
+    Unlike a plain ``FeatureStore(repo)``, it works in a fresh shell: an unset
+    ``FEATURESTORE_REGISTRY_URL`` means the SQLite registry under ``<repo>/data/``.
+    """
+    path = Path(repo).resolve()
+    return FeatureStore(repo_path=str(path), config=repo_config(read_repo_yaml(path), path))

@@ -25,6 +25,7 @@ import pyarrow as pa
 from feast import FeatureService, FeatureStore
 from feast.errors import FeastError
 
+from foundation.environment import open_repo
 from foundation.errors import (
     FeatureNotFoundError,
     FeatureServiceNotFoundError,
@@ -44,12 +45,15 @@ Result: TypeAlias = pd.DataFrame | pa.Table | str
 def resolve_store(store: FeatureStore | None, repo_path: str | Path | None) -> FeatureStore:
     """The store to use: the given one, or one opened at ``repo_path``.
 
+    A repo opened here gets the tooling's defaults (:func:`foundation.environment.open_repo`):
+    with ``FEATURESTORE_REGISTRY_URL`` unset, the SQLite registry under ``<repo>/data/``.
+
     Raises:
         InvalidRequestError: neither (or both) given.
     """
     if (store is None) == (repo_path is None):
         raise InvalidRequestError("pass exactly one of store=, repo_path= or url=")
-    return store if store is not None else FeatureStore(repo_path=str(repo_path))
+    return store if store is not None else open_repo(str(repo_path))
 
 
 def resolve_features(

@@ -7,35 +7,19 @@ in one place.
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 import redis
 import redis.asyncio as aioredis
-import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from foundation.errors import FeatureStoreError
+from foundation import environment
 from online_store.connection import parse_connection_string, resolve_target
 from service.redis_fast import FastRedis
 from service.settings import Settings
-
-_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
-
-
-def _expand(text: str, env: Mapping[str, str]) -> str:
-    # Same contract as os.path.expandvars (unknown variables stay as written) but with
-    # an explicit mapping, so settings override the environment without mutating it.
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        return env.get(name, match.group(0))
-
-    return _VAR.sub(sub, text)
 
 
 def load_repo_config(settings: Settings) -> RepoConfig:
@@ -51,17 +35,10 @@ def load_repo_config(settings: Settings) -> RepoConfig:
         FeatureStoreError: the repo or its ``feature_store.yaml`` is missing or invalid.
     """
     repo = settings.resolved_repo_path()
-    yaml_path = repo / "feature_store.yaml"
-    if not yaml_path.is_file():
-        raise FeatureStoreError(
-            f"no feature_store.yaml in {repo}; pass --repo (FEATURESTORE_REPO_PATH) "
-            "pointing at a Feast repo"
-        )
-    env = dict(os.environ)
-    env["FEATURESTORE_REGISTRY_URL"] = settings.resolved_registry_url()
+    overrides = {environment.REGISTRY_ENV: settings.resolved_registry_url()}
     if settings.redis_url:
-        env["FEATURESTORE_REDIS_URL"] = settings.redis_url
-    raw: dict[str, Any] = yaml.safe_load(_expand(yaml_path.read_text(), env))
+        overrides[environment.REDIS_ENV] = settings.redis_url
+    raw = environment.read_repo_yaml(repo, overrides)
     online = raw.get("online_store")
     if settings.redis_url and isinstance(online, dict) and not online.get("connection_string"):
         # Pin the store's own client (materialize jobs, writes through Feast) to the Redis
@@ -71,12 +48,7 @@ def load_repo_config(settings: Settings) -> RepoConfig:
             if online.get("type", "redis") == "redis"
             else settings.redis_url
         )
-    try:
-        config = RepoConfig(**raw)
-    except Exception as exc:  # pydantic errors from Feast's own config classes
-        raise FeatureStoreError(f"invalid {yaml_path}: {exc}") from exc
-    config.repo_path = repo
-    return config
+    return environment.repo_config(raw, repo)
 
 
 def open_feature_store(settings: Settings) -> FeatureStore:

@@ -154,15 +154,12 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from feast import FeatureStore
 
     from foundation.errors import FeatureStoreError
     from offline_store.compact import compact_feature_views
 
-    repo = Path(args.repo)
-    os.environ.setdefault(environment.REGISTRY_ENV, environment.default_registry_url(repo))
     try:
-        store = FeatureStore(repo_path=str(repo))
+        store = environment.open_repo(args.repo)
         results = compact_feature_views(store, args.feature_view or None)
     except FeatureStoreError as exc:
         print(f"featurestore compact: {exc.message}", file=sys.stderr)
