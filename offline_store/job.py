@@ -272,8 +272,9 @@ class DuckDBRetrievalJob(RetrievalJob):
     def to_parquet(self, path: str | Path, *, allow_overwrite: bool = True) -> str:
         """Write the result to one Parquet file without building it in Python memory.
 
-        Without on-demand views this is a single DuckDB ``COPY ... TO``; with them, batches
-        are streamed through the transformations into a Parquet writer.
+        Without on-demand views this is a single DuckDB ``COPY ... TO``; with them, or for
+        an untrusted caller's job (its connection may write no file), batches are streamed
+        through the transformations into a Parquet writer.
 
         Args:
             path: the destination file.
@@ -294,25 +295,33 @@ class DuckDBRetrievalJob(RetrievalJob):
             )
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
         tmp = f"{dest}.tmp-{os.getpid()}"
-        if self._odfvs:
-            writer: pq.ParquetWriter | None = None
-            try:
-                for batch in self.iter_batches(65_536):
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, batch.schema)
-                    writer.write_batch(batch)
-            finally:
-                if writer is not None:
-                    writer.close()
-            if writer is None:
-                pq.write_table(self.to_arrow().slice(0, 0), tmp)
-        else:
-            with self._connect() as con:
-                sql = self._start(con)
-                execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
+        try:
+            if self._odfvs or self._limits is not None:
+                self._stream_to_parquet(tmp)
+            else:
+                with self._connect() as con:
+                    sql = self._start(con)
+                    execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         # Readers never see a half-written file.
         os.replace(tmp, dest)
         return dest
+
+    def _stream_to_parquet(self, path: str) -> None:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for batch in self.iter_batches(65_536):
+                if writer is None:
+                    writer = pq.ParquetWriter(path, batch.schema)
+                writer.write_batch(batch)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            pq.write_table(self.to_arrow().slice(0, 0), path)
 
     def persist(
         self,

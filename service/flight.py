@@ -15,7 +15,9 @@ request runs within the ``training_*`` limits, and at most
 
 Auth: Feast's client sends ``authorization: Bearer <token>`` on every call when the repo
 sets ``auth`` (``type: kubernetes`` with ``user_token: <key>`` carries one of our API
-keys). With ``--auth`` every call needs a key of scope ``read``.
+keys). With ``--auth`` every call needs a key of scope ``read``; saving a dataset
+(``persist``, a ``do_put``) needs ``write``, and reading one back is a
+``pull_all_from_table_or_query`` exchange (see :mod:`offline_store.remote_datasets`).
 
 Errors reach the client as Flight errors carrying our message: bad input as
 ``ArrowInvalid`` (gRPC INVALID_ARGUMENT), a missing or wrong key as
@@ -34,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as fl
 from feast import FeatureStore
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
 from foundation.errors import (
     AuthenticationError,
@@ -41,8 +44,11 @@ from foundation.errors import (
     PermissionDeniedError,
     RequestTooLargeError,
 )
+from offline_store.job import DuckDBRetrievalJob
+from offline_store.remote_datasets import dataset_path, pull_all_job
 from offline_store.sandbox import SandboxedSql, UntrustedEntities
 from offline_store.sdk import build_job, stream_job
+from offline_store.spark_job import SparkRetrievalJob
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
 from service.backends import open_feature_store
 from service.settings import Settings
@@ -50,6 +56,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 HISTORICAL_API = "get_historical_features"
+PULL_ALL_API = "pull_all_from_table_or_query"
+PERSIST_API = "persist"
 BATCH_ROWS = 65_536
 _AUTH = "auth"
 
@@ -125,11 +133,11 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
         self.auth = auth
         self._slots = threading.BoundedSemaphore(settings.training_max_concurrent)
 
-    def _authorize(self, context: fl.ServerCallContext) -> None:
+    def _authorize(self, context: fl.ServerCallContext, scope: Scope = Scope.READ) -> None:
         if self.auth is None:
             return
         caller = context.get_middleware(_AUTH)
-        self.auth.authorize_blocking(caller.authorization if caller else None, Scope.READ)
+        self.auth.authorize_blocking(caller.authorization if caller else None, scope)
 
     def _entities(self, command: dict[str, Any], reader: fl.MetadataRecordBatchReader) -> Any:
         """The uploaded entity rows (bounded), or the entity SQL, as the client sent them."""
@@ -165,22 +173,22 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
             )
         return pa.Table.from_batches(batches, schema=reader.schema)
 
-    def _historical(
+    def _job(
         self, command: dict[str, Any], reader: fl.MetadataRecordBatchReader
-    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    ) -> DuckDBRetrievalJob | SparkRetrievalJob:
+        """The ``get_historical_features`` job a command asks for, on the uploaded rows."""
         refs = command.get("feature_refs")
         if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs) or not refs:
             raise pa.ArrowInvalid('"feature_refs" must be a non-empty list of "view:feature"')
         entities = UntrustedEntities(
             self._entities(command, reader), self.settings.training_limits()
         )
-        job = build_job(
+        return build_job(
             self.store,
             entities,
             features=refs,
             full_feature_names=bool(command.get("full_feature_names", False)),
         )
-        return stream_job(job, BATCH_ROWS)
 
     def do_exchange(
         self,
@@ -193,10 +201,11 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
         try:
             self._authorize(context)
             command = _command(descriptor)
-            if command["api"] != HISTORICAL_API:
+            if command["api"] not in (HISTORICAL_API, PULL_ALL_API):
                 raise pa.ArrowInvalid(
                     f"api {command['api']!r} is not served here; this server answers "
-                    f"{HISTORICAL_API!r} (the training-set join)"
+                    f"{HISTORICAL_API!r} (the training-set join) and {PULL_ALL_API!r} "
+                    "(reading a saved dataset)"
                 )
             if not self._slots.acquire(blocking=False):
                 raise fl.FlightUnavailableError(
@@ -204,7 +213,10 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
                     "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds"
                 )
             try:
-                schema, batches = self._historical(command, reader)
+                if command["api"] == PULL_ALL_API:
+                    schema, batches = stream_job(pull_all_job(self.store, command), BATCH_ROWS)
+                else:
+                    schema, batches = stream_job(self._job(command, reader), BATCH_ROWS)
                 writer.begin(schema)
                 for batch in batches:
                     writer.write_batch(batch)
@@ -233,17 +245,43 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
         reader: fl.MetadataRecordBatchReader,
         writer: fl.FlightMetadataWriter,
     ) -> None:
-        """Refused (writes, logged features and saved datasets are not served)."""
-        self._authorize_or_raise(context)
-        if _command(descriptor)["api"] == "persist":
-            raise pa.ArrowInvalid(
-                "saving a dataset through the remote offline store is not served: Feast's "
-                "remote client sends only the storage's data source name (empty for "
-                "SavedDatasetFileStorage), not where to write, and stock serve_offline fails "
-                "on it too; save it in-process with offline_store.saved.save_training_dataset "
-                "or FeatureStore.create_saved_dataset on the server's repo"
-            )
-        self._refuse(context, "do_put (offline writes, logged features)")
+        """Save a training dataset (Feast's ``persist``); other writes are refused.
+
+        The result of the ``get_historical_features`` the command repeats is written where
+        :func:`offline_store.remote_datasets.dataset_path` resolves the storage's name (a
+        registered FileSource, or a confined path under the repo's ``data/``); it needs a
+        key of scope ``write``.
+        """
+        try:
+            command = _command(descriptor)
+            if command["api"] != PERSIST_API:
+                self._authorize_or_raise(context)
+                self._refuse(context, "do_put (offline writes, logged features)")
+            self._authorize(context, Scope.WRITE)
+            if command.get("retrieve_func") != HISTORICAL_API:
+                raise pa.ArrowInvalid(
+                    f"only {HISTORICAL_API!r} results can be saved here, not "
+                    f"{command.get('retrieve_func')!r}"
+                )
+            name = command.get("data_source_name")
+            if not isinstance(name, str):
+                raise pa.ArrowInvalid('"data_source_name" must be a string')
+            target = dataset_path(self.store, name)
+            if not self._slots.acquire(blocking=False):
+                raise fl.FlightUnavailableError(
+                    f"{self.settings.training_max_concurrent} training requests are running "
+                    "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds"
+                )
+            try:
+                job = self._job(command, reader)
+                job.persist(
+                    SavedDatasetFileStorage(path=target),
+                    allow_overwrite=bool(command.get("allow_overwrite", False)),
+                )
+            finally:
+                self._slots.release()
+        except FeatureStoreError as exc:
+            raise flight_error(exc) from exc
 
     def do_get(self, context: fl.ServerCallContext, ticket: fl.Ticket) -> fl.FlightDataStream:
         """Refused: this server keeps no flights between calls."""

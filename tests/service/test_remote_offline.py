@@ -23,11 +23,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
+import sqlalchemy as sa
 import yaml
 from feast import FeatureStore
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
 from online_store.embedded import free_port
+from service.auth import KeyStore, Scope, open_key_engine
 from tests.service.conftest import ROOT, Repo
 
 FEATURES = [
@@ -207,18 +209,84 @@ def test_no_key_is_refused(flight_port: int) -> None:
         _exchange_without_key(flight_port)
 
 
-@pytest.mark.filterwarnings("ignore:Saving dataset is an experimental feature:RuntimeWarning")
-def test_saving_a_dataset_remotely_is_refused_with_the_reason(
-    remote: FeatureStore, repo: Repo, tmp_path: Path
+@pytest.fixture(scope="module")
+def writer(repo: Repo, flight_port: int, tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    """A client repo carrying a key of scope ``write`` (saving datasets writes files)."""
+    engine: sa.Engine = open_key_engine(repo.registry_url, 5)
+    try:
+        key = KeyStore(engine, project="rides").create(Scope.WRITE, name="remote-writer")
+    finally:
+        engine.dispose()
+    # The server re-reads its key snapshot for an unknown key at most once a second
+    # (service/auth.py): a key made now is served within a second.
+    time.sleep(1.1)
+    return _client_repo(tmp_path_factory.mktemp("writer"), repo, flight_port, key)
+
+
+SAVE_WARNING = "ignore:Saving dataset is an experimental feature:RuntimeWarning"
+
+
+@pytest.mark.filterwarnings(SAVE_WARNING)
+def test_a_dataset_saved_remotely_reads_back_remotely_and_in_process(
+    writer: FeatureStore, local: FeatureStore, repo: Repo
 ) -> None:
+    """``create_saved_dataset`` from a remote client writes under the server repo's data/;
+    ``get_saved_dataset(...).to_df()`` from the client and from the server give its rows."""
+    entities = _entities(repo)
+    name = f"remote_save_{time.monotonic_ns()}"
+    relative = f"data/saved/{name}.parquet"
+    job = writer.get_historical_features(entity_df=entities, features=FEATURES)
+    writer.create_saved_dataset(
+        from_=job, name=name, storage=SavedDatasetFileStorage(path=relative)
+    )
+    written = repo.path / relative
+    assert written.is_file()
+    joined = local.get_historical_features(entity_df=entities, features=FEATURES).to_df()
+    # The file keeps DuckDB's microsecond timestamps (as a local save's COPY writes them).
+    on_disk = pd.read_parquet(written).astype(
+        {c: joined[c].dtype for c in joined.columns if str(joined[c].dtype).startswith("datetime")}
+    )
+    _equal(on_disk[list(joined.columns)].reset_index(drop=True), joined.reset_index(drop=True))
+    remote_rows = writer.get_saved_dataset(name).to_df()
+    local_rows = local.get_saved_dataset(name).to_df()
+    key = list(local_rows.columns)
+    _equal(
+        remote_rows.sort_values(key).reset_index(drop=True),
+        local_rows.sort_values(key).reset_index(drop=True),
+    )
+    assert len(remote_rows) == len(entities)
+
+
+@pytest.mark.filterwarnings(SAVE_WARNING)
+def test_saving_remotely_needs_a_write_key(remote: FeatureStore, repo: Repo) -> None:
     job = remote.get_historical_features(entity_df=_entities(repo), features=FEATURES[:1])
-    with pytest.raises(pa.ArrowInvalid, match="data source name"):
+    with pytest.raises(fl.FlightUnauthorizedError, match="scope"):
         remote.create_saved_dataset(
             from_=job,
-            name="remote_save",
-            storage=SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")),
+            name="read_key_save",
+            storage=SavedDatasetFileStorage(path="data/saved/read_key_save.parquet"),
+        )
+    assert not (repo.path / "data" / "saved" / "read_key_save.parquet").exists()
+
+
+@pytest.mark.filterwarnings(SAVE_WARNING)
+@pytest.mark.parametrize("where", ["outside", "dotdot", "not-parquet"])
+def test_a_save_path_outside_the_repo_data_is_refused(
+    writer: FeatureStore, repo: Repo, tmp_path: Path, where: str
+) -> None:
+    target = {
+        "outside": str(tmp_path / "saved.parquet"),
+        "dotdot": "data/../escaped.parquet",
+        "not-parquet": "data/saved/notes.txt",
+    }[where]
+    job = writer.get_historical_features(entity_df=_entities(repo), features=FEATURES[:1])
+    with pytest.raises(pa.ArrowInvalid, match="refused"):
+        writer.create_saved_dataset(
+            from_=job, name=f"bad_{where}", storage=SavedDatasetFileStorage(path=target)
         )
     assert not (tmp_path / "saved.parquet").exists()
+    assert not (repo.path / "escaped.parquet").exists()
+    assert not (repo.path / "data" / "saved" / "notes.txt").exists()
 
 
 def test_entity_frame_with_a_filtered_index_equals_the_in_process_join(
