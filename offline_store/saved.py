@@ -28,6 +28,7 @@ from foundation.stats_log import StatisticsLog
 from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
 from offline_store.ipc import table_to_ipc
+from offline_store.job import feast_frame_types
 from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.sources import parquet_glob
 from offline_store.statistics import profile_saved_dataset
@@ -209,7 +210,7 @@ def load_training_dataset(
         output: ``"pandas"``, ``"arrow"`` or ``"parquet"`` (the stored path).
 
     Returns:
-        The rows, or the Parquet path.
+        The rows (typed as ``get_training_dataset`` gives them), or the Parquet path.
 
     Raises:
         NotFoundError: unknown dataset, or its file is gone.
@@ -225,5 +226,7 @@ def load_training_dataset(
         )
     if output == "parquet":
         return record.storage_path
-    table = pq.read_table(record.storage_path)
+    # The types the dataset was built with (Feast's nanosecond timestamps), whatever unit
+    # the file stores them in.
+    table = feast_frame_types(pq.read_table(record.storage_path), {})
     return table.to_pandas() if output == "pandas" else table

@@ -20,6 +20,7 @@ from offline_store.saved import (
     load_training_dataset,
     save_training_dataset,
 )
+from offline_store.sdk import get_training_dataset
 from offline_store.split import time_split
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, make_store, three_views, write_rows
 
@@ -89,6 +90,9 @@ def test_save_list_get_and_reload_by_name_and_version(store: FeatureStore) -> No
     assert isinstance(reloaded, pd.DataFrame)
     assert reloaded["label"].tolist() == [0, 1, 0]
     assert reloaded["rate"].tolist()[:2] == [0.5, 0.5]
+    # The rows and the types the SDK gives for the same request (nanosecond timestamps).
+    built = get_training_dataset(ENTITIES, ["driver_fv:rate", "driver_fv:trips"], store=store)
+    pd.testing.assert_frame_equal(reloaded, built)
     assert load_training_dataset("rides", 1, store=store, output="parquet") == first.storage_path
 
 
