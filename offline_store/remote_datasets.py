@@ -31,11 +31,8 @@ from feast.utils import make_tzaware
 from foundation.environment import data_dir
 from foundation.errors import EntityPathRefusedError, InvalidRequestError
 from offline_store.job import DuckDBRetrievalJob
+from offline_store.sandbox import inside
 from offline_store.store import DuckDBParquetOfflineStore
-
-
-def _inside(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def confined_dataset_path(store: FeatureStore, raw: str) -> str:
@@ -62,7 +59,7 @@ def confined_dataset_path(store: FeatureStore, raw: str) -> str:
     ):
         raise refused
     target = os.path.realpath(os.path.join(os.path.realpath(repo), raw))
-    if not _inside(target, base) or target == base:
+    if not inside(target, base) or target == base:
         raise refused
     return target
 

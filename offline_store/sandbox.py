@@ -150,7 +150,7 @@ class ConfinedFiles:
         base = os.path.realpath(entity_dir)
         target = os.path.realpath(os.path.join(base, raw))
         # Checked before anything is listed: "/" must not start a walk of the whole disk.
-        if not _inside(target, base):
+        if not inside(target, base):
             raise _outside(raw)
         if os.path.isdir(target):
             candidates = [
@@ -163,7 +163,7 @@ class ConfinedFiles:
             candidates = [target]
         # Real paths: a symlink below the directory that leaves it is caught here.
         files = sorted({os.path.realpath(p) for p in candidates})
-        if not all(_inside(f, base) for f in files):
+        if not all(inside(f, base) for f in files):
             raise _outside(raw)
         files = [f for f in files if os.path.isfile(f)]
         if not files:
@@ -195,7 +195,8 @@ def _outside(raw: str) -> EntityPathRefusedError:
     )
 
 
-def _inside(path: str, base: str) -> bool:
+def inside(path: str, base: str) -> bool:
+    """Whether the (real) ``path`` is ``base`` or below it."""
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
