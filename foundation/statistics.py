@@ -21,10 +21,14 @@ Per column (:class:`ColumnStats`):
   the column has at most :data:`RESERVOIR` non-null values and otherwise estimated from a
   uniform reservoir sample of that size, scaled so they still sum to the non-null count;
   ``histogram_exact`` says which.
-- strings and booleans: ``top`` values with their counts (exact unless more than
+- strings and booleans: ``top`` values with their counts, most frequent first and equal
+  counts in value order (exact unless more than
   :data:`STRING_TRACK_LIMIT` distinct values forced pruning; ``top_exact`` says which).
 
-Histogram counts always sum to ``count - nulls``.
+Histogram counts always sum to ``count - nulls``. Profilers of disjoint parts of the rows
+merge (:meth:`TableProfiler.merge`) into the profile of the whole: counts, moments, extremes,
+exact histograms and HyperLogLog registers exactly; reservoir samples by drawing from each
+part in proportion to its size.
 """
 
 from __future__ import annotations
@@ -220,6 +224,50 @@ class _Column:
             self.values = Counter(dict(self.values.most_common(STRING_TRACK_LIMIT // 5)))
             self.pruned = True
 
+    def merge(self, other: _Column) -> None:
+        """Add ``other``'s rows (the same column profiled elsewhere, e.g. on a Spark executor)."""
+        self.count += other.count
+        self.nulls += other.nulls
+        np.maximum(self.hll.registers, other.hll.registers, out=self.hll.registers)
+        if self.kind == "string":
+            assert self.values is not None
+            assert other.values is not None
+            self.values.update(other.values)
+            self.pruned = self.pruned or other.pruned
+            if len(self.values) > STRING_TRACK_LIMIT:
+                self.values = Counter(dict(self.values.most_common(STRING_TRACK_LIMIT // 5)))
+                self.pruned = True
+            return
+        if self.kind != "numeric" or not other.n:
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / total
+        self.m2 += other.m2 + delta * delta * self.n * other.n / total
+        assert other.min is not None
+        assert other.max is not None
+        self.min = other.min if self.min is None else min(self.min, other.min)
+        self.max = other.max if self.max is None else max(self.max, other.max)
+        if self.values is not None and other.values is not None:
+            self.values.update(other.values)
+            if len(self.values) > BUCKETS:
+                self.values = None
+        else:
+            self.values = None
+        self.sample = self._merged_sample(other, total)
+        self.n = total
+
+    def _merged_sample(self, other: _Column, total: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """A uniform sample of both columns' values: all of them while they fit, else each
+        side's share drawn from its own uniform sample in proportion to its row count."""
+        if total <= RESERVOIR:
+            return np.concatenate([self.sample, other.sample])
+        mine = round(RESERVOIR * self.n / total)
+        parts = []
+        for sample, k in ((self.sample, mine), (other.sample, RESERVOIR - mine)):
+            parts.append(sample[self.rng.choice(len(sample), size=k, replace=False)])
+        return np.concatenate(parts)
+
     def finish(self) -> ColumnStats:
         nonnull = self.count - self.nulls
         completeness = nonnull / self.count if self.count else 0.0
@@ -247,7 +295,9 @@ class _Column:
         if self.kind == "string":
             assert self.values is not None
             distinct = self.hll.estimate() if self.pruned else len(self.values)
-            top = [(str(v), int(c)) for v, c in self.values.most_common(TOP_K)]
+            # Ties by value: the same rows give the same list whatever their order.
+            ranked = sorted(self.values.items(), key=lambda vc: (-vc[1], str(vc[0])))
+            top = [(str(v), int(c)) for v, c in ranked[:TOP_K]]
             return ColumnStats(**base, approx_distinct=distinct, top=top, top_exact=not self.pruned)
         return ColumnStats(**base)
 
@@ -310,6 +360,17 @@ class TableProfiler:
         for batch in batches:
             self.update(batch)
             yield batch
+
+    def merge(self, other: TableProfiler) -> None:
+        """Add the rows ``other`` profiled (a profiler of the same columns run elsewhere and
+        sent here pickled, as the Spark engine's executors do)."""
+        self.rows += other.rows
+        for name, column in other._columns.items():
+            mine = self._columns.get(name)
+            if mine is None:
+                self._columns[name] = column
+            else:
+                mine.merge(column)
 
     def finish(self) -> list[ColumnStats]:
         """The statistics of every column seen, in the order first seen."""

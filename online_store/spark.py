@@ -9,12 +9,15 @@ driver only receives one small stats row per partition; it never holds the featu
 
 Progress (rows written / total) comes from a Spark accumulator the executors add to, polled by
 the driver; the total is the winners' count, computed on the persisted winners. The freshness
-record (newest event written) is the maximum the executors report. With any other offline
+record (newest event written) is the maximum the executors report, and the statistics run of
+the view is the merge of the profiles each executor took of the rows it wrote (no extra pass
+over the data). With any other offline
 store the engine behaves as :class:`online_store.engine.StreamingMaterializationEngine`.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,7 +37,14 @@ from online_store.store import FastRedisOnlineStore, RedisType
 from online_store.write_plan import WriteSpec
 from online_store.writer import write_batches
 
-_STATS = pa.schema([("rows_in", pa.int64()), ("rows_written", pa.int64()), ("newest", pa.int64())])
+_STATS = pa.schema(
+    [
+        ("rows_in", pa.int64()),
+        ("rows_written", pa.int64()),
+        ("newest", pa.int64()),
+        ("profile", pa.binary()),
+    ]
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -62,15 +72,18 @@ def _partition_writer(
     """The function each executor runs over its partition's Arrow batches (``mapInArrow``).
 
     It opens its own Redis client, writes the batches with :func:`write_batches` and yields
-    one stats row: rows in, rows written, newest event time written (epoch microseconds).
+    one stats row: rows in, rows written, newest event time written (epoch microseconds) and
+    the statistics of the partition's feature columns (a pickled
+    :class:`~foundation.statistics.TableProfiler`, merged on the driver).
     """
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         client = make_client(target, cluster=cluster, timeout=timeout)
         newest: list[int] = []
+        profiler = TableProfiler(spec.features)
 
         def watched() -> Iterator[pa.RecordBatch]:
-            for batch in batches:
+            for batch in profiler.watch(batches):
                 if batch.num_rows:
                     top = pc.max(batch.column(spec.timestamp_field)).cast(pa.int64()).as_py()
                     if top is not None:
@@ -95,6 +108,7 @@ def _partition_writer(
                     "rows_in": stats.rows_in,
                     "rows_written": stats.rows_written,
                     "newest": max(newest) if newest else None,
+                    "profile": pickle.dumps(profiler),
                 }
             ],
             schema=_STATS,
@@ -109,8 +123,6 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
     def _run(
         self, task: MaterializationTask, newest: NewestEvent, profiler: TableProfiler
     ) -> tuple[int, int]:
-        # Rows written by the executors are not profiled (no statistics run is recorded
-        # for them); rows that stream through the driver are, as in the base engine.
         view = task.feature_view
         if not getattr(view, "online", True) or not isinstance(
             self.online_store, FastRedisOnlineStore
@@ -144,10 +156,15 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
         for raw, mapped in mapping.items():
             if raw in frame.columns:
                 frame = frame.withColumnRenamed(raw, mapped)
-        return self._write_from_executors(task, spec, frame, newest)
+        return self._write_from_executors(task, spec, frame, newest, profiler)
 
     def _write_from_executors(
-        self, task: MaterializationTask, spec: WriteSpec, frame: Any, newest: NewestEvent
+        self,
+        task: MaterializationTask,
+        spec: WriteSpec,
+        frame: Any,
+        newest: NewestEvent,
+        profiler: TableProfiler,
     ) -> tuple[int, int]:
         from pyspark import StorageLevel
 
@@ -197,6 +214,10 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
                 _report(progress, accumulator.value)
         finally:
             winners.unpersist()
+        # Each partition's statistics, profiled by its executor as it wrote the rows.
+        for raw in stats.column("profile").to_pylist():
+            if raw is not None:
+                profiler.merge(pickle.loads(raw))  # our own executors' bytes
         top = pc.max(stats.column("newest")).as_py()
         if top is not None:
             newest.value = _EPOCH + timedelta(microseconds=top)
@@ -206,7 +227,7 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
         )
 
 
-_STATS_DDL = "rows_in long, rows_written long, newest long"
+_STATS_DDL = "rows_in long, rows_written long, newest long, profile binary"
 
 
 def _report(progress: ViewProgress, done: int) -> None:

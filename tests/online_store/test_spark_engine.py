@@ -33,6 +33,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 
+from offline_store.statistics import open_log
 from online_store.progress import ProgressEvent, subscribe
 from tests.online_store.conftest import snapshot
 from tests.online_store.data import T0, typed_objects, write_typed_parquet
@@ -92,9 +93,40 @@ def test_spark_engine_writes_the_duckdb_engines_bytes(
         assert event.rows_total is not None
         assert event.rows_done == event.rows_total
     assert all(fv.materialization_intervals for fv in ours.list_feature_views())
+    _assert_same_statistics(duck, ours)
     # A rerun is idempotent (the never-older rule skips every row).
     ours.materialize(START, END)
     assert snapshot(module_redis + "3") == want
+
+
+def _assert_same_statistics(duck: FeatureStore, ours: FeatureStore) -> None:
+    """The executors' merged profiles equal the DuckDB engine's single-stream profile."""
+    runs = []
+    for store in (duck, ours):
+        log, engine = open_log(store)
+        try:
+            runs.append(log.latest_by_subject("feature_view"))
+        finally:
+            engine.dispose()
+    want, got = runs
+    assert want
+    assert set(got) == set(want)
+    for view, run in want.items():
+        assert got[view].row_count == run.row_count > 0
+        theirs = {c.name: c for c in run.columns}
+        mine = {c.name: c for c in got[view].columns}
+        assert set(mine) == set(theirs)
+        for name, column in theirs.items():
+            other = mine[name]
+            assert (other.count, other.nulls, other.approx_distinct) == (
+                column.count,
+                column.nulls,
+                column.approx_distinct,
+            ), name
+            assert (other.min, other.max, other.top) == (column.min, column.max, column.top)
+            assert other.histogram == column.histogram, name
+            if column.mean is not None:
+                assert other.mean == pytest.approx(column.mean, rel=1e-9)
 
 
 def _load(path: Path, name: str) -> ModuleType:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import duckdb
 import numpy as np
@@ -88,6 +89,59 @@ def test_large_column_distinct_is_within_the_documented_error_and_histogram_sums
     for bucket, true in zip(x.histogram, true_counts, strict=True):
         assert abs(bucket.count - true) / true < 0.05
     assert not stats["s"].top_exact
+
+
+@pytest.mark.parametrize("parts", [2, 5])
+def test_profilers_of_parts_merge_into_the_profile_of_the_whole(parts: int) -> None:
+    """What the Spark engine does: executors profile their partitions, the driver merges the
+    pickled profilers. Exact statistics equal one profiler over every row."""
+    frame = _frame(12_000)
+    whole = {c.name: c for c in profile(pa.Table.from_pandas(frame, preserve_index=False))}
+    merged = TableProfiler()
+    for part in np.array_split(np.arange(len(frame)), parts):
+        profiler = TableProfiler()
+        for batch in _batches(frame.iloc[part], 2_500):
+            profiler.update(batch)
+        merged.merge(pickle.loads(pickle.dumps(profiler)))
+    assert merged.rows == len(frame)
+    got = {c.name: c for c in merged.finish()}
+    for name in ("amount", "trips", "city"):
+        ours, want = got[name], whole[name]
+        assert (ours.count, ours.nulls, ours.completeness) == (
+            want.count,
+            want.nulls,
+            want.completeness,
+        )
+        assert ours.approx_distinct == want.approx_distinct
+        assert ours.min == want.min
+        assert ours.max == want.max
+        assert ours.top == want.top
+        if want.mean is not None:
+            assert ours.mean == pytest.approx(want.mean, rel=1e-12)
+            assert ours.std == pytest.approx(want.std, rel=1e-12)
+        # Under the reservoir size every value is kept: the histograms are exact and equal.
+        assert ours.histogram == want.histogram
+        assert ours.histogram_exact
+
+
+def test_merged_large_profiles_keep_the_documented_error() -> None:
+    rng = np.random.default_rng(11)
+    values = rng.normal(0.0, 1.0, 300_000)
+    merged = TableProfiler()
+    for part in np.array_split(values, 3):
+        profiler = TableProfiler()
+        profiler.update(pa.table({"x": part}))
+        merged.merge(profiler)
+    [x] = merged.finish()
+    assert x.count == len(values)
+    assert x.mean == pytest.approx(values.mean(), abs=1e-12)
+    assert x.std == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert sum(b.count for b in x.histogram) == len(values)
+    true_counts, _ = np.histogram(values, bins=20, range=(x.min, x.max))
+    for bucket, true in zip(x.histogram, true_counts, strict=True):
+        if true > 5_000:  # the well-populated buckets, where a sample's error is small
+            assert abs(bucket.count - true) / true < 0.05
+    assert not x.histogram_exact
 
 
 def test_empty_and_all_null_columns() -> None:
