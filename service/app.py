@@ -23,7 +23,13 @@ from foundation.errors import BackendUnavailableError
 from service import handlers
 from service.access import KeyCheckMiddleware
 from service.auth import Authenticator, KeyStore, Scope, open_key_engine
-from service.backends import is_cluster, open_clients, open_feature_store, resolve_redis_url
+from service.backends import (
+    is_cluster,
+    open_clients,
+    open_feature_store,
+    resolve_redis_url,
+    sentinel_target,
+)
 from service.catalog import Catalog
 from service.console import mount_console
 from service.deps import ServiceState, require
@@ -80,7 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await asyncio.to_thread(resolve_redis_url, settings, store.config)
-        reader, client, sync_client = open_clients(url, settings, cluster=is_cluster(store.config))
+        reader, client, sync_client = open_clients(
+            url,
+            settings,
+            cluster=is_cluster(store.config),
+            sentinel=sentinel_target(store.config),
+        )
         catalog = Catalog(
             store,
             refresh_seconds=settings.registry_refresh_seconds,

@@ -7,6 +7,7 @@ in one place.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
@@ -15,6 +16,8 @@ import redis
 import redis.asyncio as aioredis
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
 
 from foundation import environment
 from online_store.connection import parse_connection_string, resolve_target
@@ -110,28 +113,68 @@ def resolve_redis_url(settings: Settings, config: RepoConfig) -> str:
     return resolve_target(None, repo)
 
 
+def _redis_type(config: RepoConfig) -> str:
+    redis_type = getattr(config.online_store, "redis_type", "redis")
+    return str(getattr(redis_type, "value", redis_type))
+
+
 def is_cluster(config: RepoConfig) -> bool:
     """Whether the repo's online store is a Redis Cluster (``redis_type: redis_cluster``)."""
-    redis_type = getattr(config.online_store, "redis_type", "redis")
-    return str(getattr(redis_type, "value", redis_type)) == "redis_cluster"
+    return _redis_type(config) == "redis_cluster"
 
 
-def open_clients(url: str, settings: Settings, *, cluster: bool) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """Where Sentinel tells the master of ``master`` (``redis_type: redis_sentinel``)."""
+
+    sentinels: list[tuple[str, int]]
+    master: str
+    connection_kwargs: dict[str, Any]
+
+
+def sentinel_target(config: RepoConfig) -> SentinelTarget | None:
+    """The repo's Sentinel setup, as the online store plugin (and Feast) read it: the
+    ``connection_string`` lists the sentinels, its ``key=value`` parts are the client's
+    arguments, ``sentinel_master`` names the master. ``None`` unless ``redis_sentinel``."""
+    if _redis_type(config) != "redis_sentinel":
+        return None
+    online = config.online_store
+    nodes, params = parse_connection_string(
+        resolve_target(getattr(online, "connection_string", None), config.repo_path)
+    )
+    return SentinelTarget(
+        [(str(n["host"]), int(n["port"])) for n in nodes],
+        str(getattr(online, "sentinel_master", "mymaster")),
+        params,
+    )
+
+
+def open_clients(
+    url: str, settings: Settings, *, cluster: bool, sentinel: SentinelTarget | None = None
+) -> tuple[Any, Any, Any]:
     """The three clients of a worker: lookups, async bookkeeping, blocking writes.
 
     Args:
         url: Redis URL (any node of a cluster).
         settings: timeouts and pool sizes.
         cluster: use redis-py's cluster clients (slot routing) for all three.
+        sentinel: use redis-py's Sentinel clients, which find the current master and
+            follow a failover (``url`` is then not used).
 
     Returns:
         (lookup client, asyncio client, blocking client). On a single server, lookups
         use :class:`~service.redis_fast.FastRedis`.
     """
+    timeout = settings.redis_timeout_seconds
+    if sentinel is not None:
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options |= sentinel.connection_kwargs
+        aclient = AsyncSentinel(sentinel.sentinels, **options).master_for(sentinel.master)
+        sync = Sentinel(sentinel.sentinels, **options).master_for(sentinel.master)
+        return aclient, aclient, sync
     if not cluster:
         reader = FastRedis(url, timeout=settings.redis_timeout_seconds)
         return reader, open_redis(url, settings), open_sync_redis(url, settings)
-    timeout = settings.redis_timeout_seconds
     aclient = aioredis.RedisCluster.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
@@ -175,4 +218,5 @@ __all__ = [
     "open_redis",
     "open_sync_redis",
     "resolve_redis_url",
+    "sentinel_target",
 ]
