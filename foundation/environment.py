@@ -125,6 +125,7 @@ def read_repo_yaml(repo: Path, overrides: Mapping[str, str] | None = None) -> di
     env = {**os.environ, **(overrides or {})}
     if not env.get(REGISTRY_ENV):
         env[REGISTRY_ENV] = default_registry_url(repo)
+        data_dir(repo).mkdir(parents=True, exist_ok=True)  # SQLite creates files, not folders
     raw = yaml.safe_load(expand(yaml_path.read_text(), env))
     if not isinstance(raw, dict):
         raise FeatureStoreError(f"{yaml_path} is not a Feast repo config (a YAML mapping)")

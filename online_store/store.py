@@ -10,6 +10,7 @@ calls before it commits the registry.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -25,7 +26,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel
 from feast.utils import make_tzaware
 from feast.value_type import ValueType
-from pydantic import StrictStr
+from pydantic import StrictStr, field_validator
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
@@ -54,6 +55,9 @@ class RedisType(StrEnum):
     redis_sentinel = "redis_sentinel"
 
 
+_UNEXPANDED = re.compile(r"\$\{(\w+)\}")
+
+
 class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
     """Config keys of Feast's Redis store; ``connection_string`` may also be a URL."""
 
@@ -69,6 +73,25 @@ class FastRedisOnlineStoreConfig(FeastConfigBaseModel):
     skip_dedup: bool = False
     socket_timeout_seconds: float = 30.0
     """Bound on every Redis call (connect, send, reply); a hung server fails the run."""
+    expect_env: list[StrictStr] = []
+    """Values written as ``${VAR}`` that must have been expanded when the repo loads (Feast
+    leaves a variable that is not set as written). One still unexpanded fails the load with
+    a message naming the variable, instead of a later opaque error where it is used (the
+    example repo lists ``${FEATURESTORE_REGISTRY_URL}``, which its registry path reads)."""
+
+    @field_validator("expect_env")
+    @classmethod
+    def _variables_are_set(cls, values: list[str]) -> list[str]:
+        unset = sorted({m for v in values for m in _UNEXPANDED.findall(v)})
+        if unset:
+            names = ", ".join(unset)
+            raise ValueError(
+                f"environment variable {names} is not set, and feature_store.yaml reads it; "
+                'export it, or run `eval "$(featurestore env --repo <this repo>)"` for the '
+                "defaults, or open the repo with foundation.environment.open_repo or the "
+                "featurestore commands, which apply them"
+            )
+        return values
 
 
 def _proto_scalar(v: ValueProto) -> tuple[object, ValueType]:

@@ -241,3 +241,29 @@ def test_sdk_writes_never_put_an_older_row_over_a_newer_one(
     assert stored() == {1: 1.0, 2: 4.0}
     write([(1, 7.0, "2024-01-01T00:00:00.000003Z")])  # one microsecond newer
     assert stored() == {1: 7.0, 2: 4.0}
+
+
+def test_example_repo_without_its_registry_variable_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh shell: plain ``FeatureStore`` on the example repo names the variable and
+    ``featurestore env`` instead of SQLAlchemy's "Could not parse SQLAlchemy URL"."""
+    from feast.repo_config import FeastConfigError
+
+    from foundation.environment import REGISTRY_ENV, open_repo
+
+    root = Path(__file__).resolve().parents[2]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(
+        (root / "feature_repo" / "feature_store.yaml").read_text()
+    )
+    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    with pytest.raises(
+        FeastConfigError, match=r"FEATURESTORE_REGISTRY_URL is not set.*featurestore env"
+    ):
+        FeatureStore(repo_path=str(repo))
+    # The tooling's loader applies the default instead.
+    assert open_repo(repo).list_feature_views() == []
+    monkeypatch.setenv(REGISTRY_ENV, f"sqlite:///{tmp_path / 'registry.db'}")
+    assert FeatureStore(repo_path=str(repo)).list_feature_views() == []
