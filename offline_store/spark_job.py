@@ -20,7 +20,8 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
 from foundation.errors import ConflictError, InvalidRequestError
-from offline_store.job import apply_odfvs, feast_frame_types, with_feast_types
+from offline_store.frame_types import feast_frame_types, with_feast_types
+from offline_store.job import apply_odfvs
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

@@ -1,0 +1,55 @@
+"""Result types as Feast's file store gives them: nanosecond timestamps, pandas dtypes.
+
+DuckDB and Spark produce microsecond timestamps; every way a training result leaves a job
+(``to_arrow``, the streamed batches of the HTTP route and Arrow Flight, a reloaded saved
+dataset) goes through these so callers see one set of types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+
+def feast_frame_types(table: pa.Table, pandas_dtypes: dict[str, str]) -> pa.Table:
+    """The result with the types Feast's file store gives it.
+
+    Timestamps become nanoseconds (DuckDB's are microseconds; values outside the
+    nanosecond range keep microseconds rather than overflow). Entity columns the caller
+    gave as pandas extension dtypes (nullable ``Int64``, ``boolean``, ``string``) are
+    recorded in the schema's pandas metadata, as ``pa.Table.from_pandas`` does for
+    Feast, so ``to_df`` gives them back with their dtype instead of ``float64``.
+    """
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(field.type) and field.type.unit != "ns":
+            # Outside 1677..2262 the cast fails: microseconds are the only exact choice.
+            with contextlib.suppress(pa.ArrowInvalid):
+                column = column.cast(pa.timestamp("ns", tz=field.type.tz))
+        columns.append(column)
+    table = pa.Table.from_arrays(columns, names=table.column_names)
+    if not pandas_dtypes:
+        return table
+    empty = table.slice(0, 0).to_pandas()
+    for name, dtype in pandas_dtypes.items():
+        if name in empty.columns:
+            empty[name] = empty[name].astype(dtype)
+    metadata = pa.Schema.from_pandas(empty, preserve_index=False).metadata
+    return table.replace_schema_metadata(metadata)
+
+
+def with_feast_types(
+    batches: Iterator[pa.RecordBatch], pandas_dtypes: dict[str, str]
+) -> Iterator[pa.RecordBatch]:
+    """``batches`` in the types :func:`feast_frame_types` gives a whole result.
+
+    The first batch decides the schema; a later batch with a timestamp outside the
+    nanosecond range (1677..2262) after a first one inside it raises ``ArrowInvalid``.
+    """
+    schema: pa.Schema | None = None
+    for batch in batches:
+        if schema is None:
+            schema = feast_frame_types(pa.Table.from_batches([batch]), pandas_dtypes).schema
+        yield batch.cast(schema)
