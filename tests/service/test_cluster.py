@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from online_store.embedded import find_redis_server, free_port
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import AppClient, Repo, columns
+from tests.service.backend_helpers import app_on, materialize_and_read_customers
+from tests.service.conftest import Repo, columns
 
 
 @pytest.fixture
@@ -61,46 +58,17 @@ def cluster_ports(tmp_path: Path) -> Iterator[list[int]]:
 def test_lookups_writes_and_jobs_on_redis_cluster(
     repo: Repo, tmp_path: Path, cluster_ports: list[int]
 ) -> None:
-    path = tmp_path / "cluster-repo"
-    path.mkdir()
-    shutil.copy(repo.path / "definitions.py", path / "definitions.py")
-    shutil.copytree(repo.path / "data", path / "data", ignore=shutil.ignore_patterns("*.db"))
-    config = yaml.safe_load((repo.path / "feature_store.yaml").read_text())
-    config["online_store"] = {
-        "type": "online_store.store.FastRedisOnlineStore",
-        "redis_type": "redis_cluster",
-        "connection_string": f"127.0.0.1:{cluster_ports[0]}",
-    }
-    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
-    # Same registry as the session repo: only the online store differs.
-    app = AppClient(create_app(Settings(repo_path=path, registry_url=repo.registry_url)))
+    app = app_on(
+        repo,
+        tmp_path / "cluster-repo",
+        {
+            "redis_type": "redis_cluster",
+            "connection_string": f"127.0.0.1:{cluster_ports[0]}",
+        },
+    )
     try:
         assert app.get("/ready").status_code == 200
-        window = {
-            "start_ts": (repo.end - timedelta(days=400)).isoformat(),
-            "end_ts": (repo.end + timedelta(seconds=1)).isoformat(),
-            "feature_views": ["customer_profile"],
-        }
-        job = app.post("/materialize", json=window).json()
-        deadline = time.monotonic() + 90
-        while (state := app.get(f"/materialize/{job['job_id']}").json()["state"]) not in (
-            "succeeded",
-            "failed",
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert state == "succeeded"
-
-        latest = repo.latest("customer_profile", ["customer_id"])
-        customers = sorted(k[0] for k in latest)[:30]
-        resp = app.post(
-            "/get-online-features",
-            json={"entities": {"customer_id": customers},
-                  "features": ["customer_profile:membership_tier"]},
-        )  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        tiers = columns(resp.json())["membership_tier"]["values"]
-        assert tiers == [latest[(c,)]["membership_tier"] for c in customers]
+        materialize_and_read_customers(app, repo)
 
         when = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
         write = app.post(

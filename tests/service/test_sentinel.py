@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from online_store.embedded import find_redis_server, free_port
-from service.app import create_app
-from service.settings import Settings
-from tests.service.conftest import AppClient, Repo, columns
+from tests.service.backend_helpers import app_on, materialize_and_read_customers
+from tests.service.conftest import Repo, columns
 
 
 def _wait_ping(client: redis.Redis, deadline: float) -> None:
@@ -66,46 +62,19 @@ def test_lookups_writes_and_jobs_through_sentinel(
     repo: Repo, tmp_path: Path, sentinel: tuple[int, int]
 ) -> None:
     master, watcher = sentinel
-    path = tmp_path / "sentinel-repo"
-    path.mkdir()
-    shutil.copy(repo.path / "definitions.py", path / "definitions.py")
-    shutil.copytree(repo.path / "data", path / "data", ignore=shutil.ignore_patterns("*.db"))
-    config = yaml.safe_load((repo.path / "feature_store.yaml").read_text())
     # Feast's Sentinel form: the connection string lists the sentinels, not the master.
-    config["online_store"] = {
-        "type": "online_store.store.FastRedisOnlineStore",
-        "redis_type": "redis_sentinel",
-        "sentinel_master": "mymaster",
-        "connection_string": f"127.0.0.1:{watcher}",
-    }
-    (path / "feature_store.yaml").write_text(yaml.safe_dump(config))
-    app = AppClient(create_app(Settings(repo_path=path, registry_url=repo.registry_url)))
+    app = app_on(
+        repo,
+        tmp_path / "sentinel-repo",
+        {
+            "redis_type": "redis_sentinel",
+            "sentinel_master": "mymaster",
+            "connection_string": f"127.0.0.1:{watcher}",
+        },
+    )
     try:
         assert app.get("/ready").status_code == 200
-        window = {
-            "start_ts": (repo.end - timedelta(days=400)).isoformat(),
-            "end_ts": (repo.end + timedelta(seconds=1)).isoformat(),
-            "feature_views": ["customer_profile"],
-        }
-        job = app.post("/materialize", json=window).json()
-        deadline = time.monotonic() + 90
-        while (state := app.get(f"/materialize/{job['job_id']}").json()["state"]) not in (
-            "succeeded",
-            "failed",
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert state == "succeeded"
-        latest = repo.latest("customer_profile", ["customer_id"])
-        customers = sorted(k[0] for k in latest)[:30]
-        resp = app.post(
-            "/get-online-features",
-            json={"entities": {"customer_id": customers},
-                  "features": ["customer_profile:membership_tier"]},
-        )  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        tiers = columns(resp.json())["membership_tier"]["values"]
-        assert tiers == [latest[(c,)]["membership_tier"] for c in customers]
+        customers = materialize_and_read_customers(app, repo)
         write = app.post(
             "/write-to-online-store",
             json={
