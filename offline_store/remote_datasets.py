@@ -31,7 +31,7 @@ from feast.utils import make_tzaware
 from foundation.environment import data_dir
 from foundation.errors import EntityPathRefusedError, InvalidRequestError
 from offline_store.job import DuckDBRetrievalJob
-from offline_store.sandbox import inside
+from offline_store.sandbox import inside, plain_path
 from offline_store.store import DuckDBParquetOfflineStore
 
 
@@ -49,14 +49,7 @@ def confined_dataset_path(store: FeatureStore, raw: str) -> str:
         f"repo's data/ directory (e.g. data/saved/<name>.parquet, relative to the repo), "
         "without '..', globs or URLs, or register a FileSource of that name"
     )
-    if (
-        not raw
-        or "\x00" in raw
-        or "://" in raw
-        or any(c in raw for c in "*?[")
-        or ".." in Path(raw).parts
-        or not raw.endswith(".parquet")
-    ):
+    if not plain_path(raw) or not raw.endswith(".parquet"):
         raise refused
     target = os.path.realpath(os.path.join(os.path.realpath(repo), raw))
     if not inside(target, base) or target == base:

@@ -134,14 +134,7 @@ class ConfinedFiles:
                 "rows as Arrow IPC",
                 setting=_ENTITY_DIR_SETTING,
             )
-        parts = Path(raw).parts
-        if (
-            not raw
-            or "\x00" in raw
-            or "://" in raw
-            or any(c in raw for c in "*?[")
-            or (".." in parts)
-        ):
+        if not plain_path(raw):
             raise EntityPathRefusedError(
                 f"entity_path {raw!r} is refused: name one Parquet file or directory inside "
                 f"{_ENTITY_DIR_SETTING}, without '..', globs or URLs",
@@ -192,6 +185,13 @@ def _outside(raw: str) -> EntityPathRefusedError:
         f"entity_path {raw!r} resolves outside {_ENTITY_DIR_SETTING}; name a Parquet file or "
         "directory inside it",
         setting=_ENTITY_DIR_SETTING,
+    )
+
+
+def plain_path(raw: str) -> bool:
+    """Whether a caller's path is a plain one: not empty, no NUL, URL, glob or ``..``."""
+    return bool(raw) and not (
+        "\x00" in raw or "://" in raw or any(c in raw for c in "*?[") or ".." in Path(raw).parts
     )
 
 

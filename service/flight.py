@@ -133,6 +133,14 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
         self.auth = auth
         self._slots = threading.BoundedSemaphore(settings.training_max_concurrent)
 
+    def _take_slot(self) -> None:
+        """Hold one of the training slots (release with ``self._slots.release()``)."""
+        if not self._slots.acquire(blocking=False):
+            raise fl.FlightUnavailableError(
+                f"{self.settings.training_max_concurrent} training requests are running "
+                "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds"
+            )
+
     def _authorize(self, context: fl.ServerCallContext, scope: Scope = Scope.READ) -> None:
         if self.auth is None:
             return
@@ -207,11 +215,7 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
                     f"{HISTORICAL_API!r} (the training-set join) and {PULL_ALL_API!r} "
                     "(reading a saved dataset)"
                 )
-            if not self._slots.acquire(blocking=False):
-                raise fl.FlightUnavailableError(
-                    f"{self.settings.training_max_concurrent} training requests are running "
-                    "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds"
-                )
+            self._take_slot()
             try:
                 if command["api"] == PULL_ALL_API:
                     schema, batches = stream_job(pull_all_job(self.store, command), BATCH_ROWS)
@@ -267,11 +271,7 @@ class OfflineFlightServer(fl.FlightServerBase):  # type: ignore[misc]
             if not isinstance(name, str):
                 raise pa.ArrowInvalid('"data_source_name" must be a string')
             target = dataset_path(self.store, name)
-            if not self._slots.acquire(blocking=False):
-                raise fl.FlightUnavailableError(
-                    f"{self.settings.training_max_concurrent} training requests are running "
-                    "(FEATURESTORE_TRAINING_MAX_CONCURRENT); retry in a few seconds"
-                )
+            self._take_slot()
             try:
                 job = self._job(command, reader)
                 job.persist(
