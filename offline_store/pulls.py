@@ -117,8 +117,9 @@ def build_pull_query(
     sql = f"SELECT {', '.join(select)} FROM {scan_sql} WHERE {cond}"
     if not latest_only:
         return Query(sql)
-    if {types[c].upper() for c in ts_cols} <= _MICROSECOND_TYPES:
+    if all(types[c].upper() in _EPOCH_FUNCTION for c in ts_cols):
         return _latest_by_aggregate(
+            types,
             select,
             scan_sql,
             where,
@@ -143,29 +144,37 @@ def build_pull_query(
     )
 
 
-# Column types whose values are whole microseconds (``epoch_us`` is exact on them).
-_MICROSECOND_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP WITH TIME ZONE"})
+# Timestamp column types and the function that gives their exact integer ticks: whole
+# microseconds (``epoch_us``) or nanoseconds as pandas writes them by default (``epoch_ns``).
+_EPOCH_FUNCTION = {
+    "TIMESTAMP": "epoch_us",
+    "TIMESTAMP WITH TIME ZONE": "epoch_us",
+    "TIMESTAMP_NS": "epoch_ns",
+    "TIMESTAMPTZ_NS": "epoch_ns",
+}
 _I63 = 2**63
 
 
-def _micros(col: str, *, null: int | None) -> str:
+def _ticks(col: str, column_type: str, *, null: int | None) -> str:
     """A BIGINT-ranged integer ordered exactly like the timestamp column ``col``.
 
-    ``epoch_us`` maps +/-infinity to NULL, so they get the int64 ends (every finite
+    The epoch functions map +/-infinity to NULL, so they get the int64 ends (every finite
     DuckDB timestamp lies strictly between). With ``null`` set, a null becomes that value
     and the others are shifted into ``[1, 2**64)`` so that it ranks below them all.
     """
     shift = 0 if null is None else _I63
-    finite = f"epoch_us({col})::HUGEINT + {shift}" if shift else f"epoch_us({col})::HUGEINT"
+    epoch = f"{_EPOCH_FUNCTION[column_type.upper()]}({col})"
+    finite = f"{epoch}::HUGEINT + {shift}" if shift else f"{epoch}::HUGEINT"
     top, bottom = _I63 - 1 + shift, -(_I63 - 1) + shift
     null_case = "" if null is None else f"WHEN {col} IS NULL THEN {null} "
     return (
-        f"CASE {null_case}WHEN isfinite({col}) THEN {finite} "
+        f"CASE {null_case}WHEN {epoch} IS NOT NULL THEN {finite} "
         f"WHEN {col} > TIMESTAMP '1970-01-01' THEN {top} ELSE {bottom} END"
     )
 
 
 def _latest_by_aggregate(
+    types: dict[str, str],
     select: list[str],
     scan_sql: str,
     where: list[str],
@@ -179,9 +188,10 @@ def _latest_by_aggregate(
 
     Per key, ``max`` of the struct ``(order key, file order, filename, file_row_number)``
     names the winning row: the order key packs (event_ts, created_ts with null lowest)
-    into one HUGEINT (event micros in the high 64 bits, shifted created micros in the low
-    64 bits), so struct order is exactly (event_ts, created_ts NULLS FIRST, file order,
-    filename, file_row_number), the window's order (file order: the natural sort of paths,
+    into one HUGEINT (event ticks in the high 64 bits, shifted created ticks in the low
+    64 bits; a tick is the column's own unit, micro- or nanoseconds), so struct order is
+    exactly (event_ts, created_ts NULLS FIRST, file order, filename, file_row_number),
+    the window's order (file order: the natural sort of paths,
     :data:`~offline_store.sources.FILE_ORDER`). The winners go into a temp table first (the
     semi join needs all of them before its first output row anyway), so counting the rows
     to come is free. A second scan keeps the rows so named; it streams, so the caller
@@ -190,8 +200,12 @@ def _latest_by_aggregate(
     same order).
     """
     q = quote_ident
-    event = _micros(q(timestamp_field), null=None)
-    created = _micros(q(created_timestamp_column), null=0) if created_timestamp_column else "0"
+    event = _ticks(q(timestamp_field), types[timestamp_field], null=None)
+    created = (
+        _ticks(q(created_timestamp_column), types[created_timestamp_column], null=0)
+        if created_timestamp_column
+        else "0"
+    )
     order_key = f"({event}) * {2**64} + ({created})"
     group = f" GROUP BY {', '.join(q(k) for k in join_key_columns)}" if join_key_columns else ""
     cond = " AND ".join(where)
