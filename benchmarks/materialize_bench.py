@@ -7,8 +7,13 @@ is that engine's alone (the child's own ``VmHWM``). Both write into separate DBs
 one private loopback ``redis-server``; afterwards a sample of hashes is compared byte for
 byte.
 
-    .venv/bin/python -m benchmarks.materialize_bench                 # 1M (both) + 10M (ours)
+    .venv/bin/python -m benchmarks.materialize_bench                 # 1m, 1m_pandas, 10m
     .venv/bin/python -m benchmarks.materialize_bench --cases 1m      # only the 1M case
+
+Layouts: ``1m``/``10m`` are the generator's files (250k-row groups, microsecond times);
+``1m_pandas`` is the same rows as pandas writes them by default (``DataFrame.to_parquet``:
+one row group of all rows, nanosecond ``datetime64[ns, UTC]`` times), the shape of most
+users' files.
     .venv/bin/python -m benchmarks.materialize_bench --stock-10m     # stock at 10M as well
 """
 
@@ -46,6 +51,7 @@ class Case:
     entities: int
     stock: bool
     duckdb_memory: str
+    pandas_layout: bool = False
 
 
 def generate(path: Path, rows: int, entities: int, seed: int = 0) -> None:
@@ -79,6 +85,17 @@ def generate(path: Path, rows: int, entities: int, seed: int = 0) -> None:
         done += n
     assert writer is not None
     writer.close()
+
+
+def generate_pandas(path: Path, rows: int, entities: int) -> None:
+    """The generator's rows as a user's pandas code writes them: ``to_parquet`` defaults."""
+    scratch = path.with_suffix(".generator.parquet")
+    generate(scratch, rows, entities)
+    frame = pq.read_table(scratch).to_pandas()
+    scratch.unlink()
+    for column in ("event_timestamp", "created"):
+        frame[column] = frame[column].astype("datetime64[ns, UTC]")
+    frame.to_parquet(path)
 
 
 def objects(parquet: Path) -> list[Any]:
@@ -171,9 +188,14 @@ def run_case(
     parquet = work / case.name / "data.parquet"
     parquet.parent.mkdir(parents=True)
     t = time.perf_counter()
-    generate(parquet, case.rows, case.entities)
+    if case.pandas_layout:
+        generate_pandas(parquet, case.rows, case.entities)
+    else:
+        generate(parquet, case.rows, case.entities)
+    metadata = pq.ParquetFile(parquet).metadata
     result: dict[str, Any] = {
         "case": case.name,
+        "row_groups": metadata.num_row_groups,
         "rows": case.rows,
         "entities": case.entities,
         "features": N_FEATURES,
@@ -219,12 +241,17 @@ def run_case(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default="1m,10m", help="comma list of 1m,10m")
+    parser.add_argument(
+        "--cases", default="1m,1m_pandas,10m", help="comma list of 1m,1m_pandas,10m"
+    )
     parser.add_argument("--stock-10m", action="store_true", help="also run stock Feast at 10M")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     cases = {
         "1m": Case("1m", 1_000_000, 100_000, stock=True, duckdb_memory="128MB"),
+        "1m_pandas": Case(
+            "1m_pandas", 1_000_000, 100_000, stock=True, duckdb_memory="128MB", pandas_layout=True
+        ),
         "10m": Case("10m", 10_000_000, 1_000_000, stock=args.stock_10m, duckdb_memory="1GB"),
     }
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
