@@ -1,9 +1,14 @@
 """On-demand feature views on the online path, computed as Feast's server does.
 
 The transformation gets a table of the join keys, the request data and the source
-features (Python values, timestamps as datetimes), through the view's own
-``transform_arrow`` / ``transform_dict``, so a UDF sees what it sees under
-``feast serve``.
+features (Python values, timestamps as datetimes), so a UDF sees what it sees under
+``feast serve``. Python-mode views run through the view's own ``transform_dict``.
+Pandas-mode views take Feast's ``transform_arrow`` steps without its per-call overhead:
+the source features under both their short and ``view__feature`` names (the aliases are
+worked out once per plan, in :class:`OdfvStep`), one Arrow table converted to pandas on
+the calling thread (Arrow's conversion threads cost more than they save on a few rows),
+the UDF, and each output column converted back as ``Table.from_pandas`` would. A name
+clash Feast would turn into a duplicate column goes through ``transform_arrow`` itself.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 from feast import OnDemandFeatureView
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidRequestError, show
 from online_store.reader import ReadResult
+
+# From this many entity rows on, a pandas-mode view runs in a worker thread, so the event
+# loop serves other lookups meanwhile (below it, the hop costs more than the UDF).
+ODFV_THREAD_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +39,32 @@ class OdfvStep:
     inputs: tuple[tuple[str, str, ValueType], ...]  # (input column, read key, type)
     request_fields: tuple[str, ...]
     outputs: tuple[tuple[str, str], ...]  # (transformed column, response column key)
+    # Pandas mode: the short name each ``view__feature`` input is also given (Feast's
+    # preprocessing), and each output's (short, full) name (its postprocessing).
+    aliases: tuple[tuple[str, str], ...] = ()
+    output_names: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        view: OnDemandFeatureView,
+        inputs: tuple[tuple[str, str, ValueType], ...],
+        request_fields: tuple[str, ...],
+        outputs: tuple[tuple[str, str], ...],
+    ) -> OdfvStep:
+        aliases = tuple(
+            (feature.name, f"{projection.name}__{feature.name}")
+            for projection in view.source_feature_view_projections.values()
+            for feature in projection.features
+        )
+        prefix = view.projection.name_to_use()
+        names = tuple((f.name, f"{prefix}__{f.name}") for f in view.features)
+        return cls(view, inputs, request_fields, outputs, aliases, names)
+
+    @property
+    def in_pandas(self) -> bool:
+        """Whether the transformation is a pandas UDF (the costly kind, per call)."""
+        return bool(self.view.mode == "pandas")
 
 
 def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
@@ -109,6 +145,8 @@ def run_odfv(
         if odfv.mode == "python":
             out_dict = odfv.transform_dict(columns)
             return {resp: list(out_dict[t]) for t, resp in step.outputs}
+        if step.in_pandas and step.aliases and _aliases_fit(step, columns):
+            return _run_pandas(step, columns, full_feature_names)
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
         return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
     except (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError) as exc:
@@ -118,3 +156,31 @@ def run_odfv(
             f"{ {k: v.name for k, v in odfv.get_request_data_schema().items()} }",
             feature_view=odfv.name,
         ) from exc
+
+
+def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
+    """Whether every alias Feast would add is a new column (else Feast makes a duplicate)."""
+    return all(full in columns and short not in columns for short, full in step.aliases)
+
+
+def _run_pandas(
+    step: OdfvStep, columns: dict[str, list[Any]], full_feature_names: bool
+) -> dict[str, list[Any]]:
+    """``transform_arrow`` of a pandas-mode view, step by step (see the module notes)."""
+    for short, full in step.aliases:
+        columns[short] = columns[full]
+    frame = pa.Table.from_pydict(columns).to_pandas(use_threads=False)
+    udf = step.view.feature_transformation.udf  # type: ignore[union-attr]
+    out = udf(frame)
+    if not isinstance(out, pd.DataFrame):
+        raise TypeError(f"the transformation returned {type(out).__name__}, not a DataFrame")
+    # Feast renames short -> full names (full_feature_names) or full -> short (not).
+    source: dict[str, str] = {}
+    for short, full in step.output_names:
+        if full_feature_names:
+            source[full] = short if short in out.columns else full
+        else:
+            source[short] = full if full in out.columns else short
+    return {
+        resp: pa.Array.from_pandas(out[source.get(t, t)]).to_pylist() for t, resp in step.outputs
+    }

@@ -11,6 +11,7 @@ read and serialise with orjson.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.entity_values import EntityForms, entity_forms
-from service.odfv import OdfvStep, run_odfv
+from service.odfv import ODFV_THREAD_ROWS, OdfvStep, run_odfv
 from service.redis_fast import FastRedis
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def compile_plan(
                 )  # fmt: skip
         fields = tuple(odfv.get_request_data_schema())
         request_fields.update(fields)
-        steps.append(OdfvStep(odfv, tuple(inputs), fields, tuple(outs)))
+        steps.append(OdfvStep.build(odfv, tuple(inputs), fields, tuple(outs)))
 
     specs = []
     join_keys: set[str] = set()
@@ -357,7 +358,14 @@ async def read_online(
     formatted: dict[str, tuple[list[Any], list[str]]] = {}
     odfv_values: dict[str, list[Any]] = {}
     for step in plan.odfvs:
-        odfv_values.update(run_odfv(step, entities, result, full_feature_names=full_feature_names))
+        if step.in_pandas and rows >= ODFV_THREAD_ROWS:
+            # A pandas UDF over many rows runs in a worker thread: other lookups go on.
+            transformed = await asyncio.to_thread(
+                run_odfv, step, entities, result, full_feature_names=full_feature_names
+            )
+        else:
+            transformed = run_odfv(step, entities, result, full_feature_names=full_feature_names)
+        odfv_values.update(transformed)
     columns = result.columns
     append = results.append
     for out in plan.outputs:

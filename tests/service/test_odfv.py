@@ -1,0 +1,181 @@
+"""On-demand views on the online path: our pandas-mode steps give what Feast's own
+``transform_arrow`` gives, and a pandas UDF over many rows does not hold up other lookups."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from feast import Entity, FeatureView, Field, FileSource, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64, String
+from feast.value_type import ValueType
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from foundation.errors import InvalidRequestError
+from online_store.read_columns import FeatureColumn
+from online_store.reader import ReadResult
+from service.odfv import ODFV_THREAD_ROWS, OdfvStep, run_odfv
+from tests.service.conftest import AppClient, Repo
+
+rider = Entity(name="rider", join_keys=["rider_id"], value_type=ValueType.INT64)
+stats = FeatureView(
+    name="stats",
+    entities=[rider],
+    schema=[Field(name="a", dtype=Float64), Field(name="b", dtype=Int64),
+            Field(name="tag", dtype=String)],
+    source=FileSource(path="unused.parquet", timestamp_field="ts"),
+    ttl=timedelta(days=1),
+)  # fmt: skip
+trip = RequestSource(name="trip", schema=[Field(name="x", dtype=Float64)])
+
+
+@on_demand_feature_view(
+    sources=[stats, trip],
+    schema=[Field(name="y", dtype=Float64), Field(name="label", dtype=String)],
+    mode="pandas",
+)
+def scored(inputs: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame()
+    # Reads short and full names, nulls (NaN in pandas), ints and strings.
+    out["y"] = inputs["a"].astype("float64").fillna(-1.0) * inputs["x"] + inputs["stats__b"].astype(
+        "float64"
+    ).fillna(0)
+    out["label"] = (
+        inputs["tag"].fillna("none").str.upper() + "-" + inputs["stats__tag"].str.len().astype(str)
+    )
+    return out
+
+
+def _step(full_feature_names: bool) -> OdfvStep:
+    inputs = tuple(
+        (f"stats__{f}", f"stats:{f}", t)
+        for f, t in (("a", ValueType.DOUBLE), ("b", ValueType.INT64), ("tag", ValueType.STRING))
+    )
+    outputs = tuple(
+        (f"scored__{f}" if full_feature_names else f, f"out_{f}") for f in ("y", "label")
+    )
+    return OdfvStep.build(scored, inputs, ("x",), outputs)
+
+
+def _feast(columns: dict[str, list[Any]], full_feature_names: bool) -> dict[str, list[Any]]:
+    """Feast's own path: the view's transform_arrow on the same input table."""
+    table = scored.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
+    prefix = "scored__" if full_feature_names else ""
+    return {f"out_{f}": table.column(f"{prefix}{f}").to_pylist() for f in ("y", "label")}
+
+
+def _same(ours: list[Any], theirs: list[Any]) -> bool:
+    return len(ours) == len(theirs) and all(
+        (a is None and b is None)
+        or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+        or a == b
+        for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+rows = st.lists(
+    st.tuples(
+        st.integers(-(2**40), 2**40),
+        st.one_of(st.none(), st.floats(allow_nan=False, width=64)),
+        st.one_of(st.none(), st.integers(-(2**50), 2**50)),
+        st.one_of(st.none(), st.text(max_size=5)),
+        st.floats(allow_nan=False, allow_infinity=False, width=64),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=rows, full_feature_names=st.booleans())
+def test_pandas_view_gives_what_feasts_transform_arrow_gives(
+    rows: list[tuple[int, float | None, int | None, str | None, float]], full_feature_names: bool
+) -> None:
+    riders, a, b, tag, x = (list(c) for c in zip(*rows, strict=True))
+    present = ["PRESENT"] * len(rows)
+    result = ReadResult(
+        {
+            f"stats:{name}": FeatureColumn(values, present, [None] * len(rows))
+            for name, values in (("a", a), ("b", b), ("tag", tag))
+        }
+    )
+    ours = run_odfv(
+        _step(full_feature_names),
+        {"rider_id": riders, "x": x},
+        result,
+        full_feature_names=full_feature_names,
+    )
+    columns = {"rider_id": riders, "x": x, "stats__a": a, "stats__b": b, "stats__tag": tag}
+    theirs = _feast(columns, full_feature_names)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert _same(ours[key], theirs[key]), (key, ours[key], theirs[key])
+
+
+def test_pandas_view_over_many_rows_leaves_other_lookups_running(
+    client: AppClient, repo: Repo
+) -> None:
+    """While a slow pandas UDF works through a big request, a plain lookup is answered."""
+    pairs = sorted(repo.latest("driver_customer_stats", ["driver_id", "customer_id"]))[:4]
+    n = ODFV_THREAD_ROWS + 16
+    big = {
+        "entities": {
+            "driver_id": [pairs[i % 4][0] for i in range(n)],
+            "customer_id": [pairs[i % 4][1] for i in range(n)],
+            "distance_km": [1.0] * n,
+            "duration_min": [2.0] * n,
+        },
+        "feature_service": "ride_ranking_v1",
+    }
+    small = {
+        "entities": {"driver_id": [pairs[0][0]]},
+        "features": ["driver_hourly_stats:conv_rate"],
+    }
+    snapshot = client.state.catalog.snapshot
+    transformation = snapshot.on_demand_views["fare_estimate"].feature_transformation
+    original = transformation.udf
+
+    def slow(frame: pd.DataFrame) -> pd.DataFrame:
+        time.sleep(1.5)  # injected latency: a heavy transformation
+        return original(frame)
+
+    async def both() -> tuple[float, float, int, int]:
+        started = time.perf_counter()
+
+        async def timed(body: dict[str, Any]) -> tuple[float, int]:
+            resp = await client.client.post("/get-online-features", json=body)
+            return time.perf_counter() - started, resp.status_code
+
+        big_task = asyncio.ensure_future(timed(big))
+        await asyncio.sleep(0.3)
+        small_done, small_status = await timed(small)
+        big_done, big_status = await big_task
+        return small_done, big_done, small_status, big_status
+
+    with mock.patch.object(transformation, "udf", slow):
+        small_done, big_done, small_status, big_status = client.run(both())
+    assert (small_status, big_status) == (200, 200)
+    assert big_done >= 1.5
+    assert small_done < 1.2, f"the plain lookup waited {small_done:.2f}s behind the UDF"
+
+
+@pytest.mark.parametrize("full_feature_names", [False, True])
+def test_a_udf_that_returns_no_frame_is_a_400_naming_the_view(full_feature_names: bool) -> None:
+    step = _step(full_feature_names)
+    result = ReadResult(
+        {f"stats:{name}": FeatureColumn([None], ["PRESENT"], [None]) for name in ("a", "b", "tag")}
+    )
+    no_frame = mock.patch.object(scored.feature_transformation, "udf", lambda frame: frame["a"])
+    with no_frame, pytest.raises(InvalidRequestError) as caught:
+        run_odfv(step, {"rider_id": [1], "x": [1.0]}, result, full_feature_names=full_feature_names)
+    assert "'scored'" in str(caught.value)
+    assert "DataFrame" in str(caught.value)
