@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from foundation.migrations import upgrade_schema
 from foundation.statistics import ColumnStats
@@ -32,28 +31,27 @@ FEATURE_VIEW: SubjectKind = "feature_view"
 TRAINING_DATASET: SubjectKind = "training_dataset"
 
 
-class Base(DeclarativeBase):
-    """Declarative base for the statistics table."""
-
-
-class StatisticsRow(Base):
-    """ORM row of ``featurestore_statistics``."""
-
-    __tablename__ = "featurestore_statistics"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    project: Mapped[str] = mapped_column(sa.String(255))
-    subject_kind: Mapped[str] = mapped_column(sa.String(32))
-    subject_name: Mapped[str] = mapped_column(sa.String(255))
-    subject_version: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
-    split: Mapped[str] = mapped_column(sa.String(32))
-    source: Mapped[str] = mapped_column(sa.String(32))
-    run_id: Mapped[str] = mapped_column(sa.String(64))
-    window_start: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
-    window_end: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
-    computed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
-    row_count: Mapped[int] = mapped_column(sa.BigInteger)
-    columns: Mapped[list[dict[str, object]]] = mapped_column(sa.JSON)
+# A Core table rather than an ORM model: `feast materialize` records a run per view, and
+# importing sqlalchemy.orm would add ~50 ms to every such call.
+METADATA = sa.MetaData()
+STATISTICS = sa.Table(
+    "featurestore_statistics",
+    METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(255), nullable=False),
+    sa.Column("subject_kind", sa.String(32), nullable=False),
+    sa.Column("subject_name", sa.String(255), nullable=False),
+    sa.Column("subject_version", sa.Integer, nullable=True),
+    sa.Column("split", sa.String(32), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("columns", sa.JSON, nullable=False),
+)
+_ROW = STATISTICS.c
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +77,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _run(row: StatisticsRow) -> StatisticsRun:
+def _run(row: sa.Row[Any]) -> StatisticsRun:
     computed = _utc(row.computed_at)
     assert computed is not None
     return StatisticsRun(
@@ -155,8 +153,7 @@ class StatisticsLog:
             The stored run.
         """
         self.ensure_table()
-        row = StatisticsRow(
-            project=self._project,
+        run = StatisticsRun(
             subject_kind=subject_kind,
             subject_name=subject_name,
             subject_version=subject_version,
@@ -167,12 +164,14 @@ class StatisticsLog:
             window_end=_utc(window_end),
             computed_at=datetime.now(UTC),
             row_count=row_count,
-            columns=[c.to_dict() for c in columns],
+            columns=list(columns),
         )
-        with Session(self._engine) as session, session.begin():
-            session.add(row)
-            session.flush()
-            return _run(row)
+        names = [column.name for column in STATISTICS.columns]
+        stored = {name: getattr(run, name) for name in names if hasattr(run, name)}
+        stored.update(project=self._project, columns=[c.to_dict() for c in columns])
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(STATISTICS).values(**stored))
+        return run
 
     def runs(
         self,
@@ -185,35 +184,35 @@ class StatisticsLog:
     ) -> list[StatisticsRun]:
         """The subject's runs, newest first (at most ``limit``)."""
         self.ensure_table()
-        query = sa.select(StatisticsRow).where(
-            StatisticsRow.project == self._project,
-            StatisticsRow.subject_kind == subject_kind,
-            StatisticsRow.subject_name == subject_name,
+        query = sa.select(STATISTICS).where(
+            _ROW.project == self._project,
+            _ROW.subject_kind == subject_kind,
+            _ROW.subject_name == subject_name,
         )
         if subject_version is not None:
-            query = query.where(StatisticsRow.subject_version == subject_version)
+            query = query.where(_ROW.subject_version == subject_version)
         if split is not None:
-            query = query.where(StatisticsRow.split == split)
-        query = query.order_by(StatisticsRow.computed_at.desc(), StatisticsRow.id.desc())
-        with Session(self._engine) as session:
-            return [_run(r) for r in session.scalars(query.limit(limit))]
+            query = query.where(_ROW.split == split)
+        query = query.order_by(_ROW.computed_at.desc(), _ROW.id.desc())
+        with self._engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query.limit(limit))]
 
     def latest_by_subject(
         self, subject_kind: SubjectKind, *, source: str | None = None
     ) -> dict[str, StatisticsRun]:
         """The newest run with rows of every subject of a kind (of one ``source`` if given)."""
         self.ensure_table()
-        newest = sa.select(sa.func.max(StatisticsRow.id)).where(
-            StatisticsRow.project == self._project,
-            StatisticsRow.subject_kind == subject_kind,
-            StatisticsRow.row_count > 0,
+        newest = sa.select(sa.func.max(_ROW.id)).where(
+            _ROW.project == self._project,
+            _ROW.subject_kind == subject_kind,
+            _ROW.row_count > 0,
         )
         if source is not None:
-            newest = newest.where(StatisticsRow.source == source)
-        newest = newest.group_by(StatisticsRow.subject_name)
-        query = sa.select(StatisticsRow).where(StatisticsRow.id.in_(newest))
-        with Session(self._engine) as session:
-            return {r.subject_name: _run(r) for r in session.scalars(query)}
+            newest = newest.where(_ROW.source == source)
+        newest = newest.group_by(_ROW.subject_name)
+        query = sa.select(STATISTICS).where(_ROW.id.in_(newest))
+        with self._engine.connect() as conn:
+            return {r.subject_name: _run(r) for r in conn.execute(query)}
 
     def forget(self, subject_kind: SubjectKind, names: Sequence[str]) -> None:
         """Drop every run of the named subjects (views removed by ``feast apply``)."""
@@ -222,9 +221,9 @@ class StatisticsLog:
         self.ensure_table()
         with self._engine.begin() as conn:
             conn.execute(
-                sa.delete(StatisticsRow.__table__).where(  # type: ignore[arg-type]
-                    (StatisticsRow.project == self._project)
-                    & (StatisticsRow.subject_kind == subject_kind)
-                    & StatisticsRow.subject_name.in_(list(names))
+                sa.delete(STATISTICS).where(
+                    (_ROW.project == self._project)
+                    & (_ROW.subject_kind == subject_kind)
+                    & _ROW.subject_name.in_(list(names))
                 )
             )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from foundation.stats_log import VERSION_TABLE, Base
+from foundation.stats_log import METADATA, VERSION_TABLE
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, version_table=VERSION_TABLE)
+context.configure(connection=connection, target_metadata=METADATA, version_table=VERSION_TABLE)
 with context.begin_transaction():
     context.run_migrations()
