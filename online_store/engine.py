@@ -346,7 +346,8 @@ class StreamingMaterializationEngine(ComputeEngine):
         )
         with ViewProgress(view.name) as progress:
             batches = iter_job_batches(job, self.batch_rows, progress)
-            renamed = profiler.watch(newest.watch(_rename(b, mapping) for b in prefetch(batches)))
+            # Profiled in the prefetch thread, beside the writer (NumPy and Arrow release the GIL).
+            renamed = prefetch(profiler.watch(newest.watch(_rename(b, mapping) for b in batches)))
             if isinstance(self.online_store, FastRedisOnlineStore):
                 store_config = self.repo_config.online_store
                 client = self.online_store.client(self.repo_config)
