@@ -14,7 +14,7 @@ clash Feast would turn into a duplicate column goes through ``transform_arrow`` 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,9 @@ class OdfvStep:
     # preprocessing), and each output's (short, full) name (its postprocessing).
     aliases: tuple[tuple[str, str], ...] = ()
     output_names: tuple[tuple[str, str], ...] = ()
+    # Read once per plan: Feast's view methods are type-checked (typeguard) on every call.
+    request_schema: Mapping[str, ValueType] = field(default_factory=dict)
+    entity_names: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -59,7 +62,16 @@ class OdfvStep:
         )
         prefix = view.projection.name_to_use()
         names = tuple((f.name, f"{prefix}__{f.name}") for f in view.features)
-        return cls(view, inputs, request_fields, outputs, aliases, names)
+        return cls(
+            view,
+            inputs,
+            request_fields,
+            outputs,
+            aliases,
+            names,
+            view.get_request_data_schema(),
+            tuple(entity.name for entity in view.entity_columns),
+        )
 
     @property
     def in_pandas(self) -> bool:
@@ -128,12 +140,12 @@ def run_odfv(
     """
     odfv = step.view
     columns: dict[str, list[Any]] = {}
-    schema = odfv.get_request_data_schema()
+    schema = step.request_schema
     for name in step.request_fields:
         _check_request_data(odfv.name, name, schema.get(name), entities[name])
-    for entity in odfv.entity_columns:
-        if entity.name in entities:
-            columns[entity.name] = list(entities[entity.name])
+    for entity in step.entity_names:
+        if entity in entities:
+            columns[entity] = list(entities[entity])
     for name in step.request_fields:
         columns[name] = list(entities[name])
     for column, key, value_type in step.inputs:
@@ -153,7 +165,7 @@ def run_odfv(
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
             f"request data types against its request source schema "
-            f"{ {k: v.name for k, v in odfv.get_request_data_schema().items()} }",
+            f"{ {k: v.name for k, v in schema.items()} }",
             feature_view=odfv.name,
         ) from exc
 
