@@ -118,7 +118,7 @@ def iter_job_batches(
 _DONE = object()
 
 
-def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+def prefetch(batches: Iterable[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
     """Pull the next batch in a background thread while the caller writes this one.
 
     The offline store's query (DuckDB, C++) releases the GIL, so reading batch N+1
