@@ -39,6 +39,7 @@ from offline_store.sources import (
     DuckDBSettings,
     execute,
     expand_pattern,
+    is_single_file,
     parquet_glob,
     parquet_scan,
     quote_ident,
@@ -110,6 +111,7 @@ def _view_spec(
             FeatureSpec(f, f"{prefix}__{f}" if full_feature_names else f) for f in features
         ),
         ttl_seconds=fv.ttl.total_seconds() if fv.ttl else 0.0,
+        single_file=is_single_file(read),
     )
 
 

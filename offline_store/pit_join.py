@@ -53,6 +53,8 @@ class ViewSpec:
         created_timestamp_column: mapped created timestamp column, if any.
         features: requested features.
         ttl_seconds: the view TTL; 0 means unlimited.
+        single_file: the scan reads one file, so the file order and name are the same on
+            every row: constants in the order key instead of a per-row natural-sort key.
     """
 
     name: str
@@ -63,6 +65,7 @@ class ViewSpec:
     created_timestamp_column: str | None
     features: tuple[FeatureSpec, ...]
     ttl_seconds: float
+    single_file: bool = False
 
 
 def _source_column(view: ViewSpec, mapped: str) -> str:
@@ -101,13 +104,17 @@ def _view_cte(
         f"{q(_source_column(view, f.source_column))} AS {c}"
         for f, c in zip(view.features, feat_cols, strict=True)
     ]
+    # One file: its order and name are constants (the struct keeps the probe's shape).
+    file_order, file_name = (
+        (FILE_ORDER_FIRST, "''") if view.single_file else (FILE_ORDER, "filename")
+    )
     select += [
         f"CAST({ts_raw} AS TIMESTAMPTZ) AS __ts",
         # The order key: (event_ts, created_ts with nulls lowest, file, row). Comparing it as
         # one struct lets a single ASOF join pick the winner without a dedupe pass.
         f"{{'ts': CAST({ts_raw} AS TIMESTAMPTZ), "
         f"'cr': coalesce(epoch_us(CAST({cr_raw} AS TIMESTAMPTZ)), {_BIGINT_MIN}), "
-        f"'o': {FILE_ORDER}, 'f': filename, 'rn': CAST(file_row_number AS BIGINT)}} AS __ord",
+        f"'o': {file_order}, 'f': {file_name}, 'rn': CAST(file_row_number AS BIGINT)}} AS __ord",
     ]
     where = [f"{ts_raw} IS NOT NULL"]
     # Pruning by the entity time range: rows after the last entity time or before the first

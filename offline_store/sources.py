@@ -153,6 +153,21 @@ def parquet_glob(path: str) -> str:
     return path
 
 
+def is_single_file(read: str | Sequence[str]) -> bool:
+    """Whether a read names exactly one local file (no glob, no directory, no parts).
+
+    Every row of such a scan has the same ``filename``, so orderings need not compare it.
+    """
+    if not isinstance(read, str):
+        return len(read) == 1 and is_single_file(read[0])
+    return (
+        "://" not in read
+        and not any(ch in read for ch in "*?[")
+        and os.path.isfile(read)
+        and parts_pattern(read) is None
+    )
+
+
 def parts_pattern(pattern: str) -> str | None:
     """The pushed parts of a single-file source, when it has any.
 

@@ -42,8 +42,8 @@ from offline_store.sandbox import (
 from offline_store.sources import (
     DuckDBSettings,
     execute,
+    is_single_file,
     parquet_scan,
-    parts_pattern,
     resolve_path,
 )
 from offline_store.writes import write_batch
@@ -82,16 +82,6 @@ def pull_settings(config: RepoConfig) -> DuckDBSettings:
     if settings.threads:
         return settings
     return replace(settings, threads=max(1, len(os.sched_getaffinity(0)) // 2))
-
-
-def _is_single_file(pattern: str) -> bool:
-    """Whether a read pattern names exactly one local file (no glob, no directory, no parts)."""
-    return (
-        "://" not in pattern
-        and not any(ch in pattern for ch in "*?[")
-        and os.path.isfile(pattern)
-        and parts_pattern(pattern) is None
-    )
 
 
 class DuckDBParquetOfflineStore(OfflineStore):
@@ -182,7 +172,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
                 start_date=start_date,
                 end_date=end_date,
                 latest_only=latest_only,
-                single_file=_is_single_file(pattern),
+                single_file=is_single_file(pattern),
             )
 
         return DuckDBRetrievalJob(pull_settings(config), prepare)
