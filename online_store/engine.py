@@ -251,14 +251,17 @@ class StreamingMaterializationEngine(ComputeEngine):
         entities_to_delete: Sequence[Entity],
         entities_to_keep: Sequence[Entity],
     ) -> None:
-        """Create the freshness table and forget removed views (``feast apply``).
+        """Create the freshness and statistics tables, forget removed views (``feast apply``).
 
-        Creating the table here keeps its one-time migration out of the first
+        Creating the tables here keeps their one-time migrations out of the first
         ``feast materialize``.
         """
         log = self.freshness_log(project)
         if log is not None:
             log.ensure_table()
+        stats = self.statistics_log(project)
+        if stats is not None:
+            stats.ensure_table()
         self._forget(project, views_to_delete)
 
     def teardown_infra(

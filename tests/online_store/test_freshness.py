@@ -107,10 +107,10 @@ def test_materialize_records_the_newest_event_written_not_the_window_end(
     registry = tmp_path / "registry.db"
     spec = RepoSpec("p", redis_url, True, True, offline=DUCKDB, registry_path=registry)
     store = make_store(tmp_path / "repo", spec, lambda: parquet_views(parquet))
-    # `feast apply` created the table, so the first materialize does not migrate.
-    assert sa.inspect(sa.create_engine(f"sqlite:///{registry}")).has_table(
-        "featurestore_view_freshness"
-    )
+    # `feast apply` created the tables, so the first materialize does not migrate.
+    tables = sa.inspect(sa.create_engine(f"sqlite:///{registry}"))
+    assert tables.has_table("featurestore_view_freshness")
+    assert tables.has_table("featurestore_statistics")
     store.materialize(T0 - timedelta(days=2), T0 + timedelta(days=30))
     log = FreshnessLog(sa.create_engine(f"sqlite:///{registry}"), "p")
     assert log.newest_events() == {"a": T0, "b": T0}
