@@ -183,10 +183,12 @@ class _Column:
         self.max = hi if self.max is None else max(self.max, hi)
         self.hll.add_hashes(pd.util.hash_array(native))
         if self.values is not None:
-            uniq, counts = np.unique(x, return_counts=True)
-            if len(uniq) > BUCKETS:
+            # Hash passes first (a prefix, then all): most columns have too many distinct
+            # values for exact counts, and then no sort is needed.
+            if len(pd.unique(x[:1024])) > BUCKETS or len(pd.unique(x)) > BUCKETS:
                 self.values = None
             else:
+                uniq, counts = np.unique(x, return_counts=True)
                 self.values.update(dict(zip(uniq.tolist(), counts.tolist(), strict=True)))
                 if len(self.values) > BUCKETS:
                     self.values = None
@@ -214,9 +216,10 @@ class _Column:
         if pa.types.is_boolean(present.type):
             present = pc.cast(present, pa.string())
         counts = pc.value_counts(present)
-        values = counts.field("values").to_pylist()
+        distinct = counts.field("values")
+        self.hll.add_hashes(pd.util.hash_array(distinct.to_numpy(zero_copy_only=False)))
+        values = distinct.to_pylist()
         tallies = counts.field("counts").to_pylist()
-        self.hll.add_hashes(pd.util.hash_array(np.asarray(values, dtype=object)))
         assert self.values is not None
         self.values.update(dict(zip(values, tallies, strict=True)))
         if len(self.values) > STRING_TRACK_LIMIT:
