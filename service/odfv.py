@@ -52,9 +52,10 @@ class OdfvStep:
         cls,
         view: OnDemandFeatureView,
         inputs: tuple[tuple[str, str, ValueType], ...],
-        request_fields: tuple[str, ...],
         outputs: tuple[tuple[str, str], ...],
     ) -> OdfvStep:
+        """The step of ``view``: its request fields, aliases and names read from it once."""
+        request_schema = view.get_request_data_schema()
         aliases = tuple(
             (feature.name, f"{projection.name}__{feature.name}")
             for projection in view.source_feature_view_projections.values()
@@ -65,11 +66,11 @@ class OdfvStep:
         return cls(
             view,
             inputs,
-            request_fields,
+            tuple(request_schema),
             outputs,
             aliases,
             names,
-            view.get_request_data_schema(),
+            request_schema,
             tuple(entity.name for entity in view.entity_columns),
         )
 

@@ -200,9 +200,9 @@ def compile_plan(
                     (f"{projection.name}__{f.name}", f"{projection.name}:{f.name}",
                      info.features[f.name].value_type)
                 )  # fmt: skip
-        fields = tuple(odfv.get_request_data_schema())
-        request_fields.update(fields)
-        steps.append(OdfvStep.build(odfv, tuple(inputs), fields, tuple(outs)))
+        step = OdfvStep.build(odfv, tuple(inputs), tuple(outs))
+        request_fields.update(step.request_fields)
+        steps.append(step)
 
     specs = []
     join_keys: set[str] = set()

@@ -63,7 +63,9 @@ def _step(full_feature_names: bool) -> OdfvStep:
     outputs = tuple(
         (f"scored__{f}" if full_feature_names else f, f"out_{f}") for f in ("y", "label")
     )
-    return OdfvStep.build(scored, inputs, ("x",), outputs)
+    step = OdfvStep.build(scored, inputs, outputs)
+    assert step.request_fields == ("x",)
+    return step
 
 
 def _feast(columns: dict[str, list[Any]], full_feature_names: bool) -> dict[str, list[Any]]:
