@@ -33,12 +33,15 @@ part in proportion to its size.
 
 from __future__ import annotations
 
+import heapq
 import math
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -47,6 +50,7 @@ import pyarrow.compute as pc
 BUCKETS = 20
 RESERVOIR = 65_536
 STRING_TRACK_LIMIT = 10_000
+_STRING_KEEP = STRING_TRACK_LIMIT // 5
 TOP_K = 10
 _HLL_P = 14
 _HLL_M = 1 << _HLL_P
@@ -215,16 +219,27 @@ class _Column:
             return
         if pa.types.is_boolean(present.type):
             present = pc.cast(present, pa.string())
-        counts = pc.value_counts(present)
-        distinct = counts.field("values")
-        self.hll.add_hashes(pd.util.hash_array(distinct.to_numpy(zero_copy_only=False)))
-        values = distinct.to_pylist()
-        tallies = counts.field("counts").to_pylist()
+        counts = pa.RecordBatch.from_struct_array(pc.value_counts(present))
+        self.hll.add_hashes(_hashes(counts.column(0)))
+        if self.pruned or counts.num_rows > STRING_TRACK_LIMIT:
+            # Counts are estimates from here on: only a batch's heaviest values can still
+            # reach the top list, so only those cross into Python.
+            self.pruned = True
+            heaviest = pc.select_k_unstable(
+                counts, k=_STRING_KEEP, sort_keys=[("counts", "descending")]
+            )
+            counts = counts.take(heaviest)
         assert self.values is not None
-        self.values.update(dict(zip(values, tallies, strict=True)))
+        self.values.update(
+            dict(zip(counts.column(0).to_pylist(), counts.column(1).to_pylist(), strict=True))
+        )
+        self._prune()
+
+    def _prune(self) -> None:
+        assert self.values is not None
         if len(self.values) > STRING_TRACK_LIMIT:
             # Keep the heavy hitters; counts of pruned values are lost, so say so.
-            self.values = Counter(dict(self.values.most_common(STRING_TRACK_LIMIT // 5)))
+            self.values = Counter(dict(self.values.most_common(_STRING_KEEP)))
             self.pruned = True
 
     def merge(self, other: _Column) -> None:
@@ -237,9 +252,7 @@ class _Column:
             assert other.values is not None
             self.values.update(other.values)
             self.pruned = self.pruned or other.pruned
-            if len(self.values) > STRING_TRACK_LIMIT:
-                self.values = Counter(dict(self.values.most_common(STRING_TRACK_LIMIT // 5)))
-                self.pruned = True
+            self._prune()
             return
         if self.kind != "numeric" or not other.n:
             return
@@ -299,8 +312,10 @@ class _Column:
             assert self.values is not None
             distinct = self.hll.estimate() if self.pruned else len(self.values)
             # Ties by value: the same rows give the same list whatever their order.
-            ranked = sorted(self.values.items(), key=lambda vc: (-vc[1], str(vc[0])))
-            top = [(str(v), int(c)) for v, c in ranked[:TOP_K]]
+            ranked = heapq.nsmallest(
+                TOP_K, self.values.items(), key=lambda vc: (-vc[1], str(vc[0]))
+            )
+            top = [(str(v), int(c)) for v, c in ranked]
             return ColumnStats(**base, approx_distinct=distinct, top=top, top_exact=not self.pruned)
         return ColumnStats(**base)
 
@@ -316,6 +331,20 @@ class _Column:
         return [
             Bucket(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(BUCKETS)
         ], exact
+
+
+_HASHING = threading.Lock()
+_hashing: duckdb.DuckDBPyConnection | None = None
+
+
+def _hashes(values: pa.Array) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """64-bit hashes of ``values`` by DuckDB's ``hash()``, without a Python object per value."""
+    global _hashing
+    with _HASHING:
+        if _hashing is None:
+            _hashing = duckdb.connect(config={"threads": 1})
+        hashed = _hashing.from_arrow(pa.table({"v": values})).project("hash(v)").to_arrow_table()
+    return np.asarray(hashed.column(0).to_numpy(), dtype=np.uint64)
 
 
 def _scale(

@@ -204,3 +204,29 @@ def test_string_psi_bins_are_reference_top_values_plus_other() -> None:
     expected = _reference_psi([60, 40, 1e-2], [30, 20, 50])
     assert column_psi(ref, cur) == pytest.approx(expected, rel=1e-2)
     assert math.isfinite(column_psi(ref, cur))
+
+
+def test_heavy_hitters_keep_exact_counts_among_too_many_distinct_strings() -> None:
+    """Past the tracking limit the top list is an estimate, but a value frequent in every
+    batch keeps its exact count and rank, across batches and across merged profilers."""
+    rng = np.random.default_rng(5)
+    merged = TableProfiler()
+    expected: dict[str | None, int] = {}
+    for _profiler in range(2):
+        profiler = TableProfiler()
+        for _ in range(3):
+            rare = [f"r{v}" for v in rng.integers(0, 10**9, 2 * statistics.STRING_TRACK_LIMIT)]
+            hot = ["hot"] * 700 + ["warm"] * 300 + [None] * 50
+            values = rare + hot
+            rng.shuffle(values)  # type: ignore[arg-type]
+            profiler.update(pa.table({"s": pa.array(values, pa.string())}))
+            for v in values:
+                expected[v] = expected.get(v, 0) + 1
+        merged.merge(pickle.loads(pickle.dumps(profiler)))
+    (s,) = merged.finish()
+    assert not s.top_exact
+    assert s.top[:2] == [("hot", 6 * 700), ("warm", 6 * 300)]
+    assert s.nulls == 6 * 50
+    distinct = len(expected) - 1  # None is a null, not a value
+    assert s.approx_distinct is not None
+    assert abs(s.approx_distinct - distinct) / distinct < 0.025
