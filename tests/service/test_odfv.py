@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from foundation.errors import InvalidRequestError
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import ODFV_THREAD_ROWS, OdfvStep, run_odfv
+from service.odfv import ODFV_THREAD_ROWS, OdfvStep, input_frame, output_values, run_odfv
 from tests.service.conftest import AppClient, Repo
 
 rider = Entity(name="rider", join_keys=["rider_id"], value_type=ValueType.INT64)
@@ -73,6 +73,68 @@ def _feast(columns: dict[str, list[Any]], full_feature_names: bool) -> dict[str,
     table = scored.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
     prefix = "scored__" if full_feature_names else ""
     return {f"out_{f}": table.column(f"{prefix}{f}").to_pylist() for f in ("y", "label")}
+
+
+# Values a request or a Redis read hands the transformation, one plain kind per column or
+# mixed, with the edges of Arrow's inference: nulls, NaN, ints past int64 and past what a
+# double holds exactly.
+_big_ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**70), 2**70))
+_kinds = st.sampled_from(
+    [
+        st.floats(),
+        _big_ints,
+        st.booleans(),
+        st.text(max_size=4),
+        st.one_of(
+            st.floats(allow_nan=False),
+            st.integers(-(2**54), 2**54),
+            st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**63]),
+        ),  # fmt: skip
+        st.one_of(st.none(), st.floats(), _big_ints, st.booleans(), st.text(max_size=3)),
+    ]
+)
+
+
+@st.composite
+def _columns(draw: st.DrawFn) -> dict[str, list[Any]]:
+    n = draw(st.integers(0, 4))
+    names = draw(st.lists(st.text("abcxyz_", min_size=1, max_size=4), min_size=1, max_size=4,
+                          unique=True))  # fmt: skip
+    return {name: draw(st.lists(draw(_kinds), min_size=n, max_size=n)) for name in names}
+
+
+@settings(max_examples=300, deadline=None)
+@given(columns=_columns())
+def test_the_input_frame_is_the_one_arrow_builds(columns: dict[str, list[Any]]) -> None:
+    try:
+        expected = pa.Table.from_pydict(columns).to_pandas(use_threads=False)
+    except (pa.ArrowException, OverflowError) as exc:
+        with pytest.raises(type(exc)):
+            input_frame(columns)
+        return
+    pd.testing.assert_frame_equal(input_frame(columns), expected, check_exact=True)
+
+
+_series = st.one_of(
+    st.lists(st.floats(), max_size=4).map(lambda v: pd.Series(v, dtype="float64")),
+    st.lists(st.floats(width=32), max_size=4).map(lambda v: pd.Series(v, dtype="float32")),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4).map(
+        lambda v: pd.Series(v, dtype="int64")
+    ),
+    st.lists(st.booleans(), max_size=4).map(lambda v: pd.Series(v, dtype="bool")),
+    st.lists(st.one_of(st.none(), st.text(max_size=3)), max_size=4).map(
+        lambda v: pd.Series(v, dtype="object")
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(series=_series)
+def test_output_values_are_what_arrow_gives(series: pd.Series[Any]) -> None:
+    ours = output_values(series)
+    theirs = pa.Array.from_pandas(series).to_pylist()
+    assert _same(ours, theirs), (ours, theirs)
+    assert [type(v) for v in ours] == [type(v) for v in theirs]
 
 
 def _same(ours: list[Any], theirs: list[Any]) -> bool:
