@@ -35,26 +35,23 @@ from __future__ import annotations
 
 import heapq
 import math
-import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from foundation.hyperloglog import HyperLogLog, string_hashes
 
 BUCKETS = 20
 RESERVOIR = 65_536
 STRING_TRACK_LIMIT = 10_000
 _STRING_KEEP = STRING_TRACK_LIMIT // 5
 TOP_K = 10
-_HLL_P = 14
-_HLL_M = 1 << _HLL_P
-_REST_BITS = 64 - _HLL_P
 
 Kind = Literal["numeric", "string", "other"]
 
@@ -111,30 +108,6 @@ def _kind(dtype: pa.DataType) -> Kind:
     return "other"
 
 
-class _HyperLogLog:
-    def __init__(self) -> None:
-        self.registers = np.zeros(_HLL_M, dtype=np.uint8)
-
-    def add_hashes(self, hashes: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
-        if not len(hashes):
-            return
-        index = (hashes >> np.uint64(_REST_BITS)).astype(np.intp)
-        rest = hashes & np.uint64((1 << _REST_BITS) - 1)
-        # frexp gives the bit length of `rest` (exact: it is below 2**53); 0 has length 0.
-        bit_length = np.frexp(rest.astype(np.float64))[1]
-        rank = (_REST_BITS + 1 - bit_length).astype(np.uint8)
-        np.maximum.at(self.registers, index, rank)
-
-    def estimate(self) -> int:
-        m = float(_HLL_M)
-        alpha = 0.7213 / (1 + 1.079 / m)
-        raw = alpha * m * m / float(np.sum(np.ldexp(1.0, -self.registers.astype(np.int32))))
-        zeros = int(np.count_nonzero(self.registers == 0))
-        if raw <= 2.5 * m and zeros:
-            return round(m * math.log(m / zeros))
-        return round(raw)
-
-
 class _Column:
     """Mergeable running statistics of one column."""
 
@@ -149,7 +122,7 @@ class _Column:
         self.m2 = 0.0
         self.min: float | None = None
         self.max: float | None = None
-        self.hll = _HyperLogLog()
+        self.hll = HyperLogLog()
         self.values: Counter[Any] | None = Counter()
         self.sample = np.empty(0, dtype=np.float64)
         self.rng = np.random.default_rng(seed)
@@ -220,7 +193,7 @@ class _Column:
         if pa.types.is_boolean(present.type):
             present = pc.cast(present, pa.string())
         counts = pa.RecordBatch.from_struct_array(pc.value_counts(present))
-        self.hll.add_hashes(_hashes(counts.column(0)))
+        self.hll.add_hashes(string_hashes(counts.column(0)))
         if self.pruned or counts.num_rows > STRING_TRACK_LIMIT:
             # Counts are estimates from here on: only a batch's heaviest values can still
             # reach the top list, so only those cross into Python.
@@ -331,20 +304,6 @@ class _Column:
         return [
             Bucket(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(BUCKETS)
         ], exact
-
-
-_HASHING = threading.Lock()
-_hashing: duckdb.DuckDBPyConnection | None = None
-
-
-def _hashes(values: pa.Array) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """64-bit hashes of ``values`` by DuckDB's ``hash()``, without a Python object per value."""
-    global _hashing
-    with _HASHING:
-        if _hashing is None:
-            _hashing = duckdb.connect(config={"threads": 1})
-        hashed = _hashing.from_arrow(pa.table({"v": values})).project("hash(v)").to_arrow_table()
-    return np.asarray(hashed.column(0).to_numpy(), dtype=np.uint64)
 
 
 def _scale(
