@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from feast import FeatureStore
+from feast import FeatureStore, FileSource
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,6 +109,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 
 
 @pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    """The same views, the driver view's source a directory of two files (the others one
+    file each), so one query joins multi-file and single-file sources."""
+    objects = three_views(TTL_DRIVER, TTL_PAIR)
+    source = FileSource(
+        name="driver_src",
+        path="data/driver",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+    for i, obj in enumerate(objects):
+        if isinstance(obj, FileSource) and obj.name == "driver_src":
+            objects[i] = source
+        elif getattr(obj, "name", "") == "driver_fv":
+            obj.batch_source = source
+    return make_store(tmp_path_factory.mktemp("pit_props_split"), objects)
+
+
+@pytest.fixture(scope="module")
 def spark_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
     return make_store(
         tmp_path_factory.mktemp("pit_props_spark"),
@@ -161,9 +180,16 @@ def check_against_reference(
     pair: list[dict[str, Any]],
     entities: list[dict[str, Any]],
     full: bool,
+    driver_parts: int = 1,
 ) -> None:
     data = Path(store.repo_path) / "data"
-    write_rows(data / "driver.parquet", DRIVER_SCHEMA, drv)
+    if driver_parts > 1:
+        # The rows in order across the files, so "later file, later row" is list order.
+        half = len(drv) // 2
+        write_rows(data / "driver" / "part-0.parquet", DRIVER_SCHEMA, drv[:half])
+        write_rows(data / "driver" / "part-1.parquet", DRIVER_SCHEMA, drv[half:])
+    else:
+        write_rows(data / "driver.parquet", DRIVER_SCHEMA, drv)
     write_rows(data / "customer.parquet", CUSTOMER_SCHEMA, cus)
     write_rows(data / "pair.parquet", PAIR_SCHEMA, pair)
 
@@ -203,6 +229,23 @@ def test_pit_join_matches_naive_reference(
     full: bool,
 ) -> None:
     check_against_reference(store, drv, cus, pair, entities, full)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@GIVEN
+def test_pit_join_over_single_and_multi_file_sources_matches_naive_reference(
+    split_store: FeatureStore,
+    drv: list[dict[str, Any]],
+    cus: list[dict[str, Any]],
+    pair: list[dict[str, Any]],
+    entities: list[dict[str, Any]],
+    full: bool,
+) -> None:
+    check_against_reference(split_store, drv, cus, pair, entities, full, driver_parts=2)
 
 
 @settings(

@@ -156,6 +156,40 @@ def test_sources_may_be_directories_hive_partitions_or_globs(repo: Path, layout:
     assert _rows(result) == EXPECTED
 
 
+def test_a_full_tie_across_files_goes_to_the_later_file_in_natural_order(repo: Path) -> None:
+    # Same driver, event and created time in two files: part-10 comes after part-2 in
+    # natural order (not in byte order), so its row wins, though its row number is lower.
+    # The customer view reads one file, so the query joins both kinds of source.
+    tie = {"driver_id": 1, "event_timestamp": T0, "created": T0}
+    filler = [
+        {"driver_id": 2, "event_timestamp": T0, "created": T0, "rate": 9.0, "trips": 9},
+        {"driver_id": 2, "event_timestamp": T0, "created": T0, "rate": 8.0, "trips": 8},
+    ]
+    write_rows(
+        repo / "data" / "drv" / "part-2.parquet",
+        DRIVER_SCHEMA,
+        [*filler, {**tie, "rate": 0.1, "trips": 1}],
+    )
+    write_rows(
+        repo / "data" / "drv" / "part-10.parquet", DRIVER_SCHEMA, [{**tie, "rate": 0.2, "trips": 2}]
+    )
+    write_rows(
+        repo / "data" / "customer.parquet",
+        CUSTOMER_SCHEMA,
+        [{"customer_id": "c", "ts": T0, "created": T0, "bal": 5.0, "tier": "gold"}],
+    )
+    fs = _store(repo, "data/drv")
+    entities = pd.DataFrame(
+        {"driver_id": [1], "customer_id": ["c"], "event_timestamp": [T0 + timedelta(minutes=1)]}
+    )
+    rows = (
+        fs.get_historical_features(entity_df=entities, features=[*FEATURES, "customer_fv:tier"])
+        .to_arrow()
+        .to_pylist()
+    )
+    assert [(r["rate"], r["trips"], r["tier"]) for r in rows] == [(0.2, 2, "gold")]
+
+
 def test_naive_times_are_utc_and_other_zones_are_converted(repo: Path) -> None:
     fs = _store(repo)
     naive_source = pa.Table.from_pylist(
