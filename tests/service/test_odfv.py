@@ -89,7 +89,7 @@ _kinds = st.sampled_from(
             st.floats(allow_nan=False),
             st.integers(-(2**54), 2**54),
             st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**63]),
-        ),  # fmt: skip
+        ),
         st.one_of(st.none(), st.floats(), _big_ints, st.booleans(), st.text(max_size=3)),
     ]
 )
