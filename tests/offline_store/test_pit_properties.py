@@ -214,38 +214,29 @@ GIVEN = given(
 )
 
 
+@pytest.mark.parametrize(
+    ("fixture", "driver_parts"),
+    [("store", 1), ("split_store", 2)],
+    ids=["one file per view", "driver source in two files"],
+)
 @settings(
-    max_examples=200,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @GIVEN
 def test_pit_join_matches_naive_reference(
-    store: FeatureStore,
+    request: pytest.FixtureRequest,
+    fixture: str,
+    driver_parts: int,
     drv: list[dict[str, Any]],
     cus: list[dict[str, Any]],
     pair: list[dict[str, Any]],
     entities: list[dict[str, Any]],
     full: bool,
 ) -> None:
-    check_against_reference(store, drv, cus, pair, entities, full)
-
-
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@GIVEN
-def test_pit_join_over_single_and_multi_file_sources_matches_naive_reference(
-    split_store: FeatureStore,
-    drv: list[dict[str, Any]],
-    cus: list[dict[str, Any]],
-    pair: list[dict[str, Any]],
-    entities: list[dict[str, Any]],
-    full: bool,
-) -> None:
-    check_against_reference(split_store, drv, cus, pair, entities, full, driver_parts=2)
+    store = request.getfixturevalue(fixture)
+    check_against_reference(store, drv, cus, pair, entities, full, driver_parts=driver_parts)
 
 
 @settings(
