@@ -29,6 +29,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from offline_store.checks import check_request_data
+from offline_store.entities import is_sql
 from offline_store.pit_join import FeatureSpec
 from offline_store.sandbox import UntrustedEntities
 from offline_store.spark_entities import check_request, load_entities
@@ -183,7 +184,8 @@ class SparkOfflineStore(OfflineStore):
             specs = [
                 _view(spark, config, fv, feats, full_feature_names) for fv, feats in by_view.items()
             ]
-            _register_views(spark, views, specs)
+            if isinstance(entity_df, str) and is_sql(entity_df):
+                _register_views(spark, views, specs)  # the query may name them
             rows = _non_entity_rows(specs, views, kwargs) if entity_df is None else entity_df
             loaded = load_entities(spark, rows)
             check_request(specs, loaded)
@@ -195,6 +197,7 @@ class SparkOfflineStore(OfflineStore):
                 loaded.timestamp_column,
                 min_ts=loaded.min_ts,
                 max_ts=loaded.max_ts,
+                order=loaded.order,
             )
             metadata = RetrievalMetadata(
                 features=feature_refs,
@@ -272,7 +275,7 @@ class SparkOfflineStore(OfflineStore):
                 F.struct(
                     ts.alias("__ts"),
                     created.alias("__cr"),
-                    F.col(ORDER_FILE).alias("__f"),
+                    (F.col(ORDER_FILE) if ORDER_FILE in frame.columns else F.lit("")).alias("__f"),
                     F.col(ORDER_ROW).alias("__rn"),
                     F.struct(*out).alias("__row"),
                 )

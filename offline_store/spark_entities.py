@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.checks import check_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, is_sql
-from offline_store.spark_join import ENTITY_TS, ROW_ID, SparkView, raw_column
+from offline_store.spark_join import ENTITY_TS, ROW_ID, RowOrder, SparkView, raw_column
 from offline_store.spark_sources import is_nanos
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+# monotonically_increasing_id puts the partition index above the lower 33 bits.
+_PARTITION_SHIFT = 33
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class SparkEntities:
         timestamp_column: the column used as the entity event time.
         min_ts: earliest entity time (UTC), ``None`` without rows.
         max_ts: latest entity time (UTC).
+        order: how ``__row_id`` splits into ordered output partitions.
     """
 
     frame: Any
@@ -45,12 +50,11 @@ class SparkEntities:
     timestamp_column: str
     min_ts: datetime | None
     max_ts: datetime | None
+    order: RowOrder
 
 
-def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
+def _local_table(source: Any) -> pa.Table | None:
+    """pandas and Arrow entity rows as an Arrow table in microseconds; ``None`` for others."""
     if isinstance(source, pd.DataFrame):
         try:
             source = pa.Table.from_pandas(source, preserve_index=False)
@@ -59,8 +63,14 @@ def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
                 f"entity DataFrame cannot be converted to Arrow ({exc}); a column mixes "
                 "types, often naive and timezone-aware timestamps: make them all one kind",
             ) from exc
+    return micro_timestamps(source) if isinstance(source, pa.Table) else None
+
+
+def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
     if isinstance(source, pa.Table):
-        source = micro_timestamps(source)
         numbered = source.append_column(ROW_ID, pa.array(range(source.num_rows), pa.int64()))
         frame: DataFrame = spark.createDataFrame(numbered)
         return frame
@@ -127,8 +137,24 @@ def _pick_timestamp_column(frame: DataFrame) -> str:
     )
 
 
+def _local_stats(table: pa.Table, ts_col: str) -> dict[str, Any] | None:
+    """The time checks and range of local rows with a timestamp column, without a Spark job."""
+    column = table.column(ts_col)
+    if not pa.types.is_timestamp(column.type):
+        return None  # strings and dates: parsed and checked by Spark, as for other sources
+    bounds = pc.min_max(column).as_py()
+    lo, hi = (
+        None if v is None else v if v.tzinfo else v.replace(tzinfo=UTC)
+        for v in (bounds["min"], bounds["max"])
+    )
+    return {"nulls": column.null_count, "bad": 0, "lo": lo, "hi": hi, "rows": table.num_rows}
+
+
 def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
-    """Load, number and check entity rows (one Spark action: the time range and bad times).
+    """Load, number and check entity rows.
+
+    pandas and Arrow rows with a timestamp column are checked on the driver, where they
+    already are; other sources by one Spark action (the time range and bad times).
 
     Raises:
         InvalidRequestError: the source cannot be read.
@@ -136,16 +162,25 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     """
     from pyspark.sql import functions as F
 
-    frame = _input_frame(spark, source)
+    table = _local_table(source)
+    frame = _input_frame(spark, source if table is None else table)
     ts_col = _pick_timestamp_column(frame)
     raw = F.col(f"`{ts_col}`")
     frame = frame.withColumn(ENTITY_TS, raw.try_cast("timestamp"))
-    stats = frame.agg(
-        F.count(F.when(raw.isNull(), 1)).alias("nulls"),
-        F.count(F.when(raw.isNotNull() & F.col(ENTITY_TS).isNull(), 1)).alias("bad"),
-        F.min(ENTITY_TS).alias("lo"),
-        F.max(ENTITY_TS).alias("hi"),
-    ).collect()[0]
+    stats = None if table is None else _local_stats(table, ts_col)
+    if stats is None:
+        stats = (
+            frame.agg(
+                F.count(F.when(raw.isNull(), 1)).alias("nulls"),
+                F.count(F.when(raw.isNotNull() & F.col(ENTITY_TS).isNull(), 1)).alias("bad"),
+                F.min(ENTITY_TS).alias("lo"),
+                F.max(ENTITY_TS).alias("hi"),
+                F.count(F.lit(1)).alias("rows"),
+                F.max(F.shiftright(F.col(ROW_ID), _PARTITION_SHIFT)).alias("last_partition"),
+            )
+            .collect()[0]
+            .asDict()
+        )
     if stats["nulls"] or stats["bad"]:
         raise InvalidTimestampError(
             f"entity column {ts_col!r} has {stats['nulls']} null and {stats['bad']} unparseable "
@@ -154,7 +189,12 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
             column=ts_col,
         )
     columns = [c for c in frame.columns if c not in (ROW_ID, ENTITY_TS)]
-    return SparkEntities(frame, columns, ts_col, stats["lo"], stats["hi"])
+    if table is not None:  # row ids 0..n-1
+        shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
+        order = RowOrder.dense(stats["rows"], shuffle)
+    else:  # monotonically_increasing_id: the input partition in the upper bits
+        order = RowOrder.by_input_partition((stats["last_partition"] or 0) + 1)
+    return SparkEntities(frame, columns, ts_col, stats["lo"], stats["hi"], order)
 
 
 def _family(dtype: Any) -> str:

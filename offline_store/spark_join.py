@@ -7,9 +7,9 @@ later file and row; none -> nulls. Every entity row comes back once, in input or
 
 How, per view (one shuffle each, no row explosion on hot keys):
 
-1. Feature rows get the order key (event_ts, created_ts in microseconds with null lowest, file,
-   row) and their values packed in one struct ``__feat``; entity rows get the probe
-   (t, +inf, '', 0) and a null ``__feat``.
+1. Feature rows get the order key (event_ts, created_ts in microseconds with null lowest, file
+   when the source has several, row) and their values packed in one struct ``__feat``; entity
+   rows get the probe (t, +inf, ['',] 0) and a null ``__feat``.
 2. Both are unioned, partitioned by the join keys and sorted by the order key; a running
    ``last(__feat, ignorenulls)`` gives every entity row the greatest feature row at or before
    its probe, which is exactly the greatest (event_ts, created_ts) with ``event_ts <= t``.
@@ -17,14 +17,21 @@ How, per view (one shuffle each, no row explosion on hot keys):
    match, as in the DuckDB ASOF join.
 
 The entity rows carry all their columns through each view's step, so views chain without a
-join back; the result is sorted by the entity row id at the end.
+join back. The result is put back in input order by one shuffle on a bucket of the entity row
+id (ordered partitions, see :class:`RowOrder`) and a sort within each partition, not by a global
+``orderBy``, whose range partitioner would first run the whole join once more to sample it.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+import mmh3
 
 from offline_store.pit_join import FeatureSpec
 from offline_store.spark_sources import ORDER_FILE, ORDER_ROW
@@ -37,6 +44,8 @@ ENTITY_TS = "__entity_ts"
 _O_TS, _O_CR, _FEAT, _IS_ENTITY, _MATCH = "__o_ts", "__o_cr", "__feat", "__is_entity", "__match"
 _LONG_MAX = 9223372036854775807
 _LONG_MIN = -9223372036854775807
+_ORDER_TYPES = {ORDER_FILE: "string", ORDER_ROW: "long"}
+_PROBE_ORDER = {ORDER_FILE: "", ORDER_ROW: 0}  # after (t, +inf), never compared
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,71 @@ class SparkView:
     ttl_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class RowOrder:
+    """How entity row ids map to output partitions, in order.
+
+    Attributes:
+        partitions: the number of output partitions.
+        rows_per_partition: with dense ids (0..n-1, pandas and Arrow input), partition
+            ``id // rows_per_partition``; ``None`` for ``monotonically_increasing_id`` ids,
+            whose upper bits are the input partition, which becomes the output partition.
+    """
+
+    partitions: int
+    rows_per_partition: int | None
+
+    @classmethod
+    def dense(cls, rows: int, max_partitions: int, target_rows: int = 10_000) -> RowOrder:
+        """Ids 0..rows-1 in at most ``max_partitions`` partitions of ~``target_rows``."""
+        partitions = max(1, min(max_partitions, math.ceil(rows / target_rows)))
+        return cls(partitions, max(1, math.ceil(rows / partitions)))
+
+    @classmethod
+    def by_input_partition(cls, partitions: int) -> RowOrder:
+        """Ids from ``monotonically_increasing_id`` over ``partitions`` input partitions."""
+        return cls(max(1, partitions), None)
+
+    def bucket(self) -> Column:
+        """The output partition of each row (0-based), from ``__row_id``."""
+        from pyspark.sql import functions as F
+
+        if self.rows_per_partition is None:
+            return F.shiftright(F.col(ROW_ID), 33).cast("int")
+        return F.expr(f"{ROW_ID} div {int(self.rows_per_partition)}").cast("int")
+
+
+@lru_cache(maxsize=64)
+def _ordered_hash_keys(partitions: int) -> tuple[int, ...]:
+    """For each partition ``p``, a long that Spark's hash partitioner sends to ``p``.
+
+    ``repartition(n, col)`` puts a row in ``pmod(murmur3_32(col, seed 42), n)``; for a long,
+    Spark hashes its 8 little-endian bytes as standard MurmurHash3 does (the same function as
+    SQL ``hash()``, and the one bucketed tables rely on). Mapping bucket ``p`` to such a key
+    makes partition ``p`` hold bucket ``p``.
+    """
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < partitions:
+        target = mmh3.hash(struct.pack("<q", candidate), 42, signed=True) % partitions
+        keys.setdefault(target, candidate)
+        candidate += 1
+    return tuple(keys[p] for p in range(partitions))
+
+
+def in_input_order(frame: DataFrame, order: RowOrder) -> DataFrame:
+    """``frame`` sorted by ``__row_id``: partition ``p`` holds bucket ``p``, each one sorted.
+
+    Writers and collectors go through partitions in order, so Parquet part files and collected
+    rows come out in input order, after one shuffle and no sampling pass.
+    """
+    from pyspark.sql import functions as F
+
+    keys = F.array(*[F.lit(k).cast("long") for k in _ordered_hash_keys(order.partitions)])
+    target = F.element_at(keys, order.bucket() + F.lit(1))
+    return frame.repartition(order.partitions, target).sortWithinPartitions(ROW_ID)
+
+
 def raw_column(view: SparkView, mapped: str) -> str:
     """Raw source column whose mapped name is ``mapped`` (identity when unmapped)."""
     for raw, target in view.column_map.items():
@@ -76,6 +150,11 @@ def _col(name: str) -> Column:
     from pyspark.sql import functions as F
 
     return F.col(f"`{name.replace('`', '``')}`")
+
+
+def _order_columns(view: SparkView) -> list[str]:
+    """The source's order columns: file and row for several files, else the row alone."""
+    return [c for c in (ORDER_FILE, ORDER_ROW) if c in view.frame.columns]
 
 
 def _micros(column: Column) -> Column:
@@ -128,8 +207,7 @@ def _feature_rows(
             *keys,
             ts.alias(_O_TS),
             created.alias(_O_CR),
-            F.col(ORDER_FILE).cast("string").alias(ORDER_FILE),
-            F.col(ORDER_ROW).cast("long").alias(ORDER_ROW),
+            *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
             packed.alias(f"{_FEAT}{index}"),
         )
         .withColumn(_IS_ENTITY, F.lit(False))
@@ -155,15 +233,14 @@ def _join_view(
         "*",
         F.col(ENTITY_TS).alias(_O_TS),
         F.lit(_LONG_MAX).alias(_O_CR),
-        F.lit("").alias(ORDER_FILE),
-        F.lit(0).cast("long").alias(ORDER_ROW),
+        *[F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
         F.lit(None).cast(feats.schema[feat_col].dataType).alias(feat_col),
         F.lit(True).alias(_IS_ENTITY),
     )
     both = probe.unionByName(feats, allowMissingColumns=True)
     window = (
         Window.partitionBy(*[_col(e) for e, _ in view.join_keys])
-        .orderBy(_O_TS, _O_CR, ORDER_FILE, ORDER_ROW)
+        .orderBy(_O_TS, _O_CR, *_order_columns(view))
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     matched = both.withColumn(_MATCH, F.last(feat_col, ignorenulls=True).over(window)).where(
@@ -189,6 +266,7 @@ def pit_join(
     *,
     min_ts: datetime | None,
     max_ts: datetime | None,
+    order: RowOrder,
 ) -> DataFrame:
     """The point-in-time join of ``entities`` (with ``__row_id`` and ``__entity_ts``).
 
@@ -199,6 +277,7 @@ def pit_join(
         timestamp_column: the entity time column; returned as a UTC timestamp.
         min_ts: earliest entity time (pruning only).
         max_ts: latest entity time (pruning only).
+        order: how the entity row ids split into ordered output partitions.
 
     Returns:
         Entity columns then feature columns, sorted by entity row.
@@ -212,4 +291,4 @@ def pit_join(
     select = [
         F.col(ENTITY_TS).alias(c) if c == timestamp_column else _col(c) for c in entity_columns
     ]
-    return joined.orderBy(ROW_ID).select(*select, *[_col(f) for f in features])
+    return in_input_order(joined, order).select(*select, *[_col(f) for f in features])

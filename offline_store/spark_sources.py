@@ -2,11 +2,12 @@
 
 A Feast ``FileSource`` (a Parquet file with its pushed parts, a directory with hive partitions,
 or a glob) and Feast's ``SparkSource`` (``table``, ``query`` or ``path`` with a ``file_format``)
-become a DataFrame with two extra columns, the order of each row within the source:
-``__o_f`` (the file it was read from) and ``__o_rn`` (its row number in that file), taken from
-Spark's ``_metadata`` of Parquet files. Ties on (event_ts, created_ts) go to the later file and
-row, as in the DuckDB store. Tables and queries have no file order: their rows get Spark's
-``monotonically_increasing_id`` instead (stable for a given plan, but not a storage order).
+become a DataFrame with extra columns, the order of each row within the source: ``__o_f`` (the
+file it was read from; only when the source has several files) and ``__o_rn`` (its row number
+in that file), taken from Spark's ``_metadata`` of Parquet files. Ties on (event_ts,
+created_ts) go to the later file and row, as in the DuckDB store. Tables and queries have no
+file order: their rows get Spark's ``monotonically_increasing_id`` instead (stable for a given
+plan, but not a storage order).
 
 Parquet ``TIMESTAMP(NANOS)`` columns (pandas' default) arrive as int64 nanoseconds under
 ``spark.sql.legacy.parquet.nanosAsLong`` and are turned back into (microsecond) timestamps here;
@@ -140,18 +141,16 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
             source=str(paths),
         ) from exc
     frame = _from_nanos(frame, nanosecond_columns(paths))
-    # One file: its path is the same on every row and orders nothing; leaving it out keeps
-    # a long string per row out of every shuffle and sort of the join.
-    file_order = F.lit("") if single else F.col("_metadata.file_path")
-    return frame.select(
-        "*",
-        file_order.alias(ORDER_FILE),
-        F.col("_metadata.row_index").alias(ORDER_ROW),
-    )
+    row = F.col("_metadata.row_index").alias(ORDER_ROW)
+    if single:
+        # One file: its path is the same on every row and orders nothing; leaving it out
+        # keeps a column out of every shuffle and sort of the join.
+        return frame.select("*", row)
+    return frame.select("*", F.col("_metadata.file_path").alias(ORDER_FILE), row)
 
 
 def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> DataFrame:
-    """A source as a DataFrame with its order columns ``__o_f`` and ``__o_rn``.
+    """A source as a DataFrame with its order columns ``__o_rn`` and (several files) ``__o_f``.
 
     Args:
         spark: the session.
@@ -159,7 +158,7 @@ def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> 
         source: a FileSource or a SparkSource.
 
     Returns:
-        The source's raw columns (no field mapping applied) plus the two order columns.
+        The source's raw columns (no field mapping applied) plus the order columns.
 
     Raises:
         InvalidRequestError: another kind of source, or a path Spark cannot read.
@@ -179,8 +178,4 @@ def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> 
         frame = spark.table(table)
     else:
         frame = spark.sql(query)
-    return frame.select(
-        "*",
-        F.lit("").alias(ORDER_FILE),
-        F.monotonically_increasing_id().alias(ORDER_ROW),
-    )
+    return frame.select("*", F.monotonically_increasing_id().alias(ORDER_ROW))

@@ -119,6 +119,21 @@ def test_pandas_entities_with_duplicates_keep_order_on_spark(
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
+def test_spark_dataframe_entities_keep_their_partition_order(
+    stores: tuple[FeatureStore, ...], spark: Any
+) -> None:
+    duck, spark_fs = stores
+    trips = pq.read_table(_trips(duck)).to_pandas()
+    entities = spark.createDataFrame(trips).repartition(5)  # rows spread over 5 partitions
+    in_order = entities.toPandas()  # the order of a Spark DataFrame: partition by partition
+    assert not in_order["event_timestamp"].equals(trips["event_timestamp"])
+    features = ["driver_hourly_stats:conv_rate", "customer_profile:favourite_zones"]
+    want = duck.get_historical_features(entity_df=in_order, features=features).to_df()
+    got = spark_fs.get_historical_features(entity_df=entities, features=features).to_df()
+    assert len(got) == len(trips) > 100
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
 def test_latest_and_all_pulls_equal_duckdb(stores: tuple[FeatureStore, ...]) -> None:
     duck, spark_fs = stores
     view = duck.get_feature_view("driver_customer_stats")
