@@ -17,6 +17,7 @@ Every run is a child process, so each peak RSS is its own.
     .venv/bin/python -m benchmarks.spark_bench                      # defaults below
     .venv/bin/python -m benchmarks.spark_bench --feature-rows 2000000 --entity-rows 200000
     .venv/bin/python -m benchmarks.spark_bench --materialize 1000000 10000000
+    .venv/bin/python -m benchmarks.spark_bench --views 3 --materialize  # 3 views, one key
     .venv/bin/python -m benchmarks.spark_bench --rounds 1 --materialize  # cold only, no materialize
 """
 
@@ -109,10 +110,24 @@ stats = FeatureView(name="stats", entities=[driver], ttl=timedelta(days=1),
                     schema=[Field(name="conv_rate", dtype=Float64),
                             Field(name="trips", dtype=Int64)],
                     source=source)
+# More views on the same key (a feature service's usual shape), TTLs of 2, 3, ... days.
+views = [stats] + [
+    FeatureView(name=f"stats{{i}}", entities=[driver], ttl=timedelta(days=i + 1),
+                schema=[Field(name="conv_rate", dtype=Float64), Field(name="trips", dtype=Int64)],
+                source=source)
+    for i in range(1, {views})
+]
 """
 
 
-def write_repo(root: Path, data: Path, offline: dict[str, Any], redis_url: str | None) -> None:
+def feature_refs(views: int) -> list[str]:
+    names = ["stats"] + [f"stats{i}" for i in range(1, views)]
+    return [f"{name}:{feature}" for name in names for feature in ("conv_rate", "trips")]
+
+
+def write_repo(
+    root: Path, data: Path, offline: dict[str, Any], redis_url: str | None, views: int = 1
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     # Feast's Spark store reads SparkSource only, the DuckDB store FileSource only; ours both.
     spark_source = offline["type"] == "spark"
@@ -121,6 +136,7 @@ def write_repo(root: Path, data: Path, offline: dict[str, Any], redis_url: str |
             path=data,
             source="SparkSource" if spark_source else "FileSource",
             format='file_format="parquet",' if spark_source else "",
+            views=views,
         )
     )
     online: dict[str, Any] = {"type": "sqlite", "path": str(root / "online.db")}
@@ -222,7 +238,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 started = time.perf_counter()
                 entities = pd.read_parquet(args.entities)
                 job = store.get_historical_features(
-                    entity_df=entities, features=["stats:conv_rate", "stats:trips"]
+                    entity_df=entities,
+                    features=feature_refs(int(args.views)),
+                    full_feature_names=int(args.views) > 1,
                 )
                 job.to_spark_df().write.mode("overwrite").parquet(args.out)
                 times.append(time.perf_counter() - started)
@@ -246,7 +264,7 @@ def run_child(kind: str, repo: Path, **extra: Any) -> dict[str, Any]:
 
 
 def training(
-    tmp: Path, feature_rows: int, entity_count: int, entity_rows_n: int, rounds: int
+    tmp: Path, feature_rows: int, entity_count: int, entity_rows_n: int, rounds: int, views: int
 ) -> dict[str, Any]:
     from feast import FeatureStore
 
@@ -259,7 +277,7 @@ def training(
         "duckdb": {"type": "offline_store.store.DuckDBParquetOfflineStore"},
     }
     for name, offline in repos.items():
-        write_repo(tmp / name, data, offline, None)
+        write_repo(tmp / name, data, offline, None, views)
         store = FeatureStore(repo_path=str(tmp / name))
         store.apply(_objects(tmp / name))
     # The exact answer (DuckDB, checked against the naive reference in the tests).
@@ -268,7 +286,9 @@ def training(
     exact = (
         FeatureStore(repo_path=str(tmp / "duckdb"))
         .get_historical_features(
-            entity_df=pd.read_parquet(ents), features=["stats:conv_rate", "stats:trips"]
+            entity_df=pd.read_parquet(ents),
+            features=feature_refs(views),
+            full_feature_names=views > 1,
         )
         .to_arrow()
     )
@@ -276,10 +296,11 @@ def training(
         "feature_rows": feature_rows,
         "entity_rows": entity_rows_n,
         "drivers": entity_count,
+        "views": views,
     }
     for name in ("ours", "feast"):
         out = tmp / f"{name}_out"
-        stats = run_child(name, tmp / name, entities=ents, out=out, rounds=rounds)
+        stats = run_child(name, tmp / name, entities=ents, out=out, rounds=rounds, views=views)
         got = pq.read_table(out)
         stats["rows_kept"] = got.num_rows
         stats.update(_diff(exact, got))
@@ -294,7 +315,7 @@ def training(
 def _objects(repo: Path) -> list[Any]:
     namespace: dict[str, Any] = {}
     exec((repo / "definitions.py").read_text(), namespace)
-    return [namespace["driver"], namespace["source"], namespace["stats"]]
+    return [namespace["driver"], namespace["source"], *namespace["views"]]
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -307,8 +328,9 @@ def _diff(exact: pa.Table, got: pa.Table) -> dict[str, int]:
     """Exact rows missing (or with other values) in ``got``, and rows ``got`` has in excess."""
     from collections import Counter
 
-    want = Counter((*_key(r), r["conv_rate"], r["trips"]) for r in exact.to_pylist())
-    have = Counter((*_key(r), r["conv_rate"], r["trips"]) for r in got.to_pylist())
+    features = [c for c in exact.column_names if c not in ("driver_id", "event_timestamp", "label")]
+    want = Counter((*_key(r), *[r[f] for f in features]) for r in exact.to_pylist())
+    have = Counter((*_key(r), *[r[f] for f in features]) for r in got.to_pylist())
     return {
         "wrong_or_missing_rows": sum((want - have).values()),
         "extra_rows": sum((have - want).values()),
@@ -359,6 +381,7 @@ def main() -> None:
     parser.add_argument("--entity-rows", type=int, default=100_000)
     parser.add_argument("--materialize", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--views", type=int, default=1, help="feature views on the driver key")
     parser.add_argument(
         "--stock-max", type=int, default=10_000_000, help="largest materialize run for Feast"
     )
@@ -379,7 +402,12 @@ def main() -> None:
         report: dict[str, Any] = {"spark": "local[2]"}
         if not args.skip_training:
             report["training_set"] = training(
-                Path(tmp), args.feature_rows, args.drivers, args.entity_rows, args.rounds
+                Path(tmp),
+                args.feature_rows,
+                args.drivers,
+                args.entity_rows,
+                args.rounds,
+                args.views,
             )
         if args.materialize:
             report["materialize"] = materialize(Path(tmp), args.materialize, args.stock_max)

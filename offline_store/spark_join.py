@@ -5,18 +5,20 @@ k, time t) and view V with TTL d (0 = unlimited), take V's rows with the same ke
 ``t - d <= event_ts <= t`` and pick the greatest (event_ts, created_ts), exact ties going to the
 later file and row; none -> nulls. Every entity row comes back once, in input order.
 
-How, per view (one shuffle each, no row explosion on hot keys):
+How, per set of views with the same join keys (one shuffle each, no row explosion on hot keys):
 
 1. Feature rows get the order key (event_ts, created_ts in microseconds with null lowest, file
-   when the source has several, row) and their values packed in one struct ``__feat``; entity
-   rows get the probe (t, +inf, ['',] 0) and a null ``__feat``.
-2. Both are unioned, partitioned by the join keys and sorted by the order key; a running
-   ``last(__feat, ignorenulls)`` gives every entity row the greatest feature row at or before
-   its probe, which is exactly the greatest (event_ts, created_ts) with ``event_ts <= t``.
+   when a source has several, row) and their values packed in their view's struct
+   ``__feat<i>`` (null for every other view); entity rows get the probe (t, +inf, ['',] 0)
+   and null structs.
+2. All are unioned, partitioned by the join keys and sorted by the order key; per view, a
+   running ``last(__feat<i>, ignorenulls)`` gives every entity row the view's greatest row at
+   or before its probe, which is exactly the greatest (event_ts, created_ts) with
+   ``event_ts <= t``. Views on the same keys share the shuffle and the sort.
 3. If that row is older than ``t - d``, every other candidate is too: the TTL is a filter on the
    match, as in the DuckDB ASOF join.
 
-The entity rows carry all their columns through each view's step, so views chain without a
+The entity rows carry all their columns through each step, so groups of views chain without a
 join back. The result is put back in input order by one shuffle on a bucket of the entity row
 id (ordered partitions, see :class:`RowOrder`) and a sort within each partition, not by a global
 ``orderBy``, whose range partitioner would first run the whole join once more to sample it.
@@ -215,47 +217,80 @@ def _feature_rows(
     return rows
 
 
-def _join_view(
+def _join_group(
     entities: DataFrame,
-    view: SparkView,
-    index: int,
+    group: list[tuple[int, SparkView]],
     min_ts: datetime | None,
     max_ts: datetime | None,
 ) -> DataFrame:
-    """``entities`` with the view's feature columns appended (one shuffle)."""
+    """``entities`` with the feature columns of views sharing join keys (one shuffle for all).
+
+    Each view's rows carry their values in their own ``__feat<i>``, null on every other row, so
+    a view's running ``last(ignorenulls)`` only ever sees its own rows, in its own order.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     entity_types = {f.name: f.dataType for f in entities.schema.fields}
-    feats = _feature_rows(view, index, entity_types, min_ts, max_ts)
-    feat_col = f"{_FEAT}{index}"
+    # File order only when some view in the group has several files ('' for the others,
+    # constant within a view, so it never reorders a view's rows).
+    order_cols = [ORDER_FILE] if any(_order_columns(v) != [ORDER_ROW] for _, v in group) else []
+    order_cols.append(ORDER_ROW)
+    parts = []
+    feat_types = {}
+    for index, view in group:
+        rows = _feature_rows(view, index, entity_types, min_ts, max_ts)
+        for c in order_cols:
+            if c not in rows.columns:
+                rows = rows.withColumn(c, F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]))
+        feat_types[index] = rows.schema[f"{_FEAT}{index}"].dataType
+        parts.append(rows)
     probe = entities.select(
         "*",
         F.col(ENTITY_TS).alias(_O_TS),
         F.lit(_LONG_MAX).alias(_O_CR),
-        *[F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
-        F.lit(None).cast(feats.schema[feat_col].dataType).alias(feat_col),
+        *[F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]).alias(c) for c in order_cols],
+        *[F.lit(None).cast(t).alias(f"{_FEAT}{i}") for i, t in feat_types.items()],
         F.lit(True).alias(_IS_ENTITY),
     )
-    both = probe.unionByName(feats, allowMissingColumns=True)
+    both = probe
+    for rows in parts:
+        both = both.unionByName(rows, allowMissingColumns=True)
+    keys = [e for e, _ in group[0][1].join_keys]
     window = (
-        Window.partitionBy(*[_col(e) for e, _ in view.join_keys])
-        .orderBy(_O_TS, _O_CR, *_order_columns(view))
+        Window.partitionBy(*[_col(e) for e in keys])
+        .orderBy(_O_TS, _O_CR, *order_cols)
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
-    matched = both.withColumn(_MATCH, F.last(feat_col, ignorenulls=True).over(window)).where(
-        F.col(_IS_ENTITY)
-    )
-    if view.ttl_seconds > 0:
-        low = _micros(F.col(ENTITY_TS)) - F.lit(int(view.ttl_seconds * 1_000_000))
-        in_window = _micros(F.col(f"{_MATCH}.ts")) >= low
-    else:
-        in_window = F.col(f"{_MATCH}.ts").isNotNull()
-    outputs = [
-        F.when(in_window, F.col(f"{_MATCH}.f{j}")).alias(f.output_name)
-        for j, f in enumerate(view.features)
-    ]
+    matched = both.select(
+        *[_col(c) for c in entities.columns],
+        *[
+            F.last(f"{_FEAT}{i}", ignorenulls=True).over(window).alias(f"{_MATCH}{i}")
+            for i, _ in group
+        ],
+        _IS_ENTITY,
+    ).where(F.col(_IS_ENTITY))
+    outputs = []
+    for index, view in group:
+        match = f"{_MATCH}{index}"
+        if view.ttl_seconds > 0:
+            low = _micros(F.col(ENTITY_TS)) - F.lit(int(view.ttl_seconds * 1_000_000))
+            in_window = _micros(F.col(f"{match}.ts")) >= low
+        else:
+            in_window = F.col(f"{match}.ts").isNotNull()
+        outputs += [
+            F.when(in_window, F.col(f"{match}.f{j}")).alias(f.output_name)
+            for j, f in enumerate(view.features)
+        ]
     return matched.select(*[_col(c) for c in entities.columns], *outputs)
+
+
+def _key_groups(views: list[SparkView]) -> list[list[tuple[int, SparkView]]]:
+    """Views by their entity-side join keys, in order of first appearance."""
+    groups: dict[tuple[str, ...], list[tuple[int, SparkView]]] = {}
+    for index, view in enumerate(views):
+        groups.setdefault(tuple(sorted(e for e, _ in view.join_keys)), []).append((index, view))
+    return list(groups.values())
 
 
 def pit_join(
@@ -285,8 +320,8 @@ def pit_join(
     from pyspark.sql import functions as F
 
     joined = entities
-    for index, view in enumerate(views):
-        joined = _join_view(joined, view, index, min_ts, max_ts)
+    for group in _key_groups(views):
+        joined = _join_group(joined, group, min_ts, max_ts)
     features = [f.output_name for view in views for f in view.features]
     select = [
         F.col(ENTITY_TS).alias(c) if c == timestamp_column else _col(c) for c in entity_columns

@@ -2,8 +2,10 @@
 
 Timestamps come from a coarse minute grid so that exact TTL boundaries, event-time ties broken
 by created time, full ties, entity rows before any event and duplicate entity rows all occur
-often; keys are small ints, strings and a compound pair, over three views. The Spark store runs
-fewer examples (each is a few Spark jobs in ``local[2]``) on the same generators.
+often; keys are small ints, strings and a compound pair, over four views (two of them keyed by
+the driver alone: the Spark join shares one shuffle between them; one reads the pair source by
+driver only). The Spark store runs fewer examples (each is a few Spark jobs in ``local[2]``) on
+the same generators.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from feast import FeatureStore, FileSource
+from feast import FeatureStore, FeatureView, Field, FileSource
+from feast.types import Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.offline_store.reference import RefView, reference_pit
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
+    DRIVER,
     DRIVER_SCHEMA,
     PAIR_SCHEMA,
     SPARK_STORE,
@@ -38,7 +42,27 @@ FEATURES = [
     "customer_fv:balance",
     "customer_fv:tier",
     "pair_fv:together",
+    "driver_pairs_fv:together_any",
 ]
+
+
+def four_views() -> list[Any]:
+    """The three views, plus one keyed by the driver alone over the pair source (no TTL)."""
+    source = FileSource(
+        name="driver_pairs_src",
+        path="data/pair.parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        field_mapping={"together": "together_any"},
+    )
+    view = FeatureView(
+        name="driver_pairs_fv",
+        entities=[DRIVER],
+        ttl=timedelta(0),
+        schema=[Field(name="together_any", dtype=Int64)],
+        source=source,
+    )
+    return [*three_views(TTL_DRIVER, TTL_PAIR), source, view]
 
 
 def minute(m: int) -> datetime:
@@ -103,16 +127,10 @@ entity_rows = st.lists(
 )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    return make_store(tmp_path_factory.mktemp("pit_props"), three_views(TTL_DRIVER, TTL_PAIR))
-
-
-@pytest.fixture(scope="module")
-def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    """The same views, the driver view's source a directory of two files (the others one
-    file each), so one query joins multi-file and single-file sources."""
-    objects = three_views(TTL_DRIVER, TTL_PAIR)
+def _split_objects() -> list[Any]:
+    """The views, the driver view's source a directory of two files (the others one file
+    each), so one query joins multi-file and single-file sources, also on the same keys."""
+    objects = four_views()
     source = FileSource(
         name="driver_src",
         path="data/driver",
@@ -124,14 +142,31 @@ def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
             objects[i] = source
         elif getattr(obj, "name", "") == "driver_fv":
             obj.batch_source = source
-    return make_store(tmp_path_factory.mktemp("pit_props_split"), objects)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    return make_store(tmp_path_factory.mktemp("pit_props"), four_views())
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    return make_store(tmp_path_factory.mktemp("pit_props_split"), _split_objects())
 
 
 @pytest.fixture(scope="module")
 def spark_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
     return make_store(
-        tmp_path_factory.mktemp("pit_props_spark"),
-        three_views(TTL_DRIVER, TTL_PAIR),
+        tmp_path_factory.mktemp("pit_props_spark"), four_views(), offline_store=SPARK_STORE
+    )
+
+
+@pytest.fixture(scope="module")
+def spark_split_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
+    return make_store(
+        tmp_path_factory.mktemp("pit_props_spark_split"),
+        _split_objects(),
         offline_store=SPARK_STORE,
     )
 
@@ -168,6 +203,14 @@ def ref_views(
             "event_timestamp",
             "created",
             {"together": out("pair_fv", "together")},
+            pair,
+        ),
+        RefView(
+            ("driver_id",),
+            timedelta(0),
+            "event_timestamp",
+            "created",
+            {"together": out("driver_pairs_fv", "together_any")},
             pair,
         ),
     ]
@@ -239,18 +282,26 @@ def test_pit_join_matches_naive_reference(
     check_against_reference(store, drv, cus, pair, entities, full, driver_parts=driver_parts)
 
 
+@pytest.mark.parametrize(
+    ("fixture", "driver_parts"),
+    [("spark_store", 1), ("spark_split_store", 2)],
+    ids=["one file per view", "driver source in two files"],
+)
 @settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @GIVEN
 def test_spark_pit_join_matches_naive_reference(
-    spark_store: FeatureStore,
+    request: pytest.FixtureRequest,
+    fixture: str,
+    driver_parts: int,
     drv: list[dict[str, Any]],
     cus: list[dict[str, Any]],
     pair: list[dict[str, Any]],
     entities: list[dict[str, Any]],
     full: bool,
 ) -> None:
-    check_against_reference(spark_store, drv, cus, pair, entities, full)
+    store = request.getfixturevalue(fixture)
+    check_against_reference(store, drv, cus, pair, entities, full, driver_parts=driver_parts)
