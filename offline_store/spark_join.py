@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 ROW_ID = "__row_id"
 ENTITY_TS = "__entity_ts"
-_O_TS, _O_CR, _FEAT, _IS_ENTITY, _MATCH = "__o_ts", "__o_cr", "__feat", "__is_entity", "__match"
+_O_TS, _O_CR, _FEAT, _MATCH = "__o_ts", "__o_cr", "__feat", "__match"
 _LONG_MAX = 9223372036854775807
 _LONG_MIN = -9223372036854775807
 _ORDER_TYPES = {ORDER_FILE: "string", ORDER_ROW: "long"}
@@ -203,16 +203,12 @@ def _feature_rows(
     condition = conditions[0]
     for extra in conditions[1:]:
         condition = condition & extra
-    rows: DataFrame = (
-        view.frame.where(condition)
-        .select(
-            *keys,
-            ts.alias(_O_TS),
-            created.alias(_O_CR),
-            *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
-            packed.alias(f"{_FEAT}{index}"),
-        )
-        .withColumn(_IS_ENTITY, F.lit(False))
+    rows: DataFrame = view.frame.where(condition).select(
+        *keys,
+        ts.alias(_O_TS),
+        created.alias(_O_CR),
+        *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
+        packed.alias(f"{_FEAT}{index}"),
     )
     return rows
 
@@ -251,7 +247,6 @@ def _join_group(
         F.lit(_LONG_MAX).alias(_O_CR),
         *[F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]).alias(c) for c in order_cols],
         *[F.lit(None).cast(t).alias(f"{_FEAT}{i}") for i, t in feat_types.items()],
-        F.lit(True).alias(_IS_ENTITY),
     )
     both = probe
     for rows in parts:
@@ -268,8 +263,7 @@ def _join_group(
             F.last(f"{_FEAT}{i}", ignorenulls=True).over(window).alias(f"{_MATCH}{i}")
             for i, _ in group
         ],
-        _IS_ENTITY,
-    ).where(F.col(_IS_ENTITY))
+    ).where(F.col(ROW_ID).isNotNull())  # entity rows: feature rows have no row id
     outputs = []
     for index, view in group:
         match = f"{_MATCH}{index}"
