@@ -288,7 +288,7 @@ def test_pit_join_matches_naive_reference(
     ids=["one file per view", "driver source in two files"],
 )
 @settings(
-    max_examples=15,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
