@@ -36,7 +36,13 @@ from offline_store.spark_entities import check_request, load_entities
 from offline_store.spark_job import SparkRetrievalJob
 from offline_store.spark_join import SparkView, pit_join
 from offline_store.spark_session import spark_session
-from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, check_source, read_source
+from offline_store.spark_sources import (
+    ORDER_FILE,
+    ORDER_ROW,
+    check_source,
+    order_columns,
+    read_source,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -270,13 +276,12 @@ class SparkOfflineStore(OfflineStore):
                 else F.lit(_LONG_MIN)
             )
             # max of (order key, row) per key: a hash aggregate, no sort; the struct order is
-            # (event_ts, created_ts null lowest, file, row), the DuckDB pull's order.
+            # (event_ts, created_ts null lowest, file if several, row), the DuckDB pull's order.
             best = F.max(
                 F.struct(
                     ts.alias("__ts"),
                     created.alias("__cr"),
-                    (F.col(ORDER_FILE) if ORDER_FILE in frame.columns else F.lit("")).alias("__f"),
-                    F.col(ORDER_ROW).alias("__rn"),
+                    *[F.col(c) for c in order_columns(frame)],
                     F.struct(*out).alias("__row"),
                 )
             ).alias("__best")

@@ -22,14 +22,18 @@ import pyarrow.compute as pc
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.checks import check_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, is_sql
-from offline_store.spark_join import ENTITY_TS, ROW_ID, RowOrder, SparkView, raw_column
+from offline_store.spark_join import (
+    ENTITY_TS,
+    PARTITION_SHIFT,
+    ROW_ID,
+    RowOrder,
+    SparkView,
+    raw_column,
+)
 from offline_store.spark_sources import is_nanos
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-# monotonically_increasing_id puts the partition index above the lower 33 bits.
-_PARTITION_SHIFT = 33
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +180,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
                 F.min(ENTITY_TS).alias("lo"),
                 F.max(ENTITY_TS).alias("hi"),
                 F.count(F.lit(1)).alias("rows"),
-                F.max(F.shiftright(F.col(ROW_ID), _PARTITION_SHIFT)).alias("last_partition"),
+                F.max(F.shiftright(F.col(ROW_ID), PARTITION_SHIFT)).alias("last_partition"),
             )
             .collect()[0]
             .asDict()

@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any
 import mmh3
 
 from offline_store.pit_join import FeatureSpec
-from offline_store.spark_sources import ORDER_FILE, ORDER_ROW
+from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, order_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 ROW_ID = "__row_id"
+# monotonically_increasing_id puts the partition index above the lower 33 bits.
+PARTITION_SHIFT = 33
 ENTITY_TS = "__entity_ts"
 _O_TS, _O_CR, _FEAT, _MATCH = "__o_ts", "__o_cr", "__feat", "__match"
 _LONG_MAX = 9223372036854775807
@@ -105,7 +107,7 @@ class RowOrder:
         from pyspark.sql import functions as F
 
         if self.rows_per_partition is None:
-            return F.shiftright(F.col(ROW_ID), 33).cast("int")
+            return F.shiftright(F.col(ROW_ID), PARTITION_SHIFT).cast("int")
         return F.expr(f"{ROW_ID} div {int(self.rows_per_partition)}").cast("int")
 
 
@@ -152,11 +154,6 @@ def _col(name: str) -> Column:
     from pyspark.sql import functions as F
 
     return F.col(f"`{name.replace('`', '``')}`")
-
-
-def _order_columns(view: SparkView) -> list[str]:
-    """The source's order columns: file and row for several files, else the row alone."""
-    return [c for c in (ORDER_FILE, ORDER_ROW) if c in view.frame.columns]
 
 
 def _micros(column: Column) -> Column:
@@ -207,7 +204,7 @@ def _feature_rows(
         *keys,
         ts.alias(_O_TS),
         created.alias(_O_CR),
-        *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in _order_columns(view)],
+        *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in order_columns(view.frame)],
         packed.alias(f"{_FEAT}{index}"),
     )
     return rows
@@ -230,7 +227,7 @@ def _join_group(
     entity_types = {f.name: f.dataType for f in entities.schema.fields}
     # File order only when some view in the group has several files ('' for the others,
     # constant within a view, so it never reorders a view's rows).
-    order_cols = [ORDER_FILE] if any(_order_columns(v) != [ORDER_ROW] for _, v in group) else []
+    order_cols = [ORDER_FILE] if any(ORDER_FILE in v.frame.columns for _, v in group) else []
     order_cols.append(ORDER_ROW)
     parts = []
     feat_types = {}

@@ -149,6 +149,11 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
     return frame.select("*", F.col("_metadata.file_path").alias(ORDER_FILE), row)
 
 
+def order_columns(frame: DataFrame) -> list[str]:
+    """A read source's order columns: file and row when it has several files, else the row."""
+    return [c for c in (ORDER_FILE, ORDER_ROW) if c in frame.columns]
+
+
 def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> DataFrame:
     """A source as a DataFrame with its order columns ``__o_rn`` and (several files) ``__o_f``.
 
