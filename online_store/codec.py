@@ -27,11 +27,10 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-from feast.type_map import python_values_to_proto_values
-from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError, UnsupportedTypeError
 from online_store import blocks
+from online_store.value_types import ValueType, feast_value_type, value_type
 
 INT64_MIN = -(2**63)
 
@@ -84,15 +83,15 @@ _LIST_ELEMENT_DEFAULT: dict[ValueType, object] = {
 _UNIT_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
-def check_feature_type(view: str, feature: str, value_type: ValueType) -> None:
-    """Refuse a feature type the online codec cannot store.
+def check_feature_type(view: str, feature: str, vt: object) -> None:
+    """Refuse a feature type the online codec cannot store (``vt``: Feast's or ours).
 
     Raises:
         UnsupportedTypeError: the type is not one a Parquet column carries into Redis.
     """
-    if value_type not in SUPPORTED_FEATURE_TYPES:
+    if value_type(vt) not in SUPPORTED_FEATURE_TYPES:
         raise UnsupportedTypeError(
-            f"feature '{view}:{feature}' has type {value_type.name}, which no online store "
+            f"feature '{view}:{feature}' has type {value_type(vt).name}, which no online store "
             "can hold; give the field a concrete Feast type (e.g. Float64, String, Map, "
             "Json, Struct, Array(...)) in the view's schema",
             feature_view=view,
@@ -100,15 +99,15 @@ def check_feature_type(view: str, feature: str, value_type: ValueType) -> None:
         )
 
 
-def check_entity_type(view: str, join_key: str, value_type: ValueType) -> None:
+def check_entity_type(view: str, join_key: str, vt: object) -> None:
     """Refuse a join key type Feast's entity key serialization cannot encode.
 
     Raises:
         UnsupportedTypeError: not INT64, INT32, STRING or BYTES.
     """
-    if value_type not in SUPPORTED_ENTITY_TYPES:
+    if value_type(vt) not in SUPPORTED_ENTITY_TYPES:
         raise UnsupportedTypeError(
-            f"join key '{join_key}' of feature view '{view}' has type {value_type.name}; "
+            f"join key '{join_key}' of feature view '{view}' has type {value_type(vt).name}; "
             "entity keys must be Int64, Int32, String or Bytes",
             feature_view=view,
             join_key=join_key,
@@ -242,7 +241,7 @@ def _list_items(arr: pa.Array, vt: ValueType) -> list[list[object] | None]:
     return rows
 
 
-def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
+def feast_encoded(arr: pa.Array, vt: object) -> list[bytes]:
     """Serialized ``feast.types.Value`` per row through Feast's own conversion.
 
     Used for the value types without a vectorized encoder. Feast's materialization calls
@@ -252,11 +251,14 @@ def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
     Raises:
         UnsupportedTypeError: ``vt`` is UNKNOWN/NULL, or Feast cannot convert the column.
     """
+    from feast.type_map import python_values_to_proto_values
+
+    vt = value_type(vt)
     if vt in UNSUPPORTED_FEATURE_TYPES:
         raise UnsupportedTypeError(f"value type {vt.name} is not supported by the online codec")
     values = arr.to_numpy(zero_copy_only=False)
     try:
-        protos = python_values_to_proto_values(values, vt)
+        protos = python_values_to_proto_values(values, feast_value_type(vt))
     except (TypeError, ValueError) as exc:
         raise UnsupportedTypeError(
             f"a column of Arrow type {arr.type} cannot be stored as Feast type {vt.name}: "
@@ -265,7 +267,7 @@ def feast_encoded(arr: pa.Array, vt: ValueType) -> list[bytes]:
     return [p.SerializeToString() for p in protos]
 
 
-def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> blocks.Block:
+def value_block(arr: pa.Array | pa.ChunkedArray, vt: object) -> blocks.Block:
     """Serialized ``feast.types.Value`` for every row of a column (empty for null).
 
     The common scalar types are laid out in NumPy for the whole column; lists go through
@@ -273,11 +275,12 @@ def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> blocks.Block:
 
     Args:
         arr: the Arrow column, any type Arrow can cast to the feature's type.
-        vt: the feature's Feast value type.
+        vt: the feature's value type (Feast's member or :mod:`online_store.value_types`').
 
     Raises:
         UnsupportedTypeError: ``vt`` is not supported.
     """
+    vt = value_type(vt)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     tag = VALUE_TAGS.get(vt)
@@ -318,7 +321,7 @@ def value_block(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> blocks.Block:
     )
 
 
-def encode_values(arr: pa.Array | pa.ChunkedArray, vt: ValueType) -> list[bytes]:
+def encode_values(arr: pa.Array | pa.ChunkedArray, vt: object) -> list[bytes]:
     """:func:`value_block` as one bytes object per row (``b""`` for null), byte-identical to
     Feast's ``Value.SerializeToString()``."""
     return value_block(arr, vt).to_list()

@@ -11,14 +11,16 @@ import math
 import re
 import struct
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.message import DecodeError
 
 from online_store.codec import INT64_MIN
+
+if TYPE_CHECKING:
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNPACK_D = struct.Struct("<d").unpack_from
@@ -89,6 +91,10 @@ def decode_value(raw: bytes) -> object:
         return data.decode() if tag == 0x12 else data
     if tag == 0x38:
         return raw[1] != 0
+    # Feast's generated protobuf module, imported here: it imports all of Feast, which the
+    # write path (also on Spark executors) does without.
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
     field = _LIST_FIELDS.get(tag) or (_LIST_FIELDS_2.get(tag) if raw[1:2] == b"\x01" else None)
     if field is not None:
         proto = ValueProto.FromString(raw)

@@ -49,6 +49,7 @@ from foundation.stats_log import FEATURE_VIEW, StatisticsLog
 from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
+from online_store.value_types import feast_value_type
 from online_store.write_plan import WriteSpec
 from online_store.writer import write_batches
 
@@ -368,7 +369,10 @@ class StreamingMaterializationEngine(ComputeEngine):
                     raise redis_failed(client, view.name, progress.done, exc) from exc
                 return stats.rows_in, stats.rows_written
             # Any other online store: Feast's own row conversion, still in bounded chunks.
-            join_types = dict(zip(spec.join_keys, spec.join_key_types, strict=True))
+            join_types = {
+                key: feast_value_type(vt)
+                for key, vt in zip(spec.join_keys, spec.join_key_types, strict=True)
+            }
             rows = 0
             for batch in renamed:
                 data = _convert_arrow_to_proto(batch, view, join_types)

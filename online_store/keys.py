@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError
 from online_store import blocks
 from online_store.codec import _ENTITY_TYPE_CODE, check_entity_type
+from online_store.value_types import ValueType, value_type
 
 
 def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
@@ -30,6 +30,7 @@ def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
 
 
 def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
+    """Key parts of one join key column (``vt`` already this package's member)."""
     if arr.null_count:
         raise InvalidEntityError(
             f"join key column '{name}' has {arr.null_count} null values; entity keys "
@@ -51,7 +52,7 @@ def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
 def encode_entity_keys(
     columns: Sequence[pa.Array | pa.ChunkedArray],
     join_keys: Sequence[str],
-    types: Sequence[ValueType],
+    types: Sequence[object],
     project: str,
     *,
     num_rows: int = 0,
@@ -61,7 +62,7 @@ def encode_entity_keys(
     Args:
         columns: one Arrow column per join key, in the order of ``join_keys``.
         join_keys: join key names (any order; Feast sorts them by name).
-        types: Feast value type per join key.
+        types: value type per join key (Feast's members or :mod:`online_store.value_types`').
         project: the Feast project, appended to every key.
         num_rows: row count, used only when there are no join keys (entity-less view).
 
@@ -79,7 +80,7 @@ def encode_entity_keys(
         col = columns[i]
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
-        parts.append(_entity_parts(col, types[i], join_keys[i]))
+        parts.append(_entity_parts(col, value_type(types[i]), join_keys[i]))
     prefix = entity_key_prefix(join_keys)
     suffix = project.encode()
     if not parts:
@@ -91,10 +92,11 @@ def encode_entity_keys(
 
 
 def entity_key_from_values(
-    values: Sequence[object], join_keys: Sequence[str], types: Sequence[ValueType], project: str
+    values: Sequence[object], join_keys: Sequence[str], types: Sequence[object], project: str
 ) -> bytes:
     """One Redis key from Python values (already validated), for the read path."""
-    pairs = sorted(zip(join_keys, values, types, strict=True), key=lambda p: p[0])
+    codes = [value_type(vt) for vt in types]
+    pairs = sorted(zip(join_keys, values, codes, strict=True), key=lambda p: p[0])
     out = [entity_key_prefix(join_keys)]
     for _, value, vt in pairs:
         if vt == ValueType.INT64:
@@ -148,7 +150,7 @@ def _string_part(value: str) -> bytes:
 
 
 # One value's part of an entity key (type tag, length, little-endian value), by type: the
-# read path builds keys from these without protobuf.
+# read path builds keys from these without protobuf (look up with ``value_type(vt)``).
 KEY_PART_ENCODERS: dict[ValueType, Callable[[Any], bytes]] = {
     ValueType.INT64: _int64_part,
     ValueType.INT32: _int32_part,

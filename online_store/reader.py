@@ -45,6 +45,7 @@ from online_store.read_columns import (
     ViewSlot,
     assemble_view,
 )
+from online_store.value_types import value_type
 
 # The read API: plans and results here, column types from online_store.read_columns.
 __all__ = [
@@ -220,7 +221,9 @@ class ReadPlan:
                     tuple(slots),
                     key_prefix=entity_key_prefix(keys),
                     key_suffix=project.encode(),
-                    part_encoders=tuple(KEY_PART_ENCODERS.get(vt) for vt in types[keys]),
+                    part_encoders=tuple(
+                        KEY_PART_ENCODERS.get(value_type(vt)) for vt in types[keys]
+                    ),
                 )
             )
         return cls(project, tuple(groups))

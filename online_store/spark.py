@@ -19,32 +19,22 @@ from __future__ import annotations
 
 import pickle
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.common.materialization_job import MaterializationTask
 from feast.repo_config import FeastConfigBaseModel
 
 from foundation.statistics import TableProfiler
-from online_store.connection import make_client, resolve_target
+from online_store.connection import resolve_target
 from online_store.engine import NewestEvent, StreamingMaterializationEngine, redis_failed
 from online_store.progress import ViewProgress
+from online_store.spark_writer import STATS_DDL, partition_writer
 from online_store.store import FastRedisOnlineStore, RedisType
 from online_store.write_plan import WriteSpec
-from online_store.writer import write_batches
 
-_STATS = pa.schema(
-    [
-        ("rows_in", pa.int64()),
-        ("rows_written", pa.int64()),
-        ("newest", pa.int64()),
-        ("profile", pa.binary()),
-    ]
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -56,65 +46,6 @@ class SparkMaterializationEngineConfig(FeastConfigBaseModel):
     )
     batch_rows: int = 50_000
     write_chunk_rows: int = 20_000
-
-
-def _partition_writer(
-    *,
-    target: str,
-    cluster: bool,
-    timeout: float,
-    spec: WriteSpec,
-    project: str,
-    key_ttl_seconds: int | None,
-    chunk_rows: int,
-    accumulator: Any,
-) -> Any:
-    """The function each executor runs over its partition's Arrow batches (``mapInArrow``).
-
-    It opens its own Redis client, writes the batches with :func:`write_batches` and yields
-    one stats row: rows in, rows written, newest event time written (epoch microseconds) and
-    the statistics of the partition's feature columns (a pickled
-    :class:`~foundation.statistics.TableProfiler`, merged on the driver).
-    """
-
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        client = make_client(target, cluster=cluster, timeout=timeout)
-        newest: list[int] = []
-        profiler = TableProfiler(spec.features)
-
-        def watched() -> Iterator[pa.RecordBatch]:
-            for batch in profiler.watch(batches):
-                if batch.num_rows:
-                    top = pc.max(batch.column(spec.timestamp_field)).cast(pa.int64()).as_py()
-                    if top is not None:
-                        newest.append(top)
-                yield batch
-
-        try:
-            stats = write_batches(
-                client,
-                spec,
-                watched(),
-                project=project,
-                key_ttl_seconds=key_ttl_seconds,
-                chunk_rows=chunk_rows,
-                progress=accumulator.add,
-            )
-        finally:
-            client.close()
-        yield pa.RecordBatch.from_pylist(
-            [
-                {
-                    "rows_in": stats.rows_in,
-                    "rows_written": stats.rows_written,
-                    "newest": max(newest) if newest else None,
-                    "profile": pickle.dumps(profiler),
-                }
-            ],
-            schema=_STATS,
-        )
-
-    return write
 
 
 class SparkMaterializationEngine(StreamingMaterializationEngine):
@@ -172,7 +103,7 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
         target = resolve_target(store_config.connection_string, self.repo_config.repo_path)
         spark = frame.sparkSession
         accumulator = spark.sparkContext.accumulator(0)
-        writer = _partition_writer(
+        writer = partition_writer(
             target=target,
             cluster=store_config.redis_type == RedisType.redis_cluster,
             timeout=store_config.socket_timeout_seconds,
@@ -197,7 +128,7 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
                 poller = threading.Thread(target=poll, name="spark-progress", daemon=True)
                 poller.start()
                 try:
-                    stats = winners.mapInArrow(writer, _STATS_DDL).toArrow()
+                    stats = winners.mapInArrow(writer, STATS_DDL).toArrow()
                 except Exception as exc:
                     # Executor errors arrive as Spark's PythonException, the Redis error
                     # named in its text.
@@ -225,9 +156,6 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
             int(pc.sum(stats.column("rows_in")).as_py() or 0),
             int(pc.sum(stats.column("rows_written")).as_py() or 0),
         )
-
-
-_STATS_DDL = "rows_in long, rows_written long, newest long, profile binary"
 
 
 def _report(progress: ViewProgress, done: int) -> None:

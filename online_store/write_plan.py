@@ -6,12 +6,11 @@ rows and encodes them here, so they agree on which row wins and on the bytes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from feast import FeatureView
 
 from foundation.errors import SchemaMismatchError
 from online_store.codec import (
@@ -22,19 +21,27 @@ from online_store.codec import (
     event_micros,
 )
 from online_store.keys import encode_entity_keys
+from online_store.value_types import ValueType, value_type
+
+if TYPE_CHECKING:
+    from feast import FeatureView
 
 DEFAULT_CHUNK_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
 class WriteSpec:
-    """Everything the writer needs about a view, precomputed once."""
+    """Everything the writer needs about a view, precomputed once.
+
+    Plain data without Feast objects (types are :mod:`online_store.value_types` members), so
+    a Spark executor can unpickle it without importing Feast.
+    """
 
     name: str
     join_keys: tuple[str, ...]
-    join_key_types: tuple[Any, ...]
+    join_key_types: tuple[ValueType, ...]
     features: tuple[str, ...]
-    feature_types: tuple[Any, ...]
+    feature_types: tuple[ValueType, ...]
     timestamp_field: str
     created_timestamp_field: str | None = None
 
@@ -46,9 +53,9 @@ class WriteSpec:
             UnsupportedTypeError: a feature or join key type is not supported.
         """
         join_keys = tuple(c.name for c in feature_view.entity_columns)
-        join_types = tuple(c.dtype.to_value_type() for c in feature_view.entity_columns)
+        join_types = tuple(value_type(c.dtype.to_value_type()) for c in feature_view.entity_columns)
         features = tuple(f.name for f in feature_view.features)
-        feature_types = tuple(f.dtype.to_value_type() for f in feature_view.features)
+        feature_types = tuple(value_type(f.dtype.to_value_type()) for f in feature_view.features)
         for key, vt in zip(join_keys, join_types, strict=True):
             check_entity_type(feature_view.name, key, vt)
         for feature, vt in zip(features, feature_types, strict=True):

@@ -32,12 +32,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import redis
-from feast import FeatureView
 
 from online_store import blocks
 from online_store.atomic_write import write_chunk_atomic
@@ -57,6 +56,9 @@ from online_store.write_plan import (
     chunk_winners,
     encode_rows,
 )
+
+if TYPE_CHECKING:
+    from feast import FeatureView
 
 
 class _Sink:
