@@ -42,6 +42,7 @@ from offline_store.spark_sources import (
     check_source,
     order_columns,
     read_source,
+    source_key,
 )
 
 if TYPE_CHECKING:
@@ -70,13 +71,23 @@ def _q(name: str) -> str:
 
 
 def _view(
-    spark: SparkSession, config: RepoConfig, fv: FeatureView, features: list[str], full: bool
+    spark: SparkSession,
+    config: RepoConfig,
+    fv: FeatureView,
+    features: list[str],
+    full: bool,
+    frames: dict[tuple[Any, ...], DataFrame],
 ) -> SparkView:
+    """The join's view of ``fv``; views over the same source get the same DataFrame from
+    ``frames`` (read once, and the join scans it once for all of them)."""
     source = check_source(fv.batch_source, f"feature view {fv.name!r}")
     prefix = fv.projection.name_to_use()
+    key = source_key(source)
+    if key not in frames:
+        frames[key] = read_source(spark, config, source)
     return SparkView(
         name=prefix,
-        frame=read_source(spark, config, source),
+        frame=frames[key],
         column_map=dict(source.field_mapping or {}),
         join_keys=tuple(
             (fv.projection.join_key_map.get(c.name, c.name), c.name) for c in fv.entity_columns
@@ -187,8 +198,10 @@ class SparkOfflineStore(OfflineStore):
         def build() -> tuple[DataFrame, RetrievalMetadata]:
             spark = session_for(config)
             views = list(by_view)
+            frames: dict[tuple[Any, ...], DataFrame] = {}
             specs = [
-                _view(spark, config, fv, feats, full_feature_names) for fv, feats in by_view.items()
+                _view(spark, config, fv, feats, full_feature_names, frames)
+                for fv, feats in by_view.items()
             ]
             if isinstance(entity_df, str) and is_sql(entity_df):
                 _register_views(spark, views, specs)  # the query may name them

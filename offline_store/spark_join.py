@@ -162,16 +162,35 @@ def _micros(column: Column) -> Column:
     return F.unix_micros(column.cast("timestamp"))
 
 
+def _shared_scans(group: list[tuple[int, SparkView]]) -> list[list[tuple[int, SparkView]]]:
+    """The group's views by the rows they read: same source frame, field mapping, time
+    columns and join keys (in order of first appearance). Such views are one scan of the
+    source whose rows carry each view's values in its own struct."""
+    scans: dict[tuple[Any, ...], list[tuple[int, SparkView]]] = {}
+    for index, view in group:
+        key = (
+            id(view.frame),
+            tuple(sorted(view.column_map.items())),
+            view.timestamp_field,
+            view.created_timestamp_column,
+            view.join_keys,
+        )
+        scans.setdefault(key, []).append((index, view))
+    return list(scans.values())
+
+
 def _feature_rows(
-    view: SparkView,
-    index: int,
+    scan: list[tuple[int, SparkView]],
     entity_types: dict[str, Any],
     min_ts: datetime | None,
     max_ts: datetime | None,
 ) -> DataFrame:
-    """The view's rows as (join keys, order key, ``__feat``), pruned to the entity time range."""
+    """The rows of views sharing a scan as (join keys, order key, ``__feat<i>`` per view),
+    pruned to the entity time range (the longest TTL of the views; each view's own TTL is
+    applied to its match)."""
     from pyspark.sql import functions as F
 
+    view = scan[0][1]
     ts = _col(raw_column(view, view.timestamp_field)).cast("timestamp")
     created = (
         F.coalesce(_micros(_col(raw_column(view, view.created_timestamp_column))), F.lit(_LONG_MIN))
@@ -182,20 +201,24 @@ def _feature_rows(
         _col(raw_column(view, mapped)).cast(entity_types[entity]).alias(entity)
         for entity, mapped in view.join_keys
     ]
-    packed = F.struct(
-        ts.alias("ts"),
-        *[
-            _col(raw_column(view, f.source_column)).alias(f"f{j}")
-            for j, f in enumerate(view.features)
-        ],
-    )
+    packed = [
+        F.struct(
+            ts.alias("ts"),
+            *[
+                _col(raw_column(v, f.source_column)).alias(f"f{j}")
+                for j, f in enumerate(v.features)
+            ],
+        ).alias(f"{_FEAT}{index}")
+        for index, v in scan
+    ]
     conditions = [ts.isNotNull()] + [
         _col(raw_column(view, mapped)).isNotNull() for _, mapped in view.join_keys
     ]
     if max_ts is not None:
         conditions.append(ts <= F.lit(max_ts))
-    if min_ts is not None and view.ttl_seconds > 0:
-        low = _micros(F.lit(min_ts)) - F.lit(int(view.ttl_seconds * 1_000_000))
+    ttls = [v.ttl_seconds for _, v in scan]
+    if min_ts is not None and min(ttls) > 0:
+        low = _micros(F.lit(min_ts)) - F.lit(int(max(ttls) * 1_000_000))
         conditions.append(_micros(ts) >= low)
     condition = conditions[0]
     for extra in conditions[1:]:
@@ -205,7 +228,7 @@ def _feature_rows(
         ts.alias(_O_TS),
         created.alias(_O_CR),
         *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in order_columns(view.frame)],
-        packed.alias(f"{_FEAT}{index}"),
+        *packed,
     )
     return rows
 
@@ -219,7 +242,9 @@ def _join_group(
     """``entities`` with the feature columns of views sharing join keys (one shuffle for all).
 
     Each view's rows carry their values in their own ``__feat<i>``, null on every other row, so
-    a view's running ``last(ignorenulls)`` only ever sees its own rows, in its own order.
+    a view's running ``last(ignorenulls)`` only ever sees its own rows, in its own order. Views
+    that read the same rows (:func:`_shared_scans`) share them: one copy of each row, with a
+    struct per view.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -231,12 +256,13 @@ def _join_group(
     order_cols.append(ORDER_ROW)
     parts = []
     feat_types = {}
-    for index, view in group:
-        rows = _feature_rows(view, index, entity_types, min_ts, max_ts)
+    for scan in _shared_scans(group):
+        rows = _feature_rows(scan, entity_types, min_ts, max_ts)
         for c in order_cols:
             if c not in rows.columns:
                 rows = rows.withColumn(c, F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]))
-        feat_types[index] = rows.schema[f"{_FEAT}{index}"].dataType
+        for index, _ in scan:
+            feat_types[index] = rows.schema[f"{_FEAT}{index}"].dataType
         parts.append(rows)
     probe = entities.select(
         "*",

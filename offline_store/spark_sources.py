@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -152,6 +152,19 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
 def order_columns(frame: DataFrame) -> list[str]:
     """A read source's order columns: file and row when it has several files, else the row."""
     return [c for c in (ORDER_FILE, ORDER_ROW) if c in frame.columns]
+
+
+def source_key(source: DataSource) -> tuple[Any, ...]:
+    """What :func:`read_source` reads for ``source``: equal keys, equal DataFrames."""
+    if isinstance(source, FileSource):
+        return ("file", source.path)
+    return (
+        "spark",
+        getattr(source, "table", None),
+        getattr(source, "query", None),
+        getattr(source, "path", None),
+        getattr(source, "file_format", None),
+    )
 
 
 def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> DataFrame:

@@ -2,9 +2,10 @@
 
 Timestamps come from a coarse minute grid so that exact TTL boundaries, event-time ties broken
 by created time, full ties, entity rows before any event and duplicate entity rows all occur
-often; keys are small ints, strings and a compound pair, over four views (two of them keyed by
-the driver alone: the Spark join shares one shuffle between them; one reads the pair source by
-driver only). The Spark store runs fewer examples (each is a few Spark jobs in ``local[2]``) on
+often; keys are small ints, strings and a compound pair, over five views (three of them keyed
+by the driver alone: the Spark join shares one shuffle between them; one reads the pair source by
+driver only; two read the driver source with different TTLs, one feature each: Spark scans it
+once for both). The Spark store runs fewer examples (each is a few Spark jobs in ``local[2]``) on
 the same generators.
 """
 
@@ -36,18 +37,20 @@ from tests.offline_store.repo_helpers import (
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 TTL_DRIVER = timedelta(minutes=5)
 TTL_PAIR = timedelta(minutes=10)
+TTL_DRIVER_LONG = timedelta(minutes=15)
 FEATURES = [
     "driver_fv:rate",
-    "driver_fv:trips",
     "customer_fv:balance",
     "customer_fv:tier",
     "pair_fv:together",
     "driver_pairs_fv:together_any",
+    "driver_long_fv:trips",
 ]
 
 
-def four_views() -> list[Any]:
-    """The three views, plus one keyed by the driver alone over the pair source (no TTL)."""
+def five_views() -> list[Any]:
+    """The three views, plus one keyed by the driver alone over the pair source (no TTL) and
+    one over the driver source with a longer TTL."""
     source = FileSource(
         name="driver_pairs_src",
         path="data/pair.parquet",
@@ -62,7 +65,16 @@ def four_views() -> list[Any]:
         schema=[Field(name="together_any", dtype=Int64)],
         source=source,
     )
-    return [*three_views(TTL_DRIVER, TTL_PAIR), source, view]
+    objects = [*three_views(TTL_DRIVER, TTL_PAIR), source, view]
+    driver_fv = next(o for o in objects if getattr(o, "name", "") == "driver_fv")
+    long_view = FeatureView(
+        name="driver_long_fv",
+        entities=[DRIVER],
+        ttl=TTL_DRIVER_LONG,
+        schema=[Field(name="trips", dtype=Int64)],
+        source=driver_fv.batch_source,
+    )
+    return [*objects, long_view]
 
 
 def minute(m: int) -> datetime:
@@ -130,7 +142,7 @@ entity_rows = st.lists(
 def _split_objects() -> list[Any]:
     """The views, the driver view's source a directory of two files (the others one file
     each), so one query joins multi-file and single-file sources, also on the same keys."""
-    objects = four_views()
+    objects = five_views()
     source = FileSource(
         name="driver_src",
         path="data/driver",
@@ -140,14 +152,14 @@ def _split_objects() -> list[Any]:
     for i, obj in enumerate(objects):
         if isinstance(obj, FileSource) and obj.name == "driver_src":
             objects[i] = source
-        elif getattr(obj, "name", "") == "driver_fv":
+        elif getattr(obj, "name", "") in ("driver_fv", "driver_long_fv"):
             obj.batch_source = source
     return objects
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    return make_store(tmp_path_factory.mktemp("pit_props"), four_views())
+    return make_store(tmp_path_factory.mktemp("pit_props"), five_views())
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +170,7 @@ def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 @pytest.fixture(scope="module")
 def spark_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
     return make_store(
-        tmp_path_factory.mktemp("pit_props_spark"), four_views(), offline_store=SPARK_STORE
+        tmp_path_factory.mktemp("pit_props_spark"), five_views(), offline_store=SPARK_STORE
     )
 
 
@@ -186,7 +198,7 @@ def ref_views(
             TTL_DRIVER,
             "event_timestamp",
             "created",
-            {"rate": out("driver_fv", "rate"), "trips": out("driver_fv", "trips")},
+            {"rate": out("driver_fv", "rate")},
             drv,
         ),
         RefView(
@@ -212,6 +224,14 @@ def ref_views(
             "created",
             {"together": out("driver_pairs_fv", "together_any")},
             pair,
+        ),
+        RefView(
+            ("driver_id",),
+            TTL_DRIVER_LONG,
+            "event_timestamp",
+            "created",
+            {"trips": out("driver_long_fv", "trips")},
+            drv,
         ),
     ]
 
