@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.statistics_bench [--rows 1000000] [--columns 10]
 
-Float64 columns of normal noise in 50,000-row batches (the engine's default batch size),
+Float64 columns of normal noise in 20,000-row batches (the engine's default batch size),
 through :class:`foundation.statistics.TableProfiler`; prints one JSON line with the best of
 three runs, next to a plain pandas ``describe()`` of the same table for scale.
 """
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from benchmarks.common import emit
 from foundation.statistics import TableProfiler
+from online_store.write_plan import DEFAULT_BATCH_ROWS
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     names = [f"f{i}" for i in range(args.columns)]
     table = pa.table({n: rng.normal(size=args.rows) for n in names})
-    batches = table.to_batches(max_chunksize=50_000)
+    batches = table.to_batches(max_chunksize=DEFAULT_BATCH_ROWS)
     ours = []
     for _ in range(3):
         start = time.perf_counter()

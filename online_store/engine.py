@@ -50,7 +50,7 @@ from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
 from online_store.value_types import feast_value_type
-from online_store.write_plan import WriteSpec
+from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, WriteSpec
 from online_store.writer import write_batches
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ class StreamingMaterializationEngineConfig(FeastConfigBaseModel):
     type: Literal["online_store.engine.StreamingMaterializationEngine"] = (
         "online_store.engine.StreamingMaterializationEngine"
     )
-    batch_rows: int = 50_000
-    write_chunk_rows: int = 20_000
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    write_chunk_rows: int = DEFAULT_CHUNK_ROWS
 
 
 class StreamingMaterializationJob(MaterializationJob):
@@ -192,8 +192,8 @@ class StreamingMaterializationEngine(ComputeEngine):
     def __init__(
         self,
         *,
-        batch_rows: int = 50_000,
-        write_chunk_rows: int = 20_000,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        write_chunk_rows: int = DEFAULT_CHUNK_ROWS,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("type", None)

@@ -33,7 +33,7 @@ from online_store.engine import NewestEvent, StreamingMaterializationEngine, red
 from online_store.progress import ViewProgress
 from online_store.spark_writer import STATS_DDL, partition_writer
 from online_store.store import FastRedisOnlineStore, RedisType
-from online_store.write_plan import WriteSpec
+from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, WriteSpec
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -44,8 +44,8 @@ class SparkMaterializationEngineConfig(FeastConfigBaseModel):
     type: Literal["online_store.spark.SparkMaterializationEngine"] = (
         "online_store.spark.SparkMaterializationEngine"
     )
-    batch_rows: int = 50_000
-    write_chunk_rows: int = 20_000
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    write_chunk_rows: int = DEFAULT_CHUNK_ROWS
 
 
 class SparkMaterializationEngine(StreamingMaterializationEngine):

@@ -3,7 +3,7 @@
 Public entry points:
 
 ``write_arrow(client, feature_view, data, *, project, key_ttl_seconds=None,
-chunk_rows=20_000, progress=None) -> WriteStats``
+chunk_rows=10_000, progress=None) -> WriteStats``
     Write a ``pyarrow.Table`` or ``RecordBatch`` for a Feast ``FeatureView`` (push and
     ``write-to-online-store``). Columns are the view's join keys, feature names and its
     batch source's timestamp field (created timestamp column optional).
