@@ -153,8 +153,14 @@ class DuckDBRetrievalJob(RetrievalJob):
             The job's SQL, ready to run on ``con``.
         """
         query = self._prepare(con)
+        setup, streaming = self._settings.setup_threads, self._settings.threads
+        switch = bool(query.setup) and setup is not None and streaming not in (None, setup)
+        if switch:
+            execute(con, f"SET threads = {int(setup)}")  # type: ignore[arg-type]
         for statement in query.setup:
             execute(con, statement)
+        if switch:
+            execute(con, f"SET threads = {int(streaming)}")  # type: ignore[arg-type]
         if on_total is not None and query.count_sql is not None:
             on_total(int(fetch_all(con, query.count_sql)[0][0]))
         return query.sql

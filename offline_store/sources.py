@@ -35,12 +35,15 @@ class DuckDBSettings:
         threads: worker threads; ``None`` lets DuckDB use every core.
         max_temp_size: DuckDB ``max_temp_directory_size``, the most one connection may spill;
             ``None`` keeps DuckDB's default (90% of the free disk).
+        setup_threads: worker threads for a job's setup statements, when they may use more
+            than ``threads`` (nothing consumes rows yet); ``None``: ``threads``.
     """
 
     memory_limit: str = "4GB"
     temp_directory: str | None = None
     threads: int | None = None
     max_temp_size: str | None = None
+    setup_threads: int | None = None
 
 
 # The order files are read in, for "last row in source order" among rows identical in

@@ -74,14 +74,16 @@ def settings_from_config(config: RepoConfig) -> DuckDBSettings:
 def pull_settings(config: RepoConfig) -> DuckDBSettings:
     """DuckDB limits for materialization pulls.
 
-    Without an explicit ``threads`` setting a pull uses half of the available cores (at
-    least one): its consumer, the materialization writer, and the online store's server
-    need the others while DuckDB streams the rows.
+    Without an explicit ``threads`` setting a pull streams its rows on half of the available
+    cores (at least one): its consumer, the materialization writer, and the online store's
+    server need the others then. Picking the winners comes first and alone (nothing is
+    written until they are known), so that step uses every core.
     """
     settings = settings_from_config(config)
     if settings.threads:
         return settings
-    return replace(settings, threads=max(1, len(os.sched_getaffinity(0)) // 2))
+    cores = len(os.sched_getaffinity(0))
+    return replace(settings, threads=max(1, cores // 2), setup_threads=cores)
 
 
 class DuckDBParquetOfflineStore(OfflineStore):

@@ -275,7 +275,7 @@ def value_block(arr: pa.Array | pa.ChunkedArray, vt: object) -> blocks.Block:
 
     Args:
         arr: the Arrow column, any type Arrow can cast to the feature's type.
-        vt: the feature's value type (Feast's member or :mod:`online_store.value_types`').
+        vt: the feature's value type (Feast's member or :mod:`online_store.value_types`'s).
 
     Raises:
         UnsupportedTypeError: ``vt`` is not supported.

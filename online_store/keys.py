@@ -62,7 +62,7 @@ def encode_entity_keys(
     Args:
         columns: one Arrow column per join key, in the order of ``join_keys``.
         join_keys: join key names (any order; Feast sorts them by name).
-        types: value type per join key (Feast's members or :mod:`online_store.value_types`').
+        types: value type per join key (Feast's members or :mod:`online_store.value_types`'s).
         project: the Feast project, appended to every key.
         num_rows: row count, used only when there are no join keys (entity-less view).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,9 @@ import pytest
 from feast import FeatureStore
 
 from foundation.errors import InvalidRequestError
-from offline_store.store import DuckDBParquetOfflineStore
+from offline_store.job import DuckDBRetrievalJob, Query
+from offline_store.sources import DuckDBSettings
+from offline_store.store import DuckDBParquetOfflineStore, pull_settings
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, make_store, three_views, write_rows
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -304,3 +307,27 @@ def test_aggregate_latest_query_equals_the_window_query(
     groups = {tuple(row.values()) for row in window.select(keys).to_pylist()}
     assert window.num_rows == (len(groups) if keys else 1)
     assert latest(aggregate=True).equals(window)
+
+
+def test_a_job_runs_its_setup_on_setup_threads_and_streams_on_threads() -> None:
+    """A latest pull picks its winners (setup) on every core, then streams on fewer."""
+    settings = DuckDBSettings(threads=1, setup_threads=2)
+
+    def prepare(con: object) -> Query:
+        return Query(
+            "SELECT setup_threads, current_setting('threads') AS streaming_threads FROM seen",
+            setup=("CREATE TEMP TABLE seen AS SELECT current_setting('threads') AS setup_threads",),
+        )
+
+    for rows in (
+        DuckDBRetrievalJob(settings, prepare).to_arrow().to_pylist(),
+        [r for b in DuckDBRetrievalJob(settings, prepare).iter_batches(10) for r in b.to_pylist()],
+    ):
+        assert rows == [{"setup_threads": 2, "streaming_threads": 1}]
+
+
+def test_pull_settings_stream_on_half_the_cores_and_pick_winners_on_all(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "repo", three_views())
+    settings = pull_settings(store.config)
+    cores = len(os.sched_getaffinity(0))
+    assert (settings.threads, settings.setup_threads) == (max(1, cores // 2), cores)
