@@ -154,13 +154,13 @@ class DuckDBRetrievalJob(RetrievalJob):
         """
         query = self._prepare(con)
         setup, streaming = self._settings.setup_threads, self._settings.threads
-        switch = bool(query.setup) and setup is not None and streaming not in (None, setup)
+        switch = bool(query.setup and setup and streaming and setup != streaming)
         if switch:
-            execute(con, f"SET threads = {int(setup)}")  # type: ignore[arg-type]
+            execute(con, f"SET threads = {setup}")
         for statement in query.setup:
             execute(con, statement)
         if switch:
-            execute(con, f"SET threads = {int(streaming)}")  # type: ignore[arg-type]
+            execute(con, f"SET threads = {streaming}")
         if on_total is not None and query.count_sql is not None:
             on_total(int(fetch_all(con, query.count_sql)[0][0]))
         return query.sql

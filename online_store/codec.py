@@ -89,9 +89,10 @@ def check_feature_type(view: str, feature: str, vt: object) -> None:
     Raises:
         UnsupportedTypeError: the type is not one a Parquet column carries into Redis.
     """
-    if value_type(vt) not in SUPPORTED_FEATURE_TYPES:
+    code = value_type(vt)
+    if code not in SUPPORTED_FEATURE_TYPES:
         raise UnsupportedTypeError(
-            f"feature '{view}:{feature}' has type {value_type(vt).name}, which no online store "
+            f"feature '{view}:{feature}' has type {code.name}, which no online store "
             "can hold; give the field a concrete Feast type (e.g. Float64, String, Map, "
             "Json, Struct, Array(...)) in the view's schema",
             feature_view=view,
@@ -105,9 +106,10 @@ def check_entity_type(view: str, join_key: str, vt: object) -> None:
     Raises:
         UnsupportedTypeError: not INT64, INT32, STRING or BYTES.
     """
-    if value_type(vt) not in SUPPORTED_ENTITY_TYPES:
+    code = value_type(vt)
+    if code not in SUPPORTED_ENTITY_TYPES:
         raise UnsupportedTypeError(
-            f"join key '{join_key}' of feature view '{view}' has type {value_type(vt).name}; "
+            f"join key '{join_key}' of feature view '{view}' has type {code.name}; "
             "entity keys must be Int64, Int32, String or Bytes",
             feature_view=view,
             join_key=join_key,
