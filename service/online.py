@@ -11,7 +11,6 @@ read and serialise with orjson.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.entity_values import EntityForms, entity_forms
-from service.odfv import ODFV_THREAD_ROWS, OdfvStep, run_odfv
+from service.odfv import OdfvStep, transform
 from service.redis_fast import FastRedis
 
 log = logging.getLogger(__name__)
@@ -358,13 +357,9 @@ async def read_online(
     formatted: dict[str, tuple[list[Any], list[str]]] = {}
     odfv_values: dict[str, list[Any]] = {}
     for step in plan.odfvs:
-        if step.in_pandas and rows >= ODFV_THREAD_ROWS:
-            # A pandas UDF over many rows runs in a worker thread: other lookups go on.
-            transformed = await asyncio.to_thread(
-                run_odfv, step, entities, result, full_feature_names=full_feature_names
-            )
-        else:
-            transformed = run_odfv(step, entities, result, full_feature_names=full_feature_names)
+        transformed = await transform(
+            step, entities, result, rows=rows, full_feature_names=full_feature_names
+        )
         odfv_values.update(transformed)
     columns = result.columns
     append = results.append

@@ -1,10 +1,12 @@
 """On-demand views on the online path: our pandas-mode steps give what Feast's own
-``transform_arrow`` gives, and a pandas UDF over many rows does not hold up other lookups."""
+``transform_arrow`` gives, and a slow UDF (over many rows, or slow on one) does not hold up
+other lookups, while a quick one runs on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,7 +25,14 @@ from hypothesis import strategies as st
 from foundation.errors import InvalidRequestError
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import ODFV_THREAD_ROWS, OdfvStep, input_frame, output_values, run_odfv
+from service.odfv import (
+    ODFV_THREAD_ROWS,
+    PROOF_CALLS,
+    OdfvStep,
+    input_frame,
+    output_values,
+    run_odfv,
+)
 from tests.service.conftest import AppClient, Repo
 
 rider = Entity(name="rider", join_keys=["rider_id"], value_type=ValueType.INT64)
@@ -230,6 +239,87 @@ def test_pandas_view_over_many_rows_leaves_other_lookups_running(
     assert (small_status, big_status) == (200, 200)
     assert big_done >= 1.5
     assert small_done < 1.2, f"the plain lookup waited {small_done:.2f}s behind the UDF"
+
+
+def _one_ride(repo: Repo) -> dict[str, Any]:
+    driver, customer = sorted(repo.latest("driver_customer_stats", ["driver_id", "customer_id"]))[0]
+    return {
+        "entities": {
+            "driver_id": [driver],
+            "customer_id": [customer],
+            "distance_km": [3.0],
+            "duration_min": [9.0],
+        },
+        "feature_service": "ride_ranking_v1",
+    }
+
+
+def test_a_udf_slow_on_one_row_never_holds_up_other_lookups(app_factory: Any, repo: Repo) -> None:
+    """One-row lookups through a slow UDF, each with a plain lookup sent while it works."""
+    client: AppClient = app_factory()
+    ride = _one_ride(repo)
+    small = {"entities": {"driver_id": ride["entities"]["driver_id"]},
+             "features": ["driver_hourly_stats:conv_rate"]}  # fmt: skip
+    transformation = client.state.catalog.snapshot.on_demand_views["fare_estimate"]
+    original = transformation.feature_transformation.udf
+
+    def slow(frame: pd.DataFrame) -> pd.DataFrame:
+        time.sleep(0.6)  # injected latency: a transformation that calls out, say
+        return original(frame)
+
+    async def round_trip() -> tuple[str, ...]:
+        order: list[str] = []
+
+        async def send(name: str, body: dict[str, Any]) -> None:
+            resp = await client.client.post("/get-online-features", json=body)
+            assert resp.status_code == 200, resp.text
+            order.append(name)
+
+        slow_task = asyncio.ensure_future(send("on-demand", ride))
+        await asyncio.sleep(0.15)
+        await send("plain", small)
+        await slow_task
+        return tuple(order)
+
+    with mock.patch.object(transformation.feature_transformation, "udf", slow):
+        orders = [client.run(round_trip()) for _ in range(PROOF_CALLS + 1)]
+    assert orders == [("plain", "on-demand")] * (PROOF_CALLS + 1)
+
+
+def test_a_quick_udf_moves_to_the_event_loop_and_back_when_it_turns_slow(
+    app_factory: Any, repo: Repo
+) -> None:
+    client: AppClient = app_factory()
+    ride = _one_ride(repo)
+    transformation = client.state.catalog.snapshot.on_demand_views["fare_estimate"]
+    original = transformation.feature_transformation.udf
+    threads: list[int] = []
+    delay = [0.0]
+
+    def traced(frame: pd.DataFrame) -> pd.DataFrame:
+        threads.append(threading.get_ident())
+        time.sleep(delay[0])  # injected latency, when set
+        return original(frame)
+
+    async def loop_thread() -> int:
+        return threading.get_ident()
+
+    loop = client.run(loop_thread())
+
+    def where(calls: int) -> list[str]:
+        threads.clear()
+        for _ in range(calls):
+            resp = client.post("/get-online-features", json=ride)
+            assert resp.status_code == 200, resp.text
+        return ["loop" if t == loop else "thread" for t in threads]
+
+    with mock.patch.object(transformation.feature_transformation, "udf", traced):
+        # Unknown code starts in a worker thread; quick calls earn it the loop.
+        assert where(PROOF_CALLS + 2) == ["thread"] * PROOF_CALLS + ["loop"] * 2
+        delay[0] = 0.05  # slower than a call may hold the loop
+        assert where(2) == ["loop", "thread"]
+        delay[0] = 0.0  # quick again: it must prove itself over twice as many calls
+        assert where(2 * PROOF_CALLS + 1) == ["thread"] * (2 * PROOF_CALLS) + ["loop"]
 
 
 @pytest.mark.parametrize("full_feature_names", [False, True])
