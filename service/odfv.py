@@ -2,7 +2,10 @@
 
 The transformation gets a table of the join keys, the request data and the source
 features (Python values, timestamps as datetimes), so a UDF sees what it sees under
-``feast serve``. Python-mode views run through the view's own ``transform_dict``.
+``feast serve``. Python-mode views run through the view's own ``transform_dict``, and each
+output goes through Feast's own conversion for its schema type (an int where the schema
+says Float64 comes back 7.0, as ``feast serve`` answers it); under full feature names the
+UDF's short output names are taken too (Feast drops those features from its answer).
 Pandas-mode views take Feast's ``transform_arrow`` steps without its per-call overhead:
 the source features under both their short and ``view__feature`` names (the aliases are
 worked out once per plan, in :class:`OdfvStep`), one Arrow table converted to pandas on
@@ -40,6 +43,7 @@ from feast import OnDemandFeatureView
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidRequestError, show
+from online_store.decode import native_value
 from online_store.reader import ReadResult
 
 # From this many entity rows on, a view always runs in a worker thread.
@@ -94,6 +98,7 @@ class OdfvStep:
     # Read once per plan: Feast's view methods are type-checked (typeguard) on every call.
     request_schema: Mapping[str, ValueType] = field(default_factory=dict)
     entity_names: tuple[str, ...] = ()
+    output_types: Mapping[str, ValueType] = field(default_factory=dict)  # by short name
     pace: UdfPace = field(default_factory=UdfPace, compare=False)
 
     @classmethod
@@ -121,6 +126,7 @@ class OdfvStep:
             names,
             request_schema,
             tuple(entity.name for entity in view.entity_columns),
+            {f.name: f.dtype.to_value_type() for f in view.features},
         )
 
     @property
@@ -236,8 +242,7 @@ def run_odfv(
         columns[column] = list(values)
     try:
         if odfv.mode == "python":
-            out_dict = odfv.transform_dict(columns)
-            return {resp: list(out_dict[t]) for t, resp in step.outputs}
+            return _python_outputs(step, odfv.transform_dict(columns))
         if step.in_pandas and step.aliases and _aliases_fit(step, columns):
             return _run_pandas(step, columns, full_feature_names)
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
@@ -249,6 +254,22 @@ def run_odfv(
             f"{ {k: v.name for k, v in schema.items()} }",
             feature_view=odfv.name,
         ) from exc
+
+
+def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
+    from feast.type_map import python_values_to_proto_values
+
+    short_of = {full: short for short, full in step.output_names}
+    answer: dict[str, list[Any]] = {}
+    for transformed, resp in step.outputs:
+        short = short_of.get(transformed, transformed)
+        values = out[transformed] if transformed in out else out[short]
+        protos = python_values_to_proto_values(
+            values if isinstance(values, list) else [values], step.output_types[short]
+        )
+        answer[resp] = [native_value(proto) for proto in protos]
+    return answer
 
 
 def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,7 +66,9 @@ class Repo:
         return best
 
 
-def write_yaml(path: Path, *, registry_url: str, redis_url: str, stock: bool) -> None:
+def write_yaml(
+    path: Path, *, registry_url: str, redis_url: str, stock: bool, project: str = "rides"
+) -> None:
     """feature_store.yaml: our plugins, or stock Feast's Redis store (for `feast serve`)."""
     online: dict[str, Any]
     if stock:
@@ -76,7 +79,7 @@ def write_yaml(path: Path, *, registry_url: str, redis_url: str, stock: bool) ->
         # No connection_string: like feature_repo/, Redis comes from FEATURESTORE_REDIS_URL.
         online = {"type": "online_store.store.FastRedisOnlineStore"}
     config = {
-        "project": "rides",
+        "project": project,
         "provider": "local",
         # Like feature_repo/: the registry URL comes from the environment (or Settings).
         "registry": {
@@ -312,11 +315,9 @@ def read_key(repo: Repo, request: pytest.FixtureRequest) -> Iterator[str]:
         engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """Stock `feast serve` on the session repo's registry and Redis (Feast's own Redis store)."""
-    stock = tmp_path_factory.mktemp("stock-repo")
-    write_yaml(stock, registry_url=repo.registry_url, redis_url=repo.redis_url, stock=True)
+@contextmanager
+def running_feast_serve(stock: Path) -> Iterator[httpx.Client]:
+    """Stock `feast serve` on the repo at ``stock`` (its feature_store.yaml), until exit."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEATURESTORE_")}
     env["PYTHONPATH"] = str(ROOT)
@@ -347,3 +348,12 @@ def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """Stock `feast serve` on the session repo's registry and Redis (Feast's own Redis store)."""
+    stock = tmp_path_factory.mktemp("stock-repo")
+    write_yaml(stock, registry_url=repo.registry_url, redis_url=repo.redis_url, stock=True)
+    with running_feast_serve(stock) as client:
+        yield client
