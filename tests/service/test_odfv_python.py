@@ -4,6 +4,9 @@ Same values and the same JSON types as ``feast serve`` (an int the UDF returns f
 output is 7.0 in both), stored nulls and missing entities handed to the UDF as None. Under
 full feature names Feast 0.67 drops a python-mode view's outputs from its answer (the UDF
 returns short names and Feast looks for full ones); ours answers them under the full names.
+A training set through our offline store gives the UDF the same values as serving does
+(Feast's file store hands it pandas floats for an Int64 column with nulls: "gold:3.0"
+offline against "gold:3" online).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from feast import FeatureStore
 
 from online_store.embedded import EmbeddedRedis
 from service.app import create_app
@@ -71,7 +76,7 @@ ENTITIES = {"driver_id": [1, 2, 3, 4, 99], "distance_km": [4.0, 12.5, 2.0, 1.0, 
 @pytest.fixture(scope="module")
 def servers(
     tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis
-) -> Iterator[tuple[AppClient, httpx.Client]]:
+) -> Iterator[tuple[AppClient, httpx.Client, Path]]:
     path = tmp_path_factory.mktemp("python-mode") / "repo"
     (path / "data").mkdir(parents=True)
     (path / "definitions.py").write_text(DEFINITIONS)
@@ -99,7 +104,7 @@ def servers(
     ours = AppClient(create_app(make_settings(repo)))
     try:
         with running_feast_serve(stock) as feast:
-            yield ours, feast
+            yield ours, feast, path
     finally:
         ours.close()
 
@@ -109,9 +114,9 @@ def _typed(values: list[Any]) -> list[tuple[str, Any]]:
 
 
 def test_python_mode_view_answers_what_feast_serve_answers(
-    servers: tuple[AppClient, httpx.Client],
+    servers: tuple[AppClient, httpx.Client, Path],
 ) -> None:
-    ours, feast = servers
+    ours, feast, _ = servers
     body = {"features": FEATURES, "entities": ENTITIES}
     mine = ours.post("/get-online-features", json=body)
     theirs = feast.post("/get-online-features", json=body)
@@ -127,9 +132,9 @@ def test_python_mode_view_answers_what_feast_serve_answers(
 
 
 def test_python_mode_outputs_come_back_under_full_feature_names(
-    servers: tuple[AppClient, httpx.Client],
+    servers: tuple[AppClient, httpx.Client, Path],
 ) -> None:
-    ours, feast = servers
+    ours, feast, _ = servers
     short = columns(
         ours.post("/get-online-features", json={"features": FEATURES, "entities": ENTITIES}).json()
     )
@@ -143,3 +148,22 @@ def test_python_mode_outputs_come_back_under_full_feature_names(
     # What we do better: Feast's answer has no column for the view's outputs.
     names = feast.post("/get-online-features", json=body).json()["metadata"]["feature_names"]
     assert "pm_scored__score" not in names
+
+
+def test_training_sets_give_the_udf_what_serving_gives_it(
+    servers: tuple[AppClient, httpx.Client, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, _, path = servers
+    online = columns(
+        ours.post("/get-online-features", json={"features": FEATURES, "entities": ENTITIES}).json()
+    )
+    monkeypatch.setenv("FEATURESTORE_REGISTRY_URL", f"sqlite:///{path / 'data' / 'registry.db'}")
+    entity_df = pd.DataFrame({**ENTITIES, "event_timestamp": [datetime.now(UTC)] * 5})
+    frame = (
+        FeatureStore(repo_path=str(path))
+        .get_historical_features(entity_df=entity_df, features=FEATURES)
+        .to_df()
+    )
+    assert frame["driver_id"].tolist() == ENTITIES["driver_id"]
+    for name in ("score", "label", "long_trip"):
+        assert frame[name].tolist() == online[name]["values"], name
