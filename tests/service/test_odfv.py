@@ -289,6 +289,8 @@ def test_a_udf_slow_on_one_row_never_holds_up_other_lookups(app_factory: Any, re
 def test_a_quick_udf_moves_to_the_event_loop_and_back_when_it_turns_slow(
     app_factory: Any, repo: Repo
 ) -> None:
+    """Where each call ran. Only what a busy machine cannot change is exact: a call slower
+    than the budget never earns the loop, so noise can only add calls in threads."""
     client: AppClient = app_factory()
     ride = _one_ride(repo)
     transformation = client.state.catalog.snapshot.on_demand_views["fare_estimate"]
@@ -306,20 +308,28 @@ def test_a_quick_udf_moves_to_the_event_loop_and_back_when_it_turns_slow(
 
     loop = client.run(loop_thread())
 
-    def where(calls: int) -> list[str]:
-        threads.clear()
-        for _ in range(calls):
-            resp = client.post("/get-online-features", json=ride)
-            assert resp.status_code == 200, resp.text
-        return ["loop" if t == loop else "thread" for t in threads]
+    def call() -> str:
+        resp = client.post("/get-online-features", json=ride)
+        assert resp.status_code == 200, resp.text
+        return "loop" if threads[-1] == loop else "thread"
+
+    def until_loop(most: int) -> list[str]:
+        seen: list[str] = []
+        while not seen or seen[-1] != "loop":
+            assert len(seen) < most, f"a quick UDF never reached the event loop: {seen}"
+            seen.append(call())
+        return seen
 
     with mock.patch.object(transformation.feature_transformation, "udf", traced):
         # Unknown code starts in a worker thread; quick calls earn it the loop.
-        assert where(PROOF_CALLS + 2) == ["thread"] * PROOF_CALLS + ["loop"] * 2
-        delay[0] = 0.05  # slower than a call may hold the loop
-        assert where(2) == ["loop", "thread"]
+        first = until_loop(most=60)
+        assert first[:PROOF_CALLS] == ["thread"] * PROOF_CALLS
+        delay[0] = 0.05  # slower than a call may hold the loop: at most one more does
+        slow = [call() for _ in range(3)]
+        assert slow in (["loop", "thread", "thread"], ["thread"] * 3)
         delay[0] = 0.0  # quick again: it must prove itself over twice as many calls
-        assert where(2 * PROOF_CALLS + 1) == ["thread"] * (2 * PROOF_CALLS) + ["loop"]
+        again = until_loop(most=120)
+        assert again[: 2 * PROOF_CALLS] == ["thread"] * (2 * PROOF_CALLS)
 
 
 @pytest.mark.parametrize("full_feature_names", [False, True])
