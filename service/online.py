@@ -160,7 +160,12 @@ def compile_plan(
                 f"{odfv.projection.name_to_use()}__{feature}" if full_feature_names else feature
             )
             odfv_outputs.setdefault(view_name, []).append((transformed, column))
-            encoder = ENCODERS.get(by_name[feature].dtype.to_value_type())
+            # Python-mode outputs come back JSON-ready (service.odfv._python_outputs).
+            encoder = (
+                None
+                if odfv.mode == "python"
+                else ENCODERS.get(by_name[feature].dtype.to_value_type())
+            )
             outputs.append(OutputColumn(column, column, True, encoder))
         else:
             raise FeatureViewNotFoundError(

@@ -40,7 +40,7 @@ from datetime import timedelta
 from typing import Any
 from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Bool, Float64, Int64, String
+from feast.types import Bool, Bytes, Float64, Int64, String
 
 driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
 pm_stats = FeatureView(
@@ -56,7 +56,7 @@ trip = RequestSource(name="pm_trip", schema=[Field(name="distance_km", dtype=Flo
 @on_demand_feature_view(
     sources=[pm_stats, trip],
     schema=[Field(name="score", dtype=Float64), Field(name="label", dtype=String),
-            Field(name="long_trip", dtype=Bool)],
+            Field(name="long_trip", dtype=Bool), Field(name="tier_bytes", dtype=Bytes)],
     mode="python",
 )
 def pm_scored(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +67,11 @@ def pm_scored(inputs: dict[str, Any]) -> dict[str, Any]:
                                      inputs["pm_stats__trips"])],
         "label": [f"{tier or 'none'}:{t}" for tier, t in zip(inputs["tier"], inputs["trips"])],
         "long_trip": [d > 10 for d in inputs["distance_km"]],
+        "tier_bytes": [(tier or "").encode() for tier in inputs["tier"]],
     }
 '''
-FEATURES = ["pm_scored:score", "pm_scored:label", "pm_scored:long_trip", "pm_stats:trips"]
+OUTPUTS = ("score", "label", "long_trip", "tier_bytes")
+FEATURES = [*(f"pm_scored:{o}" for o in OUTPUTS), "pm_stats:trips"]
 ENTITIES = {"driver_id": [1, 2, 3, 4, 99], "distance_km": [4.0, 12.5, 2.0, 1.0, 3.0]}
 
 
@@ -124,7 +126,7 @@ def test_python_mode_view_answers_what_feast_serve_answers(
     assert theirs.status_code == 200, theirs.text
     got, expected = columns(mine.json()), columns(theirs.json())
     assert got.keys() == expected.keys()
-    for name in ("score", "label", "long_trip"):
+    for name in OUTPUTS:
         assert _typed(got[name]["values"]) == _typed(expected[name]["values"]), name
         assert got[name]["statuses"] == expected[name]["statuses"], name
     assert got["score"]["values"] == [2.0, 7.0, 0.5, 0.0, 0.0]
@@ -142,7 +144,7 @@ def test_python_mode_outputs_come_back_under_full_feature_names(
     mine = ours.post("/get-online-features", json=body)
     assert mine.status_code == 200, mine.text
     full = columns(mine.json())
-    for name in ("score", "label", "long_trip"):
+    for name in OUTPUTS:
         assert _typed(full[f"pm_scored__{name}"]["values"]) == _typed(short[name]["values"])
     assert full["pm_stats__trips"]["values"] == short["trips"]["values"]
     # What we do better: Feast's answer has no column for the view's outputs.
