@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import OnDemandFeatureView
+from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidRequestError, show
@@ -264,8 +265,6 @@ def run_odfv(
 
 def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[Any]]:
     """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
-    from feast.type_map import python_values_to_proto_values
-
     short_of = {full: short for short, full in step.output_names}
     answer: dict[str, list[Any]] = {}
     for transformed, resp in step.outputs:
