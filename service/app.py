@@ -50,6 +50,7 @@ from service.routes import (
     writes,
 )
 from service.settings import Settings
+from service.udf_runner import UdfRunner
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 timeout=settings.registry_timeout_seconds,
             )
+        udfs = UdfRunner(settings.odfv_threads)
         app.state.services = ServiceState(
             settings=settings,
             store=store,
@@ -134,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis_url=url,
             metrics=metrics,
             jobs=jobs,
+            udfs=udfs,
             auth=authenticator,
         )
         # Startup leaves a large heap (Feast, pandas, protobufs); freezing it keeps the
@@ -160,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             jobs.shutdown()
+            udfs.close()
             await client.aclose()
             if reader is not client:
                 await reader.aclose()

@@ -23,6 +23,7 @@ from service.jobs import JobManager
 from service.metrics import Metrics
 from service.redis_fast import FastRedis
 from service.settings import Settings
+from service.udf_runner import UdfRunner
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class ServiceState:
     redis_url: str
     metrics: Metrics
     jobs: JobManager
+    udfs: UdfRunner  # on-demand transformations: their threads and records
     auth: Authenticator | None = None  # None: auth off (loopback development)
 
 

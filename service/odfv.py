@@ -19,18 +19,12 @@ half the cost of the Arrow round trip on the one-row lookups that dominate servi
 other column (nulls, timestamps, lists, mixed kinds) takes the Arrow route, so the frame
 the UDF sees is always the one ``transform_arrow`` would build.
 
-Where a transformation runs (:func:`transform`): the UDF is the user's code and may take
-any time, so it runs in a worker thread (the event loop serves other lookups meanwhile)
-until it has shown, by the wall time of its last few calls, that it is quicker than the
-hop to a thread is worth; then it runs on the loop, until one call there is slow again.
-Each fall back makes the view prove itself over twice as many calls. Requests of many
-rows always go to a thread.
+Where a transformation runs (a thread or the event loop) is :mod:`service.udf_runner`'s
+choice; this module only computes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,42 +40,6 @@ from feast.value_type import ValueType
 from foundation.errors import InvalidRequestError, show
 from online_store.decode import native_value
 from online_store.reader import ReadResult
-
-# From this many entity rows on, a view always runs in a worker thread.
-ODFV_THREAD_ROWS = 64
-# A call on the event loop may hold it this long. (Every call in a thread would cost the
-# serving benchmark's one-row on-demand lookup 6% of its req/s and half again its p99.)
-INLINE_BUDGET_SECONDS = 0.002
-# Calls under budget in a row before a view runs on the loop; doubled on each fall back.
-PROOF_CALLS = 4
-MAX_PROOF_CALLS = 4096
-
-
-class UdfPace:
-    """Whether a view's transformation may run on the event loop (see the module notes).
-
-    Shared by the requests of one compiled plan; updated from the loop and from worker
-    threads, where a lost update only delays a switch by a call.
-    """
-
-    __slots__ = ("fast_calls", "needed", "on_loop")
-
-    def __init__(self) -> None:
-        self.on_loop = False
-        self.fast_calls = 0
-        self.needed = PROOF_CALLS
-
-    def record(self, seconds: float) -> None:
-        """Account one call of a few rows that took ``seconds`` (wall time)."""
-        if seconds <= INLINE_BUDGET_SECONDS:
-            self.fast_calls += 1
-            if self.fast_calls >= self.needed:
-                self.on_loop = True
-            return
-        if self.on_loop:  # held the loop too long: prove it again, over more calls
-            self.on_loop = False
-            self.needed = min(self.needed * 2, MAX_PROOF_CALLS)
-        self.fast_calls = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +58,6 @@ class OdfvStep:
     request_schema: Mapping[str, ValueType] = field(default_factory=dict)
     entity_names: tuple[str, ...] = ()
     output_types: Mapping[str, ValueType] = field(default_factory=dict)  # by short name
-    pace: UdfPace = field(default_factory=UdfPace, compare=False)
 
     @classmethod
     def build(
@@ -177,43 +134,6 @@ def _check_request_data(
                 field=name,
                 row=row,
             )
-
-
-async def transform(
-    step: OdfvStep,
-    entities: Mapping[str, Sequence[Any]],
-    result: ReadResult,
-    *,
-    rows: int,
-    full_feature_names: bool,
-) -> dict[str, list[Any]]:
-    """:func:`run_odfv` on the event loop or in a worker thread (see the module notes)."""
-    if rows >= ODFV_THREAD_ROWS:
-        return await asyncio.to_thread(
-            run_odfv, step, entities, result, full_feature_names=full_feature_names
-        )
-    if step.pace.on_loop:
-        return _paced(step, entities, result, full_feature_names)
-    return await asyncio.to_thread(_paced, step, entities, result, full_feature_names)
-
-
-def _paced(
-    step: OdfvStep,
-    entities: Mapping[str, Sequence[Any]],
-    result: ReadResult,
-    full_feature_names: bool,
-) -> dict[str, list[Any]]:
-    started = time.perf_counter()
-    try:
-        answer = run_odfv(step, entities, result, full_feature_names=full_feature_names)
-    except Exception:
-        # A refused request (bad request data) proves nothing about the UDF's speed; only a
-        # slow failure counts, against it.
-        if (elapsed := time.perf_counter() - started) > INLINE_BUDGET_SECONDS:
-            step.pace.record(elapsed)
-        raise
-    step.pace.record(time.perf_counter() - started)
-    return answer
 
 
 def run_odfv(

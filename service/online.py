@@ -35,8 +35,9 @@ from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.entity_values import EntityForms, entity_forms
-from service.odfv import OdfvStep, transform
+from service.odfv import OdfvStep
 from service.redis_fast import FastRedis
+from service.udf_runner import UdfRunner
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,7 @@ async def read_online(
     *,
     rows: int,
     full_feature_names: bool,
+    udfs: UdfRunner,
     include_view_metadata: bool = False,
     observe_redis: Callable[[float], None] | None = None,
 ) -> bytes:
@@ -323,6 +325,7 @@ async def read_online(
         entities: the request's entities (already checked by :func:`check_entities`).
         rows: the number of entity rows, as :func:`check_entities` returned it.
         full_feature_names: as requested (on-demand output naming).
+        udfs: where the plan's on-demand transformations run.
         include_view_metadata: add ``metadata.feature_view_metadata`` (Feast's
             ``include_feature_view_version_metadata``).
         observe_redis: called with the Redis call duration in seconds.
@@ -362,7 +365,7 @@ async def read_online(
     formatted: dict[str, tuple[list[Any], list[str]]] = {}
     odfv_values: dict[str, list[Any]] = {}
     for step in plan.odfvs:
-        transformed = await transform(
+        transformed = await udfs.transform(
             step, entities, result, rows=rows, full_feature_names=full_feature_names
         )
         odfv_values.update(transformed)

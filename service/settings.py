@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
+    odfv_threads: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Threads per worker that run on-demand transformations, apart from "
+        "other work (API-key checks, registry reloads, /ready); when all are busy, further "
+        "on-demand lookups wait for one.",
+    )
     materialize_max_jobs: int = Field(
         default=2, ge=1, description="Materialization jobs running at once per worker."
     )

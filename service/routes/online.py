@@ -142,6 +142,7 @@ async def answer(state: ServiceState, body: bytes) -> bytes:
         entities,
         rows=rows,
         full_feature_names=req.full_feature_names,
+        udfs=state.udfs,
         include_view_metadata=req.include_feature_view_version_metadata,
         observe_redis=state.metrics.redis_observer("read"),
     )

@@ -15,7 +15,7 @@ from unittest import mock
 import pandas as pd
 import pyarrow as pa
 import pytest
-from feast import Entity, FeatureView, Field, FileSource, RequestSource
+from feast import Entity, FeatureView, Field, FileSource, OnDemandFeatureView, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
@@ -25,14 +25,8 @@ from hypothesis import strategies as st
 from foundation.errors import InvalidRequestError
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import (
-    ODFV_THREAD_ROWS,
-    PROOF_CALLS,
-    OdfvStep,
-    input_frame,
-    output_values,
-    run_odfv,
-)
+from service.odfv import OdfvStep, input_frame, output_values, run_odfv
+from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS
 from tests.service.conftest import AppClient, Repo
 
 rider = Entity(name="rider", join_keys=["rider_id"], value_type=ValueType.INT64)
@@ -64,7 +58,7 @@ def scored(inputs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _step(full_feature_names: bool) -> OdfvStep:
+def _step(full_feature_names: bool, view: OnDemandFeatureView | None = None) -> OdfvStep:
     inputs = tuple(
         (f"stats__{f}", f"stats:{f}", t)
         for f, t in (("a", ValueType.DOUBLE), ("b", ValueType.INT64), ("tag", ValueType.STRING))
@@ -72,7 +66,7 @@ def _step(full_feature_names: bool) -> OdfvStep:
     outputs = tuple(
         (f"scored__{f}" if full_feature_names else f, f"out_{f}") for f in ("y", "label")
     )
-    step = OdfvStep.build(scored, inputs, outputs)
+    step = OdfvStep.build(view or scored, inputs, outputs)
     assert step.request_fields == ("x",)
     return step
 

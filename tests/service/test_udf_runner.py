@@ -1,0 +1,125 @@
+"""Where on-demand transformations run: their own bounded threads, and the record that
+earns a view the event loop (per worker and per transformation code, per row count)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+from feast import Field, OnDemandFeatureView
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+
+from service.udf_runner import INLINE_BUDGET_SECONDS, PROOF_CALLS, UdfPace, UdfRunner
+from tests.service.conftest import AppClient, Repo
+from tests.service.test_odfv import _one_ride, _step, stats, trip
+
+QUICK, SLOW = INLINE_BUDGET_SECONDS / 4, INLINE_BUDGET_SECONDS * 10
+
+
+def test_slow_transformations_fill_their_own_threads_not_the_ones_ready_needs(
+    app_factory: Any, repo: Repo
+) -> None:
+    """Six on-demand lookups through a 1 s UDF, two threads for them: /ready (whose
+    registry check runs in the default thread pool) still answers at once, and no more
+    than two transformations run at a time."""
+    client: AppClient = app_factory(odfv_threads=2)
+    ride = _one_ride(repo)
+    view = client.state.catalog.snapshot.on_demand_views["fare_estimate"]
+    original = view.feature_transformation.udf
+    running: set[int] = set()
+    most = [0]
+    lock = threading.Lock()
+
+    def slow(frame: pd.DataFrame) -> pd.DataFrame:
+        with lock:
+            running.add(threading.get_ident())
+            most[0] = max(most[0], len(running))
+        time.sleep(1.0)  # injected latency: a transformation that calls a model, say
+        with lock:
+            running.discard(threading.get_ident())
+        return original(frame)
+
+    async def scenario() -> tuple[float, list[int], int]:
+        lookups = [
+            asyncio.ensure_future(client.client.post("/get-online-features", json=ride))
+            for _ in range(6)
+        ]
+        await asyncio.sleep(0.2)
+        started = time.perf_counter()
+        ready = await client.client.get("/ready")
+        waited = time.perf_counter() - started
+        answers = await asyncio.gather(*lookups)
+        return waited, [a.status_code for a in answers], ready.status_code
+
+    view.feature_transformation.udf = slow
+    try:
+        waited, statuses, ready_status = client.run(scenario())
+    finally:
+        view.feature_transformation.udf = original
+    assert statuses == [200] * 6
+    assert ready_status == 200
+    assert waited < 0.5, f"/ready waited {waited:.2f}s behind the transformations"
+    assert most[0] == 2
+
+
+def test_a_quick_record_holds_for_the_row_counts_it_was_earned_on() -> None:
+    pace = UdfPace()
+    for _ in range(PROOF_CALLS):
+        assert not pace.allows(1)
+        pace.record(QUICK, 1)
+    assert pace.allows(1)
+    # Quick on one row says nothing about 40 rows: those go to a thread until proven.
+    assert not pace.allows(40)
+    pace.record(QUICK, 40)
+    assert pace.allows(40)
+    assert pace.allows(7)
+    # One slow call on the loop: back to threads, and twice the proof, for every size.
+    pace.record(SLOW, 1)
+    assert not pace.allows(1)
+    for _ in range(2 * PROOF_CALLS - 1):
+        pace.record(QUICK, 1)
+        assert not pace.allows(1)
+    pace.record(QUICK, 1)
+    assert pace.allows(1)
+    assert not pace.allows(40)
+
+
+def test_a_slow_call_in_a_thread_restarts_the_proof_without_doubling_it() -> None:
+    pace = UdfPace()
+    pace.record(QUICK, 1)
+    pace.record(SLOW, 1)  # in a thread: the run of quick calls starts again
+    for _ in range(PROOF_CALLS - 1):
+        pace.record(QUICK, 1)
+    assert not pace.allows(1)
+    pace.record(QUICK, 1)
+    assert pace.allows(1)
+
+
+@on_demand_feature_view(
+    sources=[stats, trip], schema=[Field(name="y", dtype=Float64)], mode="pandas"
+)
+def scored(inputs: pd.DataFrame) -> pd.DataFrame:  # same name as test_odfv's, other code
+    out = pd.DataFrame()
+    out["y"] = inputs["x"] * 2
+    return out
+
+
+def test_the_record_outlives_a_registry_refresh_but_not_a_code_change() -> None:
+    """A refresh rebuilds every view from the registry (new objects, new plans); a view
+    whose code is unchanged keeps its place on the loop, one with new code starts again."""
+    runner = UdfRunner(1)
+    try:
+        step = _step(full_feature_names=False)
+        for _ in range(PROOF_CALLS):
+            runner.pace(step).record(QUICK, 1)
+        assert runner.pace(step).allows(1)
+        refreshed = OnDemandFeatureView.from_proto(step.view.to_proto())
+        assert refreshed is not step.view
+        assert runner.pace(_step(False, view=refreshed)).allows(1)
+        assert not runner.pace(_step(False, view=scored)).allows(1)
+    finally:
+        runner.close()
