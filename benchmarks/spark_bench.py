@@ -259,7 +259,9 @@ def run_child(kind: str, repo: Path, **extra: Any) -> dict[str, Any]:
         cmd += [f"--{key}", str(value)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
+        # The JVM's stack frames bury the Python error: keep the lines that say what failed.
+        said = [ln for ln in out.stderr.splitlines() if not ln.lstrip().startswith("at ")]
+        raise RuntimeError("\n".join(said)[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 

@@ -174,6 +174,13 @@ def run_odfv(
             return _run_pandas(step, columns, full_feature_names)
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
         return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
+    except OutputFault as exc:
+        raise InvalidRequestError(
+            f"on-demand feature view {odfv.name!r} returned outputs that do not match its "
+            f"schema: {exc}; the view's transformation needs fixing (then `feast apply`), "
+            "not the request",
+            feature_view=odfv.name,
+        ) from exc
     except (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError) as exc:
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
@@ -183,19 +190,27 @@ def run_odfv(
         ) from exc
 
 
+class OutputFault(TypeError):
+    """The transformation's result does not match the view's schema (its code's fault)."""
+
+
 def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[Any]]:
     """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
+    if not isinstance(out, Mapping):
+        raise OutputFault(f"the transformation returned {type(out).__name__}, not a dict")
     short_of = {full: short for short, full in step.output_names}
     answer: dict[str, list[Any]] = {}
     for transformed, resp in step.outputs:
         short = short_of.get(transformed, transformed)
+        if transformed not in out and short not in out:
+            raise OutputFault(f"output {short!r} is missing (it returned {sorted(out)})")
         values = out[transformed] if transformed in out else out[short]
         try:
             protos = python_values_to_proto_values(
                 values if isinstance(values, list) else [values], step.output_types[short]
             )
         except AssertionError as exc:  # Feast asserts on a value of the wrong type
-            raise TypeError(f"output {short!r} does not fit its schema type: {exc}") from exc
+            raise OutputFault(f"output {short!r} does not fit its schema type: {exc}") from exc
         # JSON-ready already (bytes in base64): the plan gives these columns no encoder.
         answer[resp] = [native_value(proto) for proto in protos]
     return answer
@@ -216,7 +231,7 @@ def _run_pandas(
     udf = step.view.feature_transformation.udf  # type: ignore[union-attr]
     out = udf(frame)
     if not isinstance(out, pd.DataFrame):
-        raise TypeError(f"the transformation returned {type(out).__name__}, not a DataFrame")
+        raise OutputFault(f"the transformation returned {type(out).__name__}, not a DataFrame")
     # Feast renames short -> full names (full_feature_names) or full -> short (not).
     source: dict[str, str] = {}
     for short, full in step.output_names:
@@ -224,7 +239,15 @@ def _run_pandas(
             source[full] = short if short in out.columns else full
         else:
             source[short] = full if full in out.columns else short
-    return {resp: output_values(out[source.get(t, t)]) for t, resp in step.outputs}
+    answer: dict[str, list[Any]] = {}
+    for transformed, resp in step.outputs:
+        column = source.get(transformed, transformed)
+        if column not in out.columns:
+            raise OutputFault(
+                f"output {column!r} is missing (it returned columns {list(map(str, out.columns))})"
+            )
+        answer[resp] = output_values(out[column])
+    return answer
 
 
 # Integers a double holds exactly: Arrow refuses to mix larger ones with floats.

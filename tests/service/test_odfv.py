@@ -337,3 +337,50 @@ def test_a_udf_that_returns_no_frame_is_a_400_naming_the_view(full_feature_names
         run_odfv(step, {"rider_id": [1], "x": [1.0]}, result, full_feature_names=full_feature_names)
     assert "'scored'" in str(caught.value)
     assert "DataFrame" in str(caught.value)
+
+
+@on_demand_feature_view(
+    sources=[stats, trip],
+    schema=[Field(name="y", dtype=Float64), Field(name="label", dtype=String)],
+    mode="python",
+)
+def scored_py(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"y": [v * 2 for v in inputs["x"]], "label": ["ok" for _ in inputs["x"]]}
+
+
+def _python_step(full_feature_names: bool) -> OdfvStep:
+    inputs = tuple(
+        (f"stats__{f}", f"stats:{f}", t)
+        for f, t in (("a", ValueType.DOUBLE), ("b", ValueType.INT64), ("tag", ValueType.STRING))
+    )
+    prefix = "scored_py__" if full_feature_names else ""
+    outputs = tuple((f"{prefix}{f}", f"out_{f}") for f in ("y", "label"))
+    return OdfvStep.build(scored_py, inputs, outputs)
+
+
+@pytest.mark.parametrize("mode", ["pandas", "python"])
+def test_a_udf_that_leaves_out_an_output_is_refused_as_the_views_fault(mode: str) -> None:
+    """The message names the view and the missing output, and says the fix is in the
+    view's code: the request's data is not at fault."""
+    result = ReadResult(
+        {f"stats:{name}": FeatureColumn([None], ["PRESENT"], [None]) for name in ("a", "b", "tag")}
+    )
+    if mode == "pandas":
+        step, view = _step(False), scored
+        partial: Any = lambda frame: pd.DataFrame({"y": frame["x"] * 2})  # noqa: E731
+    else:
+        step, view = _python_step(False), scored_py
+        partial = lambda inputs: {"y": [v * 2 for v in inputs["x"]]}  # noqa: E731
+    entities = {"rider_id": [1], "x": [1.0]}
+    whole = run_odfv(step, entities, result, full_feature_names=False)
+    assert set(whole) == {"out_y", "out_label"}
+    with (
+        mock.patch.object(view.feature_transformation, "udf", partial),
+        pytest.raises(InvalidRequestError) as caught,
+    ):
+        run_odfv(step, entities, result, full_feature_names=False)
+    message = str(caught.value)
+    assert f"'{view.name}'" in message
+    assert "'label' is missing" in message
+    assert "transformation needs fixing" in message
+    assert "request data types" not in message
