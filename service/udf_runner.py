@@ -26,7 +26,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,21 +110,18 @@ class UdfRunner:
         full_feature_names: bool,
     ) -> dict[str, list[Any]]:
         """:func:`run_odfv` on the event loop or in a transformation thread."""
+        call = functools.partial(
+            run_odfv, step, entities, result, full_feature_names=full_feature_names
+        )
         if rows >= ODFV_THREAD_ROWS:
-            return await self._in_thread(
-                functools.partial(
-                    run_odfv, step, entities, result, full_feature_names=full_feature_names
-                )
-            )
+            return await self._in_thread(call)
         pace = self.pace(step)
-        call = functools.partial(_paced, pace, step, entities, result, rows, full_feature_names)
+        paced = functools.partial(_paced, pace, rows, call)
         if pace.allows(rows):
-            return call()
-        return await self._in_thread(call)
+            return paced()
+        return await self._in_thread(paced)
 
-    async def _in_thread(
-        self, call: functools.partial[dict[str, list[Any]]]
-    ) -> dict[str, list[Any]]:
+    async def _in_thread(self, call: Callable[[], dict[str, list[Any]]]) -> dict[str, list[Any]]:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
         answer: dict[str, list[Any]] = await loop.run_in_executor(self._executor, context.run, call)
@@ -136,16 +133,12 @@ class UdfRunner:
 
 
 def _paced(
-    pace: UdfPace,
-    step: OdfvStep,
-    entities: Mapping[str, Sequence[Any]],
-    result: ReadResult,
-    rows: int,
-    full_feature_names: bool,
+    pace: UdfPace, rows: int, call: Callable[[], dict[str, list[Any]]]
 ) -> dict[str, list[Any]]:
+    """Run ``call`` (a transformation of ``rows`` entity rows), recording its wall time."""
     started = time.perf_counter()
     try:
-        answer = run_odfv(step, entities, result, full_feature_names=full_feature_names)
+        answer = call()
     except Exception:
         # A refused request (bad request data) proves nothing about the UDF's speed; only a
         # slow failure counts, against it.
