@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.checks import check_columns
-from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, is_sql
+from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, entity_table, is_sql
 from offline_store.spark_join import (
     ENTITY_TS,
     PARTITION_SHIFT,
@@ -60,13 +60,7 @@ class SparkEntities:
 def _local_table(source: Any) -> pa.Table | None:
     """pandas and Arrow entity rows as an Arrow table in microseconds; ``None`` for others."""
     if isinstance(source, pd.DataFrame):
-        try:
-            source = pa.Table.from_pandas(source, preserve_index=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InvalidTimestampError(
-                f"entity DataFrame cannot be converted to Arrow ({exc}); a column mixes "
-                "types, often naive and timezone-aware timestamps: make them all one kind",
-            ) from exc
+        source = entity_table(source)
     return micro_timestamps(source) if isinstance(source, pa.Table) else None
 
 
