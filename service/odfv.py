@@ -56,8 +56,15 @@ class OdfvStep:
     output_names: tuple[tuple[str, str], ...] = ()
     # Read once per plan: Feast's view methods are type-checked (typeguard) on every call.
     request_schema: Mapping[str, ValueType] = field(default_factory=dict)
-    entity_names: tuple[str, ...] = ()
     output_types: Mapping[str, ValueType] = field(default_factory=dict)  # by short name
+    # Request columns the UDF is handed too, as in Feast: every join key of the project and
+    # the request data of every on-demand view of the request (see :func:`run_odfv`).
+    given_keys: frozenset[str] = frozenset()
+    given_fields: frozenset[str] = frozenset()
+    # Whether the source features can go in under their short names (Feast's response
+    # names without full feature names): no two alike, none a request column's name.
+    shorts_fit: bool = False
+    short_of: Mapping[str, str] = field(default_factory=dict)  # ``view__feature`` -> short
 
     @classmethod
     def build(
@@ -65,9 +72,19 @@ class OdfvStep:
         view: OnDemandFeatureView,
         inputs: tuple[tuple[str, str, ValueType], ...],
         outputs: tuple[tuple[str, str], ...],
+        *,
+        given_keys: frozenset[str] = frozenset(),
+        given_fields: frozenset[str] = frozenset(),
     ) -> OdfvStep:
-        """The step of ``view``: its request fields, aliases and names read from it once."""
+        """The step of ``view``: its request fields, aliases and names read from it once.
+
+        ``inputs`` are in the order the UDF gets them (Feast's response order); the
+        aliases Feast's preprocessing adds come after them, in the projections' order.
+        """
         request_schema = view.get_request_data_schema()
+        # Its own request data and entity columns at least (callers without a plan).
+        given_fields = given_fields | frozenset(request_schema)
+        given_keys = given_keys | frozenset(entity.name for entity in view.entity_columns)
         aliases = tuple(
             (feature.name, f"{projection.name}__{feature.name}")
             for projection in view.source_feature_view_projections.values()
@@ -83,8 +100,13 @@ class OdfvStep:
             aliases,
             names,
             request_schema,
-            tuple(entity.name for entity in view.entity_columns),
             {f.name: f.dtype.to_value_type() for f in view.features},
+            given_keys,
+            given_fields,
+            len({short for short, _ in aliases}) == len(aliases)
+            and given_keys.isdisjoint(short for short, _ in aliases)
+            and given_fields.isdisjoint(short for short, _ in aliases),
+            {full: short for short, full in aliases},
         )
 
     @property
@@ -153,20 +175,24 @@ def run_odfv(
             request data types).
     """
     odfv = step.view
-    columns: dict[str, list[Any]] = {}
     schema = step.request_schema
     for name in step.request_fields:
         _check_request_data(odfv.name, name, schema.get(name), entities[name])
-    for entity in step.entity_names:
-        if entity in entities:
-            columns[entity] = list(entities[entity])
-    for name in step.request_fields:
-        columns[name] = list(entities[name])
+    # Feast's order: the request's join keys, then its request data (each in request
+    # order), then the source features under the names its response gives them.
+    columns: dict[str, list[Any]] = {}
+    for name, given in entities.items():
+        if name in step.given_keys:
+            columns[name] = list(given)
+    for name, given in entities.items():
+        if name in step.given_fields:
+            columns[name] = list(given)
+    short_of = step.short_of if not full_feature_names and step.shorts_fit else {}
     for column, key, value_type in step.inputs:
         values = result.columns[key].values
         if value_type == ValueType.UNIX_TIMESTAMP:
             values = [_odfv_input_value(v, value_type) for v in values]
-        columns[column] = list(values)
+        columns[short_of.get(column, column)] = list(values)
     try:
         if odfv.mode == "python":
             return _python_outputs(step, odfv.transform_dict(columns))
@@ -218,15 +244,18 @@ def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[An
 
 def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
     """Whether every alias Feast would add is a new column (else Feast makes a duplicate)."""
-    return all(full in columns and short not in columns for short, full in step.aliases)
+    return all(short not in columns for short, full in step.aliases if full in columns)
 
 
 def _run_pandas(
     step: OdfvStep, columns: dict[str, list[Any]], full_feature_names: bool
 ) -> dict[str, list[Any]]:
     """``transform_arrow`` of a pandas-mode view, step by step (see the module notes)."""
-    for short, full in step.aliases:
-        columns[short] = columns[full]
+    for short, full in step.aliases:  # Feast's preprocessing: the other name of each
+        if full in columns:
+            columns[short] = columns[full]
+        elif short in columns:
+            columns[full] = columns[short]
     frame = input_frame(columns)
     udf = step.view.feature_transformation.udf  # type: ignore[union-attr]
     out = udf(frame)

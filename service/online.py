@@ -231,6 +231,15 @@ def compile_plan(
     # request's order), needed or not; the needed ones must be there.
     echo_keys = join_keys | {e.join_key for e in snapshot.entities.values()}
     echo_keys.discard(DUMMY_ENTITY_ID)
+    # A UDF is handed what Feast hands it from the request: every project join key given
+    # and the request data of every on-demand view asked for.
+    given_keys, given_fields = frozenset(echo_keys), frozenset(request_fields)
+    steps = [
+        OdfvStep.build(
+            s.view, s.inputs, s.outputs, given_keys=given_keys, given_fields=given_fields
+        )
+        for s in steps
+    ]
     return OnlinePlan(
         entityless=entityless,
         echo_keys=frozenset(echo_keys),
