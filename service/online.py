@@ -27,9 +27,7 @@ from foundation.errors import (
     BackendUnavailableError,
     FeatureNotFoundError,
     FeatureViewNotFoundError,
-    InvalidEntityError,
     InvalidRequestError,
-    RequestTooLargeError,
 )
 from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
@@ -265,56 +263,6 @@ def _version(snapshot: RegistrySnapshot, view: str) -> int:
     return int(getattr(snapshot.views[view].view, "current_version_number", 0) or 0)
 
 
-def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: int) -> int:
-    """Validate the shape of ``entities`` against a plan.
-
-    Returns:
-        The number of entity rows.
-
-    Raises:
-        InvalidEntityError: missing join keys or request data, ragged columns.
-        RequestTooLargeError: more rows than ``max_rows``.
-    """
-    missing = sorted(plan.join_keys - entities.keys())
-    if missing:
-        raise InvalidEntityError(
-            f"missing join key(s) {missing} in entities; the requested features are keyed by "
-            f"{sorted(plan.join_keys)}; add a list of values for each",
-            missing=missing,
-        )
-    missing = sorted(plan.request_fields - entities.keys())
-    if missing:
-        raise InvalidEntityError(
-            f"missing request data {missing} for the requested on-demand features; pass them "
-            "in entities alongside the join keys, one value per row",
-            missing=missing,
-        )
-    lengths = {
-        k: len(v) for k, v in entities.items() if k in plan.echo_keys or k in plan.request_fields
-    }
-    if plan.entityless and not lengths:
-        raise InvalidEntityError(
-            "the requested features are all from entity-less feature views, so the number "
-            "of rows comes from the entities: give at least one entity column, e.g. "
-            '{"driver_id": [1001]}',
-            missing=["<any join key>"],
-        )
-    n = next(iter(lengths.values()), 0)
-    if any(length != n for length in lengths.values()):
-        raise InvalidEntityError(
-            f"entity columns have different lengths {lengths}; give every join key and "
-            "request field one value per entity row",
-            lengths=lengths,
-        )
-    if n > max_rows:
-        raise RequestTooLargeError(
-            f"{n} entity rows in one request; the limit is {max_rows} "
-            "(FEATURESTORE_MAX_ENTITIES_PER_REQUEST); split the request",
-            limit=max_rows,
-        )
-    return n
-
-
 async def read_online(
     plan: OnlinePlan,
     client: aioredis.Redis | aioredis.RedisCluster | FastRedis,
@@ -331,8 +279,8 @@ async def read_online(
     Args:
         plan: the compiled feature set.
         client: asyncio Redis client.
-        entities: the request's entities (already checked by :func:`check_entities`).
-        rows: the number of entity rows, as :func:`check_entities` returned it.
+        entities: the request's entities (checked by the route's ``check_entities``).
+        rows: the number of entity rows, as ``check_entities`` returned it.
         full_feature_names: as requested (on-demand output naming).
         udfs: where the plan's on-demand transformations run.
         include_view_metadata: add ``metadata.feature_view_metadata`` (Feast's

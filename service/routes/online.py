@@ -8,16 +8,17 @@ the ASGI shortcut that production traffic takes (see its module docstring).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, cast
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from foundation.errors import InvalidRequestError, RequestTooLargeError
+from foundation.errors import InvalidEntityError, InvalidRequestError, RequestTooLargeError
 from service.deps import ServiceState
 from service.entity_values import coerce_entities
-from service.online import OnlinePlan, check_entities, compile_plan, read_online
+from service.online import OnlinePlan, compile_plan, read_online
 from service.schemas import ErrorResponse, GetOnlineFeaturesRequest, OnlineFeaturesResponse
 
 router = APIRouter(tags=["online"])
@@ -114,6 +115,56 @@ def _plan(state: ServiceState, req: GetOnlineFeaturesRequest | _Request) -> Onli
             ),
         ),
     )
+
+
+def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: int) -> int:
+    """Validate the shape of ``entities`` against a plan.
+
+    Returns:
+        The number of entity rows.
+
+    Raises:
+        InvalidEntityError: missing join keys or request data, ragged columns.
+        RequestTooLargeError: more rows than ``max_rows``.
+    """
+    missing = sorted(plan.join_keys - entities.keys())
+    if missing:
+        raise InvalidEntityError(
+            f"missing join key(s) {missing} in entities; the requested features are keyed by "
+            f"{sorted(plan.join_keys)}; add a list of values for each",
+            missing=missing,
+        )
+    missing = sorted(plan.request_fields - entities.keys())
+    if missing:
+        raise InvalidEntityError(
+            f"missing request data {missing} for the requested on-demand features; pass them "
+            "in entities alongside the join keys, one value per row",
+            missing=missing,
+        )
+    lengths = {
+        k: len(v) for k, v in entities.items() if k in plan.echo_keys or k in plan.request_fields
+    }
+    if plan.entityless and not lengths:
+        raise InvalidEntityError(
+            "the requested features are all from entity-less feature views, so the number "
+            "of rows comes from the entities: give at least one entity column, e.g. "
+            '{"driver_id": [1001]}',
+            missing=["<any join key>"],
+        )
+    n = next(iter(lengths.values()), 0)
+    if any(length != n for length in lengths.values()):
+        raise InvalidEntityError(
+            f"entity columns have different lengths {lengths}; give every join key and "
+            "request field one value per entity row",
+            lengths=lengths,
+        )
+    if n > max_rows:
+        raise RequestTooLargeError(
+            f"{n} entity rows in one request; the limit is {max_rows} "
+            "(FEATURESTORE_MAX_ENTITIES_PER_REQUEST); split the request",
+            limit=max_rows,
+        )
+    return n
 
 
 async def answer(state: ServiceState, body: bytes) -> bytes:
