@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from feast import OnDemandFeatureView
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.value_type import ValueType
 from redis.exceptions import RedisError
@@ -185,7 +186,8 @@ def compile_plan(
             collisions=collisions,
         )
 
-    steps: list[OdfvStep] = []
+    # Built once every request field is known: each UDF is handed them all (below).
+    pending: list[tuple[OnDemandFeatureView, tuple[Any, ...], tuple[Any, ...]]] = []
     request_fields: set[str] = set()
     for odfv_name, outs in odfv_outputs.items():
         odfv = snapshot.on_demand_views[odfv_name]
@@ -203,9 +205,8 @@ def compile_plan(
                     (f"{projection.name}__{f.name}", f"{projection.name}:{f.name}",
                      info.features[f.name].value_type)
                 )  # fmt: skip
-        step = OdfvStep.build(odfv, tuple(inputs), tuple(outs))
-        request_fields.update(step.request_fields)
-        steps.append(step)
+        pending.append((odfv, tuple(inputs), tuple(outs)))
+        request_fields.update(odfv.get_request_data_schema())
 
     specs = []
     join_keys: set[str] = set()
@@ -233,10 +234,8 @@ def compile_plan(
     # and the request data of every on-demand view asked for.
     given_keys, given_fields = frozenset(echo_keys), frozenset(request_fields)
     steps = [
-        OdfvStep.build(
-            s.view, s.inputs, s.outputs, given_keys=given_keys, given_fields=given_fields
-        )
-        for s in steps
+        OdfvStep.build(odfv, inputs, outs, given_keys=given_keys, given_fields=given_fields)
+        for odfv, inputs, outs in pending
     ]
     return OnlinePlan(
         entityless=entityless,
