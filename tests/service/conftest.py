@@ -357,3 +357,26 @@ def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     write_yaml(stock, registry_url=repo.registry_url, redis_url=repo.redis_url, stock=True)
     with running_feast_serve(stock) as client:
         yield client
+
+
+@contextmanager
+def ours_and_feast_serve(
+    path: Path, *, project: str, redis_url: str, when: datetime
+) -> Iterator[tuple[AppClient, httpx.Client]]:
+    """Our app and stock `feast serve` on the repo at ``path`` (definitions and data
+    written), applied and materialized up to ``when`` into one registry and Redis."""
+    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
+    write_yaml(path, registry_url=registry_url, redis_url=redis_url, stock=False, project=project)
+    feast_cli(path, redis_url, registry_url, "apply")
+    start, end = (when - timedelta(days=1)).isoformat(), (when + timedelta(seconds=1)).isoformat()
+    feast_cli(path, redis_url, registry_url, "materialize", start, end)
+    stock = Path(str(path) + "-stock")
+    stock.mkdir()
+    write_yaml(stock, registry_url=registry_url, redis_url=redis_url, stock=True, project=project)
+    repo = Repo(path=path, registry_url=registry_url, redis_url=redis_url, end=when)
+    ours = AppClient(create_app(make_settings(repo)))
+    try:
+        with running_feast_serve(stock) as feast:
+            yield ours, feast
+    finally:
+        ours.close()

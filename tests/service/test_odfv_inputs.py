@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pyarrow as pa
@@ -20,15 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from online_store.embedded import EmbeddedRedis
-from service.app import create_app
 from tests.service.conftest import (
     AppClient,
-    Repo,
     columns,
-    feast_cli,
-    make_settings,
-    running_feast_serve,
-    write_yaml,
+    ours_and_feast_serve,
 )
 
 DEFINITIONS = """
@@ -111,22 +105,10 @@ def servers(
         "spend": pa.array([10.0, 20.0]),
     }
     pq.write_table(pa.table(customers), path / "data" / "in_cus.parquet")
-    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
-    redis_url = service_redis.url
-    write_yaml(path, registry_url=registry_url, redis_url=redis_url, stock=False, project="inputs")
-    feast_cli(path, redis_url, registry_url, "apply")
-    start, end = (when - timedelta(days=1)).isoformat(), (when + timedelta(seconds=1)).isoformat()
-    feast_cli(path, redis_url, registry_url, "materialize", start, end)
-    stock = Path(str(path) + "-stock")
-    stock.mkdir()
-    write_yaml(stock, registry_url=registry_url, redis_url=redis_url, stock=True, project="inputs")
-    repo = Repo(path=path, registry_url=registry_url, redis_url=redis_url, end=when)
-    ours = AppClient(create_app(make_settings(repo)))
-    try:
-        with running_feast_serve(stock) as feast:
-            yield ours, feast
-    finally:
-        ours.close()
+    with ours_and_feast_serve(
+        path, project="inputs", redis_url=service_redis.url, when=when
+    ) as both:
+        yield both
 
 
 def _seen(

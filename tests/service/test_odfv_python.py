@@ -24,15 +24,10 @@ import pytest
 from feast import FeatureStore
 
 from online_store.embedded import EmbeddedRedis
-from service.app import create_app
 from tests.service.conftest import (
     AppClient,
-    Repo,
     columns,
-    feast_cli,
-    make_settings,
-    running_feast_serve,
-    write_yaml,
+    ours_and_feast_serve,
 )
 
 DEFINITIONS = '''
@@ -93,22 +88,11 @@ def servers(
         "tier": pa.array(["gold", None, "silver", "x"], pa.string()),
     }
     pq.write_table(pa.table(rows), path / "data" / "pm_stats.parquet")
-    registry_url = f"sqlite:///{path / 'data' / 'registry.db'}"
-    redis_url = service_redis.url
-    write_yaml(path, registry_url=registry_url, redis_url=redis_url, stock=False, project="pymode")
-    feast_cli(path, redis_url, registry_url, "apply")
-    start, end = (when - timedelta(days=1)).isoformat(), (when + timedelta(seconds=1)).isoformat()
-    feast_cli(path, redis_url, registry_url, "materialize", start, end)
-    stock = Path(str(path) + "-stock")
-    stock.mkdir()
-    write_yaml(stock, registry_url=registry_url, redis_url=redis_url, stock=True, project="pymode")
-    repo = Repo(path=path, registry_url=registry_url, redis_url=redis_url, end=when)
-    ours = AppClient(create_app(make_settings(repo)))
-    try:
-        with running_feast_serve(stock) as feast:
-            yield ours, feast, path
-    finally:
-        ours.close()
+    with ours_and_feast_serve(path, project="pymode", redis_url=service_redis.url, when=when) as (
+        ours,
+        feast,
+    ):
+        yield ours, feast, path
 
 
 def _typed(values: list[Any]) -> list[tuple[str, Any]]:
