@@ -348,16 +348,6 @@ def scored_py(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"y": [v * 2 for v in inputs["x"]], "label": ["ok" for _ in inputs["x"]]}
 
 
-def _python_step(full_feature_names: bool) -> OdfvStep:
-    inputs = tuple(
-        (f"stats__{f}", f"stats:{f}", t)
-        for f, t in (("a", ValueType.DOUBLE), ("b", ValueType.INT64), ("tag", ValueType.STRING))
-    )
-    prefix = "scored_py__" if full_feature_names else ""
-    outputs = tuple((f"{prefix}{f}", f"out_{f}") for f in ("y", "label"))
-    return OdfvStep.build(scored_py, inputs, outputs)
-
-
 @pytest.mark.parametrize("mode", ["pandas", "python"])
 def test_a_udf_that_leaves_out_an_output_is_refused_as_the_views_fault(mode: str) -> None:
     """The message names the view and the missing output, and says the fix is in the
@@ -369,7 +359,7 @@ def test_a_udf_that_leaves_out_an_output_is_refused_as_the_views_fault(mode: str
         step, view = _step(False), scored
         partial: Any = lambda frame: pd.DataFrame({"y": frame["x"] * 2})  # noqa: E731
     else:
-        step, view = _python_step(False), scored_py
+        step, view = _step(False, view=scored_py), scored_py
         partial = lambda inputs: {"y": [v * 2 for v in inputs["x"]]}  # noqa: E731
     entities = {"rider_id": [1], "x": [1.0]}
     whole = run_odfv(step, entities, result, full_feature_names=False)
