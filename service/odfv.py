@@ -92,6 +92,9 @@ class OdfvStep:
         )
         prefix = view.projection.name_to_use()
         names = tuple((f.name, f"{prefix}__{f.name}") for f in view.features)
+        # Every input feature's short name (its key's feature part).
+        short_of = {column: key.partition(":")[2] for column, key, _ in inputs}
+        shorts = set(short_of.values())
         return cls(
             view,
             inputs,
@@ -103,10 +106,10 @@ class OdfvStep:
             {f.name: f.dtype.to_value_type() for f in view.features},
             given_keys,
             given_fields,
-            len({short for short, _ in aliases}) == len(aliases)
-            and given_keys.isdisjoint(short for short, _ in aliases)
-            and given_fields.isdisjoint(short for short, _ in aliases),
-            {full: short for short, full in aliases},
+            len(shorts) == len(short_of)
+            and given_keys.isdisjoint(shorts)
+            and given_fields.isdisjoint(shorts),
+            short_of,
         )
 
     @property
@@ -193,11 +196,12 @@ def run_odfv(
         if value_type == ValueType.UNIX_TIMESTAMP:
             values = [_odfv_input_value(v, value_type) for v in values]
         columns[short_of.get(column, column)] = list(values)
+    rows = len(next(iter(columns.values()), ()))
     try:
         if odfv.mode == "python":
-            return _python_outputs(step, odfv.transform_dict(columns))
+            return _python_outputs(step, odfv.transform_dict(columns), rows)
         if step.in_pandas and step.aliases and _aliases_fit(step, columns):
-            return _run_pandas(step, columns, full_feature_names)
+            return _run_pandas(step, columns, full_feature_names, rows)
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
         return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
     except OutputFault as exc:
@@ -207,20 +211,30 @@ def run_odfv(
             "not the request",
             feature_view=odfv.name,
         ) from exc
-    except (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError) as exc:
+    except _INPUT_ERRORS as exc:
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
             f"request data types against its request source schema "
             f"{ {k: v.name for k, v in schema.items()} }",
             feature_view=odfv.name,
         ) from exc
+    except Exception as exc:  # the user's code may raise anything: never a 500
+        raise InvalidRequestError(
+            f"on-demand feature view {odfv.name!r} raised {type(exc).__name__}: {exc}; the "
+            "view's transformation needs fixing (then `feast apply`)",
+            feature_view=odfv.name,
+        ) from exc
+
+
+# What a UDF raises when the request's data is not what it expects (the usual cause).
+_INPUT_ERRORS = (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError)
 
 
 class OutputFault(TypeError):
     """The transformation's result does not match the view's schema (its code's fault)."""
 
 
-def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[Any]]:
+def _python_outputs(step: OdfvStep, out: Mapping[str, Any], rows: int) -> dict[str, list[Any]]:
     """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
     if not isinstance(out, Mapping):
         raise OutputFault(f"the transformation returned {type(out).__name__}, not a dict")
@@ -231,6 +245,7 @@ def _python_outputs(step: OdfvStep, out: Mapping[str, Any]) -> dict[str, list[An
         if transformed not in out and short not in out:
             raise OutputFault(f"output {short!r} is missing (it returned {sorted(out)})")
         values = out[transformed] if transformed in out else out[short]
+        _check_length(short, len(values) if isinstance(values, list) else 1, rows)
         try:
             protos = python_values_to_proto_values(
                 values if isinstance(values, list) else [values], step.output_types[short]
@@ -247,8 +262,21 @@ def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
     return all(short not in columns for short, full in step.aliases if full in columns)
 
 
+def _fits_whole(value_type: ValueType | None, series: pd.Series[Any]) -> bool:
+    """Whether a column's dtype alone shows every value fits (no per-value check)."""
+    kind = series.dtype.kind
+    return (value_type in _NUMBERS and kind in "fi") or (
+        value_type == ValueType.INT64 and kind == "i"
+    )
+
+
+def _check_length(output: str, length: int, rows: int) -> None:
+    if length != rows:
+        raise OutputFault(f"output {output!r} has {length} values for {rows} entity rows")
+
+
 def _run_pandas(
-    step: OdfvStep, columns: dict[str, list[Any]], full_feature_names: bool
+    step: OdfvStep, columns: dict[str, list[Any]], full_feature_names: bool, rows: int
 ) -> dict[str, list[Any]]:
     """``transform_arrow`` of a pandas-mode view, step by step (see the module notes)."""
     for short, full in step.aliases:  # Feast's preprocessing: the other name of each
@@ -268,6 +296,7 @@ def _run_pandas(
             source[full] = short if short in out.columns else full
         else:
             source[short] = full if full in out.columns else short
+    short_of = {full: short for short, full in step.output_names}
     answer: dict[str, list[Any]] = {}
     for transformed, resp in step.outputs:
         column = source.get(transformed, transformed)
@@ -275,7 +304,16 @@ def _run_pandas(
             raise OutputFault(
                 f"output {column!r} is missing (it returned columns {list(map(str, out.columns))})"
             )
-        answer[resp] = output_values(out[column])
+        _check_length(column, len(out), rows)
+        values = output_values(out[column])
+        value_type = step.output_types.get(short_of.get(transformed, transformed))
+        for value in () if _fits_whole(value_type, out[column]) else values:
+            if not _fits(value_type, value):
+                assert value_type is not None
+                raise OutputFault(
+                    f"output {column!r} is declared {value_type.name} but holds {show(value)}"
+                )
+        answer[resp] = values
     return answer
 
 

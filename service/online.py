@@ -187,7 +187,7 @@ def compile_plan(
         )
 
     # Built once every request field is known: each UDF is handed them all (below).
-    pending: list[tuple[OnDemandFeatureView, tuple[Any, ...], tuple[Any, ...]]] = []
+    pending: list[tuple[OnDemandFeatureView, tuple[tuple[str, str], ...]]] = []
     request_fields: set[str] = set()
     for odfv_name, outs in odfv_outputs.items():
         odfv = snapshot.on_demand_views[odfv_name]
@@ -196,16 +196,11 @@ def compile_plan(
                 f"on-demand feature view {odfv_name!r} has write_to_online_store=True, which "
                 "this server does not read yet; request its source features instead"
             )
-        inputs: list[tuple[str, str, ValueType]] = []
         for projection in odfv.source_feature_view_projections.values():
-            info = snapshot.view(projection.name)
+            snapshot.view(projection.name)  # a name the registry does not know: 404
             for f in projection.features:
                 need(projection.name, f.name)
-                inputs.append(
-                    (f"{projection.name}__{f.name}", f"{projection.name}:{f.name}",
-                     info.features[f.name].value_type)
-                )  # fmt: skip
-        pending.append((odfv, tuple(inputs), tuple(outs)))
+        pending.append((odfv, tuple(outs)))
         request_fields.update(odfv.get_request_data_schema())
 
     specs = []
@@ -234,8 +229,14 @@ def compile_plan(
     # and the request data of every on-demand view asked for.
     given_keys, given_fields = frozenset(echo_keys), frozenset(request_fields)
     steps = [
-        OdfvStep.build(odfv, inputs, outs, given_keys=given_keys, given_fields=given_fields)
-        for odfv, inputs, outs in pending
+        OdfvStep.build(
+            odfv,
+            _udf_inputs(snapshot, odfv, read_features),
+            outs,
+            given_keys=given_keys,
+            given_fields=given_fields,
+        )
+        for odfv, outs in pending
     ]
     return OnlinePlan(
         entityless=entityless,
@@ -256,6 +257,28 @@ def compile_plan(
             for name in read_features
         ),
     )
+
+
+def _udf_inputs(
+    snapshot: RegistrySnapshot,
+    odfv: OnDemandFeatureView,
+    read_features: Mapping[str, Sequence[str]],
+) -> tuple[tuple[str, str, ValueType], ...]:
+    """The features a UDF is handed: as in Feast, every feature read from a source view it
+    declares, its projection's or not (another ref or view may need the rest), in read order.
+
+    Returns:
+        (``view__feature`` column, ``view:feature`` read key, value type) per feature.
+    """
+    inputs = []
+    for projection in odfv.source_feature_view_projections.values():
+        info = snapshot.views[projection.name]
+        for feature in read_features[projection.name]:
+            inputs.append(
+                (f"{projection.name}__{feature}", f"{projection.name}:{feature}",
+                 info.features[feature].value_type)
+            )  # fmt: skip
+    return tuple(inputs)
 
 
 def _version(snapshot: RegistrySnapshot, view: str) -> int:

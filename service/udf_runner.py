@@ -11,7 +11,8 @@ its throughput and half again its p99) by its record: once its last few successf
 (:data:`PROOF_CALLS`) each took at most :data:`INLINE_BUDGET_SECONDS` of wall time, it
 runs on the loop for requests of up to as many entity rows as those calls had. One call
 on the loop over budget sends it back to a thread, where it must prove itself over twice
-as many calls. A request larger than any the view has proven itself on goes to a thread
+as many calls; a slow call in a thread (a larger request) leaves the loop to the sizes
+already proven. A request larger than any the view has proven itself on goes to a thread
 (and, when quick, widens the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more
 always do.
 
@@ -63,7 +64,7 @@ class UdfPace:
         """Whether a request of ``rows`` entity rows may run on the event loop."""
         return self.on_loop and rows <= self.proven_rows
 
-    def record(self, seconds: float, rows: int) -> None:
+    def record(self, seconds: float, rows: int, *, ran_on_loop: bool) -> None:
         """Account one call of ``rows`` entity rows that took ``seconds`` (wall time)."""
         if seconds <= INLINE_BUDGET_SECONDS:
             self.fast_calls += 1
@@ -71,9 +72,13 @@ class UdfPace:
             if self.fast_calls >= self.needed:
                 self.on_loop = True
             return
-        if self.on_loop:  # held the loop too long: prove it again, over more calls
+        if ran_on_loop:  # held the loop too long: prove it again, over more calls
             self.on_loop = False
             self.needed = min(self.needed * 2, MAX_PROOF_CALLS)
+        elif self.on_loop:
+            # A larger request than the loop allows was slow in a thread: the sizes the
+            # view has proven itself on stay on the loop, the larger ones stay in threads.
+            return
         self.fast_calls = 0
         self.proven_rows = 0
 
@@ -116,10 +121,9 @@ class UdfRunner:
         if rows >= ODFV_THREAD_ROWS:
             return await self._in_thread(call)
         pace = self.pace(step)
-        paced = functools.partial(_paced, pace, rows, call)
         if pace.allows(rows):
-            return paced()
-        return await self._in_thread(paced)
+            return _paced(pace, rows, call, ran_on_loop=True)
+        return await self._in_thread(functools.partial(_paced, pace, rows, call, ran_on_loop=False))
 
     async def _in_thread(self, call: Callable[[], dict[str, list[Any]]]) -> dict[str, list[Any]]:
         context = contextvars.copy_context()
@@ -128,12 +132,13 @@ class UdfRunner:
         return answer
 
     def close(self) -> None:
-        """Stop the threads once their calls finish; queued calls are dropped."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads once the calls already handed to them finish (queued ones
+        still run, so a request in flight at shutdown gets its answer, not a 500)."""
+        self._executor.shutdown(wait=False)
 
 
 def _paced(
-    pace: UdfPace, rows: int, call: Callable[[], dict[str, list[Any]]]
+    pace: UdfPace, rows: int, call: Callable[[], dict[str, list[Any]]], *, ran_on_loop: bool
 ) -> dict[str, list[Any]]:
     """Run ``call`` (a transformation of ``rows`` entity rows), recording its wall time."""
     started = time.perf_counter()
@@ -143,7 +148,7 @@ def _paced(
         # A refused request (bad request data) proves nothing about the UDF's speed; only a
         # slow failure counts, against it.
         if (elapsed := time.perf_counter() - started) > INLINE_BUDGET_SECONDS:
-            pace.record(elapsed, rows)
+            pace.record(elapsed, rows, ran_on_loop=ran_on_loop)
         raise
-    pace.record(time.perf_counter() - started, rows)
+    pace.record(time.perf_counter() - started, rows, ran_on_loop=ran_on_loop)
     return answer

@@ -352,25 +352,58 @@ def scored_py(inputs: dict[str, Any]) -> dict[str, Any]:
 def test_a_udf_that_leaves_out_an_output_is_refused_as_the_views_fault(mode: str) -> None:
     """The message names the view and the missing output, and says the fix is in the
     view's code: the request's data is not at fault."""
+    if mode == "pandas":
+        partial: Any = lambda frame: pd.DataFrame({"y": frame["x"] * 2})  # noqa: E731
+    else:
+        partial = lambda inputs: {"y": [v * 2 for v in inputs["x"]]}  # noqa: E731
+    message = _refused(mode, partial)
+    assert "'label' is missing" in message
+    assert "transformation needs fixing" in message
+    assert "request data types" not in message
+
+
+def _refused(mode: str, udf: Any) -> str:
+    """The 422 message when the view's UDF is swapped for ``udf`` (one entity row)."""
     result = ReadResult(
         {f"stats:{name}": FeatureColumn([None], ["PRESENT"], [None]) for name in ("a", "b", "tag")}
     )
-    if mode == "pandas":
-        step, view = _step(False), scored
-        partial: Any = lambda frame: pd.DataFrame({"y": frame["x"] * 2})  # noqa: E731
-    else:
-        step, view = _step(False, view=scored_py), scored_py
-        partial = lambda inputs: {"y": [v * 2 for v in inputs["x"]]}  # noqa: E731
+    step, view = (_step(False), scored) if mode == "pandas" else (
+        _step(False, view=scored_py), scored_py)  # fmt: skip
     entities = {"rider_id": [1], "x": [1.0]}
-    whole = run_odfv(step, entities, result, full_feature_names=False)
-    assert set(whole) == {"out_y", "out_label"}
     with (
-        mock.patch.object(view.feature_transformation, "udf", partial),
+        mock.patch.object(view.feature_transformation, "udf", udf),
         pytest.raises(InvalidRequestError) as caught,
     ):
         run_odfv(step, entities, result, full_feature_names=False)
     message = str(caught.value)
     assert f"'{view.name}'" in message
-    assert "'label' is missing" in message
+    return message
+
+
+@pytest.mark.parametrize("mode", ["pandas", "python"])
+@pytest.mark.parametrize("error", [ZeroDivisionError, NameError, AttributeError, IndexError])
+def test_any_exception_from_a_udf_is_a_422_naming_it(mode: str, error: type) -> None:
+    def broken(inputs: Any) -> Any:
+        raise error("model says no")
+
+    message = _refused(mode, broken)
+    assert f"raised {error.__name__}: model says no" in message
     assert "transformation needs fixing" in message
-    assert "request data types" not in message
+
+
+def test_a_pandas_output_of_the_wrong_type_is_refused_as_the_views_fault() -> None:
+    """A string where the schema says Float64 would be a 200 with a string in it."""
+    message = _refused("pandas", lambda frame: pd.DataFrame({"y": ["high"], "label": ["ok"]}))
+    assert "output 'y' is declared DOUBLE but holds 'high'" in message
+    assert "transformation needs fixing" in message
+
+
+@pytest.mark.parametrize("mode", ["pandas", "python"])
+def test_an_output_with_more_rows_than_entities_is_refused(mode: str) -> None:
+    """Three values for one entity row would misalign every row after it."""
+    if mode == "pandas":
+        udf: Any = lambda frame: pd.DataFrame({"y": [1.0] * 3, "label": ["a"] * 3})  # noqa: E731
+    else:
+        udf = lambda inputs: {"y": [1.0] * 3, "label": ["a"] * 3}  # noqa: E731
+    message = _refused(mode, udf)
+    assert "has 3 values for 1 entity rows" in message

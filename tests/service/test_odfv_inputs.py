@@ -2,8 +2,9 @@
 
 Each view here answers with the names of the columns (pandas mode) or keys (python mode) it
 was given, in order. Feast hands a UDF the request's join keys, then its request data (both
-in request order), then its declared sources' features under short and ``view__feature``
-names, but not other views' features; a UDF that reads a join key must work in ours too.
+in request order), then every feature of the response that comes from a view it declares
+(the ones it declares under short and ``view__feature`` names), but not other views'
+features; a UDF that reads a join key must work in ours too.
 The features' own order is not compared: Feast groups them in sets, so it changes from one
 server process to the next.
 """
@@ -66,6 +67,14 @@ def seen_pd(inputs: pd.DataFrame) -> pd.DataFrame:
 def seen_pd_cus(inputs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame()
     out["seen_b"] = ["|".join(map(str, inputs.columns))] * len(inputs)
+    return out
+
+
+@on_demand_feature_view(sources=[in_drv[["conv_rate"]], trip],
+                        schema=[Field(name="seen_d", dtype=String)], mode="pandas")
+def seen_sub(inputs: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame()
+    out["seen_d"] = ["|".join(map(str, inputs.columns))] * len(inputs)
     return out
 
 
@@ -168,3 +177,31 @@ def test_a_python_udf_is_handed_the_keys_feast_serve_hands_it(
     mine = _seen(ours, features, False)
     assert mine == _seen(feast, features, False)
     assert mine["seen_c"][1][2] == "2"
+
+
+@pytest.mark.parametrize("full_feature_names", [False, True])
+@pytest.mark.parametrize(
+    ("features", "extra"),
+    [
+        (["in_drv:trips", "seen_sub:seen_d"], "trips"),  # asked for directly
+        (["seen_sub:seen_d", "seen_pd:seen_a"], "trips"),  # another view's input
+        (["in_cus:spend", "seen_sub:seen_d"], None),  # an undeclared view's: left out
+    ],
+    ids=["asked-for", "other-udf-input", "undeclared"],
+)
+def test_a_udf_is_handed_the_other_features_of_a_view_it_declares_in_part(
+    servers: tuple[AppClient, httpx.Client],
+    features: list[str],
+    extra: str | None,
+    full_feature_names: bool,
+) -> None:
+    """``in_drv[["conv_rate"]]`` declared, ``in_drv:trips`` read: Feast hands it ``trips``."""
+    ours, feast = servers
+    mine = _seen(ours, features, full_feature_names)
+    assert mine == _seen(feast, features, full_feature_names)
+    seen_d = next(v for k, v in mine.items() if k.endswith("seen_d"))
+    given = seen_d[0][1]
+    expected = {"conv_rate", "in_drv__conv_rate"}
+    if extra:
+        expected.add(f"in_drv__{extra}" if full_feature_names else extra)
+    assert given == expected

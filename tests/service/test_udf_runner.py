@@ -70,33 +70,51 @@ def test_a_quick_record_holds_for_the_row_counts_it_was_earned_on() -> None:
     pace = UdfPace()
     for _ in range(PROOF_CALLS):
         assert not pace.allows(1)
-        pace.record(QUICK, 1)
+        pace.record(QUICK, 1, ran_on_loop=False)
     assert pace.allows(1)
     # Quick on one row says nothing about 40 rows: those go to a thread until proven.
     assert not pace.allows(40)
-    pace.record(QUICK, 40)
+    pace.record(QUICK, 40, ran_on_loop=False)
     assert pace.allows(40)
     assert pace.allows(7)
     # One slow call on the loop: back to threads, and twice the proof, for every size.
-    pace.record(SLOW, 1)
+    pace.record(SLOW, 1, ran_on_loop=True)
     assert not pace.allows(1)
     for _ in range(2 * PROOF_CALLS - 1):
-        pace.record(QUICK, 1)
+        pace.record(QUICK, 1, ran_on_loop=False)
         assert not pace.allows(1)
-    pace.record(QUICK, 1)
+    pace.record(QUICK, 1, ran_on_loop=False)
     assert pace.allows(1)
     assert not pace.allows(40)
 
 
 def test_a_slow_call_in_a_thread_restarts_the_proof_without_doubling_it() -> None:
     pace = UdfPace()
-    pace.record(QUICK, 1)
-    pace.record(SLOW, 1)  # in a thread: the run of quick calls starts again
+    pace.record(QUICK, 1, ran_on_loop=False)
+    pace.record(SLOW, 1, ran_on_loop=False)  # the run of quick calls starts again
     for _ in range(PROOF_CALLS - 1):
-        pace.record(QUICK, 1)
+        pace.record(QUICK, 1, ran_on_loop=False)
     assert not pace.allows(1)
-    pace.record(QUICK, 1)
+    pace.record(QUICK, 1, ran_on_loop=False)
     assert pace.allows(1)
+
+
+def test_slow_larger_requests_in_threads_leave_one_row_lookups_on_the_loop() -> None:
+    """Mixed sizes: the 30-row requests are slow (in threads, as the loop does not allow
+    them); the one-row lookups between them keep the loop, with the proof not doubled."""
+    pace = UdfPace()
+    for _ in range(PROOF_CALLS):
+        pace.record(QUICK, 1, ran_on_loop=False)
+    for _ in range(10):
+        assert not pace.allows(30)
+        pace.record(SLOW, 30, ran_on_loop=False)
+        assert pace.allows(1)
+        pace.record(QUICK, 1, ran_on_loop=True)
+    # A slow one-row call on the loop still sends it back, needing twice the proof.
+    pace.record(SLOW, 1, ran_on_loop=True)
+    for _ in range(2 * PROOF_CALLS - 1):
+        pace.record(QUICK, 1, ran_on_loop=False)
+    assert not pace.allows(1)
 
 
 @on_demand_feature_view(
@@ -115,7 +133,7 @@ def test_the_record_outlives_a_registry_refresh_but_not_a_code_change() -> None:
     try:
         step = _step(full_feature_names=False)
         for _ in range(PROOF_CALLS):
-            runner.pace(step).record(QUICK, 1)
+            runner.pace(step).record(QUICK, 1, ran_on_loop=False)
         assert runner.pace(step).allows(1)
         refreshed = OnDemandFeatureView.from_proto(step.view.to_proto())
         assert refreshed is not step.view
