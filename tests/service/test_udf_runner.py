@@ -4,6 +4,7 @@ earns a view the event loop (per worker and per transformation code, per row cou
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from typing import Any
@@ -13,6 +14,9 @@ from feast import Field, OnDemandFeatureView
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
 
+from online_store.read_columns import FeatureColumn
+from online_store.reader import ReadResult
+from service.odfv import OdfvStep
 from service.udf_runner import INLINE_BUDGET_SECONDS, PROOF_CALLS, UdfPace, UdfRunner
 from tests.service.conftest import AppClient, Repo
 from tests.service.test_odfv import _one_ride, _step, stats, trip
@@ -141,3 +145,55 @@ def test_the_record_outlives_a_registry_refresh_but_not_a_code_change() -> None:
         assert not runner.pace(_step(False, view=scored)).allows(1)
     finally:
         runner.close()
+
+
+def test_a_quick_view_earns_the_loop_while_other_threads_hold_the_gil() -> None:
+    """A busy server: other threads run Python all the time, as the event loop does under
+    load, and the interpreter hands the GIL round often. A quick view's calls in a thread
+    then take many times their CPU time waiting for the GIL, which is not the view's cost:
+    its record must still earn it the loop."""
+    runner = UdfRunner(1)
+    step = OdfvStep.build(scored, _step(False).inputs, (("y", "out_y"),))
+    result = ReadResult(
+        {
+            f"stats:{name}": FeatureColumn([value], ["PRESENT"], [None])
+            for name, value in (("a", 1.0), ("b", 3), ("tag", "x"))
+        }
+    )
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(range(100))
+
+    async def calls() -> list[float]:
+        walls = []
+        for _ in range(6 * PROOF_CALLS):
+            started = time.perf_counter()
+            await runner.transform(
+                step, {"rider_id": [1], "x": [2.0]}, result, rows=1, full_feature_names=False
+            )
+            walls.append(time.perf_counter() - started)
+            if runner.pace(step).allows(1):
+                break
+        return walls
+
+    interval = sys.getswitchinterval()
+    spinners = [threading.Thread(target=busy) for _ in range(6)]
+    sys.setswitchinterval(0.0002)
+    for spinner in spinners:
+        spinner.start()
+    try:
+        walls = asyncio.run(calls())
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join()
+        sys.setswitchinterval(interval)
+        runner.close()
+    assert runner.pace(step).allows(1), (
+        f"the view never earned the loop; calls took {[round(w * 1e3, 1) for w in walls]} ms"
+    )
+    assert len(walls) >= PROOF_CALLS
+    # The waits were real: calls took longer than a call may hold the loop.
+    assert max(walls) > INLINE_BUDGET_SECONDS
