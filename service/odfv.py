@@ -307,14 +307,35 @@ def _run_pandas(
         _check_length(column, len(out), rows)
         values = output_values(out[column])
         value_type = step.output_types.get(short_of.get(transformed, transformed))
-        for value in () if _fits_whole(value_type, out[column]) else values:
-            if not _fits(value_type, value):
-                assert value_type is not None
-                raise OutputFault(
-                    f"output {column!r} is declared {value_type.name} but holds {show(value)}"
-                )
+        if value_type in _SCALARS and not _fits_whole(value_type, out[column]):
+            values = _as_feast_converts(column, values, value_type)
         answer[resp] = values
     return answer
+
+
+# Output types whose values Feast's conversion turns into one plain Python value each, and
+# that value's type.
+_NATIVE: dict[ValueType, type] = {
+    ValueType.STRING: str, ValueType.INT32: int, ValueType.INT64: int,
+    ValueType.FLOAT: float, ValueType.DOUBLE: float, ValueType.BOOL: bool,
+}  # fmt: skip
+_SCALARS = frozenset(_NATIVE)
+
+
+def _as_feast_converts(column: str, values: list[Any], value_type: ValueType) -> list[Any]:
+    """``values`` through Feast's conversion for the output's schema type, as ``feast serve``
+    answers them (an int for a String output becomes ``"3"``, 2.5 for an Int64 one ``2``);
+    a value Feast refuses (a string for a Float64 output) is the view's fault."""
+    native = _NATIVE[value_type]
+    if all(v is None or (type(v) is native and _fits(value_type, v)) for v in values):
+        return values  # what Feast's conversion would give back (strings, bools, ints)
+    try:
+        protos = python_values_to_proto_values(values, value_type)
+    except (AssertionError, TypeError, ValueError) as exc:
+        bad = [v for v in values if not _fits(value_type, v)]
+        held = f"holds {show(bad[0])}" if bad else f"cannot be converted ({exc})"
+        raise OutputFault(f"output {column!r} is declared {value_type.name} but {held}") from exc
+    return [None if (kind := p.WhichOneof("val")) is None else getattr(p, kind) for p in protos]
 
 
 # Integers a double holds exactly: Arrow refuses to mix larger ones with floats.

@@ -407,3 +407,16 @@ def test_an_output_with_more_rows_than_entities_is_refused(mode: str) -> None:
         udf = lambda inputs: {"y": [1.0] * 3, "label": ["a"] * 3}  # noqa: E731
     message = _refused(mode, udf)
     assert "has 3 values for 1 entity rows" in message
+
+
+def test_pandas_outputs_of_another_type_are_converted_as_feast_converts_them() -> None:
+    """An int where the schema says String comes back "3" (Feast's conversion for the
+    schema type), not the int 3."""
+    result = ReadResult(
+        {f"stats:{name}": FeatureColumn([None], ["PRESENT"], [None]) for name in ("a", "b", "tag")}
+    )
+    step = _step(False)
+    numbers = lambda frame: pd.DataFrame({"y": [1.5], "label": [3]})  # noqa: E731
+    with mock.patch.object(scored.feature_transformation, "udf", numbers):
+        got = run_odfv(step, {"rider_id": [1], "x": [1.0]}, result, full_feature_names=False)
+    assert got == {"out_y": [1.5], "out_label": ["3"]}
