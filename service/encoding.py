@@ -52,7 +52,7 @@ def _float_json(v: Any) -> Any:
     return "Infinity" if v > 0 else "-Infinity"
 
 
-def _encode_floats(values: list[Any]) -> list[Any]:
+def encode_floats(values: list[Any]) -> list[Any]:
     # Fast check first: a sum of finite floats is finite (unless it overflows, which
     # only sends us to the exact per-value check below).
     try:
@@ -67,7 +67,7 @@ def _encode_floats(values: list[Any]) -> list[Any]:
 
 
 def _encode_float_lists(values: list[Any]) -> list[Any]:
-    return [None if v is None else _encode_floats(v) for v in values]
+    return [None if v is None else encode_floats(v) for v in values]
 
 
 def _b64(v: bytes) -> str:
@@ -83,8 +83,8 @@ def _encode_bytes_lists(values: list[Any]) -> list[Any]:
 
 
 ENCODERS: dict[ValueType, Encoder] = {
-    ValueType.FLOAT: _encode_floats,
-    ValueType.DOUBLE: _encode_floats,
+    ValueType.FLOAT: encode_floats,
+    ValueType.DOUBLE: encode_floats,
     ValueType.FLOAT_LIST: _encode_float_lists,
     ValueType.DOUBLE_LIST: _encode_float_lists,
     ValueType.BYTES: _encode_bytes,

@@ -2,22 +2,22 @@
 
 The transformation gets a table of the join keys, the request data and the source
 features (Python values, timestamps as datetimes), so a UDF sees what it sees under
-``feast serve``. Python-mode views run through the view's own ``transform_dict``, and each
-output goes through Feast's own conversion for its schema type (an int where the schema
-says Float64 comes back 7.0, as ``feast serve`` answers it); under full feature names the
-UDF's short output names are taken too (Feast drops those features from its answer).
-Pandas-mode views take Feast's ``transform_arrow`` steps without its per-call overhead:
-the source features under both their short and ``view__feature`` names (the aliases are
-worked out once per plan, in :class:`OdfvStep`), one Arrow table converted to pandas on
-the calling thread (Arrow's conversion threads cost more than they save on a few rows),
-the UDF, and each output column converted back as ``Table.from_pandas`` would. A name
-clash Feast would turn into a duplicate column goes through ``transform_arrow`` itself.
+``feast serve``. Python-mode views run through the view's own ``transform_dict``; under
+full feature names the UDF's short output names are taken too (Feast drops those
+features from its answer). Pandas-mode views take Feast's ``transform_arrow`` steps
+without its per-call overhead: the source features under both their short and
+``view__feature`` names (the aliases are worked out once per plan, in :class:`OdfvStep`),
+one frame as Arrow's ``to_pandas`` would build it on the calling thread
+(:mod:`service.odfv_frames`), the UDF, and each output column read back as
+``Table.from_pandas`` would. A name clash Feast would turn into a duplicate column goes
+through ``transform_arrow`` itself.
 
-The input frame is built straight from NumPy when every column is one plain kind that
-Arrow's inference would read the same way (floats, int64, bools, strings, no nulls):
-half the cost of the Arrow round trip on the one-row lookups that dominate serving. Any
-other column (nulls, timestamps, lists, mixed kinds) takes the Arrow route, so the frame
-the UDF sees is always the one ``transform_arrow`` would build.
+Every output of either mode, whatever its type, then takes Feast's conversion for the
+type its schema declares and comes back JSON-ready as ``feast serve`` renders it, so the
+plan gives these columns no encoder (a float64 column of a Float64 output and an int64
+one of an Int64 output are already that). Feast itself looks the type up by the short
+name only, so under full feature names it infers one from the values (a Float32 output
+computed in float64 comes back as a double); we keep to the schema either way.
 
 Where a transformation runs (a thread or the event loop) is :mod:`service.udf_runner`'s
 choice; this module only computes.
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ from feast.value_type import ValueType
 from foundation.errors import InvalidRequestError, show
 from online_store.decode import native_value
 from online_store.reader import ReadResult
+from service.encoding import encode_floats
+from service.odfv_frames import input_frame, output_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class OdfvStep:
     # names without full feature names): no two alike, none a request column's name.
     shorts_fit: bool = False
     short_of: Mapping[str, str] = field(default_factory=dict)  # ``view__feature`` -> short
+    output_short: Mapping[str, str] = field(default_factory=dict)  # full output -> short
 
     @classmethod
     def build(
@@ -110,6 +113,7 @@ class OdfvStep:
             and given_keys.isdisjoint(shorts)
             and given_fields.isdisjoint(shorts),
             short_of,
+            {full: short for short, full in names},
         )
 
     @property
@@ -200,10 +204,11 @@ def run_odfv(
     try:
         if odfv.mode == "python":
             return _python_outputs(step, odfv.transform_dict(columns), rows)
-        if step.in_pandas and step.aliases and _aliases_fit(step, columns):
+        if step.in_pandas and _aliases_fit(step, columns):
             return _run_pandas(step, columns, full_feature_names, rows)
+        # A name clash Feast turns into a duplicate column (or a substrait view): its own steps.
         table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
-        return {resp: table.column(t).to_pylist() for t, resp in step.outputs}
+        return _arrow_outputs(step, table, rows)
     except OutputFault as exc:
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} returned outputs that do not match its "
@@ -218,6 +223,8 @@ def run_odfv(
             f"{ {k: v.name for k, v in schema.items()} }",
             feature_view=odfv.name,
         ) from exc
+    except MemoryError:
+        raise  # the worker's state, not the view's code
     except Exception as exc:  # the user's code may raise anything: never a 500
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} raised {type(exc).__name__}: {exc}; the "
@@ -238,36 +245,36 @@ def _python_outputs(step: OdfvStep, out: Mapping[str, Any], rows: int) -> dict[s
     """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
     if not isinstance(out, Mapping):
         raise OutputFault(f"the transformation returned {type(out).__name__}, not a dict")
-    short_of = {full: short for short, full in step.output_names}
     answer: dict[str, list[Any]] = {}
     for transformed, resp in step.outputs:
-        short = short_of.get(transformed, transformed)
+        short = step.output_short.get(transformed, transformed)
         if transformed not in out and short not in out:
             raise OutputFault(f"output {short!r} is missing (it returned {sorted(out)})")
         values = out[transformed] if transformed in out else out[short]
-        _check_length(short, len(values) if isinstance(values, list) else 1, rows)
-        try:
-            protos = python_values_to_proto_values(
-                values if isinstance(values, list) else [values], step.output_types[short]
-            )
-        except AssertionError as exc:  # Feast asserts on a value of the wrong type
-            raise OutputFault(f"output {short!r} does not fit its schema type: {exc}") from exc
-        # JSON-ready already (bytes in base64): the plan gives these columns no encoder.
-        answer[resp] = [native_value(proto) for proto in protos]
+        values = values if isinstance(values, list) else [values]  # as Feast wraps one value
+        _check_length(short, len(values), rows)
+        answer[resp] = _as_feast_answers(short, values, step.output_types[short])
     return answer
+
+
+def _as_feast_answers(output: str, values: Sequence[Any], value_type: ValueType) -> list[Any]:
+    """``values`` through Feast's conversion for the output's schema type, JSON-ready as
+    ``feast serve`` answers them: an int in a Float64 output is 7.0, in a String one "3",
+    0.1 in a Float32 one 0.10000000149011612, bytes base64. A value Feast's conversion
+    refuses (a string in a Float64 output) is the view's fault."""
+    try:
+        # A NumPy array as well as a list: Feast's own server hands it pandas outputs so.
+        protos = python_values_to_proto_values(cast(list[Any], values), value_type)
+    except Exception as exc:  # Feast asserts, or numpy/protobuf raise, on a misfit
+        bad = [v for v in values if not _fits(value_type, v)]
+        held = f"holds {show(bad[0])}" if bad else f"cannot be converted ({exc})"
+        raise OutputFault(f"output {output!r} is declared {value_type.name} but {held}") from exc
+    return [native_value(proto) for proto in protos]
 
 
 def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
     """Whether every alias Feast would add is a new column (else Feast makes a duplicate)."""
     return all(short not in columns for short, full in step.aliases if full in columns)
-
-
-def _fits_whole(value_type: ValueType | None, series: pd.Series[Any]) -> bool:
-    """Whether a column's dtype alone shows every value fits (no per-value check)."""
-    kind = series.dtype.kind
-    return (value_type in _NUMBERS and kind in "fi") or (
-        value_type == ValueType.INT64 and kind == "i"
-    )
 
 
 def _check_length(output: str, length: int, rows: int) -> None:
@@ -296,7 +303,6 @@ def _run_pandas(
             source[full] = short if short in out.columns else full
         else:
             source[short] = full if full in out.columns else short
-    short_of = {full: short for short, full in step.output_names}
     answer: dict[str, list[Any]] = {}
     for transformed, resp in step.outputs:
         column = source.get(transformed, transformed)
@@ -304,90 +310,41 @@ def _run_pandas(
             raise OutputFault(
                 f"output {column!r} is missing (it returned columns {list(map(str, out.columns))})"
             )
-        _check_length(column, len(out), rows)
-        values = output_values(out[column])
-        value_type = step.output_types.get(short_of.get(transformed, transformed))
-        if value_type in _SCALARS and not _fits_whole(value_type, out[column]):
-            values = _as_feast_converts(column, values, value_type)
-        answer[resp] = values
+        value_type = step.output_types[step.output_short.get(transformed, transformed)]
+        answer[resp] = _pandas_output(column, out[column], value_type, rows)
     return answer
 
 
-# Output types whose values Feast's conversion turns into one plain Python value each, and
-# that value's type.
-_NATIVE: dict[ValueType, type] = {
-    ValueType.STRING: str, ValueType.INT32: int, ValueType.INT64: int,
-    ValueType.FLOAT: float, ValueType.DOUBLE: float, ValueType.BOOL: bool,
-}  # fmt: skip
-_SCALARS = frozenset(_NATIVE)
-
-
-def _as_feast_converts(column: str, values: list[Any], value_type: ValueType) -> list[Any]:
-    """``values`` through Feast's conversion for the output's schema type, as ``feast serve``
-    answers them (an int for a String output becomes ``"3"``, 2.5 for an Int64 one ``2``);
-    a value Feast refuses (a string for a Float64 output) is the view's fault."""
-    native = _NATIVE[value_type]
-    if all(v is None or (type(v) is native and _fits(value_type, v)) for v in values):
-        return values  # what Feast's conversion would give back (strings, bools, ints)
+def _pandas_output(
+    column: str, series: pd.Series[Any], value_type: ValueType, rows: int
+) -> list[Any]:
+    """One pandas output column as ``feast serve`` answers it: Arrow's reading of the column
+    (``Table.from_pandas``, NaN as null), then :func:`_as_feast_answers`. A float64 column
+    of a Float64 output and an int64 column of an Int64 one need neither."""
+    _check_length(column, len(series), rows)
+    dtype = series.dtype
+    if value_type == ValueType.DOUBLE and dtype == np.float64:
+        return encode_floats(output_values(series))
+    if value_type == ValueType.INT64 and dtype == np.int64:
+        return list(series.tolist())
     try:
-        protos = python_values_to_proto_values(values, value_type)
-    except (AssertionError, TypeError, ValueError) as exc:
-        bad = [v for v in values if not _fits(value_type, v)]
-        held = f"holds {show(bad[0])}" if bad else f"cannot be converted ({exc})"
-        raise OutputFault(f"output {column!r} is declared {value_type.name} but {held}") from exc
-    return [None if (kind := p.WhichOneof("val")) is None else getattr(p, kind) for p in protos]
+        values = pa.Array.from_pandas(series).to_numpy(zero_copy_only=False)
+    except pa.ArrowException as exc:  # mixed kinds Arrow cannot hold in one column
+        raise OutputFault(f"output {column!r} cannot be read as one column ({exc})") from exc
+    return _as_feast_answers(column, values, value_type)
 
 
-# Integers a double holds exactly: Arrow refuses to mix larger ones with floats.
-_EXACT_IN_DOUBLE = 2**53
-
-
-def _numpy_column(values: list[Any]) -> np.ndarray[Any, Any] | None:
-    """``values`` as Arrow's inference and ``to_pandas`` would give them, or None for Arrow.
-
-    None when Arrow's answer differs from a plain NumPy array: nulls, timestamps, lists,
-    mixed kinds, integers outside int64 (Arrow makes them uint64 or refuses).
-    """
-    kinds = set(map(type, values))
-    if kinds == {float}:
-        return np.array(values, dtype=np.float64)
-    if kinds == {int, float}:
-        if any(type(v) is int and abs(v) > _EXACT_IN_DOUBLE for v in values):
-            return None
-        return np.array(values, dtype=np.float64)
-    if kinds == {int}:
-        try:
-            return np.array(values, dtype=np.int64)
-        except OverflowError:
-            return None
-    if kinds == {bool}:
-        return np.array(values, dtype=np.bool_)
-    if kinds == {str}:
-        return np.array(values, dtype=object)
-    return None
-
-
-def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
-    """The frame ``pa.Table.from_pydict(columns).to_pandas()`` gives, built without Arrow
-    when every column allows it (see the module notes)."""
-    rows = len(next(iter(columns.values()), ()))
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    for name, values in columns.items():
-        array = _numpy_column(values) if rows else None
-        if array is None:
-            frame: pd.DataFrame = pa.Table.from_pydict(dict(columns)).to_pandas(use_threads=False)
-            return frame
-        arrays[name] = array
-    return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
-
-
-_PLAIN_KINDS = frozenset("iub")  # integer, unsigned, bool: no NaN to turn into null
-
-
-def output_values(series: pd.Series[Any]) -> list[Any]:
-    """``pa.Array.from_pandas(series).to_pylist()``, via NumPy for NaN-free number columns."""
-    array = series.to_numpy()
-    kind = array.dtype.kind
-    if kind in _PLAIN_KINDS or (array.dtype == np.float64 and not np.isnan(array).any()):
-        return list(array.tolist())
-    return list(pa.Array.from_pandas(series).to_pylist())
+def _arrow_outputs(step: OdfvStep, table: pa.Table, rows: int) -> dict[str, list[Any]]:
+    """The outputs of Feast's own ``transform_arrow``, answered as :func:`_pandas_output`
+    answers them."""
+    answer: dict[str, list[Any]] = {}
+    for transformed, resp in step.outputs:
+        if transformed not in table.column_names:
+            raise OutputFault(
+                f"output {transformed!r} is missing (it returned columns {table.column_names})"
+            )
+        values = table.column(transformed).to_numpy()
+        _check_length(transformed, len(values), rows)
+        value_type = step.output_types[step.output_short.get(transformed, transformed)]
+        answer[resp] = _as_feast_answers(transformed, values, value_type)
+    return answer

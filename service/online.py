@@ -160,13 +160,8 @@ def compile_plan(
                 f"{odfv.projection.name_to_use()}__{feature}" if full_feature_names else feature
             )
             odfv_outputs.setdefault(view_name, []).append((transformed, column))
-            # Python-mode outputs come back JSON-ready (service.odfv._python_outputs).
-            encoder = (
-                None
-                if odfv.mode == "python"
-                else ENCODERS.get(by_name[feature].dtype.to_value_type())
-            )
-            outputs.append(OutputColumn(column, column, True, encoder))
+            # On-demand outputs come back JSON-ready (service.odfv: Feast's conversion).
+            outputs.append(OutputColumn(column, column, True, None))
         else:
             raise FeatureViewNotFoundError(
                 f"feature view {view_name!r} (from {view_name}:{feature}) not in project "

@@ -17,15 +17,18 @@ import pyarrow as pa
 import pytest
 from feast import Entity, FeatureView, Field, FileSource, OnDemandFeatureView, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
+from feast.type_map import python_values_to_proto_values
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foundation.errors import InvalidRequestError
+from online_store.decode import native_value
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import OdfvStep, input_frame, output_values, run_odfv
+from service.odfv import OdfvStep, run_odfv
+from service.odfv_frames import input_frame, output_values
 from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS
 from tests.service.conftest import AppClient, Repo
 
@@ -72,10 +75,17 @@ def _step(full_feature_names: bool, view: OnDemandFeatureView | None = None) -> 
 
 
 def _feast(columns: dict[str, list[Any]], full_feature_names: bool) -> dict[str, list[Any]]:
-    """Feast's own path: the view's transform_arrow on the same input table."""
+    """Feast's own path: the view's transform_arrow on the same input table, each output's
+    NumPy values through Feast's conversion for its schema type, rendered as JSON."""
     table = scored.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
     prefix = "scored__" if full_feature_names else ""
-    return {f"out_{f}": table.column(f"{prefix}{f}").to_pylist() for f in ("y", "label")}
+    return {
+        f"out_{f}": [
+            native_value(p)
+            for p in python_values_to_proto_values(table.column(f"{prefix}{f}").to_numpy(), t)
+        ]
+        for f, t in (("y", ValueType.DOUBLE), ("label", ValueType.STRING))
+    }
 
 
 # Values a request or a Redis read hands the transformation, one plain kind per column or
@@ -420,3 +430,24 @@ def test_pandas_outputs_of_another_type_are_converted_as_feast_converts_them() -
     with mock.patch.object(scored.feature_transformation, "udf", numbers):
         got = run_odfv(step, {"rider_id": [1], "x": [1.0]}, result, full_feature_names=False)
     assert got == {"out_y": [1.5], "out_label": ["3"]}
+
+
+@on_demand_feature_view(
+    sources=[trip], schema=[Field(name="doubled", dtype=Float64)], mode="pandas"
+)
+def trip_only(inputs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"doubled": inputs["x"] * 2})
+
+
+def test_a_view_of_request_data_only_is_checked_like_any_other() -> None:
+    """No source features means no aliases; its outputs are still counted and converted."""
+    step = OdfvStep.build(trip_only, (), (("doubled", "out"),))
+    entities = {"rider_id": [1], "x": [1.5]}
+    got = run_odfv(step, entities, ReadResult({}), full_feature_names=False)
+    assert got == {"out": [3.0]}
+    too_many = lambda frame: pd.DataFrame({"doubled": [1.0] * 3})  # noqa: E731
+    with (
+        mock.patch.object(trip_only.feature_transformation, "udf", too_many),
+        pytest.raises(InvalidRequestError, match="has 3 values for 1 entity rows"),
+    ):
+        run_odfv(step, entities, ReadResult({}), full_feature_names=False)
