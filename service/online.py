@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,11 +125,16 @@ def compile_plan(
         refs = [(v, v, f) for v, f in map(_split_ref, features)]
 
     read_features: dict[str, list[str]] = {}  # view -> features to read, in order
+    # (view, feature) read under the view's own name, not only a feature service's alias:
+    # what a UDF declaring the view is handed (Feast counts an alias as another view).
+    own_name: set[tuple[str, str]] = set()
 
-    def need(view: str, feature: str) -> None:
+    def need(view: str, feature: str, *, alias: bool = False) -> None:
         wanted = read_features.setdefault(view, [])
         if feature not in wanted:
             wanted.append(feature)
+        if not alias:
+            own_name.add((view, feature))
 
     outputs: list[OutputColumn] = []
     odfv_outputs: dict[str, list[tuple[str, str]]] = {}
@@ -142,7 +148,7 @@ def compile_plan(
                     f"{list(info.features)}",
                     feature=f"{view_name}:{feature}",
                 )
-            need(view_name, feature)
+            need(view_name, feature, alias=shown != view_name)
             encoder = ENCODERS.get(info.features[feature].value_type)
             outputs.append(
                 OutputColumn(column, f"{view_name}:{feature}", False, encoder, view_name)
@@ -226,7 +232,7 @@ def compile_plan(
     steps = [
         OdfvStep.build(
             odfv,
-            _udf_inputs(snapshot, odfv, read_features),
+            _udf_inputs(snapshot, odfv, read_features, own_name),
             outs,
             given_keys=given_keys,
             given_fields=given_fields,
@@ -258,9 +264,11 @@ def _udf_inputs(
     snapshot: RegistrySnapshot,
     odfv: OnDemandFeatureView,
     read_features: Mapping[str, Sequence[str]],
+    own_name: AbstractSet[tuple[str, str]],
 ) -> tuple[tuple[str, str, ValueType], ...]:
     """The features a UDF is handed: as in Feast, every feature read from a source view it
-    declares, its projection's or not (another ref or view may need the rest), in read order.
+    declares, its projection's or not (another ref or view may need the rest), in read order,
+    unless read only under a feature service's alias for the view.
 
     Returns:
         (``view__feature`` column, ``view:feature`` read key, value type) per feature.
@@ -269,6 +277,8 @@ def _udf_inputs(
     for projection in odfv.source_feature_view_projections.values():
         info = snapshot.views[projection.name]
         for feature in read_features[projection.name]:
+            if (projection.name, feature) not in own_name:
+                continue
             inputs.append(
                 (f"{projection.name}__{feature}", f"{projection.name}:{feature}",
                  info.features[feature].value_type)

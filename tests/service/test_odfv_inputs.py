@@ -30,7 +30,8 @@ DEFINITIONS = """
 from datetime import timedelta
 from typing import Any
 import pandas as pd
-from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast import (Entity, FeatureService, FeatureView, Field, FileSource, RequestSource,
+                  ValueType)
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
@@ -83,6 +84,11 @@ def seen_sub(inputs: pd.DataFrame) -> pd.DataFrame:
 def seen_py(inputs: dict[str, Any]) -> dict[str, Any]:
     ids = inputs.get("driver_id") or [None] * len(inputs["distance_km"])
     return {"seen_c": ["|".join(inputs) + f"#{v}" for v in ids]}
+
+
+# in_drv's trips under another name: a view Feast does not count as seen_sub's source.
+in_aliased = FeatureService(name="in_aliased",
+                            features=[in_drv.with_name("drv2")[["trips"]], seen_sub])
 """
 ENTITIES = {
     "driver_id": [1, 2],
@@ -121,11 +127,13 @@ def servers(
 
 
 def _seen(
-    client: AppClient | httpx.Client, features: list[str], full: bool
+    client: AppClient | httpx.Client, features: list[str] | str, full: bool
 ) -> dict[str, list[tuple[list[str], frozenset[str], str]]]:
     """Each view's answer, less the ``_ts:<view>`` columns Feast's Redis store leaks into
-    the UDF's input (its own hash field for event times; not data the UDF asked for)."""
-    body = {"features": features, "entities": ENTITIES, "full_feature_names": full}
+    the UDF's input (its own hash field for event times; not data the UDF asked for).
+    ``features`` is a list of refs or a feature service's name."""
+    named = {"feature_service": features} if isinstance(features, str) else {"features": features}
+    body = {**named, "entities": ENTITIES, "full_feature_names": full}
     resp = client.post("/get-online-features", json=body)
     assert resp.status_code == 200, resp.text
     got = columns(resp.json())
@@ -186,12 +194,13 @@ def test_a_python_udf_is_handed_the_keys_feast_serve_hands_it(
         (["in_drv:trips", "seen_sub:seen_d"], "trips"),  # asked for directly
         (["seen_sub:seen_d", "seen_pd:seen_a"], "trips"),  # another view's input
         (["in_cus:spend", "seen_sub:seen_d"], None),  # an undeclared view's: left out
+        ("in_aliased", None),  # read under an alias: another view's to Feast, left out
     ],
-    ids=["asked-for", "other-udf-input", "undeclared"],
+    ids=["asked-for", "other-udf-input", "undeclared", "aliased"],
 )
 def test_a_udf_is_handed_the_other_features_of_a_view_it_declares_in_part(
     servers: tuple[AppClient, httpx.Client],
-    features: list[str],
+    features: list[str] | str,
     extra: str | None,
     full_feature_names: bool,
 ) -> None:
