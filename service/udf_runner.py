@@ -11,8 +11,8 @@ its throughput and half again its p99) by its record: once its last few successf
 (:data:`PROOF_CALLS`) each cost at most :data:`INLINE_BUDGET_SECONDS` (see :func:`_cost`), it
 runs on the loop for requests of up to as many entity rows as those calls had. One call
 on the loop over budget sends it back to a thread, where it must prove itself over twice
-as many calls; a slow call in a thread (a larger request) leaves the loop to the sizes
-already proven. A request larger than any the view has proven itself on goes to a thread
+as many calls; a slow call in a thread of a larger request leaves the loop to the sizes
+already proven (of a proven size, it sends the view back to prove itself again). A request larger than any the view has proven itself on goes to a thread
 (and, when quick, widens the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more
 always do.
 
@@ -75,12 +75,14 @@ class UdfPace:
                 self.on_loop = True
             return
         if ran_on_loop:  # held the loop too long: prove it again, over more calls
-            self.on_loop = False
             self.needed = min(self.needed * 2, MAX_PROOF_CALLS)
-        elif self.on_loop:
+        elif self.on_loop and rows > self.proven_rows:
             # A larger request than the loop allows was slow in a thread: the sizes the
             # view has proven itself on stay on the loop, the larger ones stay in threads.
             return
+        # Slow at a size the loop takes (in a thread, it was sent there before the view
+        # earned the loop): prove it again, over as many calls, as it held no loop.
+        self.on_loop = False
         self.fast_calls = 0
         self.proven_rows = 0
 

@@ -103,6 +103,20 @@ def test_a_slow_call_in_a_thread_restarts_the_proof_without_doubling_it() -> Non
     assert pace.allows(1)
 
 
+def test_a_slow_call_in_a_thread_at_a_size_the_loop_takes_leaves_the_loop() -> None:
+    """A call sent to a thread just before the view earned the loop, and slow there, is
+    as telling as one on the loop (without having held it: the proof is not doubled)."""
+    pace = UdfPace()
+    for _ in range(PROOF_CALLS):
+        pace.record(QUICK, 1, ran_on_loop=False)
+    assert pace.allows(1)
+    pace.record(SLOW, 1, ran_on_loop=False)
+    assert not pace.allows(1)
+    for _ in range(PROOF_CALLS):
+        pace.record(QUICK, 1, ran_on_loop=False)
+    assert pace.allows(1)
+
+
 def test_slow_larger_requests_in_threads_leave_one_row_lookups_on_the_loop() -> None:
     """Mixed sizes: the 30-row requests are slow (in threads, as the loop does not allow
     them); the one-row lookups between them keep the loop, with the proof not doubled."""
