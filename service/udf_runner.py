@@ -12,7 +12,8 @@ its throughput and half again its p99) by its record: once its last few successf
 runs on the loop for requests of up to as many entity rows as those calls had. One call
 on the loop over budget sends it back to a thread, where it must prove itself over twice
 as many calls; a slow call in a thread of a larger request leaves the loop to the sizes
-already proven (of a proven size, it sends the view back to prove itself again). A request larger than any the view has proven itself on goes to a thread
+already proven (of a proven size, it sends the view back to prove itself again). A
+request larger than any the view has proven itself on goes to a thread
 (and, when quick, widens the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more
 always do.
 
