@@ -319,19 +319,30 @@ def _pandas_output(
     column: str, series: pd.Series[Any], value_type: ValueType, rows: int
 ) -> list[Any]:
     """One pandas output column as ``feast serve`` answers it: Arrow's reading of the column
-    (``Table.from_pandas``, NaN as null), then :func:`_as_feast_answers`. A float64 column
-    of a Float64 output and an int64 column of an Int64 one need neither."""
+    (``Table.from_pandas``, NaN as null), then :func:`_as_feast_answers`. A column whose
+    dtype is its output's type (:data:`_PLAIN`, floats without NaN, strings) needs neither."""
     _check_length(column, len(series), rows)
     dtype = series.dtype
     if value_type == ValueType.DOUBLE and dtype == np.float64:
         return encode_floats(output_values(series))
-    if value_type == ValueType.INT64 and dtype == np.int64:
+    if value_type in _PLAIN and dtype == _PLAIN[value_type]:
         return list(series.tolist())
+    if value_type == ValueType.FLOAT and dtype == np.float32 and not series.isna().any():
+        return encode_floats(series.tolist())
+    if value_type == ValueType.STRING and dtype == np.dtype(object):
+        values = series.tolist()
+        if all(type(v) is str for v in values):
+            return values
     try:
         values = pa.Array.from_pandas(series).to_numpy(zero_copy_only=False)
-    except pa.ArrowException as exc:  # mixed kinds Arrow cannot hold in one column
+    except (pa.ArrowException, OverflowError) as exc:  # kinds Arrow cannot hold in one column
         raise OutputFault(f"output {column!r} cannot be read as one column ({exc})") from exc
     return _as_feast_answers(column, values, value_type)
+
+
+# Output types whose column of this dtype Feast's conversion gives back as ``tolist()`` does.
+_PLAIN = {ValueType.INT64: np.dtype(np.int64), ValueType.INT32: np.dtype(np.int32),
+          ValueType.BOOL: np.dtype(np.bool_)}  # fmt: skip
 
 
 def _arrow_outputs(step: OdfvStep, table: pa.Table, rows: int) -> dict[str, list[Any]]:

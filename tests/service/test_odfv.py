@@ -27,7 +27,7 @@ from foundation.errors import InvalidRequestError
 from online_store.decode import native_value
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import OdfvStep, run_odfv
+from service.odfv import OdfvStep, _pandas_output, run_odfv
 from service.odfv_frames import input_frame, output_values
 from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS
 from tests.service.conftest import AppClient, Repo
@@ -451,3 +451,45 @@ def test_a_view_of_request_data_only_is_checked_like_any_other() -> None:
         pytest.raises(InvalidRequestError, match="has 3 values for 1 entity rows"),
     ):
         run_odfv(step, entities, ReadResult({}), full_feature_names=False)
+
+
+_typed_outputs = st.one_of(
+    st.lists(st.floats(width=32), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="float32"), ValueType.FLOAT)
+    ),
+    st.lists(st.integers(-(2**31), 2**31 - 1), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="int32"), ValueType.INT32)
+    ),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="int64"), ValueType.INT64)
+    ),
+    st.lists(st.booleans(), max_size=5).map(lambda v: (pd.Series(v, dtype="bool"), ValueType.BOOL)),
+    st.lists(st.one_of(st.none(), st.text(max_size=3)), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="object"), ValueType.STRING)
+    ),
+    st.lists(st.floats(), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="float64"), ValueType.DOUBLE)
+    ),
+    # A dtype that is not the output's type: Feast's conversion ("2.5" for a String output).
+    st.lists(st.floats(allow_nan=False), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="float64"), ValueType.STRING)
+    ),
+    st.lists(st.integers(-(2**31), 2**31 - 1), max_size=5).map(
+        lambda v: (pd.Series(v, dtype="int64"), ValueType.DOUBLE)
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=_typed_outputs)
+def test_pandas_outputs_are_what_feast_serve_makes_of_them(
+    case: tuple[pd.Series[Any], ValueType],
+) -> None:
+    """Columns of their output's own type (the quick paths) too, NaN, inf and -0.0 included:
+    Arrow's reading of the column, Feast's conversion for the type, rendered as JSON."""
+    series, value_type = case
+    ours = _pandas_output("out", series, value_type, len(series))
+    values = pa.Table.from_pandas(pd.DataFrame({"out": series}))["out"].to_numpy()
+    theirs = [native_value(p) for p in python_values_to_proto_values(values, value_type)]
+    assert [type(v) for v in ours] == [type(v) for v in theirs]
+    assert _same(ours, theirs), (ours, theirs)
