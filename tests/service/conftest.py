@@ -359,6 +359,17 @@ def feast_serve(repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield client
 
 
+def new_repo(
+    tmp_path_factory: pytest.TempPathFactory, name: str, definitions: str
+) -> tuple[Path, datetime]:
+    """A repo directory holding ``definitions`` (and an empty ``data/``), and the event time
+    an hour ago, whole seconds, for its rows (materialized up to it)."""
+    path = tmp_path_factory.mktemp(name) / "repo"
+    (path / "data").mkdir(parents=True)
+    (path / "definitions.py").write_text(definitions)
+    return path, datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
 @contextmanager
 def ours_and_feast_serve(
     path: Path, *, project: str, redis_url: str, when: datetime

@@ -12,7 +12,6 @@ server process to the next.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import httpx
 import pyarrow as pa
@@ -23,6 +22,7 @@ from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import (
     AppClient,
     columns,
+    new_repo,
     ours_and_feast_serve,
 )
 
@@ -102,10 +102,7 @@ ENTITIES = {
 def servers(
     tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis
 ) -> Iterator[tuple[AppClient, httpx.Client]]:
-    path = tmp_path_factory.mktemp("odfv-inputs") / "repo"
-    (path / "data").mkdir(parents=True)
-    (path / "definitions.py").write_text(DEFINITIONS)
-    when = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    path, when = new_repo(tmp_path_factory, "odfv-inputs", DEFINITIONS)
     stamps = pa.array([when] * 2, pa.timestamp("us", tz="UTC"))
     drivers = {
         "driver_id": pa.array([1, 2], pa.int64()),

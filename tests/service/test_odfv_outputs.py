@@ -9,7 +9,6 @@ timestamps) and for a view whose only source is request data.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from online_store.embedded import EmbeddedRedis
-from tests.service.conftest import AppClient, columns, ours_and_feast_serve
+from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -92,10 +91,7 @@ ENTITIES = {"driver_id": [1, 2, 3, 99], "km": [4.0, 12.5, 2.25, 3.0]}
 def servers(
     tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis
 ) -> Iterator[tuple[AppClient, httpx.Client]]:
-    path = tmp_path_factory.mktemp("odfv-outputs") / "repo"
-    (path / "data").mkdir(parents=True)
-    (path / "definitions.py").write_text(DEFINITIONS)
-    when = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    path, when = new_repo(tmp_path_factory, "odfv-outputs", DEFINITIONS)
     rows = {
         "driver_id": pa.array([1, 2, 3], pa.int64()),
         "event_timestamp": pa.array([when] * 3, pa.timestamp("us", tz="UTC")),

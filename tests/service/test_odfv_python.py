@@ -12,7 +12,7 @@ offline against "gold:3" online).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import (
     AppClient,
     columns,
+    new_repo,
     ours_and_feast_serve,
 )
 
@@ -74,10 +75,7 @@ ENTITIES = {"driver_id": [1, 2, 3, 4, 99], "distance_km": [4.0, 12.5, 2.0, 1.0, 
 def servers(
     tmp_path_factory: pytest.TempPathFactory, service_redis: EmbeddedRedis
 ) -> Iterator[tuple[AppClient, httpx.Client, Path]]:
-    path = tmp_path_factory.mktemp("python-mode") / "repo"
-    (path / "data").mkdir(parents=True)
-    (path / "definitions.py").write_text(DEFINITIONS)
-    when = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    path, when = new_repo(tmp_path_factory, "python-mode", DEFINITIONS)
     stamps = pa.array([when] * 4, pa.timestamp("us", tz="UTC"))
     rows = {
         "driver_id": pa.array([1, 2, 3, 4], pa.int64()),
