@@ -320,15 +320,12 @@ def _pandas_output(
 ) -> list[Any]:
     """One pandas output column as ``feast serve`` answers it: Arrow's reading of the column
     (``Table.from_pandas``, NaN as null), then :func:`_as_feast_answers`. A column whose
-    dtype is its output's type (:data:`_PLAIN`, floats without NaN, strings) needs neither."""
+    dtype is its output's type (:data:`_PLAIN`, or all strings) needs no conversion."""
     _check_length(column, len(series), rows)
     dtype = series.dtype
-    if value_type == ValueType.DOUBLE and dtype == np.float64:
-        return encode_floats(output_values(series))
     if value_type in _PLAIN and dtype == _PLAIN[value_type]:
-        return list(series.tolist())
-    if value_type == ValueType.FLOAT and dtype == np.float32 and not series.isna().any():
-        return encode_floats(series.tolist())
+        values = output_values(series)
+        return encode_floats(values) if value_type in _NUMBERS else values
     if value_type == ValueType.STRING and dtype == np.dtype(object):
         values = series.tolist()
         if all(type(v) is str for v in values):
@@ -340,8 +337,9 @@ def _pandas_output(
     return _as_feast_answers(column, values, value_type)
 
 
-# Output types whose column of this dtype Feast's conversion gives back as ``tolist()`` does.
-_PLAIN = {ValueType.INT64: np.dtype(np.int64), ValueType.INT32: np.dtype(np.int32),
+# Output types whose column of this dtype Feast's conversion gives back as Arrow reads it.
+_PLAIN = {ValueType.DOUBLE: np.dtype(np.float64), ValueType.FLOAT: np.dtype(np.float32),
+          ValueType.INT64: np.dtype(np.int64), ValueType.INT32: np.dtype(np.int32),
           ValueType.BOOL: np.dtype(np.bool_)}  # fmt: skip
 
 
