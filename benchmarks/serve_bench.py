@@ -54,7 +54,7 @@ class Result:
 
 
 def cases(entities: int) -> dict[str, dict[str, Any]]:
-    """The four request bodies."""
+    """The request bodies."""
     drivers = driver_ids(entities)
     customers = customer_ids(entities)
     step = max(1, entities // 100)
@@ -81,6 +81,16 @@ def cases(entities: int) -> dict[str, dict[str, Any]]:
                 "distance_km": [4.2],
             },
             "feature_service": "bench_service",
+            "full_feature_names": True,
+        },
+        # The same view tagged row-wise: our concurrent lookups share its calls.
+        "feature service with row-wise on-demand view": {
+            "entities": {
+                "driver_id": [drivers[11]],
+                "customer_id": [customers[11]],
+                "distance_km": [4.2],
+            },
+            "feature_service": "bench_service_rows",
             "full_feature_names": True,
         },
     }

@@ -1,8 +1,9 @@
 """Feature definitions and data for the serving benchmark (copied into a throwaway repo).
 
 Three views with ten features each and different join keys (int64 driver, string
-customer, compound driver x customer), an on-demand view fed by request data, and a
-feature service that mixes them, so every benchmark case reads real Feast objects.
+customer, compound driver x customer), an on-demand view fed by request data (twice: once
+tagged row-wise), and a feature service for each that mixes them, so every benchmark case
+reads real Feast objects.
 This file is both imported by ``serve_bench.py`` (for ``write_data``) and copied as
 the repo's ``definitions.py`` for ``feast apply``.
 """
@@ -66,6 +67,29 @@ def bench_fare(inputs: pd.DataFrame) -> pd.DataFrame:
 bench_service = FeatureService(
     name="bench_service",
     features=[bench_driver[["f0", "f1", "f2", "f3", "f4"]], bench_customer[["f0"]], bench_fare],
+)
+
+
+@on_demand_feature_view(
+    sources=[bench_driver, trip],
+    schema=[Field(name="fare", dtype=Float64)],
+    mode="pandas",
+    tags={"featurestore.row_wise": "true"},  # concurrent lookups may share a call (ours)
+)
+def bench_fare_rows(inputs: pd.DataFrame) -> pd.DataFrame:
+    """``bench_fare`` tagged row-wise: each fare depends on its own row alone."""
+    out = pd.DataFrame()
+    out["fare"] = 2.5 + inputs["distance_km"] * inputs["f1"].fillna(1.0)
+    return out
+
+
+bench_service_rows = FeatureService(
+    name="bench_service_rows",
+    features=[
+        bench_driver[["f0", "f1", "f2", "f3", "f4"]],
+        bench_customer[["f0"]],
+        bench_fare_rows,
+    ],
 )
 
 

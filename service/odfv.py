@@ -43,6 +43,10 @@ from online_store.reader import ReadResult
 from service.encoding import encode_floats
 from service.odfv_frames import input_frame, output_values
 
+# The on-demand view tag by which its owner lets concurrent lookups share one call of its
+# transformation (``tags={ROW_WISE_TAG: "true"}``): see :mod:`service.udf_batches`.
+ROW_WISE_TAG = "featurestore.row_wise"
+
 
 @dataclass(frozen=True, slots=True)
 class OdfvStep:
@@ -68,6 +72,9 @@ class OdfvStep:
     shorts_fit: bool = False
     short_of: Mapping[str, str] = field(default_factory=dict)  # ``view__feature`` -> short
     output_short: Mapping[str, str] = field(default_factory=dict)  # full output -> short
+    # The view's owner says each output row depends on its input row alone (the
+    # :data:`ROW_WISE_TAG` tag), so concurrent lookups may share one call.
+    row_wise: bool = False
 
     @classmethod
     def build(
@@ -114,6 +121,8 @@ class OdfvStep:
             and given_fields.isdisjoint(shorts),
             short_of,
             {full: short for short, full in names},
+            (view.tags or {}).get(ROW_WISE_TAG, "").strip().lower() == "true"
+            and not getattr(view, "singleton", False),
         )
 
     @property
@@ -181,10 +190,26 @@ def run_odfv(
         InvalidRequestError: the transformation failed on this input (e.g. wrong
             request data types).
     """
-    odfv = step.view
+    columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
+    rows = len(next(iter(columns.values()), ()))
+    return transform_columns(step, columns, rows, full_feature_names=full_feature_names)
+
+
+def udf_columns(
+    step: OdfvStep,
+    entities: Mapping[str, Sequence[Any]],
+    result: ReadResult,
+    *,
+    full_feature_names: bool,
+) -> dict[str, list[Any]]:
+    """The table the transformation is handed, by column name, in Feast's order.
+
+    Raises:
+        InvalidRequestError: request data the request source's schema does not allow.
+    """
     schema = step.request_schema
     for name in step.request_fields:
-        _check_request_data(odfv.name, name, schema.get(name), entities[name])
+        _check_request_data(step.view.name, name, schema.get(name), entities[name])
     # Feast's order: the request's join keys, then its request data (each in request
     # order), then the source features under the names its response gives them.
     columns: dict[str, list[Any]] = {}
@@ -200,7 +225,19 @@ def run_odfv(
         if value_type == ValueType.UNIX_TIMESTAMP:
             values = [_odfv_input_value(v, value_type) for v in values]
         columns[short_of.get(column, column)] = list(values)
-    rows = len(next(iter(columns.values()), ()))
+    return columns
+
+
+def transform_columns(
+    step: OdfvStep, columns: dict[str, list[Any]], rows: int, *, full_feature_names: bool
+) -> dict[str, list[Any]]:
+    """The view's transformation of ``columns`` (``rows`` entity rows, see :func:`udf_columns`).
+
+    Raises:
+        InvalidRequestError: the transformation failed on this input, or its outputs do
+            not match the view's schema.
+    """
+    odfv = step.view
     try:
         if odfv.mode == "python":
             return _python_outputs(step, odfv.transform_dict(columns), rows)
@@ -217,6 +254,7 @@ def run_odfv(
             feature_view=odfv.name,
         ) from exc
     except _INPUT_ERRORS as exc:
+        schema = step.request_schema
         raise InvalidRequestError(
             f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
             f"request data types against its request source schema "

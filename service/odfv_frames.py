@@ -21,29 +21,42 @@ import pyarrow as pa
 _EXACT_IN_DOUBLE = 2**53
 
 
-def _numpy_column(values: list[Any]) -> np.ndarray[Any, Any] | None:
-    """``values`` as Arrow's inference and ``to_pandas`` would give them, or None for Arrow.
+# The kinds of value a column may hold to be built straight from NumPy, and its dtype.
+_NUMPY_DTYPES: dict[frozenset[type], Any] = {
+    frozenset({float}): np.float64,
+    frozenset({int, float}): np.float64,
+    frozenset({int}): np.int64,
+    frozenset({bool}): np.bool_,
+    frozenset({str}): object,
+}
 
-    None when Arrow's answer differs from a plain NumPy array: nulls, timestamps, lists,
-    mixed kinds, integers outside int64 (Arrow makes them uint64 or refuses).
+
+def numpy_kinds(values: list[Any]) -> frozenset[type] | None:
+    """The kinds of value in ``values`` when Arrow's inference and ``to_pandas`` would give
+    them as a plain NumPy array does, else None (the Arrow route).
+
+    None for nulls, timestamps, lists, mixed kinds, integers outside int64 (Arrow makes
+    them uint64 or refuses) and, mixed with floats, integers a double does not hold exactly.
     """
-    kinds = set(map(type, values))
-    if kinds == {float}:
-        return np.array(values, dtype=np.float64)
-    if kinds == {int, float}:
+    kinds = frozenset(map(type, values))
+    if kinds not in _NUMPY_DTYPES:
+        return None
+    if kinds == _INTS_AND_FLOATS:
         if any(type(v) is int and abs(v) > _EXACT_IN_DOUBLE for v in values):
             return None
-        return np.array(values, dtype=np.float64)
-    if kinds == {int}:
-        try:
-            return np.array(values, dtype=np.int64)
-        except OverflowError:
-            return None
-    if kinds == {bool}:
-        return np.array(values, dtype=np.bool_)
-    if kinds == {str}:
-        return np.array(values, dtype=object)
-    return None
+    elif kinds == _INTS and not all(-_INT64 <= v < _INT64 for v in values):
+        return None
+    return kinds
+
+
+_INTS, _INTS_AND_FLOATS = frozenset({int}), frozenset({int, float})
+_INT64 = 2**63
+
+
+def _numpy_column(values: list[Any]) -> np.ndarray[Any, Any] | None:
+    """``values`` as Arrow's inference and ``to_pandas`` would give them, or None for Arrow."""
+    kinds = numpy_kinds(values)
+    return None if kinds is None else np.array(values, dtype=_NUMPY_DTYPES[kinds])
 
 
 def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:

@@ -30,10 +30,13 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from online_store.reader import ReadResult
-from service.odfv import OdfvStep, run_odfv
+from service.odfv import OdfvStep, run_odfv, udf_columns
+from service.udf_batches import Batcher, batch_key
+
+_T = TypeVar("_T")
 
 # From this many entity rows on, a view always runs in a transformation thread.
 ODFV_THREAD_ROWS = 64
@@ -99,6 +102,8 @@ class UdfRunner:
     def __init__(self, threads: int) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="odfv")
         self._paces: dict[tuple[str, str, str], UdfPace] = {}
+        # Shared calls stay under the size that always goes to a thread.
+        self._batches = Batcher(self._run, max_rows=ODFV_THREAD_ROWS - 1)
 
     def pace(self, step: OdfvStep) -> UdfPace:
         """The record of ``step``'s transformation, new if its code was never run here."""
@@ -119,10 +124,22 @@ class UdfRunner:
         rows: int,
         full_feature_names: bool,
     ) -> dict[str, list[Any]]:
-        """:func:`run_odfv` on the event loop or in a transformation thread."""
+        """:func:`run_odfv` on the event loop or in a transformation thread; a row-wise
+        view's lookups may share a call (:mod:`service.udf_batches`)."""
+        if step.row_wise and rows < ODFV_THREAD_ROWS:
+            columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
+            key = batch_key(step, columns, full_feature_names=full_feature_names)
+            if key is not None:
+                return await self._batches.transform(
+                    step, key, columns, rows, full_feature_names=full_feature_names
+                )
         call = functools.partial(
             run_odfv, step, entities, result, full_feature_names=full_feature_names
         )
+        return await self._run(step, rows, call)
+
+    async def _run(self, step: OdfvStep, rows: int, call: Callable[[], _T]) -> _T:
+        """``call`` (``step``'s transformation of ``rows`` entity rows) where its record says."""
         if rows >= ODFV_THREAD_ROWS:
             return await self._in_thread(call)
         pace = self.pace(step)
@@ -130,11 +147,10 @@ class UdfRunner:
             return _paced(pace, rows, call, ran_on_loop=True)
         return await self._in_thread(functools.partial(_paced, pace, rows, call, ran_on_loop=False))
 
-    async def _in_thread(self, call: Callable[[], dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    async def _in_thread(self, call: Callable[[], _T]) -> _T:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        answer: dict[str, list[Any]] = await loop.run_in_executor(self._executor, context.run, call)
-        return answer
+        return await loop.run_in_executor(self._executor, context.run, call)
 
     def close(self) -> None:
         """Stop the threads once the calls already handed to them finish (queued ones
@@ -142,9 +158,7 @@ class UdfRunner:
         self._executor.shutdown(wait=False)
 
 
-def _paced(
-    pace: UdfPace, rows: int, call: Callable[[], dict[str, list[Any]]], *, ran_on_loop: bool
-) -> dict[str, list[Any]]:
+def _paced(pace: UdfPace, rows: int, call: Callable[[], _T], *, ran_on_loop: bool) -> _T:
     """Run ``call`` (a transformation of ``rows`` entity rows), recording what it cost."""
     started, cpu_started = time.perf_counter(), time.thread_time()
     try:
