@@ -16,6 +16,7 @@ never restarts its workers mid-run. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -221,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Result] = []
         for index, (case, body) in enumerate(bodies.items()):
             script = _lua(body, work / f"case{index}.lua")
-            for name, (_, port) in servers.items():
-                url = f"http://127.0.0.1:{port}/get-online-features"
-                check = httpx.post(url, json=body, timeout=30)
-                if check.status_code != 200:
-                    raise RuntimeError(f"{name} {case}: {check.status_code} {check.text[:500]}")
+            _check_same_values(case, body, {n: port for n, (_, port) in servers.items()})
             # Rounds alternate the servers, so a slow spell of the machine hits both.
             for _ in range(args.repeat):
                 for name, (_, port) in servers.items():
@@ -254,6 +251,29 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_same_values(case: str, body: dict[str, Any], ports: dict[str, int]) -> None:
+    """Each server answers ``body`` 200 with the same values per feature, also when eight
+    lookups arrive at once (ours may share a row-wise view's call between them)."""
+
+    async def eight_at_once(port: int) -> list[httpx.Response]:
+        url = f"http://127.0.0.1:{port}/get-online-features"
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(url, json=body) for _ in range(8)))
+
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for name, port in ports.items():
+        for response in asyncio.run(eight_at_once(port)):
+            if response.status_code != 200:
+                raise RuntimeError(f"{name} {case}: {response.status_code} {response.text[:500]}")
+            data = response.json()
+            names = data["metadata"]["feature_names"]
+            values = {n: r["values"] for n, r in zip(names, data["results"], strict=True)}
+            answers.setdefault(name, []).append(values)
+    first, *others = answers.values()
+    if any(values != first[0] for values in first + [v for o in others for v in o]):
+        raise RuntimeError(f"{case}: the servers' values differ: {answers}")
 
 
 def _report(results: list[Result], args: argparse.Namespace) -> dict[str, Any]:

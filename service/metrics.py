@@ -30,6 +30,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
+_SHARED_CALL_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 63)
 _REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -125,6 +126,14 @@ class Metrics:
             registry=self.registry,
         )
         self._drift_children: dict[tuple[str, str], Any] = {}
+        self.shared_calls = Histogram(
+            "featurestore_odfv_shared_call_lookups",
+            "Lookups answered by one call of a row-wise on-demand view's transformation.",
+            ["feature_view"],
+            buckets=_SHARED_CALL_BUCKETS,
+            registry=self.registry,
+        )
+        self._shared_children: dict[str, Any] = {}
         self.pushed_event_times: dict[str, datetime] = {}
         self.registry.register(_FreshnessCollector(self))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -154,6 +163,15 @@ class Metrics:
                 child = self.redis_latency.labels(operation)
             self._redis_children[operation] = child
         return child.observe  # type: ignore[no-any-return]
+
+    def observe_shared_call(self, view: str, lookups: int) -> None:
+        """Record one call of row-wise view ``view`` that answered ``lookups`` lookups."""
+        child = self._shared_children.get(view)
+        if child is None:
+            with _in_process_values():
+                child = self.shared_calls.labels(view)
+            self._shared_children[view] = child
+        child.observe(lookups)
 
     def note_pushed(self, view: str, newest: datetime) -> None:
         """Remember the newest event time written to ``view`` by this process.

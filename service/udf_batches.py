@@ -103,11 +103,19 @@ class Batcher:
     Args:
         dispatch: runs one call where the runner decides.
         max_rows: the most entity rows one shared call is handed.
+        observe: told the view's name and the number of lookups of each call.
     """
 
-    def __init__(self, dispatch: Dispatch, *, max_rows: int) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        *,
+        max_rows: int,
+        observe: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._dispatch = dispatch
         self._max_rows = max_rows
+        self._observe = observe
         self._queues: dict[BatchKey, _Queue] = {}
 
     async def transform(
@@ -137,6 +145,8 @@ class Batcher:
         try:
             while queue.waiting:
                 batch = _take(queue.waiting, self._max_rows)
+                if self._observe is not None:
+                    self._observe(step.view.name, len(batch))
                 tables = [(w.columns, w.rows) for w in batch]
                 rows = sum(w.rows for w in batch)
 

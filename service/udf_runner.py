@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from online_store.reader import ReadResult
-from service.odfv import OdfvStep, run_odfv, udf_columns
+from service.odfv import OdfvStep, run_odfv, transform_columns, udf_columns
 from service.udf_batches import Batcher, batch_key
 
 _T = TypeVar("_T")
@@ -99,11 +99,18 @@ def _identity(step: OdfvStep) -> tuple[str, str, str]:
 class UdfRunner:
     """Runs on-demand transformations for one worker (see the module notes)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(
+        self, threads: int, *, observe_shared_call: Callable[[str, int], None] | None = None
+    ) -> None:
+        """``observe_shared_call(view, lookups)`` is told of each call of a row-wise view
+        (of fewer than :data:`ODFV_THREAD_ROWS` rows), shared or not."""
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="odfv")
         self._paces: dict[tuple[str, str, str], UdfPace] = {}
         # Shared calls stay under the size that always goes to a thread.
-        self._batches = Batcher(self._run, max_rows=ODFV_THREAD_ROWS - 1)
+        self._batches = Batcher(
+            self._run, max_rows=ODFV_THREAD_ROWS - 1, observe=observe_shared_call
+        )
+        self._observe_shared_call = observe_shared_call
 
     def pace(self, step: OdfvStep) -> UdfPace:
         """The record of ``step``'s transformation, new if its code was never run here."""
@@ -126,15 +133,21 @@ class UdfRunner:
     ) -> dict[str, list[Any]]:
         """:func:`run_odfv` on the event loop or in a transformation thread; a row-wise
         view's lookups may share a call (:mod:`service.udf_batches`)."""
-        if step.row_wise and rows < ODFV_THREAD_ROWS:
-            columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
-            key = batch_key(step, columns, full_feature_names=full_feature_names)
-            if key is not None:
-                return await self._batches.transform(
-                    step, key, columns, rows, full_feature_names=full_feature_names
-                )
+        if not (step.row_wise and rows < ODFV_THREAD_ROWS):
+            call = functools.partial(
+                run_odfv, step, entities, result, full_feature_names=full_feature_names
+            )
+            return await self._run(step, rows, call)
+        columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
+        key = batch_key(step, columns, full_feature_names=full_feature_names)
+        if key is not None:
+            return await self._batches.transform(
+                step, key, columns, rows, full_feature_names=full_feature_names
+            )
+        if self._observe_shared_call is not None:  # a table that may not be shared: alone
+            self._observe_shared_call(step.view.name, 1)
         call = functools.partial(
-            run_odfv, step, entities, result, full_feature_names=full_feature_names
+            transform_columns, step, columns, rows, full_feature_names=full_feature_names
         )
         return await self._run(step, rows, call)
 

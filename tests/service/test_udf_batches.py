@@ -275,3 +275,8 @@ def test_concurrent_lookups_answer_what_feast_serve_answers(
         got, expected = columns(answer.json()), columns(theirs.json())
         for name in ("fare", "band", "per_trip", "rate"):
             assert got[name]["values"] == expected[name]["values"], (name, body)
+    # Each lookup is counted once, in the call that answered it (alone when its table held
+    # a null: an unknown driver, or driver 2's).
+    metrics = ours.get("/metrics").text
+    for view in ("rb_fare", "rb_per_trip"):
+        assert f'featurestore_odfv_shared_call_lookups_sum{{feature_view="{view}"}} 16.0' in metrics
