@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 timeout=settings.registry_timeout_seconds,
             )
-        udfs = UdfRunner(settings.odfv_threads, observe_shared_call=metrics.observe_shared_call)
+        udfs = UdfRunner(settings.odfv_threads, metrics=metrics)
         app.state.services = ServiceState(
             settings=settings,
             store=store,

@@ -134,6 +134,13 @@ class Metrics:
             registry=self.registry,
         )
         self._shared_children: dict[str, Any] = {}
+        self.row_wise_mismatches = Counter(
+            "featurestore_odfv_row_wise_mismatches",
+            "Checked shared calls of a view tagged row-wise that answered otherwise than one "
+            "lookup at a time (its lookups are no longer shared in that worker).",
+            ["feature_view"],
+            registry=self.registry,
+        )
         self.pushed_event_times: dict[str, datetime] = {}
         self.registry.register(_FreshnessCollector(self))
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -172,6 +179,11 @@ class Metrics:
                 child = self.shared_calls.labels(view)
             self._shared_children[view] = child
         child.observe(lookups)
+
+    def note_row_wise_mismatch(self, view: str) -> None:
+        """Count a checked shared call of ``view`` that broke its row-wise promise."""
+        with _in_process_values():
+            self.row_wise_mismatches.labels(view).inc()
 
     def note_pushed(self, view: str, newest: datetime) -> None:
         """Remember the newest event time written to ``view`` by this process.

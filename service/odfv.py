@@ -12,36 +12,31 @@ one frame as Arrow's ``to_pandas`` would build it on the calling thread
 ``Table.from_pandas`` would. A name clash Feast would turn into a duplicate column goes
 through ``transform_arrow`` itself.
 
-Every output of either mode, whatever its type, then takes Feast's conversion for the
-type its schema declares and comes back JSON-ready as ``feast serve`` renders it, so the
-plan gives these columns no encoder (a float64 column of a Float64 output and an int64
-one of an Int64 output are already that). Feast itself looks the type up by the short
-name only, so under full feature names it infers one from the values (a Float32 output
-computed in float64 comes back as a double); we keep to the schema either way.
-
-Where a transformation runs (a thread or the event loop) is :mod:`service.udf_runner`'s
-choice; this module only computes.
+Every output then takes Feast's conversion for its schema type
+(:mod:`service.odfv_outputs`), so the plan gives these columns no encoder. Feast itself
+looks the type up by the short name only, so under full feature names it infers one from
+the values (a Float32 output computed in float64 comes back as a double); we keep to the
+schema either way. Where a transformation runs (a thread or the event loop) is
+:mod:`service.udf_runner`'s choice; this module only computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import OnDemandFeatureView
-from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from foundation.errors import InvalidRequestError, show
-from online_store.decode import native_value
 from online_store.reader import ReadResult
-from service.encoding import encode_floats
-from service.odfv_frames import input_frame, output_values
+from service.odfv_frames import input_frame
+from service.odfv_outputs import OutputFault, as_feast_answers, check_length, fits, pandas_output
 
 # The on-demand view tag by which its owner lets concurrent lookups share one call of its
 # transformation (``tags={ROW_WISE_TAG: "true"}``): see :mod:`service.udf_batches`.
@@ -138,31 +133,12 @@ def _odfv_input_value(value: Any, value_type: ValueType) -> Any:
     return value
 
 
-_NUMBERS = (ValueType.FLOAT, ValueType.DOUBLE)
-_INTS = {ValueType.INT32: 2**31, ValueType.INT64: 2**63}
-
-
-def _fits(value_type: ValueType | None, value: Any) -> bool:
-    if value is None or value_type is None:
-        return True
-    if value_type in _NUMBERS:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if value_type in _INTS:
-        bound = _INTS[value_type]
-        return isinstance(value, int) and not isinstance(value, bool) and -bound <= value < bound
-    if value_type == ValueType.STRING:
-        return isinstance(value, str)
-    if value_type == ValueType.BOOL:
-        return isinstance(value, bool)
-    return True  # other types go to the transformation as given
-
-
 def _check_request_data(
     view: str, name: str, value_type: ValueType | None, values: Sequence[Any]
 ) -> None:
     """Refuse request data the request source's schema does not allow, before pandas sees it."""
     for row, value in enumerate(values):
-        if not _fits(value_type, value):
+        if not fits(value_type, value):
             assert value_type is not None
             raise InvalidRequestError(
                 f"request data {name!r} for on-demand feature view {view!r} expects "
@@ -230,84 +206,134 @@ def udf_columns(
 
 def transform_columns(
     step: OdfvStep, columns: dict[str, list[Any]], rows: int, *, full_feature_names: bool
-) -> dict[str, list[Any]]:
+) -> Answer:
     """The view's transformation of ``columns`` (``rows`` entity rows, see :func:`udf_columns`).
 
     Raises:
         InvalidRequestError: the transformation failed on this input, or its outputs do
             not match the view's schema.
     """
-    odfv = step.view
+    outcome = transform_shared(step, columns, (rows,), full_feature_names=full_feature_names)
+    if isinstance(outcome[0], InvalidRequestError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def transform_shared(
+    step: OdfvStep,
+    columns: dict[str, list[Any]],
+    sizes: Sequence[int],
+    *,
+    full_feature_names: bool,
+) -> list[Answer | InvalidRequestError]:
+    """One call of the view's transformation over the tables of several requests stacked in
+    ``columns`` (``sizes`` entity rows each, in order).
+
+    Returns:
+        Each request's answer, its outputs converted apart as they would be alone (Feast
+        checks a column's type by its first value), or the refusal of its outputs.
+
+    Raises:
+        InvalidRequestError: the call itself failed: the UDF raised, returned outputs of
+            another shape or, for several requests, its rows in another order.
+    """
     try:
-        if odfv.mode == "python":
-            return _python_outputs(step, odfv.transform_dict(columns), rows)
-        if step.in_pandas and _aliases_fit(step, columns):
-            return _run_pandas(step, columns, full_feature_names, rows)
-        # A name clash Feast turns into a duplicate column (or a substrait view): its own steps.
-        table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
-        return _arrow_outputs(step, table, rows)
-    except OutputFault as exc:
-        raise InvalidRequestError(
-            f"on-demand feature view {odfv.name!r} returned outputs that do not match its "
-            f"schema: {exc}; the view's transformation needs fixing (then `feast apply`), "
-            "not the request",
-            feature_view=odfv.name,
-        ) from exc
-    except _INPUT_ERRORS as exc:
-        schema = step.request_schema
-        raise InvalidRequestError(
-            f"on-demand feature view {odfv.name!r} failed on this request: {exc}; check the "
-            f"request data types against its request source schema "
-            f"{ {k: v.name for k, v in schema.items()} }",
-            feature_view=odfv.name,
-        ) from exc
+        outputs = _outputs(step, columns, sum(sizes), full_feature_names, shared=len(sizes) > 1)
     except MemoryError:
         raise  # the worker's state, not the view's code
     except Exception as exc:  # the user's code may raise anything: never a 500
-        raise InvalidRequestError(
-            f"on-demand feature view {odfv.name!r} raised {type(exc).__name__}: {exc}; the "
-            "view's transformation needs fixing (then `feast apply`)",
-            feature_view=odfv.name,
-        ) from exc
+        raise _refusal(step, exc) from exc
+    outcomes: list[Answer | InvalidRequestError] = []
+    start = 0
+    for size in sizes:
+        try:
+            outcomes.append({resp: answers(start, start + size) for resp, answers in outputs})
+        except MemoryError:
+            raise
+        except Exception as exc:
+            refusal = _refusal(step, exc)
+            refusal.__cause__ = exc
+            outcomes.append(refusal)
+        start += size
+    return outcomes
 
 
+Answer = dict[str, list[Any]]
+# An output of one call: its response column key, and its answers for rows [start, stop).
+_Output = tuple[str, Callable[[int, int], list[Any]]]
 # What a UDF raises when the request's data is not what it expects (the usual cause).
 _INPUT_ERRORS = (pa.ArrowException, TypeError, ValueError, KeyError, RecursionError)
 
 
-class OutputFault(TypeError):
-    """The transformation's result does not match the view's schema (its code's fault)."""
+def _refusal(step: OdfvStep, exc: Exception) -> InvalidRequestError:
+    """The 422 for an exception from the view's transformation or its outputs."""
+    name = step.view.name
+    if isinstance(exc, OutputFault):
+        return InvalidRequestError(
+            f"on-demand feature view {name!r} returned outputs that do not match its "
+            f"schema: {exc}; the view's transformation needs fixing (then `feast apply`), "
+            "not the request",
+            feature_view=name,
+        )
+    if isinstance(exc, _INPUT_ERRORS):
+        schema = {k: v.name for k, v in step.request_schema.items()}
+        return InvalidRequestError(
+            f"on-demand feature view {name!r} failed on this request: {exc}; check the "
+            f"request data types against its request source schema {schema}",
+            feature_view=name,
+        )
+    return InvalidRequestError(
+        f"on-demand feature view {name!r} raised {type(exc).__name__}: {exc}; the "
+        "view's transformation needs fixing (then `feast apply`)",
+        feature_view=name,
+    )
 
 
-def _python_outputs(step: OdfvStep, out: Mapping[str, Any], rows: int) -> dict[str, list[Any]]:
+def _outputs(
+    step: OdfvStep,
+    columns: dict[str, list[Any]],
+    rows: int,
+    full_feature_names: bool,
+    *,
+    shared: bool,
+) -> list[_Output]:
+    odfv = step.view
+    if odfv.mode == "python":
+        return _python_outputs(step, odfv.transform_dict(columns), rows)
+    if step.in_pandas and _aliases_fit(step, columns):
+        return _run_pandas(step, columns, full_feature_names, rows, shared=shared)
+    # A name clash Feast turns into a duplicate column (or a substrait view): its own steps.
+    table = odfv.transform_arrow(pa.Table.from_pydict(columns), full_feature_names)
+    return _arrow_outputs(step, table, rows)
+
+
+def _answers(
+    output: str, values: Sequence[Any], value_type: ValueType, start: int, stop: int
+) -> list[Any]:
+    return as_feast_answers(output, values[start:stop], value_type)
+
+
+def _pandas_answers(
+    column: str, series: pd.Series[Any], value_type: ValueType, start: int, stop: int
+) -> list[Any]:
+    part = series if start == 0 and stop == len(series) else series.iloc[start:stop]
+    return pandas_output(column, part, value_type, stop - start)
+
+
+def _python_outputs(step: OdfvStep, out: Mapping[str, Any], rows: int) -> list[_Output]:
     """A python-mode view's outputs as ``feast serve`` renders them (see the module notes)."""
     if not isinstance(out, Mapping):
         raise OutputFault(f"the transformation returned {type(out).__name__}, not a dict")
-    answer: dict[str, list[Any]] = {}
+    outputs: list[_Output] = []
     for transformed, resp in step.outputs:
         short = step.output_short.get(transformed, transformed)
         if transformed not in out and short not in out:
             raise OutputFault(f"output {short!r} is missing (it returned {sorted(out)})")
         values = out[transformed] if transformed in out else out[short]
         values = values if isinstance(values, list) else [values]  # as Feast wraps one value
-        _check_length(short, len(values), rows)
-        answer[resp] = _as_feast_answers(short, values, step.output_types[short])
-    return answer
-
-
-def _as_feast_answers(output: str, values: Sequence[Any], value_type: ValueType) -> list[Any]:
-    """``values`` through Feast's conversion for the output's schema type, JSON-ready as
-    ``feast serve`` answers them: an int in a Float64 output is 7.0, in a String one "3",
-    0.1 in a Float32 one 0.10000000149011612, bytes base64. A value Feast's conversion
-    refuses (a string in a Float64 output) is the view's fault."""
-    try:
-        # A NumPy array as well as a list: Feast's own server hands it pandas outputs so.
-        protos = python_values_to_proto_values(cast(list[Any], values), value_type)
-    except Exception as exc:  # Feast asserts, or numpy/protobuf raise, on a misfit
-        bad = [v for v in values if not _fits(value_type, v)]
-        held = f"holds {show(bad[0])}" if bad else f"cannot be converted ({exc})"
-        raise OutputFault(f"output {output!r} is declared {value_type.name} but {held}") from exc
-    return [native_value(proto) for proto in protos]
+        check_length(short, len(values), rows)
+        outputs.append((resp, partial(_answers, short, values, step.output_types[short])))
+    return outputs
 
 
 def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
@@ -315,14 +341,14 @@ def _aliases_fit(step: OdfvStep, columns: Mapping[str, Any]) -> bool:
     return all(short not in columns for short, full in step.aliases if full in columns)
 
 
-def _check_length(output: str, length: int, rows: int) -> None:
-    if length != rows:
-        raise OutputFault(f"output {output!r} has {length} values for {rows} entity rows")
-
-
 def _run_pandas(
-    step: OdfvStep, columns: dict[str, list[Any]], full_feature_names: bool, rows: int
-) -> dict[str, list[Any]]:
+    step: OdfvStep,
+    columns: dict[str, list[Any]],
+    full_feature_names: bool,
+    rows: int,
+    *,
+    shared: bool,
+) -> list[_Output]:
     """``transform_arrow`` of a pandas-mode view, step by step (see the module notes)."""
     for short, full in step.aliases:  # Feast's preprocessing: the other name of each
         if full in columns:
@@ -334,6 +360,9 @@ def _run_pandas(
     out = udf(frame)
     if not isinstance(out, pd.DataFrame):
         raise OutputFault(f"the transformation returned {type(out).__name__}, not a DataFrame")
+    if shared and not out.index.equals(frame.index):
+        # Rows dropped, added or reordered: which request each belongs to is unknown.
+        raise OutputFault("the rows came back in another order than the input's")
     # Feast renames short -> full names (full_feature_names) or full -> short (not).
     source: dict[str, str] = {}
     for short, full in step.output_names:
@@ -341,7 +370,7 @@ def _run_pandas(
             source[full] = short if short in out.columns else full
         else:
             source[short] = full if full in out.columns else short
-    answer: dict[str, list[Any]] = {}
+    outputs: list[_Output] = []
     for transformed, resp in step.outputs:
         column = source.get(transformed, transformed)
         if column not in out.columns:
@@ -349,49 +378,22 @@ def _run_pandas(
                 f"output {column!r} is missing (it returned columns {list(map(str, out.columns))})"
             )
         value_type = step.output_types[step.output_short.get(transformed, transformed)]
-        answer[resp] = _pandas_output(column, out[column], value_type, rows)
-    return answer
+        series = out[column]
+        check_length(column, len(series), rows)
+        outputs.append((resp, partial(_pandas_answers, column, series, value_type)))
+    return outputs
 
 
-def _pandas_output(
-    column: str, series: pd.Series[Any], value_type: ValueType, rows: int
-) -> list[Any]:
-    """One pandas output column as ``feast serve`` answers it: Arrow's reading of the column
-    (``Table.from_pandas``, NaN as null), then :func:`_as_feast_answers`. A column whose
-    dtype is its output's type (:data:`_PLAIN`, or all strings) needs no conversion."""
-    _check_length(column, len(series), rows)
-    dtype = series.dtype
-    if value_type in _PLAIN and dtype == _PLAIN[value_type]:
-        values = output_values(series)
-        return encode_floats(values) if value_type in _NUMBERS else values
-    if value_type == ValueType.STRING and dtype == np.dtype(object):
-        values = series.tolist()
-        if all(type(v) is str for v in values):
-            return values
-    try:
-        values = pa.Array.from_pandas(series).to_numpy(zero_copy_only=False)
-    except (pa.ArrowException, OverflowError) as exc:  # kinds Arrow cannot hold in one column
-        raise OutputFault(f"output {column!r} cannot be read as one column ({exc})") from exc
-    return _as_feast_answers(column, values, value_type)
-
-
-# Output types whose column of this dtype Feast's conversion gives back as Arrow reads it.
-_PLAIN = {ValueType.DOUBLE: np.dtype(np.float64), ValueType.FLOAT: np.dtype(np.float32),
-          ValueType.INT64: np.dtype(np.int64), ValueType.INT32: np.dtype(np.int32),
-          ValueType.BOOL: np.dtype(np.bool_)}  # fmt: skip
-
-
-def _arrow_outputs(step: OdfvStep, table: pa.Table, rows: int) -> dict[str, list[Any]]:
-    """The outputs of Feast's own ``transform_arrow``, answered as :func:`_pandas_output`
-    answers them."""
-    answer: dict[str, list[Any]] = {}
+def _arrow_outputs(step: OdfvStep, table: pa.Table, rows: int) -> list[_Output]:
+    """The outputs of Feast's own ``transform_arrow``, answered as pandas outputs are."""
+    outputs: list[_Output] = []
     for transformed, resp in step.outputs:
         if transformed not in table.column_names:
             raise OutputFault(
                 f"output {transformed!r} is missing (it returned columns {table.column_names})"
             )
         values = table.column(transformed).to_numpy()
-        _check_length(transformed, len(values), rows)
+        check_length(transformed, len(values), rows)
         value_type = step.output_types[step.output_short.get(transformed, transformed)]
-        answer[resp] = _as_feast_answers(transformed, values, value_type)
-    return answer
+        outputs.append((resp, partial(_answers, transformed, values, value_type)))
+    return outputs

@@ -1,87 +1,156 @@
 """Concurrent lookups of a row-wise on-demand view, answered by one call of its transformation.
 
 A view whose owner tags it ``featurestore.row_wise: "true"`` (``service.odfv.ROW_WISE_TAG``)
-promises that each output row depends on its own input row alone, as
-``inputs["a"] * inputs["b"]`` does and a ``groupby``, a rank or a mean over the frame do
-not. Its lookups may then share a call: the requests whose reads finish in the same turn
-of the event loop, or while the view's previous call runs in a thread, are handed to the
-transformation as one table (up to the runner's ``max_rows`` entity rows), and each request
-gets its own rows of the answer. Nothing waits for a batch to fill: a lone request runs
-in the next turn of the loop, as it would unbatched.
+promises that each output row, its value and its type, depends on its own input row
+alone: the UDF gives a row the same answer whatever other rows share its frame, as
+``inputs["a"] * inputs["b"]`` does and a ``groupby``, a rank, a mean over the frame or a
+``.map`` whose missing keys turn a whole int column into floats do not. Its lookups may
+then share a call: the requests whose reads finish in the same turn of the event loop,
+or while the view's previous call runs, are handed to the transformation as one table
+(up to the runner's ``max_rows`` entity rows), and each request gets its own rows of the
+answer, each output converted on its own as it would be alone. Nothing waits for a batch
+to fill: a lone request runs in the next turn of the loop.
 
 Only requests whose tables the transformation would see alike share a call: the same
 view of the same plan, the same full-feature-names flag, the same columns in the same
 order, and in each column the same kinds of value, so the frame has the dtypes each
-request's own frame would have. A pandas-mode column must moreover take the plain NumPy
-route of :mod:`service.odfv_frames` (Arrow's inference over nulls or mixed kinds could
-come out differently for the batch than for a request alone). A call that fails (the UDF
-refuses one request's values, say) is made again request by request, so each request
-gets the answer or the error it would get alone.
+request's own frame would have. A column not of a plain NumPy kind (a null, a
+timestamp, a list; see :mod:`service.odfv_frames`) keeps its request out of shared calls
+of pandas-mode (and substrait) views, as Arrow's inference over it could come out
+differently for the batch than for the request alone.
 
-One call of a view runs at a time per worker (where it runs, on the loop or in a
-thread, is :class:`service.udf_runner.UdfRunner`'s choice for the batch's rows): the
-lookups that arrive meanwhile form the next call.
+A shared call that fails as a whole (the UDF refuses one request's values, or hands the
+rows back in another order) is made again for each request alone, in the transformation
+threads, never on the loop. The promise itself is checked: the first
+:data:`CHECKED_CALLS` shared calls of a view's code, and one in :data:`CHECK_EVERY` after
+them, are made in a thread both ways (shared, and each request alone), the requests get
+the answers they get alone, and a difference ends the sharing of that view's lookups in
+this worker (logged, and counted in ``featurestore_odfv_row_wise_mismatches_total``).
+
+Up to the runner's ``max_calls`` calls of one view run at a time (in threads; a call on
+the loop holds it), so a view that waits on a model server keeps its threads busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import copy
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from foundation.errors import InvalidRequestError
-from service.odfv import OdfvStep, transform_columns
+from service.odfv import Answer, OdfvStep, transform_columns, transform_shared
 from service.odfv_frames import numpy_kinds
 
-Answer = dict[str, list[Any]]
+log = logging.getLogger(__name__)
+
+# Shared calls checked against one lookup at a time: the first ones of a view's code...
+CHECKED_CALLS = 16
+# ...then one in this many.
+CHECK_EVERY = 256
+# Records kept per worker; past this many (code changed that often) they start again.
+MAX_RECORDS = 4096
+
 Outcome = Answer | InvalidRequestError
+Table = tuple[dict[str, list[Any]], int]  # (columns, entity rows)
 # (view step's id, full feature names, ((column, kinds of value), ...))
 BatchKey = tuple[int, bool, tuple[tuple[str, frozenset[type]], ...]]
-# Runs one call of ``rows`` entity rows where the runner decides.
-Dispatch = Callable[[OdfvStep, int, Callable[[], list[Outcome]]], Awaitable[list[Outcome]]]
+
+
+class Dispatch(Protocol):
+    """Runs one call of ``rows`` entity rows where the runner decides (or in a thread)."""
+
+    def __call__(
+        self, step: OdfvStep, rows: int, call: Callable[[], Any], *, thread: bool = False
+    ) -> Awaitable[Any]: ...
+
+
+class BatchMetrics(Protocol):
+    """Where the shared calls are counted (:class:`service.metrics.Metrics`)."""
+
+    def observe_shared_call(self, view: str, lookups: int) -> None: ...
+
+    def note_row_wise_mismatch(self, view: str) -> None: ...
+
+
+def code_identity(step: OdfvStep) -> tuple[str, str, str]:
+    """A view's transformation: name, mode and UDF source (not the plan's objects)."""
+    transformation = step.view.feature_transformation
+    return step.view.name, str(step.view.mode), str(getattr(transformation, "udf_string", ""))
 
 
 def batch_key(
     step: OdfvStep, columns: dict[str, list[Any]], *, full_feature_names: bool
 ) -> BatchKey | None:
     """What requests must share to share a call (see the module notes); None when this
-    request's table may not be batched at all."""
+    request's table may not be shared at all."""
+    python = step.view.mode == "python"
     kinds: list[tuple[str, frozenset[type]]] = []
     for name, values in columns.items():
-        kind = numpy_kinds(values) if step.in_pandas else frozenset(map(type, values))
+        kind = frozenset(map(type, values)) if python else numpy_kinds(values)
         if kind is None:
             return None
         kinds.append((name, kind))
     return id(step), full_feature_names, tuple(kinds)
 
 
-def run_batch(
-    step: OdfvStep,
-    tables: Sequence[tuple[dict[str, list[Any]], int]],
-    *,
-    full_feature_names: bool,
-) -> list[Outcome]:
-    """Each table's (columns, entity rows) outcome: its answer or its refusal, from one call
-    of the transformation over all of them, or, when that call fails, one call each."""
-    if len(tables) == 1:
-        columns, rows = tables[0]
-        try:
-            return [transform_columns(step, columns, rows, full_feature_names=full_feature_names)]
-        except InvalidRequestError as exc:
-            return [exc]
-    merged = {name: [v for columns, _ in tables for v in columns[name]] for name in tables[0][0]}
-    total = sum(rows for _, rows in tables)
+def run_alone(step: OdfvStep, table: Table, *, full_feature_names: bool) -> Outcome:
+    """One request's outcome from a call of its own: its answer or its refusal."""
     try:
-        answer = transform_columns(step, merged, total, full_feature_names=full_feature_names)
+        return transform_columns(step, *table, full_feature_names=full_feature_names)
+    except InvalidRequestError as exc:
+        return exc
+
+
+def run_shared(
+    step: OdfvStep, tables: Sequence[Table], *, full_feature_names: bool
+) -> list[Outcome]:
+    """Each request's outcome from one call over all the tables.
+
+    Raises:
+        InvalidRequestError: the call failed as a whole (see the module notes).
+    """
+    merged = {name: [v for columns, _ in tables for v in columns[name]] for name in tables[0][0]}
+    sizes = [rows for _, rows in tables]
+    return transform_shared(step, merged, sizes, full_feature_names=full_feature_names)
+
+
+def run_checked(
+    step: OdfvStep, tables: Sequence[Table], *, full_feature_names: bool
+) -> tuple[list[Outcome], list[str]]:
+    """Each request's outcome alone, and the response columns (or ``"refusal"``) where
+    the shared call answered otherwise."""
+    try:
+        shared: list[Outcome] | None = run_shared(
+            step, tables, full_feature_names=full_feature_names
+        )
     except InvalidRequestError:
-        return [run_batch(step, [t], full_feature_names=full_feature_names)[0] for t in tables]
-    outcomes: list[Outcome] = []
-    start = 0
-    for _, rows in tables:
-        outcomes.append({key: values[start : start + rows] for key, values in answer.items()})
-        start += rows
-    return outcomes
+        shared = None  # a failed call shares nothing: the answers below are the ones given
+    alone = [run_alone(step, t, full_feature_names=full_feature_names) for t in tables]
+    differ: set[str] = set()
+    for together, apart in zip(shared or (), alone, strict=True):
+        if isinstance(together, InvalidRequestError) or isinstance(apart, InvalidRequestError):
+            if str(together) != str(apart):
+                differ.add("refusal")
+            continue
+        # repr: 1 and 1.0, "1" and 1 differ; NaN equals NaN
+        differ.update(k for k, v in apart.items() if repr(together.get(k)) != repr(v))
+    return alone, sorted(differ)
+
+
+@dataclass(slots=True)
+class _Record:
+    """One transformation's shared calls in this worker."""
+
+    shared_calls: int = 0
+    off: bool = False  # a checked call answered otherwise than one lookup at a time
+
+    def check_due(self) -> bool:
+        return self.shared_calls <= CHECKED_CALLS or self.shared_calls % CHECK_EVERY == 0
 
 
 @dataclass(slots=True)
@@ -93,17 +162,20 @@ class _Waiting:
 
 @dataclass(slots=True)
 class _Queue:
+    key: BatchKey
     waiting: list[_Waiting] = field(default_factory=list)
-    drain: asyncio.Task[None] | None = None
+    drains: set[asyncio.Task[None]] = field(default_factory=set)  # holds the live tasks
+    starting: asyncio.Task[None] | None = None  # created, not yet taken its first batch
 
 
 class Batcher:
     """The shared calls of one worker's row-wise views (see the module notes).
 
     Args:
-        dispatch: runs one call where the runner decides.
+        dispatch: runs one call where the runner decides, or in a thread.
         max_rows: the most entity rows one shared call is handed.
-        observe: told the view's name and the number of lookups of each call.
+        max_calls: the most calls of one view (and batch key) running at a time.
+        metrics: told of each call's lookups and of each broken promise.
     """
 
     def __init__(
@@ -111,12 +183,25 @@ class Batcher:
         dispatch: Dispatch,
         *,
         max_rows: int,
-        observe: Callable[[str, int], None] | None = None,
+        max_calls: int,
+        metrics: BatchMetrics | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._max_rows = max_rows
-        self._observe = observe
+        self._max_calls = max_calls
+        self._metrics = metrics
         self._queues: dict[BatchKey, _Queue] = {}
+        self._records: dict[tuple[str, str, str], _Record] = {}
+
+    def shares(self, step: OdfvStep) -> bool:
+        """Whether ``step``'s lookups may still share calls (its promise held so far)."""
+        record = self._records.get(code_identity(step))
+        return record is None or not record.off
+
+    def observe_alone(self, step: OdfvStep) -> None:
+        """Count a lookup of a row-wise view whose table could not be shared."""
+        if self._metrics is not None:
+            self._metrics.observe_shared_call(step.view.name, 1)
 
     async def transform(
         self,
@@ -131,39 +216,113 @@ class Batcher:
         loop = asyncio.get_running_loop()
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue()
-            # Starts in the next turn of the loop: the requests of this turn join it.
-            queue.drain = loop.create_task(self._drain(step, key, queue, full_feature_names))
+            queue = self._queues[key] = _Queue(key)
         waiting = _Waiting(columns, rows, loop.create_future())
         queue.waiting.append(waiting)
+        starting = queue.starting
+        if (starting is None or starting.done()) and len(queue.drains) < self._max_calls:
+            # Starts in the next turn of the loop: the requests of this turn join it. Its
+            # own context, not this request's: it serves many.
+            task = loop.create_task(
+                self._drain(step, queue, full_feature_names), context=contextvars.Context()
+            )
+            queue.starting = task
+            queue.drains.add(task)
+            task.add_done_callback(partial(self._drained, queue))
         return await waiting.future
 
-    async def _drain(
-        self, step: OdfvStep, key: BatchKey, queue: _Queue, full_feature_names: bool
-    ) -> None:
-        """Make calls for the queue's requests until none wait, one call at a time."""
+    async def _drain(self, step: OdfvStep, queue: _Queue, full_feature_names: bool) -> None:
+        """Make calls for the queue's requests until none wait."""
+        me = asyncio.current_task()
         try:
             while queue.waiting:
+                if queue.starting is me:
+                    queue.starting = None  # later arrivals may start another call meanwhile
                 batch = _take(queue.waiting, self._max_rows)
-                if self._observe is not None:
-                    self._observe(step.view.name, len(batch))
-                tables = [(w.columns, w.rows) for w in batch]
-                rows = sum(w.rows for w in batch)
-
-                def call(tables: list[tuple[dict[str, list[Any]], int]] = tables) -> list[Outcome]:
-                    return run_batch(step, tables, full_feature_names=full_feature_names)
-
                 try:
-                    outcomes = await self._dispatch(step, rows, call)
-                except Exception as exc:  # the worker's state (MemoryError...): every request's
-                    _settle(batch, [exc] * len(batch))
+                    outcomes = await self._call(step, batch, full_feature_names)
+                except asyncio.CancelledError:
+                    for waiting in batch:
+                        waiting.future.cancel()
+                    raise
+                except Exception as exc:  # the worker's state (MemoryError...): each request's
+                    _settle(batch, [copy.copy(exc) for _ in batch])
                     continue
                 _settle(batch, outcomes)
         finally:
-            if self._queues.get(key) is queue:
-                del self._queues[key]
-            for waiting in queue.waiting:  # only when the drain itself was cancelled
-                waiting.future.cancel()
+            # At once, in the same turn as the last look at the queue: no request can
+            # arrive between the two and find no drain to take it.
+            if me is not None:
+                self._leave(queue, me)
+
+    def _drained(self, queue: _Queue, task: asyncio.Task[None]) -> None:
+        if task in queue.drains:  # cancelled before it started (shutdown): never ran
+            self._leave(queue, task)
+
+    def _leave(self, queue: _Queue, task: asyncio.Task[None]) -> None:
+        queue.drains.discard(task)
+        if queue.drains:
+            return
+        for waiting in queue.waiting:  # left only when the drains were cancelled (shutdown)
+            waiting.future.cancel()
+        queue.waiting.clear()
+        if self._queues.get(queue.key) is queue:
+            del self._queues[queue.key]
+
+    async def _call(
+        self, step: OdfvStep, batch: list[_Waiting], full_feature_names: bool
+    ) -> list[Outcome]:
+        tables = [(w.columns, w.rows) for w in batch]
+        rows = sum(w.rows for w in batch)
+        if self._metrics is not None:
+            self._metrics.observe_shared_call(step.view.name, len(batch))
+        ffn = full_feature_names
+        if len(batch) == 1:
+            alone = partial(run_alone, step, tables[0], full_feature_names=ffn)
+            return [await self._dispatch(step, rows, alone)]
+        record = self._record(step)
+        record.shared_calls += 1
+        if record.check_due():
+            checked = partial(run_checked, step, tables, full_feature_names=ffn)
+            outcomes, differ = await self._dispatch(step, rows, checked, thread=True)
+            if differ and not record.off:
+                record.off = True
+                self._broken(step, differ)
+            return outcomes  # type: ignore[no-any-return]
+        try:
+            shared = partial(run_shared, step, tables, full_feature_names=ffn)
+            return await self._dispatch(step, rows, shared)  # type: ignore[no-any-return]
+        except InvalidRequestError:  # each request alone, spread over the threads
+            calls = [
+                self._dispatch(
+                    step,
+                    table[1],
+                    partial(run_alone, step, table, full_feature_names=ffn),
+                    thread=True,
+                )
+                for table in tables
+            ]
+            return list(await asyncio.gather(*calls))
+
+    def _record(self, step: OdfvStep) -> _Record:
+        identity = code_identity(step)
+        record = self._records.get(identity)
+        if record is None:
+            if len(self._records) >= MAX_RECORDS:
+                self._records.clear()
+            record = self._records[identity] = _Record()
+        return record
+
+    def _broken(self, step: OdfvStep, differ: list[str]) -> None:
+        log.warning(
+            "on-demand feature view %r is tagged row-wise, but a shared call answered %s "
+            "otherwise than one lookup at a time; its lookups are no longer shared in this "
+            "worker (fix the transformation or drop the tag, then `feast apply`)",
+            step.view.name,
+            differ,
+        )
+        if self._metrics is not None:
+            self._metrics.note_row_wise_mismatch(step.view.name)
 
 
 def _take(waiting: list[_Waiting], max_rows: int) -> list[_Waiting]:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from online_store.reader import ReadResult
 from service.odfv import OdfvStep, run_odfv, transform_columns, udf_columns
-from service.udf_batches import Batcher, batch_key
+from service.udf_batches import Batcher, BatchMetrics, batch_key, code_identity
 
 _T = TypeVar("_T")
 
@@ -91,30 +91,21 @@ class UdfPace:
         self.proven_rows = 0
 
 
-def _identity(step: OdfvStep) -> tuple[str, str, str]:
-    transformation = step.view.feature_transformation
-    return step.view.name, str(step.view.mode), str(getattr(transformation, "udf_string", ""))
-
-
 class UdfRunner:
     """Runs on-demand transformations for one worker (see the module notes)."""
 
-    def __init__(
-        self, threads: int, *, observe_shared_call: Callable[[str, int], None] | None = None
-    ) -> None:
-        """``observe_shared_call(view, lookups)`` is told of each call of a row-wise view
-        (of fewer than :data:`ODFV_THREAD_ROWS` rows), shared or not."""
+    def __init__(self, threads: int, *, metrics: BatchMetrics | None = None) -> None:
+        """``metrics`` counts the calls of row-wise views (see :mod:`service.udf_batches`)."""
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="odfv")
         self._paces: dict[tuple[str, str, str], UdfPace] = {}
         # Shared calls stay under the size that always goes to a thread.
         self._batches = Batcher(
-            self._run, max_rows=ODFV_THREAD_ROWS - 1, observe=observe_shared_call
+            self._run, max_rows=ODFV_THREAD_ROWS - 1, max_calls=threads, metrics=metrics
         )
-        self._observe_shared_call = observe_shared_call
 
     def pace(self, step: OdfvStep) -> UdfPace:
         """The record of ``step``'s transformation, new if its code was never run here."""
-        key = _identity(step)
+        key = code_identity(step)
         pace = self._paces.get(key)
         if pace is None:
             if len(self._paces) >= MAX_RECORDS:
@@ -133,7 +124,7 @@ class UdfRunner:
     ) -> dict[str, list[Any]]:
         """:func:`run_odfv` on the event loop or in a transformation thread; a row-wise
         view's lookups may share a call (:mod:`service.udf_batches`)."""
-        if not (step.row_wise and rows < ODFV_THREAD_ROWS):
+        if not (step.row_wise and rows < ODFV_THREAD_ROWS and self._batches.shares(step)):
             call = functools.partial(
                 run_odfv, step, entities, result, full_feature_names=full_feature_names
             )
@@ -144,16 +135,18 @@ class UdfRunner:
             return await self._batches.transform(
                 step, key, columns, rows, full_feature_names=full_feature_names
             )
-        if self._observe_shared_call is not None:  # a table that may not be shared: alone
-            self._observe_shared_call(step.view.name, 1)
+        self._batches.observe_alone(step)
         call = functools.partial(
             transform_columns, step, columns, rows, full_feature_names=full_feature_names
         )
         return await self._run(step, rows, call)
 
-    async def _run(self, step: OdfvStep, rows: int, call: Callable[[], _T]) -> _T:
-        """``call`` (``step``'s transformation of ``rows`` entity rows) where its record says."""
-        if rows >= ODFV_THREAD_ROWS:
+    async def _run(
+        self, step: OdfvStep, rows: int, call: Callable[[], _T], *, thread: bool = False
+    ) -> _T:
+        """``call`` (``step``'s transformation of ``rows`` entity rows) where its record says,
+        or (``thread``) in a thread, unrecorded."""
+        if thread or rows >= ODFV_THREAD_ROWS:
             return await self._in_thread(call)
         pace = self.pace(step)
         if pace.allows(rows):

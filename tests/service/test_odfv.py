@@ -27,8 +27,9 @@ from foundation.errors import InvalidRequestError
 from online_store.decode import native_value
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
-from service.odfv import OdfvStep, _pandas_output, run_odfv
+from service.odfv import OdfvStep, run_odfv
 from service.odfv_frames import input_frame, output_values
+from service.odfv_outputs import pandas_output
 from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS
 from tests.service.conftest import AppClient, Repo
 
@@ -488,7 +489,7 @@ def test_pandas_outputs_are_what_feast_serve_makes_of_them(
     """Columns of their output's own type (the quick paths) too, NaN, inf and -0.0 included:
     Arrow's reading of the column, Feast's conversion for the type, rendered as JSON."""
     series, value_type = case
-    ours = _pandas_output("out", series, value_type, len(series))
+    ours = pandas_output("out", series, value_type, len(series))
     values = pa.Table.from_pandas(pd.DataFrame({"out": series}))["out"].to_numpy()
     theirs = [native_value(p) for p in python_values_to_proto_values(values, value_type)]
     assert [type(v) for v in ours] == [type(v) for v in theirs]

@@ -1,9 +1,12 @@
 """Concurrent lookups of a view tagged row-wise share one call of its transformation, and
-each still gets the answer (or the refusal) it gets alone, the answer ``feast serve`` gives."""
+each still gets the answer (or the refusal) it gets alone, the answer ``feast serve`` gives;
+the promise is checked, and a view that breaks it stops sharing."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,22 +24,23 @@ from online_store.embedded import EmbeddedRedis
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
 from service.odfv import ROW_WISE_TAG, OdfvStep, run_odfv
-from service.udf_runner import ODFV_THREAD_ROWS, UdfRunner
+from service.udf_batches import CHECKED_CALLS, run_shared
+from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS, UdfRunner
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 from tests.service.test_odfv import _step, stats, trip
 
 ROW_WISE = {ROW_WISE_TAG: "true"}
-SCHEMA = [Field(name="y", dtype=Float64), Field(name="x_dtype", dtype=String),
-          Field(name="rows_in_call", dtype=Int64)]  # fmt: skip
+SCHEMA = [Field(name="y", dtype=Float64), Field(name="x_dtype", dtype=String)]
+CALLS: list[tuple[int, str]] = []  # (rows, thread name) of each call of the pandas UDFs
 
 
 def _scored(inputs: pd.DataFrame) -> pd.DataFrame:
+    CALLS.append((len(inputs), threading.current_thread().name))
     if (inputs["x"] < 0).any():
         raise ValueError("x must not be negative")
     out = pd.DataFrame()
     out["y"] = inputs["a"].astype("float64").fillna(-1.0) * inputs["x"] + inputs["stats__b"]
     out["x_dtype"] = str(inputs["x"].dtype)  # an int x alone is int64, a float one float64
-    out["rows_in_call"] = len(inputs)  # not row-wise: shows the test how calls were shared
     return out
 
 
@@ -54,32 +58,75 @@ def plain_scored(inputs: pd.DataFrame) -> pd.DataFrame:
 def rw_python(inputs: dict[str, Any]) -> dict[str, Any]:
     return {
         "y": [
-            (a if a is not None else -1.0) * x
-            for a, x in zip(inputs["a"], inputs["x"], strict=True)
+            (a if a is not None else -1.0) * x + b
+            for a, x, b in zip(inputs["a"], inputs["x"], inputs["stats__b"], strict=True)
         ],
         "x_dtype": [type(x).__name__ for x in inputs["x"]],
-        "rows_in_call": [len(inputs["x"])] * len(inputs["x"]),
     }
 
 
+@on_demand_feature_view(
+    sources=[stats, trip], schema=[Field(name="n", dtype=Int64)], mode="pandas", tags=ROW_WISE
+)
+def rw_counting(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Tagged, but not row-wise: every row's answer is the frame's length."""
+    return pd.DataFrame({"n": [len(inputs)] * len(inputs)})
+
+
+@on_demand_feature_view(
+    sources=[stats, trip], schema=[Field(name="big", dtype=Int64)], mode="pandas", tags=ROW_WISE
+)
+def rw_mapped(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Looks row-wise, is not: one unknown key makes the whole column float64 (NaN), and a
+    large id loses its last digits in any frame that holds one."""
+    out = pd.DataFrame(index=inputs.index)
+    out["big"] = inputs["stats__b"].map({0: 2**60 + 1, 10: 7})
+    return out
+
+
+@on_demand_feature_view(
+    sources=[stats, trip], schema=[Field(name="z", dtype=Float64)], mode="python", tags=ROW_WISE
+)
+def rw_flagged(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A bool for a Float64 output when x > 2: Feast refuses it by the column's first value."""
+    return {"z": [x > 2 if x > 2 else float(x) for x in inputs["x"]]}
+
+
+@on_demand_feature_view(sources=[stats, trip], schema=SCHEMA, mode="pandas", tags=ROW_WISE)
+def rw_sorted(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Hands its rows back sorted: which request each belongs to is lost."""
+    return _scored(inputs).sort_values("y")
+
+
+class Recorder:
+    """Counts what the runner reports (the shape of :class:`service.metrics.Metrics`)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.mismatches: list[str] = []
+
+    def observe_shared_call(self, view: str, lookups: int) -> None:
+        self.calls.append((view, lookups))
+
+    def note_row_wise_mismatch(self, view: str) -> None:
+        self.mismatches.append(view)
+
+
 def _build(view: OnDemandFeatureView) -> OdfvStep:
-    outputs = tuple((name, name) for name in ("y", "x_dtype", "rows_in_call"))
+    outputs = tuple((f.name, f.name) for f in view.features)
     return OdfvStep.build(view, _step(False).inputs, outputs)
 
 
 def _lookup(i: int, rows: int = 1, x: Any = None) -> tuple[dict[str, list[Any]], ReadResult]:
     """Request ``i``: its entities and request data, and what the read gave for it."""
-    a = [0.5 * (i + r) for r in range(rows)]
     read = {
-        "stats:a": a,
+        "stats:a": [0.5 * (i + r) for r in range(rows)],
         "stats:b": [i * 10 + r for r in range(rows)],
         "stats:tag": [f"t{i}"] * rows,
     }
+    present, times = ["PRESENT"] * rows, [None] * rows
     result = ReadResult(
-        {
-            key: FeatureColumn(values, ["PRESENT"] * rows, [None] * rows)
-            for key, values in read.items()
-        }
+        {key: FeatureColumn(values, present, times) for key, values in read.items()}
     )
     xs = [x if x is not None else (i + r if i % 3 == 0 else i + r + 0.25) for r in range(rows)]
     return {"rider_id": list(range(rows)), "x": xs}, result
@@ -105,85 +152,154 @@ def _alone(step: OdfvStep, entities: dict[str, list[Any]], result: ReadResult) -
         return exc
 
 
-def _without_call_size(answer: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    return {k: v for k, v in answer.items() if k != "rows_in_call"}
+def _past_the_checks(step: OdfvStep, runner: UdfRunner) -> None:
+    """Share the view's first (checked) calls, two lookups each, so the next ones are not."""
+    for _ in range(CHECKED_CALLS):
+        _concurrently(step, [_lookup(1, x=1.5), _lookup(2, x=2.5)], runner)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def runner(recorder: Recorder) -> Iterator[UdfRunner]:
+    udfs = UdfRunner(2, metrics=recorder)
+    yield udfs
+    udfs.close()
 
 
 @pytest.mark.parametrize("view", [rw_scored, rw_python], ids=["pandas", "python"])
 def test_concurrent_lookups_share_a_call_and_each_gets_its_own_answer(
-    view: OnDemandFeatureView,
+    view: OnDemandFeatureView, runner: UdfRunner, recorder: Recorder
 ) -> None:
     step = _build(view)
+    _past_the_checks(step, runner)
+    assert recorder.calls == [(view.name, 2)] * CHECKED_CALLS
+    assert not recorder.mismatches
     lookups = [_lookup(i) for i in range(24)]
-    runner = UdfRunner(2)
-    try:
-        answers = _concurrently(step, lookups, runner)
-    finally:
-        runner.close()
+    answers = _concurrently(step, lookups, runner)
     for (entities, result), answer in zip(lookups, answers, strict=True):
-        assert _without_call_size(answer) == _without_call_size(_alone(step, entities, result))
+        assert answer == _alone(step, entities, result)
     # Requests whose x values are ints (every third) see an int64 column, as alone: they are
     # not put in one call with the float ones, whose call holds all of theirs.
-    calls = {(a["x_dtype"][0], a["rows_in_call"][0]) for a in answers}
-    expected = {"int64": 8, "float64": 16} if view is rw_scored else {"int": 8, "float": 16}
-    assert calls == set(expected.items())
+    assert sorted(recorder.calls[CHECKED_CALLS:]) == [(view.name, 8), (view.name, 16)]
+    expected = {"int64", "float64"} if view is rw_scored else {"int", "float"}
+    assert {a["x_dtype"][0] for a in answers} == expected
 
 
-def test_a_view_without_the_tag_is_called_once_per_lookup() -> None:
-    step = _build(plain_scored)
-    runner = UdfRunner(2)
-    try:
-        answers = _concurrently(step, [_lookup(i) for i in range(12)], runner)
-    finally:
-        runner.close()
-    assert [a["rows_in_call"] for a in answers] == [[1]] * 12
+def test_a_view_without_the_tag_is_called_once_per_lookup(runner: UdfRunner) -> None:
+    CALLS.clear()
+    answers = _concurrently(_build(plain_scored), [_lookup(i) for i in range(12)], runner)
+    assert all(isinstance(a, dict) for a in answers)
+    assert [rows for rows, _ in CALLS] == [1] * 12
 
 
-def test_a_lookup_the_transformation_refuses_fails_alone() -> None:
-    """One request's data makes the UDF raise: the shared call is made again one request
-    at a time, so that request gets its 4xx and the others their answers."""
+def test_a_view_that_breaks_the_promise_answers_alone_and_stops_sharing(
+    runner: UdfRunner, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first shared calls are checked against one lookup at a time: a view whose
+    answer depends on the other rows gets each request's own answer, and is shared no more."""
+    step = _build(rw_counting)
+    with caplog.at_level(logging.WARNING, logger="service.udf_batches"):
+        first = _concurrently(step, [_lookup(i, x=1.5) for i in range(6)], runner)
+    assert first == [{"n": [1]}] * 6
+    assert recorder.mismatches == ["rw_counting"]
+    assert "'rw_counting' is tagged row-wise" in caplog.text
+    later = _concurrently(step, [_lookup(i, x=1.5) for i in range(6)], runner)
+    assert later == [{"n": [1]}] * 6
+    assert recorder.calls == [("rw_counting", 6)]  # the later lookups each ran alone
+
+
+def test_an_output_whose_dtype_follows_its_neighbours_is_caught(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
+    """``.map`` with a missing key: alone, driver 0's id is exact; beside an unknown key
+    the column is float64 and the id would lose its last digits."""
+    step = _build(rw_mapped)
+    lookups = [_lookup(0, x=1.5), _lookup(1, x=1.5), _lookup(5, x=1.5)]
+    answers = _concurrently(step, lookups, runner)
+    assert answers[0] == {"big": [2**60 + 1]}
+    assert answers == [_alone(step, *lookup) for lookup in lookups]
+    assert recorder.mismatches == ["rw_mapped"]
+
+
+def test_each_request_s_outputs_are_converted_as_they_would_be_alone() -> None:
+    """Feast checks a python output's type by its first value: a bool among floats passes
+    in a column led by a float, and is refused in its own request's column."""
+    step = _build(rw_flagged)
+    tables = [(_lookup(1, x=1.5)[0] | {"a": [1.0], "b": [1], "tag": ["t"]}, 1) for _ in range(2)]
+    tables[1][0]["x"] = [3.0]
+    outcomes = run_shared(step, tables, full_feature_names=False)
+    assert outcomes[0] == {"z": [1.5]}
+    assert isinstance(outcomes[1], InvalidRequestError)
+    assert "declared DOUBLE" in str(outcomes[1])
+
+
+def test_rows_handed_back_in_another_order_fail_the_shared_call() -> None:
+    step = _build(rw_sorted)
+    lookups = [_lookup(i, x=1.5) for i in (5, 1)]
+    tables = [
+        ({"rider_id": e["rider_id"], "x": e["x"]} | {k.replace("stats:", "stats__"): c.values
+         for k, c in r.columns.items()}, 1)
+        for e, r in lookups
+    ]  # fmt: skip
+    with pytest.raises(InvalidRequestError, match="another order"):
+        run_shared(step, tables, full_feature_names=False)
+
+
+def test_a_lookup_the_transformation_refuses_fails_alone_and_off_the_loop(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
+    """One request's data makes the UDF raise: the shared call (on the loop, where the view
+    has earned its place) is made again for each request alone, in the threads, so that
+    request gets its 4xx, the others their answers, and the loop is not held N times."""
     step = _build(rw_scored)
+    _past_the_checks(step, runner)
+    pace = runner.pace(step)
+    for _ in range(PROOF_CALLS):
+        pace.record(0.0, ODFV_THREAD_ROWS - 1, ran_on_loop=False)
     lookups = [_lookup(i, x=-1.0 if i == 4 else 1.5) for i in range(8)]
-    runner = UdfRunner(2)
-    try:
-        answers = _concurrently(step, lookups, runner)
-    finally:
-        runner.close()
+    CALLS.clear()
+    answers = _concurrently(step, lookups, runner)
+    calls = list(CALLS)
+    assert calls[0] == (8, threading.main_thread().name)  # the shared call, on the loop
+    assert [rows for rows, _ in calls[1:]] == [1] * 8
+    assert all(name.startswith("odfv") for _, name in calls[1:])
     assert isinstance(answers[4], InvalidRequestError)
     assert "x must not be negative" in str(answers[4])
     for i, ((entities, result), answer) in enumerate(zip(lookups, answers, strict=True)):
         if i != 4:
-            assert answer == _alone(step, entities, result)  # rows_in_call 1 too
+            assert answer == _alone(step, entities, result)
 
 
-def test_a_pandas_lookup_with_nulls_in_its_table_is_not_batched() -> None:
+def test_a_pandas_lookup_with_nulls_in_its_table_is_not_batched(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
     """A null makes Arrow, not NumPy, read the column: its dtype could differ in a batch."""
     step = _build(rw_scored)
+    _past_the_checks(step, runner)
     lookups = [_lookup(i, x=2.5) for i in range(6)]
     nulled = lookups[2][1]
     nulled.columns["stats:a"] = FeatureColumn([None], ["NOT_FOUND"], [None])
-    runner = UdfRunner(2)
-    try:
-        answers = _concurrently(step, lookups, runner)
-    finally:
-        runner.close()
-    assert [a["rows_in_call"][0] for a in answers] == [5, 5, 1, 5, 5, 5]
+    answers = _concurrently(step, lookups, runner)
+    assert sorted(recorder.calls[CHECKED_CALLS:]) == [("rw_scored", 1), ("rw_scored", 5)]
     assert answers[2] == _alone(step, lookups[2][0], nulled)
     assert answers[2]["y"] == [-2.5 + 20]  # the null read as NaN, filled with -1
 
 
-def test_a_shared_call_holds_fewer_rows_than_a_thread_call() -> None:
+def test_a_shared_call_holds_fewer_rows_than_a_thread_call(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
     step = _build(rw_scored)
+    _past_the_checks(step, runner)
     lookups = [_lookup(i, rows=20, x=1.5) for i in range(7)]
-    runner = UdfRunner(2)
-    try:
-        answers = _concurrently(step, lookups, runner)
-    finally:
-        runner.close()
-    assert [a["rows_in_call"][0] for a in answers] == [60] * 6 + [20]
+    answers = _concurrently(step, lookups, runner)
+    assert recorder.calls[CHECKED_CALLS:] == [("rw_scored", 3), ("rw_scored", 3), ("rw_scored", 1)]
     assert ODFV_THREAD_ROWS > 60
     for (entities, result), answer in zip(lookups, answers, strict=True):
-        assert _without_call_size(answer) == _without_call_size(_alone(step, entities, result))
+        assert answer == _alone(step, entities, result)
 
 
 DEFINITIONS = """
@@ -248,8 +364,9 @@ def servers(
 def test_concurrent_lookups_answer_what_feast_serve_answers(
     servers: tuple[AppClient, httpx.Client],
 ) -> None:
-    """Sixteen lookups at once (one and two entity rows, known and unknown drivers, int and
-    float request data), answered by ours concurrently and by ``feast serve`` one by one."""
+    """Rounds of eight lookups at once (one and two entity rows, known and unknown drivers,
+    int and float request data), answered by ours concurrently and by ``feast serve`` one by
+    one; enough rounds that shared calls past the checked first ones answer some of them."""
     ours, feast = servers
     bodies = [
         {
@@ -260,14 +377,20 @@ def test_concurrent_lookups_answer_what_feast_serve_answers(
                 "km": [i + 0.5, 7.25] if i % 4 == 0 else [i + (0.5 if i % 2 else 0)],
             },
         }
-        for i in range(16)
+        for i in range(192)
     ]
 
-    async def all_at_once() -> list[httpx.Response]:
-        calls = [ours.client.post("/get-online-features", json=body) for body in bodies]
-        return await asyncio.gather(*calls)
+    async def in_rounds() -> list[httpx.Response]:
+        answers: list[httpx.Response] = []
+        for start in range(0, len(bodies), 8):
+            calls = [
+                ours.client.post("/get-online-features", json=body)
+                for body in bodies[start : start + 8]
+            ]
+            answers.extend(await asyncio.gather(*calls))
+        return answers
 
-    mine = ours.run(all_at_once())
+    mine = ours.run(in_rounds())
     for body, answer in zip(bodies, mine, strict=True):
         theirs = feast.post("/get-online-features", json=body)
         assert answer.status_code == 200, answer.text
@@ -276,7 +399,20 @@ def test_concurrent_lookups_answer_what_feast_serve_answers(
         for name in ("fare", "band", "per_trip", "rate"):
             assert got[name]["values"] == expected[name]["values"], (name, body)
     # Each lookup is counted once, in the call that answered it (alone when its table held
-    # a null: an unknown driver, or driver 2's).
+    # a null: an unknown driver, or driver 2's); more calls than the checked ones were shared.
     metrics = ours.get("/metrics").text
     for view in ("rb_fare", "rb_per_trip"):
-        assert f'featurestore_odfv_shared_call_lookups_sum{{feature_view="{view}"}} 16.0' in metrics
+        assert (
+            f'featurestore_odfv_shared_call_lookups_sum{{feature_view="{view}"}} 192.0' in metrics
+        )
+        count, alone = (
+            float(line.rpartition(" ")[2])
+            for prefix in (
+                f'featurestore_odfv_shared_call_lookups_count{{feature_view="{view}"}}',
+                f'featurestore_odfv_shared_call_lookups_bucket{{feature_view="{view}",le="1.0"}}',
+            )
+            for line in metrics.splitlines()
+            if line.startswith(prefix)
+        )
+        assert count - alone > CHECKED_CALLS
+    assert "featurestore_odfv_row_wise_mismatches_total{" not in metrics  # no sample
