@@ -23,9 +23,11 @@ A shared call that fails as a whole (the UDF refuses one request's values, or ha
 rows back in another order) is made again for each request alone, in the transformation
 threads, never on the loop. The promise itself is checked: the first
 :data:`CHECKED_CALLS` shared calls of a view's code, and one in :data:`CHECK_EVERY` after
-them, are made in a thread both ways (shared, and each request alone), the requests get
-the answers they get alone, and a difference ends the sharing of that view's lookups in
-this worker (logged, and counted in ``featurestore_odfv_row_wise_mismatches_total``).
+them, are made in a thread both ways (shared, and each request alone), and the requests
+get the answers they get alone. A difference, or :data:`FAILED_CALLS` shared calls in a
+row that failed where every lookup alone was answered, ends the sharing of that view's
+lookups in this worker (logged, and counted in
+``featurestore_odfv_row_wise_mismatches_total``).
 
 Up to the runner's ``max_calls`` calls of one view run at a time (in threads; a call on
 the loop holds it), so a view that waits on a model server keeps its threads busy.
@@ -45,6 +47,7 @@ from typing import Any, Protocol
 from foundation.errors import InvalidRequestError
 from service.odfv import Answer, OdfvStep, transform_columns, transform_shared
 from service.odfv_frames import numpy_kinds
+from service.udf_records import CodeRecords
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,9 @@ log = logging.getLogger(__name__)
 CHECKED_CALLS = 16
 # ...then one in this many.
 CHECK_EVERY = 256
-# Records kept per worker; past this many (code changed that often) they start again.
-MAX_RECORDS = 4096
-
+# Shared calls in a row that fail where every lookup alone is answered, before a view's
+# lookups are shared no more.
+FAILED_CALLS = 8
 Outcome = Answer | InvalidRequestError
 Table = tuple[dict[str, list[Any]], int]  # (columns, entity rows)
 # (view step's id, full feature names, ((column, kinds of value), ...))
@@ -75,12 +78,6 @@ class BatchMetrics(Protocol):
     def observe_shared_call(self, view: str, lookups: int) -> None: ...
 
     def note_row_wise_mismatch(self, view: str) -> None: ...
-
-
-def code_identity(step: OdfvStep) -> tuple[str, str, str]:
-    """A view's transformation: name, mode and UDF source (not the plan's objects)."""
-    transformation = step.view.feature_transformation
-    return step.view.name, str(step.view.mode), str(getattr(transformation, "udf_string", ""))
 
 
 def batch_key(
@@ -121,18 +118,18 @@ def run_shared(
 
 def run_checked(
     step: OdfvStep, tables: Sequence[Table], *, full_feature_names: bool
-) -> tuple[list[Outcome], list[str]]:
-    """Each request's outcome alone, and the response columns (or ``"refusal"``) where
-    the shared call answered otherwise."""
+) -> tuple[list[Outcome], list[str] | None]:
+    """Each request's outcome alone, and where the shared call answered otherwise: the
+    response columns (or ``"refusal"``), or None when the shared call failed as a whole."""
     try:
-        shared: list[Outcome] | None = run_shared(
-            step, tables, full_feature_names=full_feature_names
-        )
+        shared = run_shared(step, tables, full_feature_names=full_feature_names)
     except InvalidRequestError:
         shared = None  # a failed call shares nothing: the answers below are the ones given
     alone = [run_alone(step, t, full_feature_names=full_feature_names) for t in tables]
+    if shared is None:
+        return alone, None
     differ: set[str] = set()
-    for together, apart in zip(shared or (), alone, strict=True):
+    for together, apart in zip(shared, alone, strict=True):
         if isinstance(together, InvalidRequestError) or isinstance(apart, InvalidRequestError):
             if str(together) != str(apart):
                 differ.add("refusal")
@@ -147,7 +144,8 @@ class _Record:
     """One transformation's shared calls in this worker."""
 
     shared_calls: int = 0
-    off: bool = False  # a checked call answered otherwise than one lookup at a time
+    failed_in_a_row: int = 0  # shared calls failed as a whole where every lookup alone did not
+    off: bool = False  # its lookups are not shared any more (see :meth:`Batcher._stop`)
 
     def check_due(self) -> bool:
         return self.shared_calls <= CHECKED_CALLS or self.shared_calls % CHECK_EVERY == 0
@@ -191,11 +189,11 @@ class Batcher:
         self._max_calls = max_calls
         self._metrics = metrics
         self._queues: dict[BatchKey, _Queue] = {}
-        self._records: dict[tuple[str, str, str], _Record] = {}
+        self._records = CodeRecords(_Record, keep=lambda record: record.off)
 
     def shares(self, step: OdfvStep) -> bool:
         """Whether ``step``'s lookups may still share calls (its promise held so far)."""
-        record = self._records.get(code_identity(step))
+        record = self._records.peek(step)
         return record is None or not record.off
 
     def observe_alone(self, step: OdfvStep) -> None:
@@ -239,6 +237,8 @@ class Batcher:
                 if queue.starting is me:
                     queue.starting = None  # later arrivals may start another call meanwhile
                 batch = _take(queue.waiting, self._max_rows)
+                if not batch:
+                    continue
                 try:
                     outcomes = await self._call(step, batch, full_feature_names)
                 except asyncio.CancelledError:
@@ -280,53 +280,73 @@ class Batcher:
         if len(batch) == 1:
             alone = partial(run_alone, step, tables[0], full_feature_names=ffn)
             return [await self._dispatch(step, rows, alone)]
-        record = self._record(step)
+        record = self._records.get(step)
+        if record.off:  # sharing ended while these waited
+            return await self._each_alone(step, tables, ffn)
         record.shared_calls += 1
         if record.check_due():
             checked = partial(run_checked, step, tables, full_feature_names=ffn)
             outcomes, differ = await self._dispatch(step, rows, checked, thread=True)
-            if differ and not record.off:
-                record.off = True
-                self._broken(step, differ)
+            if differ is None:
+                self._failed(step, record, outcomes)
+            elif differ:
+                self._stop(step, record, f"a shared call answered {differ} otherwise than alone")
             return outcomes  # type: ignore[no-any-return]
         try:
             shared = partial(run_shared, step, tables, full_feature_names=ffn)
-            return await self._dispatch(step, rows, shared)  # type: ignore[no-any-return]
-        except InvalidRequestError:  # each request alone, spread over the threads
-            calls = [
-                self._dispatch(
-                    step,
-                    table[1],
-                    partial(run_alone, step, table, full_feature_names=ffn),
-                    thread=True,
-                )
-                for table in tables
-            ]
-            return list(await asyncio.gather(*calls))
+            outcomes = await self._dispatch(step, rows, shared)
+        except InvalidRequestError:
+            outcomes = await self._each_alone(step, tables, ffn)
+            self._failed(step, record, outcomes)
+            return outcomes
+        record.failed_in_a_row = 0
+        return outcomes  # type: ignore[no-any-return]
 
-    def _record(self, step: OdfvStep) -> _Record:
-        identity = code_identity(step)
-        record = self._records.get(identity)
-        if record is None:
-            if len(self._records) >= MAX_RECORDS:
-                self._records.clear()
-            record = self._records[identity] = _Record()
-        return record
+    async def _each_alone(
+        self, step: OdfvStep, tables: Sequence[Table], full_feature_names: bool
+    ) -> list[Outcome]:
+        """Each request in a call of its own, spread over the threads (never the loop)."""
+        calls = [
+            self._dispatch(
+                step,
+                table[1],
+                partial(run_alone, step, table, full_feature_names=full_feature_names),
+                thread=True,
+            )
+            for table in tables
+        ]
+        return list(await asyncio.gather(*calls))
 
-    def _broken(self, step: OdfvStep, differ: list[str]) -> None:
+    def _failed(self, step: OdfvStep, record: _Record, alone: Sequence[Outcome]) -> None:
+        """A shared call failed as a whole. When every lookup alone was answered, sharing
+        itself is the cause (rows handed back in another order or number): after
+        :data:`FAILED_CALLS` such calls in a row the view's lookups are shared no more. A
+        refused lookup among them explains the failure (bad request data) and counts not."""
+        if any(isinstance(outcome, InvalidRequestError) for outcome in alone):
+            return
+        record.failed_in_a_row += 1
+        if record.failed_in_a_row >= FAILED_CALLS:
+            what = f"{FAILED_CALLS} shared calls in a row failed where each lookup alone did not"
+            self._stop(step, record, what)
+
+    def _stop(self, step: OdfvStep, record: _Record, what: str) -> None:
+        if record.off:
+            return
+        record.off = True
         log.warning(
-            "on-demand feature view %r is tagged row-wise, but a shared call answered %s "
-            "otherwise than one lookup at a time; its lookups are no longer shared in this "
-            "worker (fix the transformation or drop the tag, then `feast apply`)",
+            "on-demand feature view %r is tagged row-wise, but %s; its lookups are no longer "
+            "shared in this worker (fix the transformation or drop the tag, then `feast apply`)",
             step.view.name,
-            differ,
+            what,
         )
         if self._metrics is not None:
             self._metrics.note_row_wise_mismatch(step.view.name)
 
 
 def _take(waiting: list[_Waiting], max_rows: int) -> list[_Waiting]:
-    """The oldest requests that fit in one call (at least one), removed from ``waiting``."""
+    """The oldest requests that fit in one call (at least one unless all went away),
+    removed from ``waiting`` with those whose client went away."""
+    waiting[:] = [entry for entry in waiting if not entry.future.done()]
     rows = count = 0
     for entry in waiting:
         if count and rows + entry.rows > max_rows:

@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 
 from online_store.reader import ReadResult
 from service.odfv import OdfvStep, run_odfv, transform_columns, udf_columns
-from service.udf_batches import Batcher, BatchMetrics, batch_key, code_identity
+from service.udf_batches import Batcher, BatchMetrics, batch_key
+from service.udf_records import CodeRecords
 
 _T = TypeVar("_T")
 
@@ -47,8 +48,6 @@ PROOF_CALLS = 4
 # A call in a thread that took longer than this in wall time is charged its wall time.
 WAIT_SECONDS = 0.02
 MAX_PROOF_CALLS = 4096
-# Records kept per worker; past this many (code changed that often) they start again.
-MAX_RECORDS = 4096
 
 
 class UdfPace:
@@ -97,7 +96,7 @@ class UdfRunner:
     def __init__(self, threads: int, *, metrics: BatchMetrics | None = None) -> None:
         """``metrics`` counts the calls of row-wise views (see :mod:`service.udf_batches`)."""
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="odfv")
-        self._paces: dict[tuple[str, str, str], UdfPace] = {}
+        self._paces = CodeRecords(UdfPace)
         # Shared calls stay under the size that always goes to a thread.
         self._batches = Batcher(
             self._run, max_rows=ODFV_THREAD_ROWS - 1, max_calls=threads, metrics=metrics
@@ -105,13 +104,7 @@ class UdfRunner:
 
     def pace(self, step: OdfvStep) -> UdfPace:
         """The record of ``step``'s transformation, new if its code was never run here."""
-        key = code_identity(step)
-        pace = self._paces.get(key)
-        if pace is None:
-            if len(self._paces) >= MAX_RECORDS:
-                self._paces.clear()
-            pace = self._paces[key] = UdfPace()
-        return pace
+        return self._paces.get(step)
 
     async def transform(
         self,
@@ -124,11 +117,23 @@ class UdfRunner:
     ) -> dict[str, list[Any]]:
         """:func:`run_odfv` on the event loop or in a transformation thread; a row-wise
         view's lookups may share a call (:mod:`service.udf_batches`)."""
-        if not (step.row_wise and rows < ODFV_THREAD_ROWS and self._batches.shares(step)):
-            call = functools.partial(
-                run_odfv, step, entities, result, full_feature_names=full_feature_names
-            )
-            return await self._run(step, rows, call)
+        if step.row_wise and rows < ODFV_THREAD_ROWS:
+            if self._batches.shares(step):
+                return await self._maybe_shared(step, entities, result, rows, full_feature_names)
+            self._batches.observe_alone(step)
+        call = functools.partial(
+            run_odfv, step, entities, result, full_feature_names=full_feature_names
+        )
+        return await self._run(step, rows, call)
+
+    async def _maybe_shared(
+        self,
+        step: OdfvStep,
+        entities: Mapping[str, Sequence[Any]],
+        result: ReadResult,
+        rows: int,
+        full_feature_names: bool,
+    ) -> dict[str, list[Any]]:
         columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
         key = batch_key(step, columns, full_feature_names=full_feature_names)
         if key is not None:

@@ -24,7 +24,7 @@ from online_store.embedded import EmbeddedRedis
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
 from service.odfv import ROW_WISE_TAG, OdfvStep, run_odfv
-from service.udf_batches import CHECKED_CALLS, run_shared
+from service.udf_batches import CHECKED_CALLS, FAILED_CALLS, run_shared
 from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS, UdfRunner
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 from tests.service.test_odfv import _step, stats, trip
@@ -209,7 +209,7 @@ def test_a_view_that_breaks_the_promise_answers_alone_and_stops_sharing(
     assert "'rw_counting' is tagged row-wise" in caplog.text
     later = _concurrently(step, [_lookup(i, x=1.5) for i in range(6)], runner)
     assert later == [{"n": [1]}] * 6
-    assert recorder.calls == [("rw_counting", 6)]  # the later lookups each ran alone
+    assert recorder.calls == [("rw_counting", 6)] + [("rw_counting", 1)] * 6  # later: alone
 
 
 def test_an_output_whose_dtype_follows_its_neighbours_is_caught(
@@ -272,6 +272,37 @@ def test_a_lookup_the_transformation_refuses_fails_alone_and_off_the_loop(
     for i, ((entities, result), answer) in enumerate(zip(lookups, answers, strict=True)):
         if i != 4:
             assert answer == _alone(step, entities, result)
+
+
+def test_a_refused_lookup_in_a_checked_call_fails_alone(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
+    """The view's first shared calls are checked; one that fails as a whole answers each
+    request as alone too, and a bad request's refusal is no broken promise."""
+    step = _build(rw_scored)
+    lookups = [_lookup(i, x=-1.0 if i == 1 else 1.5) for i in range(3)]
+    answers = _concurrently(step, lookups, runner)
+    assert isinstance(answers[1], InvalidRequestError)
+    assert [answers[0], answers[2]] == [_alone(step, *lookups[0]), _alone(step, *lookups[2])]
+    assert recorder.calls == [("rw_scored", 3)]
+    assert not recorder.mismatches
+
+
+def test_a_view_whose_shared_calls_keep_failing_stops_sharing(
+    runner: UdfRunner, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows handed back in another order fail every shared call while each lookup alone is
+    answered: after FAILED_CALLS such calls in a row the view's lookups run alone."""
+    step = _build(rw_sorted)
+    lookups = [_lookup(5, x=1.5), _lookup(1, x=1.5)]  # sorted by y: the other way round
+    with caplog.at_level(logging.WARNING, logger="service.udf_batches"):
+        for _ in range(FAILED_CALLS):
+            assert not recorder.mismatches
+            assert _concurrently(step, lookups, runner) == [_alone(step, *x) for x in lookups]
+    assert recorder.mismatches == ["rw_sorted"]
+    assert f"{FAILED_CALLS} shared calls in a row failed where each lookup" in caplog.text
+    assert _concurrently(step, lookups, runner) == [_alone(step, *x) for x in lookups]
+    assert recorder.calls == [("rw_sorted", 2)] * FAILED_CALLS + [("rw_sorted", 1)] * 2
 
 
 def test_a_pandas_lookup_with_nulls_in_its_table_is_not_batched(
