@@ -357,8 +357,8 @@ rb_trip = RequestSource(name="rb_trip", schema=[Field(name="km", dtype=Float64)]
 )
 def rb_fare(inputs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=inputs.index)
-    out["fare"] = 2.5 + inputs["km"] * inputs["rate"].fillna(1.0)
-    out["band"] = (inputs["trips"].fillna(0) // 3).astype("int64").astype(str)
+    out["fare"] = 2.5 + inputs["km"] * inputs["rate"].astype("float64").fillna(1.0)
+    out["band"] = (inputs["trips"].astype("float64").fillna(0) // 3).astype("int64").astype(str)
     return out
 
 
