@@ -117,33 +117,22 @@ class UdfRunner:
     ) -> dict[str, list[Any]]:
         """:func:`run_odfv` on the event loop or in a transformation thread; a row-wise
         view's lookups may share a call (:mod:`service.udf_batches`)."""
+        ffn = full_feature_names
+        call: Callable[[], dict[str, list[Any]]] = functools.partial(
+            run_odfv, step, entities, result, full_feature_names=ffn
+        )
         if step.row_wise and rows < ODFV_THREAD_ROWS:
             if self._batches.shares(step):
-                return await self._maybe_shared(step, entities, result, rows, full_feature_names)
+                columns = udf_columns(step, entities, result, full_feature_names=ffn)
+                key = batch_key(step, columns, full_feature_names=ffn)
+                if key is not None:
+                    return await self._batches.transform(
+                        step, key, columns, rows, full_feature_names=ffn
+                    )
+                call = functools.partial(
+                    transform_columns, step, columns, rows, full_feature_names=ffn
+                )
             self._batches.observe_alone(step)
-        call = functools.partial(
-            run_odfv, step, entities, result, full_feature_names=full_feature_names
-        )
-        return await self._run(step, rows, call)
-
-    async def _maybe_shared(
-        self,
-        step: OdfvStep,
-        entities: Mapping[str, Sequence[Any]],
-        result: ReadResult,
-        rows: int,
-        full_feature_names: bool,
-    ) -> dict[str, list[Any]]:
-        columns = udf_columns(step, entities, result, full_feature_names=full_feature_names)
-        key = batch_key(step, columns, full_feature_names=full_feature_names)
-        if key is not None:
-            return await self._batches.transform(
-                step, key, columns, rows, full_feature_names=full_feature_names
-            )
-        self._batches.observe_alone(step)
-        call = functools.partial(
-            transform_columns, step, columns, rows, full_feature_names=full_feature_names
-        )
         return await self._run(step, rows, call)
 
     async def _run(
