@@ -245,8 +245,10 @@ class Batcher:
                     for waiting in batch:
                         waiting.future.cancel()
                     raise
-                except Exception as exc:  # the worker's state (MemoryError...): each request's
+                except BaseException as exc:  # the worker's state (MemoryError...): each request's
                     _settle(batch, [copy.copy(exc) for _ in batch])
+                    if not isinstance(exc, Exception):
+                        raise  # SystemExit and the like: settled, and on their way
                     continue
                 _settle(batch, outcomes)
         finally:
