@@ -23,8 +23,8 @@ A shared call that fails as a whole (the UDF refuses one request's values, or ha
 rows back in another order) is made again for each request alone, in the transformation
 threads, never on the loop. The promise itself is checked: the first
 :data:`CHECKED_CALLS` shared calls of a view's code, and one in :data:`CHECK_EVERY` after
-them, are made in a thread both ways (shared, and each request alone), and the requests
-get the answers they get alone. A difference, or :data:`FAILED_CALLS` shared calls in a
+them, are made both ways at once in the threads (shared, and each request alone), and the
+requests get the answers they get alone. A difference, or :data:`FAILED_CALLS` shared calls in a
 row that failed where every lookup alone was answered, ends the sharing of that view's
 lookups in this worker (logged, and counted in
 ``featurestore_odfv_row_wise_mismatches_total``).
@@ -116,18 +116,19 @@ def run_shared(
     return transform_shared(step, merged, sizes, full_feature_names=full_feature_names)
 
 
-def run_checked(
+def try_shared(
     step: OdfvStep, tables: Sequence[Table], *, full_feature_names: bool
-) -> tuple[list[Outcome], list[str] | None]:
-    """Each request's outcome alone, and where the shared call answered otherwise: the
-    response columns (or ``"refusal"``), or None when the shared call failed as a whole."""
+) -> list[Outcome] | None:
+    """:func:`run_shared`, or None when the call failed as a whole."""
     try:
-        shared = run_shared(step, tables, full_feature_names=full_feature_names)
+        return run_shared(step, tables, full_feature_names=full_feature_names)
     except InvalidRequestError:
-        shared = None  # a failed call shares nothing: the answers below are the ones given
-    alone = [run_alone(step, t, full_feature_names=full_feature_names) for t in tables]
-    if shared is None:
-        return alone, None
+        return None
+
+
+def differences(shared: Sequence[Outcome], alone: Sequence[Outcome]) -> list[str]:
+    """The response columns (or ``"refusal"``) where a shared call answered otherwise than
+    each request's call of its own."""
     differ: set[str] = set()
     for together, apart in zip(shared, alone, strict=True):
         if isinstance(together, InvalidRequestError) or isinstance(apart, InvalidRequestError):
@@ -136,7 +137,7 @@ def run_checked(
             continue
         # repr: 1 and 1.0, "1" and 1 differ; NaN equals NaN
         differ.update(k for k, v in apart.items() if repr(together.get(k)) != repr(v))
-    return alone, sorted(differ)
+    return sorted(differ)
 
 
 @dataclass(slots=True)
@@ -286,14 +287,23 @@ class Batcher:
         if record.off:  # sharing ended while these waited
             return await self._each_alone(step, tables, ffn)
         record.shared_calls += 1
-        if record.check_due():
-            checked = partial(run_checked, step, tables, full_feature_names=ffn)
-            outcomes, differ = await self._dispatch(step, rows, checked, thread=True)
-            if differ is None:
+        if record.check_due():  # both ways at once, in the threads; the answers alone
+            # Each call of its own gets a copy of its table: Feast's aliases go in place.
+            copies = [(dict(columns), size) for columns, size in tables]
+            shared, outcomes = await asyncio.gather(
+                self._dispatch(
+                    step,
+                    rows,
+                    partial(try_shared, step, tables, full_feature_names=ffn),
+                    thread=True,
+                ),
+                self._each_alone(step, copies, ffn),
+            )
+            if shared is None:
                 self._failed(step, record, outcomes)
-            elif differ:
+            elif differ := differences(shared, outcomes):
                 self._stop(step, record, f"a shared call answered {differ} otherwise than alone")
-            return outcomes  # type: ignore[no-any-return]
+            return outcomes
         try:
             shared = partial(run_shared, step, tables, full_feature_names=ffn)
             outcomes = await self._dispatch(step, rows, shared)
