@@ -17,14 +17,23 @@ import pyarrow.parquet as pq
 import pytest
 from feast import Field, OnDemandFeatureView
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String
+from feast.types import Bool, Float32, Float64, Int64, String
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from foundation.errors import InvalidRequestError
 from online_store.embedded import EmbeddedRedis
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
 from service.odfv import ROW_WISE_TAG, OdfvStep, run_odfv
-from service.udf_batches import CHECKED_CALLS, FAILED_CALLS, run_shared
+from service.udf_batches import (
+    CHECKED_CALLS,
+    FAILED_CALLS,
+    Table,
+    batch_key,
+    run_alone,
+    run_shared,
+)
 from service.udf_runner import ODFV_THREAD_ROWS, PROOF_CALLS, UdfRunner
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 from tests.service.test_odfv import _step, stats, trip
@@ -333,12 +342,61 @@ def test_a_shared_call_holds_fewer_rows_than_a_thread_call(
         assert answer == _alone(step, entities, result)
 
 
+@on_demand_feature_view(
+    sources=[stats, trip],
+    schema=[Field(name="y", dtype=Float64), Field(name="k", dtype=Int64),
+            Field(name="label", dtype=String), Field(name="big", dtype=Bool),
+            Field(name="half", dtype=Float32)],
+    mode="pandas", tags=ROW_WISE,
+)  # fmt: skip
+def rw_typed(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Row-wise outputs of several types, some not of their schema's dtype."""
+    out = pd.DataFrame(index=inputs.index)
+    out["y"] = inputs["a"] * inputs["x"]
+    out["k"] = inputs["stats__b"] * 2  # int64, or float64 beside floats: per request alike
+    out["label"] = inputs["tag"] + ":" + inputs["x"].astype(str)
+    out["big"] = inputs["x"] > 1
+    out["half"] = inputs["x"] / 2
+    return out
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> list[Table]:
+    """Tables of one shape (as one batch key would admit them): the same kinds per column."""
+    ints = draw(st.booleans())
+    tables: list[Table] = []
+    for _ in range(draw(st.integers(2, 5))):
+        x = st.integers(-(2**40), 2**40) if ints else st.floats(-1e6, 1e6)
+        xs = draw(st.lists(x, min_size=1, max_size=3))
+        n = len(xs)
+        a = draw(st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n))
+        b = draw(st.lists(st.integers(-(2**40), 2**40), min_size=n, max_size=n))
+        tag = draw(st.lists(st.text("ab", max_size=3), min_size=n, max_size=n))
+        columns = {"rider_id": list(range(n)), "x": xs, "stats__a": a, "stats__b": b,
+                   "stats__tag": tag}  # fmt: skip
+        tables.append((columns, n))
+    return tables
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables=_tables())
+def test_shared_calls_of_a_row_wise_view_answer_each_table_as_alone(tables: list[Table]) -> None:
+    step = _build(rw_typed)
+    keys = {batch_key(step, columns, full_feature_names=False) for columns, _ in tables}
+    assert len(keys) == 1  # tables a batch would hold together
+    alone = [run_alone(step, (dict(c), n), full_feature_names=False) for c, n in tables]
+    shared = run_shared(step, tables, full_feature_names=False)
+    assert [repr(o) for o in shared] == [repr(o) for o in alone]
+
+
 DEFINITIONS = """
 from datetime import timedelta
 import pandas as pd
 from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String
+from feast.types import Bool, Float32, Float64, Int64, String
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
 rb_stats = FeatureView(
