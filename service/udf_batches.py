@@ -288,8 +288,9 @@ class Batcher:
             return await self._each_alone(step, tables, ffn)
         record.shared_calls += 1
         if record.check_due():  # both ways at once, in the threads; the answers alone
-            # Each call of its own gets a copy of its table: Feast's aliases go in place.
-            copies = [(dict(columns), size) for columns, size in tables]
+            # Each call of its own gets a copy of its table (Feast's aliases go in place, a
+            # python UDF may change its lists) while the shared call reads the table.
+            copies = [({k: list(v) for k, v in c.items()}, size) for c, size in tables]
             shared, outcomes = await asyncio.gather(
                 self._dispatch(
                     step,
