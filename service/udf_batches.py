@@ -30,7 +30,8 @@ lookups in this worker (logged, and counted in
 ``featurestore_odfv_row_wise_mismatches_total``).
 
 Up to the runner's ``max_calls`` calls of one view run at a time (in threads; a call on
-the loop holds it), so a view that waits on a model server keeps its threads busy.
+the loop holds it), so a view that waits on a model server keeps its threads busy; a
+checked call adds one call per request, queued for the same threads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import copy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol
 
@@ -58,6 +61,7 @@ CHECK_EVERY = 256
 # Shared calls in a row that fail where every lookup alone is answered, before a view's
 # lookups are shared no more.
 FAILED_CALLS = 8
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None), datetime, date, Decimal})
 Outcome = Answer | InvalidRequestError
 Table = tuple[dict[str, list[Any]], int]  # (columns, entity rows)
 # (view step's id, full feature names, ((column, kinds of value), ...))
@@ -89,7 +93,9 @@ def batch_key(
     kinds: list[tuple[str, frozenset[type]]] = []
     for name, values in columns.items():
         kind = frozenset(map(type, values)) if python else numpy_kinds(values)
-        if kind is None:
+        # A list, dict or array in a python-mode column is shared between the calls that
+        # read it, and the UDF may change it: only values no call can change are shared.
+        if kind is None or (python and not kind <= _IMMUTABLE):
             return None
         kinds.append((name, kind))
     return id(step), full_feature_names, tuple(kinds)
@@ -247,7 +253,7 @@ class Batcher:
                         waiting.future.cancel()
                     raise
                 except BaseException as exc:  # the worker's state (MemoryError...): each request's
-                    _settle(batch, [copy.copy(exc) for _ in batch])
+                    _settle(batch, [_copy(exc) for _ in batch])
                     if not isinstance(exc, Exception):
                         raise  # SystemExit and the like: settled, and on their way
                     continue
@@ -280,9 +286,12 @@ class Batcher:
         if self._metrics is not None:
             self._metrics.observe_shared_call(step.view.name, len(batch))
         ffn = full_feature_names
-        if len(batch) == 1:
-            alone = partial(run_alone, step, tables[0], full_feature_names=ffn)
-            return [await self._dispatch(step, rows, alone)]
+        if len(batch) == 1:  # raising, so that its pace counts a refusal as untagged do
+            alone = partial(transform_columns, step, *tables[0], full_feature_names=ffn)
+            try:
+                return [await self._dispatch(step, rows, alone)]
+            except InvalidRequestError as exc:
+                return [exc]
         record = self._records.get(step)
         if record.off:  # sharing ended while these waited
             return await self._each_alone(step, tables, ffn)
@@ -302,7 +311,9 @@ class Batcher:
             )
             if shared is None:
                 self._failed(step, record, outcomes)
-            elif differ := differences(shared, outcomes):
+                return outcomes
+            record.failed_in_a_row = 0
+            if differ := differences(shared, outcomes):
                 self._stop(step, record, f"a shared call answered {differ} otherwise than alone")
             return outcomes
         try:
@@ -369,6 +380,14 @@ def _take(waiting: list[_Waiting], max_rows: int) -> list[_Waiting]:
     batch = waiting[:count]
     del waiting[:count]
     return batch
+
+
+def _copy(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` for one more request (or ``exc`` itself if it cannot be copied)."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
 
 
 def _settle(batch: Sequence[_Waiting], outcomes: Sequence[Answer | BaseException]) -> None:
