@@ -393,14 +393,43 @@ def rw_typed(inputs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@on_demand_feature_view(
+    sources=[stats, trip],
+    schema=[Field(name="y", dtype=Float64), Field(name="k", dtype=Int64),
+            Field(name="label", dtype=String), Field(name="big", dtype=Bool),
+            Field(name="half", dtype=Float32)],
+    mode="python", tags=ROW_WISE,
+)  # fmt: skip
+def rw_typed_python(inputs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`rw_typed` in python mode; a negative x is refused (a bool for a Float64)."""
+    xs, rows = inputs["x"], zip(inputs["stats__a"], inputs["x"], strict=True)
+    return {
+        "y": [a * x if x >= 0 else True for a, x in rows],
+        "k": [b * 2 for b in inputs["stats__b"]],
+        "label": [f"{t}:{x}" for t, x in zip(inputs["stats__tag"], xs, strict=True)],
+        "big": [x > 1 for x in xs],
+        "half": [x / 2 for x in xs],
+    }
+
+
+_X = {
+    "int": st.integers(-(2**40), 2**40),
+    "float": st.floats(-1e6, 1e6),
+}
+
+
 @st.composite
 def _tables(draw: st.DrawFn) -> list[Table]:
-    """Tables of one shape (as one batch key would admit them): the same kinds per column."""
-    ints = draw(st.booleans())
+    """Tables of one shape (as one batch key would admit them): the same kinds per column,
+    ints, floats, or both in every table."""
+    kind = draw(st.sampled_from(["int", "float", "mixed"]))
     tables: list[Table] = []
     for _ in range(draw(st.integers(2, 5))):
-        x = st.integers(-(2**40), 2**40) if ints else st.floats(-1e6, 1e6)
-        xs = draw(st.lists(x, min_size=1, max_size=3))
+        if kind == "mixed":
+            xs = [draw(_X["int"]), draw(_X["float"])]
+            xs += draw(st.lists(st.one_of(_X["int"], _X["float"]), max_size=2))
+        else:
+            xs = draw(st.lists(_X[kind], min_size=1, max_size=3))
         n = len(xs)
         a = draw(st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n))
         b = draw(st.lists(st.integers(-(2**40), 2**40), min_size=n, max_size=n))
@@ -411,12 +440,16 @@ def _tables(draw: st.DrawFn) -> list[Table]:
     return tables
 
 
+@pytest.mark.parametrize("view", [rw_typed, rw_typed_python], ids=["pandas", "python"])
 @settings(max_examples=150, deadline=None)
 @given(tables=_tables())
-def test_shared_calls_of_a_row_wise_view_answer_each_table_as_alone(tables: list[Table]) -> None:
-    step = _build(rw_typed)
+def test_shared_calls_of_a_row_wise_view_answer_each_table_as_alone(
+    view: OnDemandFeatureView, tables: list[Table]
+) -> None:
+    step = _build(view)
     keys = {batch_key(step, columns, full_feature_names=False) for columns, _ in tables}
     assert len(keys) == 1  # tables a batch would hold together
+    assert None not in keys
     alone = [run_alone(step, (dict(c), n), full_feature_names=False) for c, n in tables]
     shared = run_shared(step, tables, full_feature_names=False)
     assert [repr(o) for o in shared] == [repr(o) for o in alone]
