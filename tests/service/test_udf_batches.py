@@ -375,11 +375,14 @@ def test_a_shared_call_holds_fewer_rows_than_a_thread_call(
         assert answer == _alone(step, entities, result)
 
 
+TYPED = [Field(name="y", dtype=Float64), Field(name="k", dtype=Int64),
+         Field(name="label", dtype=String), Field(name="big", dtype=Bool),
+         Field(name="half", dtype=Float32)]  # fmt: skip
+
+
 @on_demand_feature_view(
     sources=[stats, trip],
-    schema=[Field(name="y", dtype=Float64), Field(name="k", dtype=Int64),
-            Field(name="label", dtype=String), Field(name="big", dtype=Bool),
-            Field(name="half", dtype=Float32)],
+    schema=TYPED,
     mode="pandas", tags=ROW_WISE,
 )  # fmt: skip
 def rw_typed(inputs: pd.DataFrame) -> pd.DataFrame:
@@ -395,9 +398,7 @@ def rw_typed(inputs: pd.DataFrame) -> pd.DataFrame:
 
 @on_demand_feature_view(
     sources=[stats, trip],
-    schema=[Field(name="y", dtype=Float64), Field(name="k", dtype=Int64),
-            Field(name="label", dtype=String), Field(name="big", dtype=Bool),
-            Field(name="half", dtype=Float32)],
+    schema=TYPED,
     mode="python", tags=ROW_WISE,
 )  # fmt: skip
 def rw_typed_python(inputs: dict[str, Any]) -> dict[str, Any]:
