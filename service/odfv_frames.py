@@ -19,7 +19,8 @@ import pyarrow as pa
 
 # Integers a double holds exactly: Arrow refuses to mix larger ones with floats.
 _EXACT_IN_DOUBLE = 2**53
-
+_INT64 = 2**63
+_INTS, _INTS_AND_FLOATS = frozenset({int}), frozenset({int, float})
 
 # The kinds of value a column may hold to be built straight from NumPy, and its dtype.
 _NUMPY_DTYPES: dict[frozenset[type], Any] = {
@@ -47,10 +48,6 @@ def numpy_kinds(values: list[Any]) -> frozenset[type] | None:
     elif kinds == _INTS and not all(-_INT64 <= v < _INT64 for v in values):
         return None
     return kinds
-
-
-_INTS, _INTS_AND_FLOATS = frozenset({int}), frozenset({int, float})
-_INT64 = 2**63
 
 
 def _numpy_column(values: list[Any]) -> np.ndarray[Any, Any] | None:
