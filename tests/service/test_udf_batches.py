@@ -329,6 +329,21 @@ def test_a_view_failing_shared_calls_now_and_then_keeps_sharing(
     assert recorder.calls == [("rw_sorted", 2)] * (2 * FAILED_CALLS)
 
 
+def test_a_client_sending_refused_data_cannot_end_sharing_or_touch_other_answers(
+    runner: UdfRunner, recorder: Recorder
+) -> None:
+    """A hostile caller's bad request in every shared call, checked or not: each other
+    caller still gets its own answer, and the view keeps sharing."""
+    step = _build(rw_scored)
+    for round_ in range(CHECKED_CALLS + 2 * FAILED_CALLS):
+        lookups = [_lookup(round_ + i, x=-1.0 if i == 0 else 1.5) for i in range(3)]
+        answers = _concurrently(step, lookups, runner)
+        assert isinstance(answers[0], InvalidRequestError)
+        assert answers[1:] == [_alone(step, *lookup) for lookup in lookups[1:]]
+    assert not recorder.mismatches
+    assert recorder.calls == [("rw_scored", 3)] * (CHECKED_CALLS + 2 * FAILED_CALLS)
+
+
 def test_quick_refusals_do_not_earn_a_lone_lookup_the_loop(runner: UdfRunner) -> None:
     """A lone lookup of a tagged view is paced as an untagged one: refusals prove nothing."""
     step = _build(rw_scored)
