@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from online_store import blocks
 from online_store.rawpipe import supports_raw
 from online_store.write_plan import (
     WriteSpec,
+    chunk_keys,
     chunk_winners,
     encode_rows,
 )
@@ -110,11 +112,11 @@ def write_chunk_atomic(
 
     Returns (rows written, newest written event time in microseconds or None).
     """
-    keys, micros, rows = chunk_winners(spec, chunk, project)
+    micros, rows = chunk_winners(spec, chunk)
     ts_values, encoded = encode_rows(spec, chunk, pa.array(rows, type=pa.int64()), micros)
     return write_rows_atomic(
         client,
-        [keys[i] for i in rows.tolist()],
+        blocks.row_list([part.take(rows) for part in chunk_keys(spec, chunk, project)]),
         micros[rows],
         ts_values,
         encoded,

@@ -24,10 +24,11 @@ I64 = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """Row ``i`` is ``data[i, :lens[i]]``."""
+    """Row ``i`` is ``data[i, :lens[i]]``; ``same`` when every row is the whole ``data[0]``."""
 
     data: U8
     lens: I64
+    same: bool = False
 
     @property
     def rows(self) -> int:
@@ -35,15 +36,21 @@ class Block:
 
     def to_list(self) -> list[bytes]:
         """The rows as bytes objects (tests and fallbacks)."""
-        buf, ends = _compress([self])
-        starts = [0, *ends[:-1].tolist()] if len(ends) else []
-        return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
+        return row_list([self])
+
+    def take(self, rows: I64) -> Block:
+        """The rows at positions ``rows``, in that order."""
+        if self.same:
+            return constant(self.data[0].tobytes(), len(rows))
+        return Block(self.data[rows], self.lens[rows])
 
 
 def constant(raw: bytes, n: int) -> Block:
     """The same bytes on every row."""
     row = np.frombuffer(raw, dtype=np.uint8)
-    return Block(np.broadcast_to(row, (n, len(raw))), np.full(n, len(raw), dtype=np.int64))
+    return Block(
+        np.broadcast_to(row, (n, len(raw))), np.full(n, len(raw), dtype=np.int64), same=True
+    )
 
 
 def from_list(items: list[bytes]) -> Block:
@@ -78,11 +85,29 @@ def hconcat(blocks: list[Block]) -> Block:
     return _scatter(np.frombuffer(buf, dtype=np.uint8), lens)
 
 
+def _merged(blocks: list[Block]) -> list[Block]:
+    """``blocks`` with each run of neighbouring constants joined into one constant."""
+    out: list[Block] = []
+    run: list[bytes] = []
+    for b in blocks:
+        if b.same:
+            run.append(b.data[0].tobytes())
+            continue
+        if run:
+            out.append(constant(b"".join(run), b.rows))
+            run = []
+        out.append(b)
+    if run:
+        out.append(constant(b"".join(run), blocks[0].rows))
+    return out
+
+
 def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
     """Rows of the side-by-side blocks joined into one buffer, and each row's end."""
     n = blocks[0].rows
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
+    blocks = _merged(blocks)
     matrix = np.concatenate([b.data for b in blocks], axis=1)
     # Only blocks with short rows need a mask; most (constants, fixed-width values) are full.
     keep = np.ones(matrix.shape, dtype=bool)
@@ -99,6 +124,13 @@ def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
 def join_rows(blocks: list[Block]) -> bytes:
     """Every row's blocks joined, rows one after another, as one buffer."""
     return _compress(blocks)[0]
+
+
+def row_list(blocks: list[Block]) -> list[bytes]:
+    """Every row's blocks joined, one bytes object per row."""
+    buf, ends = _compress(blocks)
+    starts = [0, *ends[:-1].tolist()] if len(ends) else []
+    return [buf[s:e] for s, e in zip(starts, ends.tolist(), strict=True)]
 
 
 def varints(values: I64) -> Block:
@@ -140,24 +172,37 @@ def decimal(values: I64) -> Block:
     return Block(aligned, lens)
 
 
-def bulk(values: Block, frame: bytes = b"") -> list[Block]:
-    """RESP bulk strings ``frame + $<len> CRLF + value + CRLF`` as blocks to concatenate."""
-    n = values.rows
-    return [
-        constant(frame + b"$", n),
-        decimal(values.lens),
-        constant(b"\r\n", n),
-        values,
-        constant(b"\r\n", n),
-    ]
+def bulk(value: list[Block], frame: bytes = b"") -> list[Block]:
+    """RESP bulk strings ``frame + $<len> CRLF + value + CRLF`` as blocks to concatenate.
+
+    ``value`` is one argument per row, given as the blocks it is made of, side by side.
+    When every row's argument has the same length the ``$<len>`` header is a constant.
+    """
+    n = value[0].rows
+    lens = value[0].lens
+    for part in value[1:]:
+        lens = lens + part.lens
+    if n and int(lens.min()) == int(lens.max()):
+        head = [constant(frame + b"$%d\r\n" % int(lens[0]), n)]
+    else:
+        head = [constant(frame + b"$", n), decimal(lens), constant(b"\r\n", n)]
+    return [*head, *value, constant(b"\r\n", n)]
 
 
 def blank(block: Block, mask: npt.NDArray[np.bool_]) -> Block:
+    """``block`` with the rows in ``mask`` empty."""
     if not mask.any():
         return block
     lens = block.lens.copy()
     lens[mask] = 0
     return Block(block.data, lens)
+
+
+def blank_all(parts: list[Block], mask: npt.NDArray[np.bool_]) -> list[Block]:
+    """The parts of one value with the rows in ``mask`` empty in every part."""
+    if not mask.any():
+        return parts
+    return [blank(b, mask) for b in parts]
 
 
 def prefixed(tag: bytes, body: Block) -> Block:

@@ -188,8 +188,9 @@ def event_micros(arr: pa.Array) -> npt.NDArray[np.int64]:
     return raw * (1_000_000 // per_second)
 
 
-def timestamp_block(micros: npt.NDArray[np.int64]) -> blocks.Block:
-    """Serialized ``google.protobuf.Timestamp`` per event time (the ``_ts:<view>`` value).
+def timestamp_parts(micros: npt.NDArray[np.int64]) -> list[blocks.Block]:
+    """Serialized ``google.protobuf.Timestamp`` per event time (the ``_ts:<view>`` value),
+    as its two parts side by side (seconds, nanos).
 
     proto3 omits zero scalars, so seconds == 0 or nanos == 0 contribute no bytes.
     """
@@ -197,7 +198,12 @@ def timestamp_block(micros: npt.NDArray[np.int64]) -> blocks.Block:
     nanos = (micros % 1_000_000) * 1000
     sec = blocks.blank(blocks.prefixed(b"\x08", blocks.varints(seconds)), seconds == 0)
     nano = blocks.blank(blocks.prefixed(b"\x10", blocks.varints(nanos)), nanos == 0)
-    return blocks.hconcat([sec, nano])
+    return [sec, nano]
+
+
+def timestamp_block(micros: npt.NDArray[np.int64]) -> blocks.Block:
+    """:func:`timestamp_parts` joined into one block."""
+    return blocks.hconcat(timestamp_parts(micros))
 
 
 def encode_timestamps(micros: npt.NDArray[np.int64]) -> list[bytes]:
@@ -269,8 +275,9 @@ def feast_encoded(arr: pa.Array, vt: object) -> list[bytes]:
     return [p.SerializeToString() for p in protos]
 
 
-def value_block(arr: pa.Array | pa.ChunkedArray, vt: object) -> blocks.Block:
-    """Serialized ``feast.types.Value`` for every row of a column (empty for null).
+def value_parts(arr: pa.Array | pa.ChunkedArray, vt: object) -> list[blocks.Block]:
+    """Serialized ``feast.types.Value`` for every row of a column (empty for null), as the
+    blocks it is made of, side by side (tag, then length and body where there are some).
 
     The common scalar types are laid out in NumPy for the whole column; lists go through
     :func:`_list_payload`, the other types through Feast's own conversion.
@@ -287,40 +294,50 @@ def value_block(arr: pa.Array | pa.ChunkedArray, vt: object) -> blocks.Block:
         arr = arr.combine_chunks()
     tag = VALUE_TAGS.get(vt)
     if tag is None:
-        return blocks.from_list(feast_encoded(arr, vt))
+        return [blocks.from_list(feast_encoded(arr, vt))]
     if vt in (ValueType.DOUBLE, ValueType.FLOAT):
         np_type = np.float64 if vt == ValueType.DOUBLE else np.float32
         arrow_type = pa.float64() if vt == ValueType.DOUBLE else pa.float32()
         floats = np.asarray(arr.cast(arrow_type).to_numpy(zero_copy_only=False), dtype=np_type)
         raw = np.ascontiguousarray(floats.astype(f"<f{np.dtype(np_type).itemsize}"))
         body = blocks.fixed(raw.view(np.uint8), raw.itemsize)
-        return blocks.blank(blocks.prefixed(tag, body), np.isnan(floats))
+        return blocks.blank_all([blocks.constant(tag, body.rows), body], np.isnan(floats))
     if vt in (ValueType.INT64, ValueType.INT32):
         target = pa.int64() if vt == ValueType.INT64 else pa.int32()
         cast = arr.cast(target, safe=False) if pa.types.is_floating(arr.type) else arr.cast(target)
-        block = blocks.prefixed(tag, blocks.varints(_ints(cast, np.int64)))
+        parts = [blocks.constant(tag, len(cast)), blocks.varints(_ints(cast, np.int64))]
+        if not arr.null_count and not pa.types.is_floating(arr.type):
+            return parts
         nulls = _null_mask(arr)
         if pa.types.is_floating(arr.type):
             nulls |= np.isnan(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64))
-        return blocks.blank(block, nulls)
+        return blocks.blank_all(parts, nulls)
     if vt == ValueType.UNIX_TIMESTAMP:
-        return blocks.prefixed(tag, blocks.varints(timestamp_seconds(arr)))
+        return [blocks.constant(tag, len(arr)), blocks.varints(timestamp_seconds(arr))]
     if vt == ValueType.BOOL:
         bools = arr.cast(pa.bool_())
         raw = _ints(bools.cast(pa.int8()), np.int8).astype(np.uint8)
-        block = blocks.prefixed(tag, blocks.fixed(raw, 1))
-        return blocks.blank(block, _null_mask(bools)) if arr.null_count else block
+        parts = [blocks.constant(tag, len(raw)), blocks.fixed(raw, 1)]
+        return blocks.blank_all(parts, _null_mask(bools)) if arr.null_count else parts
     if vt in (ValueType.STRING, ValueType.BYTES):
         body = blocks.binary(arr)
-        block = blocks.hconcat([blocks.constant(tag, body.rows), blocks.varints(body.lens), body])
-        return blocks.blank(block, _null_mask(arr)) if arr.null_count else block
+        parts = [blocks.constant(tag, body.rows), blocks.varints(body.lens), body]
+        return blocks.blank_all(parts, _null_mask(arr)) if arr.null_count else parts
     rows = _list_items(arr, vt)
-    return blocks.from_list(
-        [
-            b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
-            for row in rows
-        ]
-    )
+    return [
+        blocks.from_list(
+            [
+                b"" if row is None else tag + _len_prefix(len(p := _list_payload(vt, row))) + p
+                for row in rows
+            ]
+        )
+    ]
+
+
+def value_block(arr: pa.Array | pa.ChunkedArray, vt: object) -> blocks.Block:
+    """:func:`value_parts` joined into one block."""
+    parts = value_parts(arr, vt)
+    return parts[0] if len(parts) == 1 else blocks.hconcat(parts)
 
 
 def encode_values(arr: pa.Array | pa.ChunkedArray, vt: object) -> list[bytes]:

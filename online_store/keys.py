@@ -29,24 +29,69 @@ def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
     return b"".join(out)
 
 
-def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[bytes]:
-    """Key parts of one join key column (``vt`` already this package's member)."""
+def require_present(arr: pa.Array | pa.ChunkedArray, name: str) -> None:
+    """Refuse a join key column with nulls.
+
+    Raises:
+        InvalidEntityError: ``arr`` has null values.
+    """
     if arr.null_count:
         raise InvalidEntityError(
             f"join key column '{name}' has {arr.null_count} null values; entity keys "
             "must be present in every row",
             join_key=name,
         )
+
+
+def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[blocks.Block]:
+    """Key parts of one join key column (``vt`` already this package's member)."""
+    require_present(arr, name)
     code = _ENTITY_TYPE_CODE[vt]
     if vt in (ValueType.INT64, ValueType.INT32):
         width, fmt = (8, "<i8") if vt == ValueType.INT64 else (4, "<i4")
         raw = np.ascontiguousarray(np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)).view(
             np.uint8
         )
-        return blocks.prefixed(struct.pack("<II", code, width), blocks.fixed(raw, width)).to_list()
-    items: list[bytes] = arr.cast(pa.binary()).to_pylist()
-    head = struct.pack("<I", code)
-    return [head + struct.pack("<I", len(b)) + b for b in items]
+        head = blocks.constant(struct.pack("<II", code, width), len(arr))
+        return [head, blocks.fixed(raw, width)]
+    body = blocks.binary(arr)
+    length = np.ascontiguousarray(body.lens.astype("<u4")).view(np.uint8)
+    return [blocks.constant(struct.pack("<I", code), len(arr)), blocks.fixed(length, 4), body]
+
+
+def key_parts(
+    columns: Sequence[pa.Array | pa.ChunkedArray],
+    join_keys: Sequence[str],
+    types: Sequence[object],
+    project: str,
+    *,
+    num_rows: int = 0,
+) -> list[blocks.Block]:
+    """Redis keys (entity key serialization v3 + project name) for every row, as blocks
+    side by side (see :mod:`online_store.blocks`).
+
+    Args:
+        columns: one Arrow column per join key, in the order of ``join_keys``.
+        join_keys: join key names (any order; Feast sorts them by name).
+        types: value type per join key (Feast's members or :mod:`online_store.value_types`'s).
+        project: the Feast project, appended to every key.
+        num_rows: row count, used only when there are no join keys (entity-less view;
+            Feast's writer serializes an empty entity key for every row).
+
+    Raises:
+        InvalidEntityError: a join key column has nulls.
+        UnsupportedTypeError: a join key type is not supported.
+    """
+    n = len(columns[0]) if columns else num_rows
+    parts = [blocks.constant(entity_key_prefix(join_keys), n)]
+    for i in sorted(range(len(join_keys)), key=lambda i: join_keys[i]):
+        check_entity_type("?", join_keys[i], types[i])
+        col = columns[i]
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        parts += _entity_parts(col, value_type(types[i]), join_keys[i])
+    parts.append(blocks.constant(project.encode(), n))
+    return parts
 
 
 def encode_entity_keys(
@@ -57,38 +102,13 @@ def encode_entity_keys(
     *,
     num_rows: int = 0,
 ) -> list[bytes]:
-    """Redis keys (entity key serialization v3 + project name) for every row.
-
-    Args:
-        columns: one Arrow column per join key, in the order of ``join_keys``.
-        join_keys: join key names (any order; Feast sorts them by name).
-        types: value type per join key (Feast's members or :mod:`online_store.value_types`'s).
-        project: the Feast project, appended to every key.
-        num_rows: row count, used only when there are no join keys (entity-less view).
-
-    Returns:
-        One key per row.
+    """:func:`key_parts` as one bytes object per row.
 
     Raises:
         InvalidEntityError: a join key column has nulls.
         UnsupportedTypeError: a join key type is not supported.
     """
-    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i])
-    parts = []
-    for i in order:
-        check_entity_type("?", join_keys[i], types[i])
-        col = columns[i]
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        parts.append(_entity_parts(col, value_type(types[i]), join_keys[i]))
-    prefix = entity_key_prefix(join_keys)
-    suffix = project.encode()
-    if not parts:
-        # Entity-less view: Feast's writer serializes an empty entity key for every row.
-        return [prefix + suffix] * num_rows
-    if len(parts) == 1:
-        return [prefix + p + suffix for p in parts[0]]
-    return [prefix + b"".join(row) + suffix for row in zip(*parts, strict=True)]
+    return blocks.row_list(key_parts(columns, join_keys, types, project, num_rows=num_rows))
 
 
 def entity_key_from_values(

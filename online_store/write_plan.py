@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from foundation.errors import SchemaMismatchError
+from online_store import blocks
 from online_store.codec import (
     check_entity_type,
     check_feature_type,
@@ -20,7 +21,7 @@ from online_store.codec import (
     encode_values,
     event_micros,
 )
-from online_store.keys import encode_entity_keys
+from online_store.keys import key_parts, require_present
 from online_store.value_types import ValueType, value_type
 
 if TYPE_CHECKING:
@@ -104,10 +105,33 @@ def batch_column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
     return batch.column(idx)
 
 
-def newest_rows(keys: list[bytes], micros: np.ndarray, created: np.ndarray | None) -> np.ndarray:
-    """Row index of the newest row per key (event time, then created time, then first)."""
-    codes, _ = pd.factorize(np.asarray(keys, dtype=object))
-    n = len(keys)
+def key_codes(columns: list[pa.Array], num_rows: int) -> np.ndarray:
+    """One code per row, equal exactly when the rows' join key values are (entity-less: 0)."""
+    codes = np.zeros(num_rows, dtype=np.int64)
+    for col in columns:
+        values, distinct = pd.factorize(col.to_numpy(zero_copy_only=False))
+        codes = pd.factorize(codes * len(distinct) + values)[0] if len(distinct) > 1 else codes
+    return codes
+
+
+def key_fingerprints(columns: list[pa.Array], num_rows: int) -> np.ndarray:
+    """A 64-bit hash per row of its join key values: equal keys, equal fingerprints.
+
+    Different keys may share one (rarely), so a match only says "maybe the same key".
+    """
+    out = np.zeros(num_rows, dtype=np.uint64)
+    for col in columns:
+        hashed = pd.util.hash_array(col.to_numpy(zero_copy_only=False))
+        out = out * np.uint64(0x100000001B3) ^ hashed
+    return out
+
+
+def newest_rows(codes: np.ndarray, micros: np.ndarray, created: np.ndarray | None) -> np.ndarray:
+    """Row index of the newest row per key code (event time, then created time, then first)."""
+    n = len(codes)
+    if n == 0 or int(codes.max()) == n - 1:
+        # Codes count up from 0 in order of first appearance: n distinct keys, one row each.
+        return np.arange(n)
     sort_keys: list[np.ndarray] = [np.arange(n)]
     if created is not None:
         sort_keys.append(-created)
@@ -119,24 +143,39 @@ def newest_rows(keys: list[bytes], micros: np.ndarray, created: np.ndarray | Non
     return np.sort(order[first])
 
 
-def chunk_winners(
-    spec: WriteSpec, chunk: pa.RecordBatch, project: str
-) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """The chunk's entity keys, event times (us) and the row index of each key's newest row."""
-    keys = encode_entity_keys(
-        [batch_column(chunk, k, spec.name) for k in spec.join_keys],
+def join_columns(spec: WriteSpec, chunk: pa.RecordBatch) -> list[pa.Array]:
+    """The chunk's join key columns, in the spec's order."""
+    return [batch_column(chunk, k, spec.name) for k in spec.join_keys]
+
+
+def chunk_keys(spec: WriteSpec, chunk: pa.RecordBatch, project: str) -> list[blocks.Block]:
+    """The Redis key of every row of the chunk, as blocks side by side."""
+    return key_parts(
+        join_columns(spec, chunk),
         spec.join_keys,
         spec.join_key_types,
         project,
         num_rows=chunk.num_rows,
     )
+
+
+def chunk_winners(spec: WriteSpec, chunk: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk's event times (us) and the row index of each key's newest row.
+
+    Raises:
+        SchemaMismatchError: a needed column is missing.
+        InvalidEntityError: null join keys or event times.
+    """
+    columns = join_columns(spec, chunk)
+    for name, col in zip(spec.join_keys, columns, strict=True):
+        require_present(col, name)
     micros = event_micros(batch_column(chunk, spec.timestamp_field, spec.name))
     created = None
     if spec.created_timestamp_field and spec.created_timestamp_field in chunk.schema.names:
         created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
         if created_col.null_count == 0:
             created = event_micros(created_col)
-    return keys, micros, newest_rows(keys, micros, created)
+    return micros, newest_rows(key_codes(columns, chunk.num_rows), micros, created)
 
 
 def encode_rows(

@@ -42,19 +42,22 @@ from online_store import blocks
 from online_store.atomic_write import write_chunk_atomic
 from online_store.codec import (
     field_name,
-    timestamp_block,
+    timestamp_parts,
     ts_field,
-    value_block,
+    value_parts,
 )
 from online_store.decode import timestamp_nanos
-from online_store.rawpipe import execute_packed, pack, supports_raw
+from online_store.rawpipe import execute_packed, supports_raw
 from online_store.write_plan import (
     DEFAULT_CHUNK_ROWS,
     WriteSpec,
     WriteStats,
     batch_column,
+    chunk_keys,
     chunk_winners,
     encode_rows,
+    join_columns,
+    key_fingerprints,
 )
 
 if TYPE_CHECKING:
@@ -66,10 +69,11 @@ class _Sink:
 
     On a single server the commands of chunk N are sent and acknowledged by a background
     thread on its own connection while the caller encodes chunk N+1, so Redis works while
-    Python does. Chunk N+1's ``HMGET`` may then run before chunk N's writes land, so
-    :attr:`in_flight` (what chunk N writes) is merged into the stored times; chunk N-1 is
-    always acknowledged before chunk N is sent, so nothing older can be missed. On a
-    cluster the commands run synchronously through a redis-py cluster pipeline.
+    Python does. Chunk N+1's stored times may then be read before chunk N's writes land,
+    so :meth:`overlaps` says whether chunk N+1 may share a key with chunk N (by the keys'
+    fingerprints); if so the caller waits for chunk N first. Chunk N-1 is always
+    acknowledged before chunk N is sent, so nothing older can be missed. On a cluster the
+    commands run synchronously through a redis-py cluster pipeline.
     """
 
     def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
@@ -77,13 +81,18 @@ class _Sink:
         self.raw = supports_raw(client)
         self._executor = ThreadPoolExecutor(1, "redis-writer") if self.raw else None
         self._pending: Future[list[object]] | None = None
-        self.in_flight: dict[bytes, int] = {}
+        self._in_flight: np.ndarray | None = None
 
-    def submit(self, packed: list[bytes], replies: int, written: dict[bytes, int]) -> None:
+    def submit(self, packed: bytes, replies: int, fingerprints: np.ndarray) -> None:
         self.wait()
         assert self._executor is not None
-        self._pending = self._executor.submit(execute_packed, self.client, packed, replies=replies)  # type: ignore[arg-type]
-        self.in_flight = written
+        client: redis.Redis = self.client  # type: ignore[assignment]  # raw: a single server
+        self._pending = self._executor.submit(execute_packed, client, [packed], replies=replies)
+        self._in_flight = fingerprints
+
+    def overlaps(self, fingerprints: np.ndarray) -> bool:
+        """Whether a key with one of these fingerprints may be in the write in flight."""
+        return self._in_flight is not None and bool(np.isin(fingerprints, self._in_flight).any())
 
     def run(self, commands: list[tuple[bytes | str | int, ...]]) -> None:
         with self.client.pipeline(transaction=False) as pipe:
@@ -95,7 +104,7 @@ class _Sink:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
-        self.in_flight = {}
+        self._in_flight = None
 
     def close(self) -> None:
         try:
@@ -115,61 +124,65 @@ def _write_chunk(
     fields: list[bytes],
     ts_name: bytes,
 ) -> int:
-    keys, micros, winners = chunk_winners(spec, chunk, project)
-    rows = winners.tolist()
-    row_keys = [keys[i] for i in rows]
-    stored = _stored_times(sink.client, row_keys, ts_name)
-    in_flight = sink.in_flight
-    if not any(stored) and in_flight.keys().isdisjoint(row_keys):
-        # Nothing stored yet for any of these keys (a first load): every winner is written.
-        return _write_rows(sink, spec, chunk, rows, keys, micros, key_ttl_seconds, fields, ts_name)
-    new_nanos = (micros[rows] * 1000).tolist()
-    keep: list[int] = []
-    for i, new, old in zip(rows, new_nanos, stored, strict=True):
-        old_ns = timestamp_nanos(old) if old else 0
-        if in_flight:
-            old_ns = max(old_ns, in_flight.get(keys[i], 0))
+    micros, winners = chunk_winners(spec, chunk)
+    if len(winners) < chunk.num_rows:
+        chunk, micros = chunk.take(pa.array(winners, pa.int64())), micros[winners]
+    key = chunk_keys(spec, chunk, project)
+    fingerprints = key_fingerprints(join_columns(spec, chunk), chunk.num_rows)
+    if sink.overlaps(fingerprints):
+        # The stored times must include the write in flight: let it land first.
+        sink.wait()
+    stored = _stored_times(sink.client, key, ts_name)
+    if stored is not None:
         # Feast treats a zero stored time like a missing one; equal times are skipped.
-        if old_ns == 0 or new > old_ns:
-            keep.append(i)
-    return _write_rows(sink, spec, chunk, keep, keys, micros, key_ttl_seconds, fields, ts_name)
+        new_nanos = (micros * 1000).tolist()
+        keep = np.array(
+            [
+                i
+                for i, (new, old) in enumerate(zip(new_nanos, stored, strict=True))
+                if not old or (old_ns := timestamp_nanos(old)) == 0 or new > old_ns
+            ],
+            dtype=np.int64,
+        )
+        if len(keep) < chunk.num_rows:
+            chunk, micros = chunk.take(pa.array(keep, pa.int64())), micros[keep]
+            key, fingerprints = [part.take(keep) for part in key], fingerprints[keep]
+    rows = int(chunk.num_rows)
+    if not rows:
+        return 0
+    if not sink.raw:
+        keys = blocks.row_list(key)
+        _run_commands(sink, spec, chunk, keys, micros, key_ttl_seconds, fields, ts_name)
+        return rows
+    payload = _resp_hset_buffer(
+        key,
+        ts_name,
+        micros,
+        [
+            value_parts(batch_column(chunk, f, spec.name), vt)
+            for f, vt in zip(spec.features, spec.feature_types, strict=True)
+        ],
+        fields,
+        key_ttl_seconds,
+    )
+    sink.submit(payload, rows * (2 if key_ttl_seconds else 1), fingerprints)
+    return rows
 
 
-def _write_rows(
+def _run_commands(
     sink: _Sink,
     spec: WriteSpec,
     chunk: pa.RecordBatch,
-    keep: list[int],
     keys: list[bytes],
     micros: np.ndarray,
     key_ttl_seconds: int | None,
     fields: list[bytes],
     ts_name: bytes,
-) -> int:
-    """Send the ``HSET`` (+ ``EXPIRE``) commands for rows ``keep`` of the chunk."""
-    if not keep:
-        return 0
-    take = pa.array(keep, type=pa.int64())
-    kept_keys = [keys[i] for i in keep]
-    if sink.raw:
-        kept = np.asarray(keep)
-        payload = _resp_hset_buffer(
-            kept_keys,
-            ts_name,
-            micros[kept],
-            [
-                value_block(batch_column(chunk, f, spec.name).take(take), vt)
-                for f, vt in zip(spec.features, spec.feature_types, strict=True)
-            ],
-            fields,
-            key_ttl_seconds,
-        )
-        written = dict(zip(kept_keys, (micros[kept] * 1000).tolist(), strict=True))
-        sink.submit([payload], len(keep) * (2 if key_ttl_seconds else 1), written)
-        return len(keep)
-    ts_values, encoded = encode_rows(spec, chunk, take, micros)
+) -> None:
+    """Every row's ``HSET`` (+ ``EXPIRE``) through a redis-py pipeline (clusters)."""
+    ts_values, encoded = encode_rows(spec, chunk, pa.array(np.arange(chunk.num_rows)), micros)
     commands: list[tuple[bytes | str | int, ...]] = []
-    for j, key in enumerate(kept_keys):
+    for j, key in enumerate(keys):
         items: list[bytes | str | int] = ["HSET", key, ts_name, ts_values[j]]
         for f, col in zip(fields, encoded, strict=True):
             items.append(f)
@@ -178,7 +191,6 @@ def _write_rows(
         if key_ttl_seconds:
             commands.append(("EXPIRE", key, key_ttl_seconds))
     sink.run(commands)
-    return len(keep)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -186,49 +198,57 @@ def _bulk(value: bytes) -> bytes:
 
 
 def _resp_hset_buffer(
-    keys: list[bytes],
+    key: list[blocks.Block],
     ts_name: bytes,
     micros: np.ndarray,
-    values: list[blocks.Block],
+    values: list[list[blocks.Block]],
     fields: list[bytes],
     key_ttl_seconds: int | None,
 ) -> bytes:
     """The chunk's ``HSET`` (+ ``EXPIRE``) commands as one RESP buffer, built in NumPy.
 
     One bulk string per argument, as redis-py would pack them, but no Python object per
-    value: every part is a NumPy block (see :mod:`online_store.blocks`).
+    value: every part is a NumPy block (see :mod:`online_store.blocks`). ``key`` and each
+    of ``values`` are the blocks of one argument per row.
     """
-    n = len(keys)
-    key = blocks.from_list(keys)
+    n = key[0].rows
+    key_bulk = blocks.bulk(key)
     parts = [blocks.constant(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(values)), n)]
-    parts += blocks.bulk(key)
-    parts += blocks.bulk(timestamp_block(micros), _bulk(ts_name))
+    parts += key_bulk
+    parts += blocks.bulk(timestamp_parts(micros), _bulk(ts_name))
     for field, value in zip(fields, values, strict=True):
         parts += blocks.bulk(value, _bulk(field))
     if key_ttl_seconds:
         parts.append(blocks.constant(b"*3\r\n$6\r\nEXPIRE\r\n", n))
-        parts += blocks.bulk(key)
+        parts += key_bulk
         parts.append(blocks.constant(_bulk(str(key_ttl_seconds).encode()), n))
     return blocks.join_rows(parts)
 
 
 def _stored_times(
-    client: redis.Redis | redis.RedisCluster, keys: list[bytes], ts_name: bytes
-) -> list[bytes | None]:
+    client: redis.Redis | redis.RedisCluster, key: list[blocks.Block], ts_name: bytes
+) -> list[bytes | None] | None:
+    """Each key's stored ``_ts`` value (None where absent); None when no key exists yet."""
+    n = key[0].rows
+    if not n:
+        return None
     if supports_raw(client):
         # One EXISTS over the whole chunk first: on a first load no key exists yet and
         # the per-key reads (most of the chunk's round-trip cost) can be skipped.
-        (existing,) = execute_packed(client, [pack(["EXISTS", *keys])])  # type: ignore[arg-type]
+        key_bulk = blocks.bulk(key)
+        exists = b"*%d\r\n$6\r\nEXISTS\r\n" % (n + 1) + blocks.join_rows(key_bulk)
+        (existing,) = execute_packed(client, [exists])  # type: ignore[arg-type]
         if existing == 0:
-            return [None] * len(keys)
-        tail = b"$%d\r\n%b\r\n" % (len(ts_name), ts_name)
-        packed = [b"*3\r\n$5\r\nHMGET\r\n$%d\r\n%b\r\n%b" % (len(k), k, tail) for k in keys]
-        replies = execute_packed(client, packed)  # type: ignore[arg-type]
+            return None
+        head = blocks.constant(b"*3\r\n$5\r\nHMGET\r\n", n)
+        packed = blocks.join_rows([head, *key_bulk, blocks.constant(_bulk(ts_name), n)])
+        replies = execute_packed(client, [packed], replies=n)  # type: ignore[arg-type]
         return [r[0] for r in replies]  # type: ignore[index]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hmget(key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
-        return [r[0] for r in pipe.execute()]
+        for raw_key in blocks.row_list(key):
+            pipe.hmget(raw_key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
+        stored = [r[0] for r in pipe.execute()]
+    return stored if any(stored) else None
 
 
 def write_batches(

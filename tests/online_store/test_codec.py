@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from foundation.errors import InvalidEntityError, UnsupportedTypeError
+from online_store import blocks
 from online_store.blocks import decimal, varints
 from online_store.codec import (
     check_feature_type,
@@ -27,7 +28,7 @@ from online_store.codec import (
     event_micros,
     field_name,
     ts_field,
-    value_block,
+    value_parts,
     varint,
 )
 from online_store.decode import decode_timestamp, decode_value
@@ -294,10 +295,10 @@ def test_resp_hset_buffer_equals_joining_the_framed_columns(
     fields = [field_name("v", "a"), field_name("v", "b")]
     ts_name = ts_field("v")
     got = _resp_hset_buffer(
-        keys,
+        [blocks.from_list(keys)],
         ts_name,
         np.array(micros, dtype=np.int64),
-        [value_block(a, vt) for a, vt in columns],
+        [value_parts(a, vt) for a, vt in columns],
         fields,
         key_ttl_seconds,
     )

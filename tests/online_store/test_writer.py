@@ -1,18 +1,31 @@
-"""Writer: Feast's never-older-over-newer rule, chunking, key TTL, Redis Cluster."""
+"""Writer: Feast's never-older-over-newer rule, chunking, writes in flight, key TTL, Redis
+Cluster."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
+from unittest import mock
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.cluster import RedisCluster
 
 from foundation.errors import SchemaMismatchError
+from online_store.codec import encode_timestamps, encode_values, field_name, ts_field
+from online_store.keys import encode_entity_keys
+from online_store.rawpipe import execute_packed
 from online_store.reader import ReadPlan, ViewReadSpec
-from online_store.writer import write_arrow
-from tests.online_store.views import T0, driver_view, rows
+from online_store.value_types import ValueType
+from online_store.write_plan import WriteSpec
+from online_store.writer import write_arrow, write_batches
+from tests.online_store.views import T0, TS, driver_view, rows
 
 SPEC = ViewReadSpec(
     "stats",
@@ -126,3 +139,110 @@ def test_random_duplicates_across_chunks_match_a_naive_reference(redis_url: str)
     write_arrow(client, driver_view(), rows(*items), project="p", chunk_rows=chunk)
     keys = sorted(expected)
     assert _read(client, keys) == [expected[k][0] for k in keys]
+
+
+def _slow_sends(delay: float) -> Callable[..., list[object]]:
+    """``execute_packed`` that holds each chunk's writes back (a busy Redis), reads not."""
+
+    def slow(
+        client: redis.Redis, packed: list[bytes], *, replies: int | None = None
+    ) -> list[object]:
+        if threading.current_thread().name.startswith("redis-writer"):
+            time.sleep(delay)
+        return execute_packed(client, packed, replies=replies)
+
+    return slow
+
+
+COMPOUND = WriteSpec(
+    "pairs",
+    ("shop", "item"),
+    (ValueType.INT64, ValueType.STRING),
+    ("price",),
+    (ValueType.DOUBLE,),
+    "event_ts",
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    # Each example flushes the database itself.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.integers(0, 2), st.sampled_from(["", "x", "é"]), st.integers(0, 6), st.floats(0, 9)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    chunk_rows=st.integers(1, 6),
+    stored=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["", "x", "é"]), st.integers(0, 6))
+    ),
+)
+def test_bulk_path_keeps_the_newest_row_per_key_across_chunks_in_flight(
+    redis_url: str,
+    items: list[tuple[int, str, int, float]],
+    chunk_rows: int,
+    stored: list[tuple[int, str, int]],
+) -> None:
+    """Chunks sharing keys with the chunk still being written (held back here) never put an
+    older row over a newer one: a naive reference of Feast's rule decides every key."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    expected: dict[tuple[int, str], tuple[int, float | None]] = {}
+    for shop, item, second in stored:  # rows already in Redis before the run
+        if (shop, item) not in expected or second > expected[shop, item][0]:
+            expected[shop, item] = (second, None)
+    if stored:
+        first = pa.table(
+            {
+                "shop": [s for s, _, _ in stored],
+                "item": [i for _, i, _ in stored],
+                "price": pa.array([None] * len(stored), pa.float64()),
+                "event_ts": pa.array([T0 + timedelta(seconds=t) for _, _, t in stored], TS),
+            }
+        )
+        write_batches(client, COMPOUND, first.to_batches(), project="p")
+    for start in range(0, len(items), chunk_rows):
+        winners: dict[tuple[int, str], tuple[int, float]] = {}
+        for shop, item, second, price in items[start : start + chunk_rows]:
+            if (shop, item) not in winners or second > winners[shop, item][0]:
+                winners[shop, item] = (second, price)
+        for key, (second, price) in winners.items():
+            if key not in expected or second > expected[key][0]:
+                expected[key] = (second, price)
+    table = pa.table(
+        {
+            "shop": [s for s, _, _, _ in items],
+            "item": [i for _, i, _, _ in items],
+            "price": [p for _, _, _, p in items],
+            "event_ts": pa.array([T0 + timedelta(seconds=t) for _, _, t, _ in items], TS),
+        }
+    )
+    with mock.patch("online_store.writer.execute_packed", _slow_sends(0.01)):
+        write_batches(client, COMPOUND, table.to_batches(), project="p", chunk_rows=chunk_rows)
+    ordered = sorted(expected)
+    redis_keys = encode_entity_keys(
+        [pa.array([s for s, _ in ordered]), pa.array([i for _, i in ordered])],
+        COMPOUND.join_keys,
+        COMPOUND.join_key_types,
+        "p",
+    )
+    price_field = field_name("pairs", "price")
+    got = [client.hmget(k, [ts_field("pairs"), price_field]) for k in redis_keys]
+    micros = np.array(
+        [expected[k][0] * 1_000_000 + int(T0.timestamp()) * 1_000_000 for k in ordered]
+    )
+    prices = pa.array([expected[k][1] for k in ordered], pa.float64())
+    assert got == [
+        [ts, price]
+        for ts, price in zip(
+            encode_timestamps(micros), encode_values(prices, ValueType.DOUBLE), strict=True
+        )
+    ]
+    assert client.dbsize() == len(expected)
+    client.close()
