@@ -126,6 +126,19 @@ def join_rows(blocks: list[Block]) -> bytes:
     return _compress(blocks)[0]
 
 
+def rows_buffer(blocks: list[Block]) -> tuple[bytes, I64]:
+    """:func:`join_rows` and where each row ends in the buffer."""
+    return _compress(blocks)
+
+
+def select_rows(buffer: bytes, ends: I64, keep: npt.NDArray[np.bool_]) -> bytes:
+    """The rows of a :func:`rows_buffer` buffer where ``keep`` is true, in order."""
+    if keep.all():
+        return buffer
+    lens = np.diff(ends, prepend=0)
+    return np.frombuffer(buffer, dtype=np.uint8)[np.repeat(keep, lens)].tobytes()
+
+
 def row_list(blocks: list[Block]) -> list[bytes]:
     """Every row's blocks joined, one bytes object per row."""
     buf, ends = _compress(blocks)

@@ -114,18 +114,6 @@ def key_codes(columns: list[pa.Array], num_rows: int) -> np.ndarray:
     return codes
 
 
-def key_fingerprints(columns: list[pa.Array], num_rows: int) -> np.ndarray:
-    """A 64-bit hash per row of its join key values: equal keys, equal fingerprints.
-
-    Different keys may share one (rarely), so a match only says "maybe the same key".
-    """
-    out = np.zeros(num_rows, dtype=np.uint64)
-    for col in columns:
-        hashed = pd.util.hash_array(col.to_numpy(zero_copy_only=False))
-        out = out * np.uint64(0x100000001B3) ^ hashed
-    return out
-
-
 def newest_rows(codes: np.ndarray, micros: np.ndarray, created: np.ndarray | None) -> np.ndarray:
     """Row index of the newest row per key code (event time, then created time, then first)."""
     n = len(codes)

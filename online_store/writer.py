@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -56,12 +56,12 @@ from online_store.write_plan import (
     chunk_keys,
     chunk_winners,
     encode_rows,
-    join_columns,
-    key_fingerprints,
 )
 
 if TYPE_CHECKING:
     from feast import FeatureView
+
+T = TypeVar("T")
 
 
 class _Sink:
@@ -69,11 +69,10 @@ class _Sink:
 
     On a single server the commands of chunk N are sent and acknowledged by a background
     thread on its own connection while the caller encodes chunk N+1, so Redis works while
-    Python does. Chunk N+1's stored times may then be read before chunk N's writes land,
-    so :meth:`overlaps` says whether chunk N+1 may share a key with chunk N (by the keys'
-    fingerprints); if so the caller waits for chunk N first. Chunk N-1 is always
-    acknowledged before chunk N is sent, so nothing older can be missed. On a cluster the
-    commands run synchronously through a redis-py cluster pipeline.
+    Python does. Chunk N+1's stored times are read on that same thread after chunk N's
+    writes are acknowledged (:meth:`after_in_flight`), so they include them; the caller
+    encodes chunk N+1 meanwhile. On a cluster the commands run synchronously through a
+    redis-py cluster pipeline.
     """
 
     def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
@@ -81,18 +80,18 @@ class _Sink:
         self.raw = supports_raw(client)
         self._executor = ThreadPoolExecutor(1, "redis-writer") if self.raw else None
         self._pending: Future[list[object]] | None = None
-        self._in_flight: np.ndarray | None = None
 
-    def submit(self, packed: bytes, replies: int, fingerprints: np.ndarray) -> None:
+    def submit(self, packed: bytes, replies: int) -> None:
         self.wait()
         assert self._executor is not None
         client: redis.Redis = self.client  # type: ignore[assignment]  # raw: a single server
         self._pending = self._executor.submit(execute_packed, client, [packed], replies=replies)
-        self._in_flight = fingerprints
 
-    def overlaps(self, fingerprints: np.ndarray) -> bool:
-        """Whether a key with one of these fingerprints may be in the write in flight."""
-        return self._in_flight is not None and bool(np.isin(fingerprints, self._in_flight).any())
+    def after_in_flight(self, read: Callable[[], T]) -> T:
+        """``read()`` once the write in flight (if any) is acknowledged; its result."""
+        if self._executor is None:
+            return read()
+        return self._executor.submit(read).result()
 
     def run(self, commands: list[tuple[bytes | str | int, ...]]) -> None:
         with self.client.pipeline(transaction=False) as pipe:
@@ -104,7 +103,6 @@ class _Sink:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
-        self._in_flight = None
 
     def close(self) -> None:
         try:
@@ -112,6 +110,19 @@ class _Sink:
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+
+
+def _newer(micros: np.ndarray, stored: list[bytes | None]) -> np.ndarray:
+    """Which rows are newer than the stored ones (a zero or missing stored time counts as
+    absent; equal times are skipped, as in Feast)."""
+    new_nanos = (micros * 1000).tolist()
+    return np.array(
+        [
+            not old or (old_ns := timestamp_nanos(old)) == 0 or new > old_ns
+            for new, old in zip(new_nanos, stored, strict=True)
+        ],
+        dtype=bool,
+    )
 
 
 def _write_chunk(
@@ -128,33 +139,19 @@ def _write_chunk(
     if len(winners) < chunk.num_rows:
         chunk, micros = chunk.take(pa.array(winners, pa.int64())), micros[winners]
     key = chunk_keys(spec, chunk, project)
-    fingerprints = key_fingerprints(join_columns(spec, chunk), chunk.num_rows)
-    if sink.overlaps(fingerprints):
-        # The stored times must include the write in flight: let it land first.
-        sink.wait()
-    stored = _stored_times(sink.client, key, ts_name)
-    if stored is not None:
-        # Feast treats a zero stored time like a missing one; equal times are skipped.
-        new_nanos = (micros * 1000).tolist()
-        keep = np.array(
-            [
-                i
-                for i, (new, old) in enumerate(zip(new_nanos, stored, strict=True))
-                if not old or (old_ns := timestamp_nanos(old)) == 0 or new > old_ns
-            ],
-            dtype=np.int64,
-        )
-        if len(keep) < chunk.num_rows:
-            chunk, micros = chunk.take(pa.array(keep, pa.int64())), micros[keep]
-            key, fingerprints = [part.take(keep) for part in key], fingerprints[keep]
-    rows = int(chunk.num_rows)
-    if not rows:
-        return 0
     if not sink.raw:
-        keys = blocks.row_list(key)
-        _run_commands(sink, spec, chunk, keys, micros, key_ttl_seconds, fields, ts_name)
-        return rows
-    payload = _resp_hset_buffer(
+        stored = _stored_times(sink.client, key, ts_name)
+        if stored is not None:
+            kept = np.flatnonzero(_newer(micros, stored))
+            chunk, micros = chunk.take(pa.array(kept, pa.int64())), micros[kept]
+            key = [part.take(kept) for part in key]
+        if chunk.num_rows:
+            keys = blocks.row_list(key)
+            _run_commands(sink, spec, chunk, keys, micros, key_ttl_seconds, fields, ts_name)
+        return int(chunk.num_rows)
+    # Encode every winner while the write in flight lands, then drop the rows that are
+    # not newer than what is stored (none on a first load).
+    payload, ends = _resp_hset_buffer(
         key,
         ts_name,
         micros,
@@ -165,7 +162,13 @@ def _write_chunk(
         fields,
         key_ttl_seconds,
     )
-    sink.submit(payload, rows * (2 if key_ttl_seconds else 1), fingerprints)
+    rows = int(chunk.num_rows)
+    stored = sink.after_in_flight(lambda: _stored_times(sink.client, key, ts_name))
+    if stored is not None:
+        keep = _newer(micros, stored)
+        payload, rows = blocks.select_rows(payload, ends, keep), int(keep.sum())
+    if rows:
+        sink.submit(payload, rows * (2 if key_ttl_seconds else 1))
     return rows
 
 
@@ -204,8 +207,9 @@ def _resp_hset_buffer(
     values: list[list[blocks.Block]],
     fields: list[bytes],
     key_ttl_seconds: int | None,
-) -> bytes:
-    """The chunk's ``HSET`` (+ ``EXPIRE``) commands as one RESP buffer, built in NumPy.
+) -> tuple[bytes, np.ndarray]:
+    """The chunk's ``HSET`` (+ ``EXPIRE``) commands as one RESP buffer, built in NumPy, and
+    where each row's commands end in it.
 
     One bulk string per argument, as redis-py would pack them, but no Python object per
     value: every part is a NumPy block (see :mod:`online_store.blocks`). ``key`` and each
@@ -222,7 +226,7 @@ def _resp_hset_buffer(
         parts.append(blocks.constant(b"*3\r\n$6\r\nEXPIRE\r\n", n))
         parts += key_bulk
         parts.append(blocks.constant(_bulk(str(key_ttl_seconds).encode()), n))
-    return blocks.join_rows(parts)
+    return blocks.rows_buffer(parts)
 
 
 def _stored_times(

@@ -301,7 +301,7 @@ def test_resp_hset_buffer_equals_joining_the_framed_columns(
         [value_parts(a, vt) for a, vt in columns],
         fields,
         key_ttl_seconds,
-    )
+    )[0]
     # Reference: the per-row Python assembly, one bulk string per argument.
     ts_values = encode_timestamps(np.array(micros, dtype=np.int64))
     encoded = [encode_values(a, vt) for a, vt in columns]
