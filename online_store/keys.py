@@ -43,17 +43,25 @@ def require_present(arr: pa.Array | pa.ChunkedArray, name: str) -> None:
         )
 
 
+def key_values(arr: pa.Array, vt: object) -> np.ndarray:
+    """The values of a join key column as its key encodes them: little-endian ints of the
+    key's width for Int64/Int32 keys, the column's own values (str or bytes) otherwise."""
+    code = value_type(vt)
+    if code in (ValueType.INT64, ValueType.INT32):
+        fmt = "<i8" if code == ValueType.INT64 else "<i4"
+        return np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)
+    return np.asarray(arr.to_numpy(zero_copy_only=False))
+
+
 def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[blocks.Block]:
     """Key parts of one join key column (``vt`` already this package's member)."""
     require_present(arr, name)
     code = _ENTITY_TYPE_CODE[vt]
     if vt in (ValueType.INT64, ValueType.INT32):
-        width, fmt = (8, "<i8") if vt == ValueType.INT64 else (4, "<i4")
-        raw = np.ascontiguousarray(np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)).view(
-            np.uint8
-        )
+        ints = key_values(arr, vt)
+        width = ints.dtype.itemsize
         head = blocks.constant(struct.pack("<II", code, width), len(arr))
-        return [head, blocks.fixed(raw, width)]
+        return [head, blocks.fixed(np.ascontiguousarray(ints).view(np.uint8), width)]
     body = blocks.binary(arr)
     length = np.ascontiguousarray(body.lens.astype("<u4")).view(np.uint8)
     return [blocks.constant(struct.pack("<I", code), len(arr)), blocks.fixed(length, 4), body]

@@ -21,7 +21,7 @@ from online_store.codec import (
     encode_values,
     event_micros,
 )
-from online_store.keys import key_parts, require_present
+from online_store.keys import key_parts, key_values, require_present
 from online_store.value_types import ValueType, value_type
 
 if TYPE_CHECKING:
@@ -105,11 +105,11 @@ def batch_column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
     return batch.column(idx)
 
 
-def key_codes(columns: list[pa.Array], num_rows: int) -> np.ndarray:
-    """One code per row, equal exactly when the rows' join key values are (entity-less: 0)."""
+def key_codes(columns: list[pa.Array], types: tuple[ValueType, ...], num_rows: int) -> np.ndarray:
+    """One code per row, equal exactly when the rows' Redis keys are (entity-less: all 0)."""
     codes = np.zeros(num_rows, dtype=np.int64)
-    for col in columns:
-        values, distinct = pd.factorize(col.to_numpy(zero_copy_only=False))
+    for col, vt in zip(columns, types, strict=True):
+        values, distinct = pd.factorize(key_values(col, vt))
         codes = pd.factorize(codes * len(distinct) + values)[0] if len(distinct) > 1 else codes
     return codes
 
@@ -163,7 +163,8 @@ def chunk_winners(spec: WriteSpec, chunk: pa.RecordBatch) -> tuple[np.ndarray, n
         created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
         if created_col.null_count == 0:
             created = event_micros(created_col)
-    return micros, newest_rows(key_codes(columns, chunk.num_rows), micros, created)
+    codes = key_codes(columns, spec.join_key_types, chunk.num_rows)
+    return micros, newest_rows(codes, micros, created)
 
 
 def encode_rows(

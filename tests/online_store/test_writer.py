@@ -246,3 +246,27 @@ def test_bulk_path_keeps_the_newest_row_per_key_across_chunks_in_flight(
     ]
     assert client.dbsize() == len(expected)
     client.close()
+
+
+def test_rows_that_map_to_one_redis_key_are_one_entity(redis_url: str) -> None:
+    """An Int64 key read from a float column: 7.0 and 7.5 both store under key 7, so the
+    newer row wins whichever comes last, as it would for two rows of 7."""
+    spec = WriteSpec(
+        "stats", ("driver_id",), (ValueType.INT64,), ("rate",), (ValueType.DOUBLE,), "event_ts"
+    )
+    table = pa.table(
+        {
+            "driver_id": pa.array([7.0, 7.5], pa.float64()),
+            "rate": [1.0, 2.0],
+            "event_ts": pa.array([T0 + timedelta(seconds=10), T0 + timedelta(seconds=5)], TS),
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    stats = write_batches(client, spec, table.to_batches(), project="p")
+    assert stats.rows_written == 1
+    key = encode_entity_keys([pa.array([7])], spec.join_keys, spec.join_key_types, "p")[0]
+    assert (
+        client.hget(key, field_name("stats", "rate"))
+        == encode_values(pa.array([1.0]), ValueType.DOUBLE)[0]
+    )
+    client.close()
