@@ -168,12 +168,12 @@ def chunk_winners(spec: WriteSpec, chunk: pa.RecordBatch) -> tuple[np.ndarray, n
 
 
 def encode_rows(
-    spec: WriteSpec, chunk: pa.RecordBatch, take: pa.Array, micros: np.ndarray
+    spec: WriteSpec, chunk: pa.RecordBatch, take: pa.Array | None, micros: np.ndarray
 ) -> tuple[list[bytes], list[list[bytes]]]:
-    """Rows ``take`` of the chunk as stored bytes: the ``_ts`` values, then per feature."""
-    ts_values = encode_timestamps(micros[take.to_numpy()])
-    encoded = [
-        encode_values(batch_column(chunk, f, spec.name).take(take), vt)
-        for f, vt in zip(spec.features, spec.feature_types, strict=True)
-    ]
-    return ts_values, encoded
+    """Rows ``take`` of the chunk (every row for None) as stored bytes: the ``_ts`` values,
+    then per feature."""
+    columns = [batch_column(chunk, f, spec.name) for f in spec.features]
+    if take is not None:
+        columns, micros = [c.take(take) for c in columns], micros[take.to_numpy()]
+    encoded = [encode_values(c, vt) for c, vt in zip(columns, spec.feature_types, strict=True)]
+    return encode_timestamps(micros), encoded

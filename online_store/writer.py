@@ -183,7 +183,7 @@ def _run_commands(
     ts_name: bytes,
 ) -> None:
     """Every row's ``HSET`` (+ ``EXPIRE``) through a redis-py pipeline (clusters)."""
-    ts_values, encoded = encode_rows(spec, chunk, pa.array(np.arange(chunk.num_rows)), micros)
+    ts_values, encoded = encode_rows(spec, chunk, None, micros)
     commands: list[tuple[bytes | str | int, ...]] = []
     for j, key in enumerate(keys):
         items: list[bytes | str | int] = ["HSET", key, ts_name, ts_values[j]]
