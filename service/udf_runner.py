@@ -8,12 +8,12 @@ behind them. The event loop serves other lookups meanwhile.
 
 A view earns the event loop (no thread hop, which costs the one-row lookup about 6% of
 its throughput and half again its p99) by its record: once its last few successful calls
-(:data:`PROOF_CALLS`) each cost at most :data:`INLINE_BUDGET_SECONDS` (see :func:`_cost`), it
-runs on the loop for requests of up to as many entity rows as those calls had. One call
-on the loop over budget sends it back to a thread, where it must prove itself over twice
-as many calls; a slow call in a thread of a larger request leaves the loop to the sizes
-already proven (of a proven size, it sends the view back to prove itself again). A
-request larger than any the view has proven itself on goes to a thread
+(:data:`PROOF_CALLS`) each cost at most :data:`INLINE_BUDGET_SECONDS` (see
+:class:`_Clock`), it runs on the loop for requests of up to as many entity rows as those
+calls had. One call on the loop over budget sends it back to a thread, where it must
+prove itself over twice as many calls; a slow call in a thread of a larger request leaves
+the loop to the sizes already proven (of a proven size, it sends the view back to prove
+itself again). A request larger than any the view has proven itself on goes to a thread
 (and, when quick, widens the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more
 always do.
 
@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import resource
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +47,6 @@ ODFV_THREAD_ROWS = 64
 INLINE_BUDGET_SECONDS = 0.002
 # Calls under budget in a row before a view runs on the loop; doubled on each fall back.
 PROOF_CALLS = 4
-# A call in a thread that took longer than this in wall time is charged its wall time.
-WAIT_SECONDS = 0.02
 MAX_PROOF_CALLS = 4096
 
 
@@ -160,27 +160,51 @@ class UdfRunner:
 
 def _paced(pace: UdfPace, rows: int, call: Callable[[], _T], *, ran_on_loop: bool) -> _T:
     """Run ``call`` (a transformation of ``rows`` entity rows), recording what it cost."""
-    started, cpu_started = time.perf_counter(), time.thread_time()
+    clock = _Clock(ran_on_loop)
     try:
         answer = call()
     except Exception:
         # A refused request (bad request data) proves nothing about the UDF's speed; only a
         # slow failure counts, against it.
-        if (cost := _cost(started, cpu_started, ran_on_loop)) > INLINE_BUDGET_SECONDS:
+        if (cost := clock.cost()) > INLINE_BUDGET_SECONDS:
             pace.record(cost, rows, ran_on_loop=ran_on_loop)
         raise
-    pace.record(_cost(started, cpu_started, ran_on_loop), rows, ran_on_loop=ran_on_loop)
+    pace.record(clock.cost(), rows, ran_on_loop=ran_on_loop)
     return answer
 
 
-def _cost(started: float, cpu_started: float, ran_on_loop: bool) -> float:
-    """What a call would hold the event loop for: on the loop, its wall time. In a thread
-    the wall time also counts the waits for the GIL while the loop serves other requests
-    (up to the interpreter's 5 ms switch interval each, so a busy server would never let a
-    quick view prove itself); there its CPU time counts, unless the wall time shows it
-    waited on something else (a model server, a file) for longer than :data:`WAIT_SECONDS`.
+# Voluntary context switches of the calling thread, where the OS counts them (Linux).
+_THREAD_USAGE = getattr(resource, "RUSAGE_THREAD", None)
+
+
+def _sleeps() -> int:
+    return resource.getrusage(_THREAD_USAGE).ru_nvcsw if _THREAD_USAGE is not None else 0
+
+
+class _Clock:
+    """What a call would hold the event loop for (started on creation).
+
+    On the loop, its wall time. In a thread, the wall time also counts the waits for the
+    GIL while the loop (or any other thread) runs Python, which are not the view's cost: a
+    busy server would never let a quick view prove itself. CPython waits for the GIL in
+    timed waits of one switch interval each, so every time the thread went to sleep (a
+    voluntary context switch) is allowed two intervals (one more for the OS to run it
+    again); the time off the CPU beyond that allowance was spent waiting on something
+    else (a model server, a file) and is charged, on top of the call's CPU time. Where
+    the OS does not count a thread's sleeps, all of the wall time is charged.
     """
-    wall = time.perf_counter() - started
-    if ran_on_loop or wall > WAIT_SECONDS:
-        return wall
-    return time.thread_time() - cpu_started
+
+    __slots__ = ("cpu", "on_loop", "sleeps", "wall")
+
+    def __init__(self, on_loop: bool) -> None:
+        self.on_loop = on_loop
+        self.sleeps = 0 if on_loop else _sleeps()
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def cost(self) -> float:
+        wall = time.perf_counter() - self.wall
+        if self.on_loop:
+            return wall
+        cpu = time.thread_time() - self.cpu
+        allowance = (_sleeps() - self.sleeps) * 2 * sys.getswitchinterval()
+        return cpu + max(0.0, wall - cpu - allowance)
