@@ -43,14 +43,35 @@ def require_present(arr: pa.Array | pa.ChunkedArray, name: str) -> None:
         )
 
 
-def key_values(arr: pa.Array, vt: object) -> np.ndarray:
-    """The values of a join key column as its key encodes them: little-endian ints of the
-    key's width for Int64/Int32 keys, the column's own values (str or bytes) otherwise."""
+# The values an Int64/Int32 key holds: Feast's protobuf refuses any other (ValueError).
+_KEY_INTS = {ValueType.INT64: ("<i8", -(2**63), 2**63), ValueType.INT32: ("<i4", -(2**31), 2**31)}
+
+
+def key_values(arr: pa.Array, vt: object, name: str) -> np.ndarray:
+    """The values of join key column ``name`` as its key encodes them: little-endian ints
+    of the key's width for Int64/Int32 keys (floats cut toward zero, as Feast does), the
+    column's own values (str or bytes) otherwise.
+
+    Raises:
+        InvalidEntityError: an Int64/Int32 key's value the key cannot hold (out of its
+            range, NaN or infinite), which a cast would wrap into another entity's key.
+    """
     code = value_type(vt)
-    if code in (ValueType.INT64, ValueType.INT32):
-        fmt = "<i8" if code == ValueType.INT64 else "<i4"
-        return np.asarray(arr.to_numpy(zero_copy_only=False)).astype(fmt)
-    return np.asarray(arr.to_numpy(zero_copy_only=False))
+    native = np.asarray(arr.to_numpy(zero_copy_only=False))
+    if code not in _KEY_INTS:
+        return native
+    fmt, low, high = _KEY_INTS[code]
+    if len(native) and native.dtype.kind in "iuf":
+        lo, hi = native.min(), native.max()  # NaN when any value is: refused below
+        if not (low <= lo and hi < high):
+            bad = native[~((native >= low) & (native < high))][0]
+            raise InvalidEntityError(
+                f"join key column '{name}' holds {bad.item()}, which its {code.name} key cannot "
+                f"hold (from {low} to {high - 1}); fix the value, or declare the entity's "
+                "value_type wide enough (then `feast apply`)",
+                join_key=name,
+            )
+    return native.astype(fmt)
 
 
 def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[blocks.Block]:
@@ -58,7 +79,7 @@ def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[blocks.Block]
     require_present(arr, name)
     code = _ENTITY_TYPE_CODE[vt]
     if vt in (ValueType.INT64, ValueType.INT32):
-        ints = key_values(arr, vt)
+        ints = key_values(arr, vt, name)
         width = ints.dtype.itemsize
         head = blocks.constant(struct.pack("<II", code, width), len(arr))
         return [head, blocks.fixed(np.ascontiguousarray(ints).view(np.uint8), width)]

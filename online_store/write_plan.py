@@ -105,11 +105,11 @@ def batch_column(batch: pa.RecordBatch, name: str, view: str) -> pa.Array:
     return batch.column(idx)
 
 
-def key_codes(columns: list[pa.Array], types: tuple[ValueType, ...], num_rows: int) -> np.ndarray:
+def key_codes(columns: list[pa.Array], spec: WriteSpec, num_rows: int) -> np.ndarray:
     """One code per row, equal exactly when the rows' Redis keys are (entity-less: all 0)."""
     codes = np.zeros(num_rows, dtype=np.int64)
-    for col, vt in zip(columns, types, strict=True):
-        values, distinct = pd.factorize(key_values(col, vt))
+    for col, name, vt in zip(columns, spec.join_keys, spec.join_key_types, strict=True):
+        values, distinct = pd.factorize(key_values(col, vt, name))
         codes = pd.factorize(codes * len(distinct) + values)[0] if len(distinct) > 1 else codes
     return codes
 
@@ -163,7 +163,7 @@ def chunk_winners(spec: WriteSpec, chunk: pa.RecordBatch) -> tuple[np.ndarray, n
         created_col = chunk.column(chunk.schema.get_field_index(spec.created_timestamp_field))
         if created_col.null_count == 0:
             created = event_micros(created_col)
-    codes = key_codes(columns, spec.join_key_types, chunk.num_rows)
+    codes = key_codes(columns, spec, chunk.num_rows)
     return micros, newest_rows(codes, micros, created)
 
 

@@ -89,6 +89,38 @@ def test_entity_keys_equal_feast_serialize_entity_key(
     assert ours == expected
 
 
+WIDE_KEY_CASES = [
+    (st.integers(-(2**40), 2**40), ValueType.INT32, pa.int64()),
+    (st.integers(0, 2**64 - 1), ValueType.INT64, pa.uint64()),
+    (st.floats(-(2.0**34), 2.0**34), ValueType.INT32, pa.float64()),
+    (st.floats(allow_nan=True, allow_infinity=True), ValueType.INT64, pa.float64()),
+]
+
+
+@pytest.mark.parametrize(("strategy", "vt", "arrow"), WIDE_KEY_CASES, ids=lambda c: str(c))
+@SETTINGS
+@given(data=st.data())
+def test_key_values_a_key_cannot_hold_are_refused_where_feast_refuses_them(
+    strategy: st.SearchStrategy[Any], vt: ValueType, arrow: pa.DataType, data: st.DataObject
+) -> None:
+    """A column wider than its Int32/Int64 key: Feast's conversion refuses a value out of
+    the key's range (or NaN, infinite); a cast would wrap it into another entity's key.
+    Every other value gives Feast's key (floats cut toward zero)."""
+    values = data.draw(st.lists(strategy, min_size=1, max_size=20))
+    column = pa.array(values, arrow)
+    try:
+        protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), vt)
+    except (ValueError, OverflowError):
+        with pytest.raises(InvalidEntityError, match="join key column 'k' holds"):
+            encode_entity_keys([column], ["k"], [vt], "p")
+        return
+    expected = [
+        serialize_entity_key(EntityKey(join_keys=["k"], entity_values=[proto])) + b"p"
+        for proto in protos
+    ]
+    assert encode_entity_keys([column], ["k"], [vt], "p") == expected
+
+
 @SETTINGS
 @given(
     rows=st.lists(st.tuples(INT64, TEXT, BINARY), min_size=1, max_size=20),

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.cluster import RedisCluster
 
-from foundation.errors import SchemaMismatchError
+from foundation.errors import InvalidEntityError, SchemaMismatchError
 from online_store.codec import encode_timestamps, encode_values, field_name, ts_field
 from online_store.keys import encode_entity_keys
 from online_store.rawpipe import execute_packed
@@ -269,4 +269,29 @@ def test_rows_that_map_to_one_redis_key_are_one_entity(redis_url: str) -> None:
         client.hget(key, field_name("stats", "rate"))
         == encode_values(pa.array([1.0]), ValueType.DOUBLE)[0]
     )
+    client.close()
+
+
+def test_a_key_value_out_of_the_keys_range_is_refused_before_any_write(redis_url: str) -> None:
+    """An Int32 key read from an int64 column holding 2**31 + 7: cast, it would be written
+    under key -2**31 + 7, another entity's. The batch is refused, naming the column and
+    the value, and nothing of it is written."""
+    spec = WriteSpec(
+        "stats", ("driver_id",), (ValueType.INT32,), ("rate",), (ValueType.DOUBLE,), "event_ts"
+    )
+    table = pa.table(
+        {
+            "driver_id": pa.array([1, 2**31 + 7], pa.int64()),
+            "rate": [1.0, 2.0],
+            "event_ts": pa.array([T0, T0], TS),
+        }
+    )
+    client = redis.Redis.from_url(redis_url)
+    keys = encode_entity_keys(
+        [pa.array([1, -(2**31) + 7])], spec.join_keys, spec.join_key_types, "p"
+    )
+    client.delete(*keys)
+    with pytest.raises(InvalidEntityError, match=r"'driver_id' holds 2147483655.*INT32"):
+        write_batches(client, spec, table.to_batches(), project="p")
+    assert client.exists(*keys) == 0
     client.close()
