@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.on_demand_feature_view import OnDemandFeatureView
-from feast.saved_dataset import SavedDatasetStorage
+from feast.saved_dataset import SavedDatasetStorage, ValidationReference
 
 from foundation.errors import (
     ConflictError,
@@ -35,7 +35,7 @@ from foundation.errors import (
     MemoryLimitExceededError,
     QueryTimeoutError,
 )
-from offline_store.frame_types import feast_frame_types, with_feast_types
+from offline_store.frame_types import feast_frame_types, result_frame, with_feast_types
 from offline_store.sandbox import RequestLimits, Watchdog
 from offline_store.sources import DuckDBSettings, connect, execute, fetch_all, quote_literal
 
@@ -62,7 +62,22 @@ Prepare = Callable[[duckdb.DuckDBPyConnection], Query]
 MetadataFn = Callable[[duckdb.DuckDBPyConnection], RetrievalMetadata]
 
 
-class DuckDBRetrievalJob(RetrievalJob):
+class FrameJob(RetrievalJob):
+    """A retrieval job whose ``to_df`` is Feast's without its extra copy of the frame."""
+
+    def to_df(
+        self,
+        validation_reference: ValidationReference | None = None,
+        timeout: int | None = None,
+    ) -> pd.DataFrame:
+        """Feast's ``to_df`` (``to_arrow``: on-demand views, validation), via
+        :func:`offline_store.frame_types.result_frame`."""
+        return result_frame(
+            self.to_arrow(validation_reference=validation_reference, timeout=timeout)
+        )
+
+
+class DuckDBRetrievalJob(FrameJob):
     """A query over Parquet that runs only when a result is asked for.
 
     Args:

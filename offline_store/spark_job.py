@@ -21,7 +21,7 @@ from feast.saved_dataset import SavedDatasetStorage
 
 from foundation.errors import ConflictError, InvalidRequestError
 from offline_store.frame_types import feast_frame_types, with_feast_types
-from offline_store.job import apply_odfvs
+from offline_store.job import FrameJob, apply_odfvs
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -69,7 +69,7 @@ class _OdfvContext(RetrievalJob):
         raise NotImplementedError  # pragma: no cover
 
 
-class SparkRetrievalJob(RetrievalJob):
+class SparkRetrievalJob(FrameJob):
     """A point-in-time join or pull on Spark, built when first asked for.
 
     Args:
