@@ -46,7 +46,7 @@ def result_frame(table: pa.Table) -> pd.DataFrame:
     without the copy of every column ``reset_index`` makes when the index already is the
     plain 0..n-1 (a training result's always is, unless its schema carries a pandas
     index): for a frame of 1M rows x 35 columns, 0.56 s and the frame's size again."""
-    frame = table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
     index = frame.index
     plain = isinstance(index, pd.RangeIndex) and (index.start, index.step) == (0, 1)
     return frame if plain and index.name is None else frame.reset_index(drop=True)
