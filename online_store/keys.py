@@ -61,12 +61,13 @@ def key_values(arr: pa.Array, vt: object, name: str) -> np.ndarray:
     if code not in _KEY_INTS:
         return native
     fmt, low, high = _KEY_INTS[code]
-    if len(native) and native.dtype.kind in "iuf":
+    if len(native) and (native.dtype.kind in "iuf" or pa.types.is_decimal(arr.type)):
         lo, hi = native.min(), native.max()  # NaN when any value is: refused below
         if not (low <= lo and hi < high):
             bad = native[~((native >= low) & (native < high))][0]
+            shown = bad.item() if isinstance(bad, np.generic) else bad  # Decimal as itself
             raise InvalidEntityError(
-                f"join key column '{name}' holds {bad.item()}, which its {code.name} key cannot "
+                f"join key column '{name}' holds {shown}, which its {code.name} key cannot "
                 f"hold (from {low} to {high - 1}); fix the value, or declare the entity's "
                 "value_type wide enough (then `feast apply`)",
                 join_key=name,

@@ -94,6 +94,11 @@ WIDE_KEY_CASES = [
     (st.integers(0, 2**64 - 1), ValueType.INT64, pa.uint64()),
     (st.floats(-(2.0**34), 2.0**34), ValueType.INT32, pa.float64()),
     (st.floats(allow_nan=True, allow_infinity=True), ValueType.INT64, pa.float64()),
+    (
+        st.decimals(-(2**34), 2**34, allow_nan=False, places=1),
+        ValueType.INT32,
+        pa.decimal128(20, 1),
+    ),
 ]
 
 
