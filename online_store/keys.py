@@ -72,7 +72,15 @@ def key_values(arr: pa.Array, vt: object, name: str) -> np.ndarray:
                 "value_type wide enough (then `feast apply`)",
                 join_key=name,
             )
-    return native.astype(fmt)
+    try:
+        return native.astype(fmt)
+    except (ValueError, TypeError) as exc:  # strings that are not integers ("x", "7.5")
+        raise InvalidEntityError(
+            f"join key column '{name}' holds values its {code.name} key cannot hold ({exc}); "
+            "fix the values, or declare the entity's value_type to match them "
+            "(then `feast apply`)",
+            join_key=name,
+        ) from exc
 
 
 def _entity_parts(arr: pa.Array, vt: ValueType, name: str) -> list[blocks.Block]:

@@ -108,22 +108,35 @@ WIDE_KEY_CASES = [
 def test_key_values_a_key_cannot_hold_are_refused_where_feast_refuses_them(
     strategy: st.SearchStrategy[Any], vt: ValueType, arrow: pa.DataType, data: st.DataObject
 ) -> None:
-    """A column wider than its Int32/Int64 key: Feast's conversion refuses a value out of
-    the key's range (or NaN, infinite); a cast would wrap it into another entity's key.
-    Every other value gives Feast's key (floats cut toward zero)."""
+    """A column wider than its Int32/Int64 key: Feast refuses a value out of the key's
+    range, NaN or infinite (its conversion raises, or, for a column of NaN only, gives an
+    empty value its key serialization refuses); a cast would wrap it into another entity's
+    key. Every other value gives Feast's key (floats cut toward zero)."""
     values = data.draw(st.lists(strategy, min_size=1, max_size=20))
     column = pa.array(values, arrow)
     try:
         protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), vt)
+        expected = [
+            serialize_entity_key(EntityKey(join_keys=["k"], entity_values=[proto])) + b"p"
+            for proto in protos
+        ]
     except (ValueError, OverflowError):
         with pytest.raises(InvalidEntityError, match="join key column 'k' holds"):
             encode_entity_keys([column], ["k"], [vt], "p")
         return
-    expected = [
-        serialize_entity_key(EntityKey(join_keys=["k"], entity_values=[proto])) + b"p"
-        for proto in protos
-    ]
     assert encode_entity_keys([column], ["k"], [vt], "p") == expected
+
+
+def test_a_string_key_column_that_is_not_integers_is_refused_by_name() -> None:
+    """Strings of digits make the Int64 key Feast's conversion makes ("7" is key 7); other
+    strings are refused naming the column, as Feast's conversion raises on them."""
+    assert encode_entity_keys([pa.array(["7"])], ["k"], [ValueType.INT64], "p") == (
+        encode_entity_keys([pa.array([7])], ["k"], [ValueType.INT64], "p")
+    )
+    with pytest.raises(ValueError, match="invalid literal"):
+        python_values_to_proto_values(np.array(["7.5"], dtype=object), ValueType.INT64)
+    with pytest.raises(InvalidEntityError, match=r"join key column 'k' holds values"):
+        encode_entity_keys([pa.array(["7", "7.5"])], ["k"], [ValueType.INT64], "p")
 
 
 @SETTINGS
