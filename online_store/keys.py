@@ -43,8 +43,9 @@ def require_present(arr: pa.Array | pa.ChunkedArray, name: str) -> None:
         )
 
 
-# The values an Int64/Int32 key holds: Feast's protobuf refuses any other (ValueError).
-_KEY_INTS = {ValueType.INT64: ("<i8", -(2**63), 2**63), ValueType.INT32: ("<i4", -(2**31), 2**31)}
+# Integer keys: their bytes, and the values they hold (from, up to and not including);
+# Feast's protobuf refuses any other (ValueError). The read path checks requests by them too.
+KEY_INTS = {ValueType.INT64: ("<i8", -(2**63), 2**63), ValueType.INT32: ("<i4", -(2**31), 2**31)}
 
 
 def key_values(arr: pa.Array, vt: object, name: str) -> np.ndarray:
@@ -58,9 +59,9 @@ def key_values(arr: pa.Array, vt: object, name: str) -> np.ndarray:
     """
     code = value_type(vt)
     native = np.asarray(arr.to_numpy(zero_copy_only=False))
-    if code not in _KEY_INTS:
+    if code not in KEY_INTS:
         return native
-    fmt, low, high = _KEY_INTS[code]
+    fmt, low, high = KEY_INTS[code]
     if len(native) and (native.dtype.kind in "iuf" or pa.types.is_decimal(arr.type)):
         lo, hi = native.min(), native.max()  # NaN when any value is: refused below
         if not (low <= lo and hi < high):

@@ -32,7 +32,12 @@ from online_store.codec import (
     field_name,
     ts_field,
 )
-from online_store.keys import KEY_PART_ENCODERS, entity_key_from_values, entity_key_prefix
+from online_store.keys import (
+    KEY_INTS,
+    KEY_PART_ENCODERS,
+    entity_key_from_values,
+    entity_key_prefix,
+)
 from online_store.read_columns import (
     EPOCH,
     MICROSECOND,
@@ -62,7 +67,8 @@ __all__ = [
     "ViewReadSpec",
 ]
 
-_INT_RANGES = {ValueType.INT64: (-(2**63), 2**63 - 1), ValueType.INT32: (-(2**31), 2**31 - 1)}
+# Feast's members (what the plans hold) -> the values their keys hold, inclusive.
+_INT_RANGES = {ValueType(code.value): (low, high - 1) for code, (_, low, high) in KEY_INTS.items()}
 
 
 class HmgetPipeline(Protocol):
