@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
 from foundation.errors import FeatureStoreError, InvalidRequestError
+from foundation.registry import FeatureStore
 
 REGISTRY_ENV = "FEATURESTORE_REGISTRY_URL"
 REDIS_ENV = "FEATURESTORE_REDIS_URL"

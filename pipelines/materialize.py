@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from feast import FeatureStore
 
 from foundation.errors import FeatureStoreError, InvalidRequestError
+from foundation.registry import FeatureStore
 from online_store.freshness import FreshnessLog
 from pipelines.config import StoreConfig, store_environment
 

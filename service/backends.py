@@ -14,12 +14,12 @@ from urllib.parse import quote, unquote, urlparse
 
 import redis
 import redis.asyncio as aioredis
-from feast import FeatureStore
 from feast.repo_config import RepoConfig
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from foundation import environment
+from foundation.registry import FeatureStore
 from online_store.connection import parse_connection_string, resolve_target
 from service.redis_fast import FastRedis
 from service.settings import Settings

@@ -189,7 +189,11 @@ def load_snapshot(
     registry = store.registry
     store.refresh_registry()
     proto = getattr(registry, "cached_registry_proto", None)
-    if proto is not None:
+    if proto is not None and proto.version_id:
+        # A digest of the content (foundation.registry), or the id Feast's file
+        # registry writes with every change.
+        fingerprint = proto.version_id
+    elif proto is not None:
         fingerprint = hashlib.blake2b(
             proto.SerializeToString(deterministic=True), digest_size=16
         ).hexdigest()

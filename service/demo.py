@@ -62,8 +62,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
 def training_head(repo: Path, rows: int = 5) -> pd.DataFrame:
     """A point-in-time training set for the first trips, through the training SDK."""
     import pyarrow.parquet as pq
-    from feast import FeatureStore
 
+    from foundation.registry import FeatureStore
     from offline_store.sdk import get_training_dataset
 
     trips = pq.read_table(environment.data_dir(repo) / "trips.parquet").slice(0, 1000).to_pandas()

@@ -9,8 +9,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
+
+from foundation.registry import FeatureStore
 
 OUR_STORE = "offline_store.store.DuckDBParquetOfflineStore"
 SPARK_STORE = "offline_store.spark.SparkOfflineStore"

@@ -1,7 +1,10 @@
 """Throwaway Feast repos for tests: feature_store.yaml, a SQLite SQL registry, Parquet data.
 
 Definitions are built in Python by a factory (called once per repo so that two repos get
-equal but independent objects) and applied with ``FeatureStore.apply``.
+equal but independent objects) and applied with ``FeatureStore.apply``. Stores are
+:class:`foundation.registry.FeatureStore` (Feast's, with snapshots that carry their
+content version), so stores opened one after another in a test process never read each
+other's definitions; the online stores and engines compared are stock or ours per spec.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from feast import FeatureStore
+
+from foundation.registry import FeatureStore
 
 OURS_ONLINE = "online_store.store.FastRedisOnlineStore"
 OURS_ENGINE = "online_store.engine.StreamingMaterializationEngine"
