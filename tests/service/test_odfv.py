@@ -295,18 +295,26 @@ def test_a_quick_udf_moves_to_the_event_loop_and_back_when_it_turns_slow(
     app_factory: Any, repo: Repo
 ) -> None:
     """Where each call ran. Only what a busy machine cannot change is exact: a call slower
-    than the budget never earns the loop, so noise can only add calls in threads."""
+    than the budget never earns the loop, so noise can only add calls in threads.
+
+    The quick UDF answers from memory: every call is the same ride, so after the first it
+    returns the example UDF's first answer, and a call costs the service's own work only.
+    (The example's pandas UDF itself takes 1-2.5 ms of CPU on the 2-core machine, on both
+    sides of the 2 ms budget: whether it earns the loop there depends on the machine.)"""
     client: AppClient = app_factory()
     ride = _one_ride(repo)
     transformation = client.state.catalog.snapshot.on_demand_views["fare_estimate"]
     original = transformation.feature_transformation.udf
     threads: list[int] = []
     delay = [0.0]
+    answer: list[pd.DataFrame] = []
 
     def traced(frame: pd.DataFrame) -> pd.DataFrame:
         threads.append(threading.get_ident())
         time.sleep(delay[0])  # injected latency, when set
-        return original(frame)
+        if not answer:
+            answer.append(original(frame))
+        return answer[0]
 
     async def loop_thread() -> int:
         return threading.get_ident()
