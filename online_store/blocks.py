@@ -2,8 +2,8 @@
 
 A :class:`Block` is a column of variable-length byte strings laid out as a padded
 ``(rows, width)`` uint8 matrix plus each row's length. Blocks of the parts of a command
-(constants, keys, encoded values, RESP headers) are placed side by side and the padding
-is dropped with one boolean mask, so a chunk's ``HSET`` commands come out as one
+(constants, keys, encoded values, RESP headers) are joined row by row (Arrow's
+``binary_join_element_wise``), so a chunk's ``HSET`` commands come out as one
 contiguous buffer, row after row, the bytes redis-py would pack for the same arguments.
 
 This module only lays bytes out; what the bytes mean (Feast's values, timestamps and
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -103,22 +104,44 @@ def _merged(blocks: list[Block]) -> list[Block]:
 
 
 def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
-    """Rows of the side-by-side blocks joined into one buffer, and each row's end."""
+    """Rows of the side-by-side blocks joined into one buffer, and each row's end.
+
+    Arrow joins the rows (``binary_join_element_wise``: one copy of each value into its
+    place): constants go in as scalars, full-width blocks as they are, and only blocks
+    with short rows are compacted first. Twice as fast as masking the padded matrix of
+    all blocks, whose every byte would be copied three times.
+    """
     n = blocks[0].rows
     if n == 0:
         return b"", np.zeros(0, dtype=np.int64)
-    blocks = _merged(blocks)
-    matrix = np.concatenate([b.data for b in blocks], axis=1)
-    # Only blocks with short rows need a mask; most (constants, fixed-width values) are full.
-    keep = np.ones(matrix.shape, dtype=bool)
-    col = 0
-    for b in blocks:
-        width = b.data.shape[1]
-        if width and int(b.lens.min()) < width:
-            keep[:, col : col + width] = np.arange(width)[None, :] < b.lens[:, None]
-        col += width
-    total = sum(b.lens for b in blocks)
-    return matrix[keep].tobytes(), np.cumsum(total)
+    parts = [_arrow(b) for b in _merged(blocks)]
+    if not any(isinstance(p, pa.Array) for p in parts):  # constants only: one row, n times
+        row = b"".join(p.as_py() for p in parts)
+        return row * n, np.arange(1, n + 1, dtype=np.int64) * len(row)
+    joined = pc.binary_join_element_wise(*parts, _NO_SEPARATOR)
+    _, offsets_buffer, data = joined.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64, count=n + 1)
+    return data.to_pybytes()[: int(offsets[-1])], offsets[1:].copy()
+
+
+_NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
+
+
+def _arrow(block: Block) -> pa.Array | pa.Scalar:
+    """``block`` as an Arrow ``large_binary`` array, or a scalar when it is a constant."""
+    if block.same:
+        return pa.scalar(block.data[0].tobytes(), pa.large_binary())
+    n, width = block.data.shape
+    if width and int(block.lens.min()) == width:
+        data = np.ascontiguousarray(block.data)
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    else:
+        data = block.data[np.arange(width)[None, :] < block.lens[:, None]]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(block.lens, out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
 def join_rows(blocks: list[Block]) -> bytes:

@@ -329,6 +329,46 @@ def test_decimal_and_varint_blocks(values: list[int]) -> None:
     assert decimal(lengths).to_list() == [str(v).encode() for v in lengths.tolist()]
 
 
+@st.composite
+def _side_by_side_blocks(draw: st.DrawFn) -> tuple[list[blocks.Block], list[list[bytes]]]:
+    """Blocks of one chunk (constants, full-width and padded ones) and their rows as bytes."""
+    n = draw(st.integers(0, 12))
+    drawn: list[blocks.Block] = []
+    rows: list[list[bytes]] = []
+    for kind in draw(st.lists(st.sampled_from(["constant", "fixed", "ragged"]), min_size=1)):
+        if kind == "constant":
+            raw = draw(st.binary(max_size=6))
+            drawn.append(blocks.constant(raw, n))
+            rows.append([raw] * n)
+        elif kind == "fixed":
+            width = draw(st.integers(1, 5))
+            raw = draw(st.binary(min_size=n * width, max_size=n * width))
+            drawn.append(blocks.fixed(np.frombuffer(raw, dtype=np.uint8), width))
+            rows.append([raw[i * width : (i + 1) * width] for i in range(n)])
+        else:
+            values = draw(st.lists(st.binary(max_size=7), min_size=n, max_size=n))
+            drawn.append(blocks.from_list(values))
+            rows.append(values)
+    if n and draw(st.booleans()):  # rows picked out of order, as a chunk's winners are
+        order = np.array(draw(st.permutations(range(n))), dtype=np.int64)
+        drawn = [b.take(order) for b in drawn]
+        rows = [[column[i] for i in order] for column in rows]
+    return drawn, rows
+
+
+@SETTINGS
+@given(_side_by_side_blocks())
+def test_rows_buffer_is_every_row_joined_in_order(
+    case: tuple[list[blocks.Block], list[list[bytes]]],
+) -> None:
+    drawn, columns = case
+    want = [b"".join(parts) for parts in zip(*columns, strict=True)]
+    buffer, ends = blocks.rows_buffer(drawn)
+    assert buffer == b"".join(want)
+    assert ends.tolist() == np.cumsum([len(r) for r in want], dtype=np.int64).tolist()
+    assert blocks.row_list(drawn) == want
+
+
 @SETTINGS
 @given(st.lists(st.integers(-(2**62), 2**62), max_size=50), st.sampled_from([None, 0, 3600]))
 def test_resp_hset_buffer_equals_joining_the_framed_columns(
