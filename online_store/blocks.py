@@ -122,7 +122,8 @@ def _compress(blocks: list[Block]) -> tuple[bytes, I64]:
     joined = pc.binary_join_element_wise(*parts, _NO_SEPARATOR)
     _, offsets_buffer, data = joined.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64, count=n + 1)
-    return data.to_pybytes()[: int(offsets[-1])], offsets[1:].copy()
+    # Arrow's buffer may be larger than the rows: copy out only their bytes, once.
+    return data.slice(0, int(offsets[-1])).to_pybytes(), offsets[1:].copy()
 
 
 _NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
