@@ -2,11 +2,12 @@
 
 Timestamps come from a coarse minute grid so that exact TTL boundaries, event-time ties broken
 by created time, full ties, entity rows before any event and duplicate entity rows all occur
-often; keys are small ints, strings and a compound pair, over five views (three of them keyed
+often; keys are small ints, strings and a compound pair, over six views (three of them keyed
 by the driver alone: the Spark join shares one shuffle between them; one reads the pair source by
-driver only; two read the driver source with different TTLs, one feature each: Spark scans it
-once for both). The Spark store runs fewer examples (each is a few Spark jobs in ``local[2]``) on
-the same generators.
+driver only and without its created column; two read the driver source with different TTLs,
+one feature each: Spark scans it once for both; one has no entity at all and reads the customer
+source's latest row of any customer). The Spark store runs fewer examples (each is a
+few Spark jobs in ``local[2]``) on the same generators.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from feast import FeatureStore, FeatureView, Field, FileSource
-from feast.types import Int64
+from feast.types import Float64, Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,17 +46,19 @@ FEATURES = [
     "pair_fv:together",
     "driver_pairs_fv:together_any",
     "driver_long_fv:trips",
+    "any_customer_fv:any_balance",
 ]
 
 
-def five_views() -> list[Any]:
-    """The three views, plus one keyed by the driver alone over the pair source (no TTL) and
-    one over the driver source with a longer TTL."""
+def six_views() -> list[Any]:
+    """The three views, plus one keyed by the driver alone over the pair source (no TTL, no
+    created column), one over the driver source with a longer TTL and one without entities
+    over the customer source."""
+    # No created column: its ties on event time go to the later row alone.
     source = FileSource(
         name="driver_pairs_src",
         path="data/pair.parquet",
         timestamp_field="event_timestamp",
-        created_timestamp_column="created",
         field_mapping={"together": "together_any"},
     )
     view = FeatureView(
@@ -74,7 +77,21 @@ def five_views() -> list[Any]:
         schema=[Field(name="trips", dtype=Int64)],
         source=driver_fv.batch_source,
     )
-    return [*objects, long_view]
+    any_source = FileSource(
+        name="any_customer_src",
+        path="data/customer.parquet",
+        timestamp_field="ts",
+        created_timestamp_column="created",
+        field_mapping={"bal": "any_balance"},
+    )
+    entityless = FeatureView(
+        name="any_customer_fv",
+        entities=[],
+        ttl=TTL_DRIVER,
+        schema=[Field(name="any_balance", dtype=Float64)],
+        source=any_source,
+    )
+    return [*objects, long_view, any_source, entityless]
 
 
 def minute(m: int) -> datetime:
@@ -142,7 +159,7 @@ entity_rows = st.lists(
 def _split_objects() -> list[Any]:
     """The views, the driver view's source a directory of two files (the others one file
     each), so one query joins multi-file and single-file sources, also on the same keys."""
-    objects = five_views()
+    objects = six_views()
     source = FileSource(
         name="driver_src",
         path="data/driver",
@@ -159,7 +176,7 @@ def _split_objects() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    return make_store(tmp_path_factory.mktemp("pit_props"), five_views())
+    return make_store(tmp_path_factory.mktemp("pit_props"), six_views())
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +187,7 @@ def split_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
 @pytest.fixture(scope="module")
 def spark_store(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> FeatureStore:
     return make_store(
-        tmp_path_factory.mktemp("pit_props_spark"), five_views(), offline_store=SPARK_STORE
+        tmp_path_factory.mktemp("pit_props_spark"), six_views(), offline_store=SPARK_STORE
     )
 
 
@@ -221,7 +238,7 @@ def ref_views(
             ("driver_id",),
             timedelta(0),
             "event_timestamp",
-            "created",
+            None,
             {"together": out("driver_pairs_fv", "together_any")},
             pair,
         ),
@@ -232,6 +249,14 @@ def ref_views(
             "created",
             {"trips": out("driver_long_fv", "trips")},
             drv,
+        ),
+        RefView(
+            (),
+            TTL_DRIVER,
+            "ts",
+            "created",
+            {"bal": out("any_customer_fv", "any_balance")},
+            cus,
         ),
     ]
 
