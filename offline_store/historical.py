@@ -39,6 +39,7 @@ from offline_store.sources import (
     DuckDBSettings,
     execute,
     expand_pattern,
+    fetch_all,
     is_single_file,
     parquet_glob,
     parquet_scan,
@@ -214,7 +215,7 @@ def historical_job(
         check_request_data(odfvs, loaded.columns)
         return Query(
             build_pit_query(
-                specs,
+                [_planned(con, spec, loaded.num_rows) for spec in specs],
                 loaded.columns,
                 loaded.timestamp_column,
                 min_ts=loaded.min_ts,
@@ -240,6 +241,18 @@ def historical_job(
         limits=limits,
         pandas_dtypes=_extension_dtypes(rows),
     )
+
+
+# A view whose source holds at least this many rows per entity row finds each entity row's
+# event time first (ViewSpec.match_first). Measured on 2 cores (DuckDB query alone): 10 source
+# rows per entity row 11-25% faster, 3-4 level, 1 and below 18-24% slower.
+MATCH_FIRST_RATIO = 4
+
+
+def _planned(con: duckdb.DuckDBPyConnection, spec: ViewSpec, entity_rows: int) -> ViewSpec:
+    """``spec`` with the join shape its row counts call for (Parquet footers: no data read)."""
+    rows = int(fetch_all(con, f"SELECT count(*) FROM {spec.scan_sql}")[0][0])
+    return replace(spec, match_first=rows >= MATCH_FIRST_RATIO * max(entity_rows, 1))
 
 
 def _extension_dtypes(rows: object) -> dict[str, str]:

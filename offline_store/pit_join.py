@@ -5,26 +5,29 @@ unlimited), take V's rows with the same keys and ``t - d <= event_ts <= t`` and 
 with the greatest (event_ts, created_ts); none -> nulls. Every entity row comes back exactly once,
 in input order, with its extra columns.
 
-How the query gets there, per view:
+How the query gets there, per view: every feature row gets an order key, the struct
+(event_ts, created_ts with nulls lowest, file order, file name, row number in file), and
+every entity row the probe (t, +inf, first file, '', 0); a single-file source leaves the two
+file fields out of both. ``ASOF LEFT JOIN`` entity rows to feature rows on the keys and
+``probe >= order key``: struct comparison is lexicographic, so the match is exactly the
+greatest (event_ts, created_ts) at or before t, with exact ties going to the later file and
+row, without a dedupe step. Rows are pruned to the entity rows' time range in the Parquet scan.
+If the match is older than ``t - d`` every other candidate is too, so the TTL check is a
+filter on the match.
 
-1. Scan the source's keys and event times, keeping only rows whose event time can fall in
-   some entity row's window (pruning pushed into the Parquet scan), and ``ASOF LEFT JOIN``
-   the entity rows to them on the keys and ``t >= event_ts``: each entity row gets the
-   greatest event time at or before t (``__m<i>``). The join sorts two narrow columns
-   instead of whole feature rows.
-2. Scan the source again for the rows at a matched (keys, event time) only (a semi join on
-   the step-1 result), with their features and a tie-break key, the struct (created_ts
-   with nulls lowest, file order, file name, row number in file); a single-file source
-   leaves the two file fields out. A second ``ASOF LEFT JOIN`` on the keys, the matched
-   event time and ``probe >= tie-break key``, the probe being (+inf, first file, '', 0),
-   picks among them exactly the greatest (event_ts, created_ts), with exact ties going to
-   the later file and row. Struct comparison is lexicographic; it runs over the
-   candidates alone (one per entity key and time, unless tied), not every feature row.
-3. If the match is older than ``t - d`` every other candidate is too, so the TTL check is a
-   filter on the match.
+Comparing structs is what the join spends its time on, so a view whose source holds many
+more rows than the entity rows (``ViewSpec.match_first``) is joined in two steps:
 
-The step-1 joins of all views run in one materialized CTE; the step-2 joins are chained
-after it in one statement, ordered by the entity row id at the end.
+1. An ``ASOF LEFT JOIN`` of the entity rows to the source's (keys, event time) alone gives
+   each entity row the greatest event time at or before t (``__m<i>``): two narrow columns
+   are sorted, not whole rows, and no struct is compared.
+2. A second scan keeps only the rows at a matched (keys, event time) (a semi join on step 1),
+   and the ASOF join above, with the matched time as one more key and the event time left
+   out of the struct, picks among them: the same winner, with structs compared over these
+   candidates alone (one per entity key and time, unless tied).
+
+The step-1 joins run once, in a narrow materialized CTE (row id, keys, matched times); all
+views' final joins are chained in one statement, ordered by the entity row id at the end.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ class ViewSpec:
         features: requested features.
         ttl_seconds: the view TTL; 0 means unlimited.
         single_file: the scan reads one file, so the file order and name are the same on
-            every row: constants in the order key instead of a per-row natural-sort key.
+            every row: left out of the order key instead of a per-row natural-sort key.
+        match_first: find each entity row's matched event time first (step 1), then read
+            only the rows at it (worth it when the source has many more rows than the
+            entity rows).
     """
 
     name: str
@@ -73,6 +79,7 @@ class ViewSpec:
     features: tuple[FeatureSpec, ...]
     ttl_seconds: float
     single_file: bool = False
+    match_first: bool = False
 
 
 def _source_column(view: ViewSpec, mapped: str) -> str:
@@ -83,30 +90,29 @@ def _source_column(view: ViewSpec, mapped: str) -> str:
     return mapped
 
 
-# Entity-side probe: greater than every tied feature row, whatever its created time.
+# Entity-side probe: greater than every feature row it may match, whatever its created time.
 _BIGINT_MAX = 9223372036854775807
 _BIGINT_MIN = -9223372036854775807
 _MATCHES = "__matches"
 
 
 def _probe_column(view: ViewSpec) -> str:
-    """The entity-side probe matching the shape of ``view``'s tie-break key."""
-    return "__probe1" if view.single_file else "__probe"
+    """The entity-side probe matching the shape of ``view``'s order key."""
+    return "__probe" + ("_m" if view.match_first else "") + ("1" if view.single_file else "")
 
 
 def _probes(views: list[ViewSpec]) -> str:
-    """The probe columns the views need: (+inf, first file, '', 0), without the file fields
-    for single-file views."""
-    shapes = {_probe_column(v) for v in views}
-    probes = []
-    if "__probe" in shapes:
-        probes.append(
-            f"{{'cr': {_BIGINT_MAX}, 'o': {FILE_ORDER_FIRST}, 'f': '', "
-            "'rn': CAST(0 AS BIGINT)} AS __probe"
-        )
-    if "__probe1" in shapes:
-        probes.append(f"{{'cr': {_BIGINT_MAX}, 'rn': CAST(0 AS BIGINT)}} AS __probe1")
-    return "".join(f", {p}" for p in probes)
+    """The probe columns the views need: (t, +inf, first file, '', 0), without t for views
+    whose event time is matched first, without the file fields for single-file views."""
+    probes = {}
+    for view in views:
+        parts = [] if view.match_first else [f"'ts': e.{ENTITY_TS}"]
+        parts.append(f"'cr': {_BIGINT_MAX}")
+        if not view.single_file:
+            parts.append(f"'o': {FILE_ORDER_FIRST}, 'f': ''")
+        parts.append("'rn': CAST(0 AS BIGINT)")
+        probes[_probe_column(view)] = f"{{{', '.join(parts)}}}"
+    return "".join(f", {probe} AS {name}" for name, probe in probes.items())
 
 
 def _pruning(view: ViewSpec, ts: str, min_ts: datetime | None, max_ts: datetime | None) -> str:
@@ -149,11 +155,15 @@ def _match_cte(
     return cte, join
 
 
-def _candidates_cte(
+def _view_cte(
     index: int, view: ViewSpec, min_ts: datetime | None, max_ts: datetime | None
 ) -> tuple[str, str, list[str]]:
-    """Step 2 of a view: the rows at a matched (keys, event time), their tie-break key, and
-    the ASOF join that picks the greatest; with the view's output select items."""
+    """The rows of one view the final join reads, that ASOF join, and the view's outputs.
+
+    With ``match_first`` only the rows at an entity row's matched (keys, event time) are
+    read (step 2) and the order key is the tie-break among them; otherwise every row is
+    read and the order key starts with the event time.
+    """
     q = quote_ident
     alias = f"__v{index}"
 
@@ -172,27 +182,28 @@ def _candidates_cte(
     ]
     # One file: its order and name are the same on every row, so they are left out of the
     # key (and of this view's probe): a shorter struct sorts and compares faster.
-    file_part = "" if view.single_file else f"'o': {FILE_ORDER}, 'f': s.filename, "
-    select += [
-        f"CAST({ts} AS TIMESTAMPTZ) AS __ts",
-        # The tie-break key among rows of one event time: (created_ts with nulls lowest,
-        # file, row). Comparing it as one struct lets an ASOF join pick the winner.
-        f"{{'cr': coalesce(epoch_us(CAST({cr} AS TIMESTAMPTZ)), {_BIGINT_MIN}), "
-        f"{file_part}'rn': CAST(s.file_row_number AS BIGINT)}} AS __ord",
-    ]
-    matched = [f"{col(mapped)} = {_MATCHES}.{q(e)}" for e, mapped in view.join_keys]
-    matched.append(f"CAST({ts} AS TIMESTAMPTZ) = {_MATCHES}.__m{index}")
-    cte = (
-        f"{alias} AS (SELECT {', '.join(select)} FROM {view.scan_sql} s "
-        f"SEMI JOIN {_MATCHES} ON {' AND '.join(matched)} "
-        f"WHERE {_pruning(view, ts, min_ts, max_ts)})"
-    )
+    order = [] if view.match_first else [f"'ts': CAST({ts} AS TIMESTAMPTZ)"]
+    order.append(f"'cr': coalesce(epoch_us(CAST({cr} AS TIMESTAMPTZ)), {_BIGINT_MIN})")
+    if not view.single_file:
+        order.append(f"'o': {FILE_ORDER}, 'f': s.filename")
+    order.append("'rn': CAST(s.file_row_number AS BIGINT)")
+    # The order key: (event_ts, created_ts with nulls lowest, file, row). Comparing it as one
+    # struct lets an ASOF join pick the winner without a dedupe pass.
+    select += [f"CAST({ts} AS TIMESTAMPTZ) AS __ts", f"{{{', '.join(order)}}} AS __ord"]
     on = [f"e.{q(e)} = {alias}.{k}" for (e, _), k in zip(view.join_keys, key_cols, strict=True)]
-    on.append(f"e.__m{index} = {alias}.__ts")
+    rows = f"FROM {view.scan_sql} s"
+    if view.match_first:
+        matched = [f"{col(mapped)} = {_MATCHES}.{q(e)}" for e, mapped in view.join_keys]
+        matched.append(f"CAST({ts} AS TIMESTAMPTZ) = {_MATCHES}.__m{index}")
+        rows += f" SEMI JOIN {_MATCHES} ON {' AND '.join(matched)}"
+        on.append(f"e.__m{index} = {alias}.__ts")
     on.append(f"e.{_probe_column(view)} >= {alias}.__ord")
+    cte = (
+        f"{alias} AS (SELECT {', '.join(select)} {rows} WHERE {_pruning(view, ts, min_ts, max_ts)})"
+    )
     if view.ttl_seconds > 0:
         ttl_us = int(view.ttl_seconds * 1_000_000)
-        in_window = f"e.__m{index} >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
+        in_window = f"{alias}.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
     else:
         in_window = f"{alias}.__ts IS NOT NULL"
     outs = [
@@ -226,29 +237,38 @@ def build_pit_query(
     select = [
         f"e.{ENTITY_TS} AS {q(c)}" if c == timestamp_column else f"e.{q(c)}" for c in entity_columns
     ]
-    if not views:
-        return f"SELECT {', '.join(select)} FROM {ENTITY_TABLE} e ORDER BY e.{ROW_ID}"
     ctes: list[str] = []
-    matches = []
-    for i, view in enumerate(views):
-        cte, join = _match_cte(i, view, min_ts, max_ts)
-        ctes.append(cte)
-        matches.append(join)
-    found = ", ".join(f"__t{i}.__ts AS __m{i}" for i in range(len(views)))
-    # Referenced by every view's candidates and by the final joins: computed once.
-    ctes.append(
-        f"{_MATCHES} AS MATERIALIZED (SELECT e.*, {found} FROM {ENTITY_TABLE} e "
-        f"{' '.join(matches)})"
-    )
+    first = [(i, v) for i, v in enumerate(views) if v.match_first]
+    entities = f"(SELECT e.*{_probes(views)} FROM {ENTITY_TABLE} e)"
+    if first:
+        matches = []
+        for i, view in first:
+            cte, join = _match_cte(i, view, min_ts, max_ts)
+            ctes.append(cte)
+            matches.append(join)
+        found = ", ".join(f"__t{i}.__ts AS __m{i}" for i, _ in first)
+        keys = [q(k) for k in dict.fromkeys(e for _, v in first for e, _ in v.join_keys)]
+        narrow = f"SELECT {', '.join([ROW_ID, ENTITY_TS, *keys])} FROM {ENTITY_TABLE}"
+        # Read by every such view's step 2 and by the final joins: computed once, and narrow
+        # (row id, keys, times): the entity rows' other columns are not copied again.
+        ctes.append(
+            f"{_MATCHES} AS MATERIALIZED (SELECT e.*, {found} FROM ({narrow}) e "
+            f"{' '.join(matches)})"
+        )
+        ms = "".join(f", m.__m{i}" for i, _ in first)
+        entities = (
+            f"(SELECT e.*{ms}{_probes(views)} FROM {ENTITY_TABLE} e "
+            f"JOIN {_MATCHES} m ON e.{ROW_ID} = m.{ROW_ID})"
+        )
     joins: list[str] = []
     for i, view in enumerate(views):
-        cte, join, outs = _candidates_cte(i, view, min_ts, max_ts)
+        cte, join, outs = _view_cte(i, view, min_ts, max_ts)
         ctes.append(cte)
         joins.append(join)
         select += outs
-    probe = f"(SELECT *{_probes(views)} FROM {_MATCHES})"
+    with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
     return (
-        f"WITH {', '.join(ctes)} SELECT {', '.join(select)} FROM {probe} e "
+        f"{with_clause}SELECT {', '.join(select)} FROM {entities} e "
         f"{' '.join(joins)} ORDER BY e.{ROW_ID}"
     )
 

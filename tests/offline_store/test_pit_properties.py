@@ -7,7 +7,8 @@ by the driver alone: the Spark join shares one shuffle between them; one reads t
 driver only and without its created column; two read the driver source with different TTLs,
 one feature each: Spark scans it once for both; one has no entity at all and reads the customer
 source's latest row of any customer). The Spark store runs fewer examples (each is a
-few Spark jobs in ``local[2]``) on the same generators.
+few Spark jobs in ``local[2]``) on the same generators. The DuckDB join runs in each of its
+shapes (see ``join_shape``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from feast.types import Float64, Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from offline_store import historical
 from tests.offline_store.reference import RefView, reference_pit
 from tests.offline_store.repo_helpers import (
     CUSTOMER_SCHEMA,
@@ -302,6 +304,15 @@ GIVEN = given(
 )
 
 
+@pytest.fixture(params=["by row counts", "one join", "match first"])
+def join_shape(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DuckDB join's shape per view: chosen by the row counts (the sizes here mix both
+    shapes in one query), every view in one ASOF join, or every view's time matched first."""
+    ratio = {"one join": 10**12, "match first": 0}.get(request.param)
+    if ratio is not None:
+        monkeypatch.setattr(historical, "MATCH_FIRST_RATIO", ratio)
+
+
 @pytest.mark.parametrize(
     ("fixture", "driver_parts"),
     [("store", 1), ("split_store", 2)],
@@ -315,6 +326,7 @@ GIVEN = given(
 @GIVEN
 def test_pit_join_matches_naive_reference(
     request: pytest.FixtureRequest,
+    join_shape: None,
     fixture: str,
     driver_parts: int,
     drv: list[dict[str, Any]],
