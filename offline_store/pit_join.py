@@ -180,15 +180,15 @@ def _view_cte(
     select += [
         f"{col(f.source_column)} AS {c}" for f, c in zip(view.features, feat_cols, strict=True)
     ]
-    # One file: its order and name are the same on every row, so they are left out of the
-    # key (and of this view's probe): a shorter struct sorts and compares faster.
+    # The order key: (event_ts, created_ts with nulls lowest, file, row). Comparing it as one
+    # struct lets an ASOF join pick the winner without a dedupe pass.
     order = [] if view.match_first else [f"'ts': CAST({ts} AS TIMESTAMPTZ)"]
     order.append(f"'cr': coalesce(epoch_us(CAST({cr} AS TIMESTAMPTZ)), {_BIGINT_MIN})")
+    # One file: its order and name are the same on every row, so they are left out of the
+    # key (and of this view's probe): a shorter struct sorts and compares faster.
     if not view.single_file:
         order.append(f"'o': {FILE_ORDER}, 'f': s.filename")
     order.append("'rn': CAST(s.file_row_number AS BIGINT)")
-    # The order key: (event_ts, created_ts with nulls lowest, file, row). Comparing it as one
-    # struct lets an ASOF join pick the winner without a dedupe pass.
     select += [f"CAST({ts} AS TIMESTAMPTZ) AS __ts", f"{{{', '.join(order)}}} AS __ord"]
     on = [f"e.{q(e)} = {alias}.{k}" for (e, _), k in zip(view.join_keys, key_cols, strict=True)]
     rows = f"FROM {view.scan_sql} s"
