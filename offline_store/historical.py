@@ -25,7 +25,13 @@ from feast.utils import compute_non_entity_date_range
 
 from foundation.errors import InvalidRequestError
 from offline_store.checks import check_request, check_request_data
-from offline_store.entities import EntitySource, LoadableSource, LoadedEntities, load_entities
+from offline_store.entities import (
+    EntitySource,
+    LoadableSource,
+    LoadedEntities,
+    is_sql,
+    load_entities,
+)
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.sandbox import (
@@ -126,6 +132,12 @@ def _register_source_views(
             execute(con, f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {scan}")
 
 
+def _is_entity_sql(rows: LoadableSource) -> bool:
+    """Whether the entity rows are SQL, which may read the views' sources by name (other
+    kinds skip registering them: binding a view reads every file footer of its source)."""
+    return isinstance(rows, SandboxedSql) or (isinstance(rows, str) and is_sql(rows))
+
+
 def _non_entity_rows(
     specs: list[ViewSpec], views: list[FeatureView], kwargs: dict[str, Any]
 ) -> str:
@@ -199,7 +211,8 @@ def historical_job(
             allowed.extend(entity_rows.paths)
 
     def load(con: duckdb.DuckDBPyConnection, *, materialize: bool) -> LoadedEntities:
-        _register_source_views(con, views, reads)
+        if _is_entity_sql(entity_rows):
+            _register_source_views(con, views, reads)
         if limits is not None:
             lock_down(con, allowed)
         return load_entities(
@@ -215,7 +228,7 @@ def historical_job(
         check_request_data(odfvs, loaded.columns)
         return Query(
             build_pit_query(
-                [_planned(con, spec, loaded.num_rows) for spec in specs],
+                _planned(con, specs, loaded.num_rows),
                 loaded.columns,
                 loaded.timestamp_column,
                 min_ts=loaded.min_ts,
@@ -250,10 +263,16 @@ def historical_job(
 MATCH_FIRST_RATIO = 8
 
 
-def _planned(con: duckdb.DuckDBPyConnection, spec: ViewSpec, entity_rows: int) -> ViewSpec:
-    """``spec`` with the join shape its row counts call for (Parquet footers: no data read)."""
-    rows = int(fetch_all(con, f"SELECT count(*) FROM {spec.scan_sql}")[0][0])
-    return replace(spec, match_first=rows >= MATCH_FIRST_RATIO * max(entity_rows, 1))
+def _planned(
+    con: duckdb.DuckDBPyConnection, specs: list[ViewSpec], entity_rows: int
+) -> list[ViewSpec]:
+    """``specs`` with the join shape their row counts call for (Parquet footers, read once
+    per source: views over one source share the count; no data read)."""
+    counts: dict[str, int] = {}
+    for scan in dict.fromkeys(spec.scan_sql for spec in specs):
+        counts[scan] = int(fetch_all(con, f"SELECT count(*) FROM {scan}")[0][0])
+    least = MATCH_FIRST_RATIO * max(entity_rows, 1)
+    return [replace(spec, match_first=counts[spec.scan_sql] >= least) for spec in specs]
 
 
 def _extension_dtypes(rows: object) -> dict[str, str]:

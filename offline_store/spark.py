@@ -288,8 +288,11 @@ class SparkOfflineStore(OfflineStore):
                 if created_timestamp_column
                 else F.lit(_LONG_MIN)
             )
-            # max of (order key, row) per key: a hash aggregate, no sort; the struct order is
-            # (event_ts, created_ts null lowest, file if several, row), the DuckDB pull's order.
+            # max of (order key, row) per key; the struct order is (event_ts, created_ts null
+            # lowest, file if several, row), the DuckDB pull's order. Spark runs it as a sort
+            # aggregate (a struct buffer is not fixed-width); at 10M rows -> 1M keys a window
+            # (row_number) took 10.4 s warm against its 7.1-7.6 s, and a hash aggregate of the
+            # latest event time then a semi join on it 9.8-10.3 s.
             best = F.max(
                 F.struct(
                     ts.alias("__ts"),
