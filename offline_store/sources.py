@@ -88,6 +88,9 @@ def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
     execute(con, "SET TimeZone='UTC'")
     # Progress bars would land on the stdout of CLI tools and servers.
     execute(con, "SET enable_progress_bar = false")
+    # A job reads each source's footers several times (its row count for the join shape,
+    # then each scan of the join): kept for the connection's life, they are read once.
+    execute(con, "SET parquet_metadata_cache = true")
     return con
 
 
