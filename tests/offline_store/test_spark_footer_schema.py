@@ -1,0 +1,149 @@
+"""A one-file Parquet source is read with the schema from its footer: Spark's own answer, no job.
+
+:func:`offline_store.spark_sources.footer_schema` stands in for Spark's schema inference (a Spark
+job per read). These tests write files the ways users write them (pandas defaults, pyarrow
+options, legacy INT96, nested columns, awkward names) and check, with Spark itself, that the
+footer's schema is exactly the inferred one and reads exactly the same rows, that the types it
+does not handle are left to Spark, and that reading a source then runs no Spark job.
+"""
+
+from __future__ import annotations
+
+import decimal
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from offline_store.spark_sources import _read_parquet, footer_schema
+
+N = 6
+
+
+def _pandas_plain() -> pd.DataFrame:
+    """Every plain type pandas writes, each with a null where the type allows one."""
+    stamps = pd.to_datetime(["2024-01-01 00:00:00.123456789", None] * (N // 2))
+    return pd.DataFrame(
+        {
+            "i8": np.arange(N, dtype="int8"),
+            "i16": np.arange(N, dtype="int16"),
+            "i32": np.arange(N, dtype="int32"),
+            "i64": pd.array([1, None] * (N // 2), dtype="Int64"),
+            "f32": np.linspace(0, 1, N, dtype="float32"),
+            "f64": [0.5, None] * (N // 2),
+            "flag": [True, False] * (N // 2),
+            "text": ["a", None] * (N // 2),
+            "category": pd.Categorical(["x", "y"] * (N // 2)),
+            "blob": [b"\x00\xff", None] * (N // 2),
+            "day": [date(2024, 2, 29), None] * (N // 2),
+            "naive_ns": stamps,
+            "utc_ns": stamps.tz_localize("UTC"),
+            "paris_ns": stamps.tz_localize("Europe/Paris"),
+            "money": [decimal.Decimal("12.34"), None] * (N // 2),
+            "odd name.with `dots`": range(N),
+        }
+    )
+
+
+def _write(kind: str, path: Path) -> None:
+    frame = _pandas_plain()
+    if kind == "pandas_defaults":
+        frame.to_parquet(path)
+    elif kind == "pandas_with_index":
+        frame.set_index("text").to_parquet(path)
+    elif kind == "micro_and_milli":
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table, path, coerce_timestamps="us", allow_truncated_timestamps=True)
+        pq.write_table(
+            table, path.with_suffix(".ms"), coerce_timestamps="ms", allow_truncated_timestamps=True
+        )
+        path.with_suffix(".ms").replace(path)
+    elif kind == "parquet_1_0":
+        # The older format: no nanoseconds (microseconds in the file) and converted types.
+        for name in ("naive_ns", "utc_ns", "paris_ns"):
+            frame[name] = frame[name].dt.floor("us")
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, version="1.0")
+    else:
+        raise AssertionError(kind)
+
+
+def _leftover(kind: str, path: Path) -> None:
+    """Files with a column type the footer schema leaves to Spark."""
+    base = {"k": pa.array([1, 2, None], pa.int64())}
+    if kind == "unsigned":
+        extra = {"u": pa.array([1, 2, 3], pa.uint32())}
+    elif kind == "int96":
+        extra = {"t": pa.array([datetime(2024, 1, 1)] * 3, pa.timestamp("ns"))}
+    elif kind == "nested":
+        extra = {"s": pa.array([{"a": 1}, None, {"a": 3}], pa.struct([("a", pa.int64())]))}
+    elif kind == "list":
+        extra = {"l": pa.array([[1], [], None], pa.list_(pa.int64()))}
+    elif kind == "fixed_binary":
+        extra = {"b": pa.array([b"ab", b"cd", None], pa.binary(2))}
+    else:
+        raise AssertionError(kind)
+    pq.write_table(pa.table({**base, **extra}), path, use_deprecated_int96_timestamps=True)
+
+
+def _rows(frame: Any) -> list[tuple[Any, ...]]:
+    return sorted((tuple(r) for r in frame.collect()), key=repr)
+
+
+@pytest.mark.parametrize(
+    "kind", ["pandas_defaults", "pandas_with_index", "micro_and_milli", "parquet_1_0"]
+)
+def test_footer_schema_is_what_spark_infers_and_reads_the_same_rows(
+    spark: Any, tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "data.parquet"
+    _write(kind, path)
+    known = footer_schema(str(path))
+    assert known is not None, "plain columns: the footer gives the schema"
+    ddl, nanos = known
+    inferred = spark.read.parquet(str(path))
+    given = spark.read.schema(ddl).parquet(str(path))
+    assert given.schema == inferred.schema
+    assert _rows(given) == _rows(inferred)
+    stored = pq.ParquetFile(path).schema_arrow
+    physical_nanos = kind in ("pandas_defaults", "pandas_with_index")
+    stamps = {f.name for f in stored if pa.types.is_timestamp(f.type)}
+    assert nanos == (stamps if physical_nanos else set())
+
+
+@pytest.mark.parametrize("kind", ["unsigned", "int96", "nested", "list", "fixed_binary"])
+def test_other_column_types_are_left_to_spark(spark: Any, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "data.parquet"
+    _leftover(kind, path)
+    assert footer_schema(str(path)) is None
+    inferred = spark.read.parquet(str(path))
+    assert _rows(_read_parquet(spark, [str(path)]).drop("__o_rn")) == _rows(inferred)
+
+
+def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"b": pa.array([b"ab", None], pa.binary())}), path)
+    spark.conf.set("spark.sql.parquet.binaryAsString", "true")
+    try:
+        inferred = spark.read.parquet(str(path))
+        assert footer_schema(str(path), binary_as_string=True) is not None
+        assert _read_parquet(spark, [str(path)]).drop("__o_rn").schema == inferred.schema
+        assert _rows(_read_parquet(spark, [str(path)]).drop("__o_rn")) == _rows(inferred)
+    finally:
+        spark.conf.unset("spark.sql.parquet.binaryAsString")
+
+
+def test_reading_a_one_file_source_runs_no_spark_job(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    _write("pandas_defaults", path)
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    frame = _read_parquet(spark, [str(path)])
+    assert set(tracker.getJobIdsForGroup()) == before
+    # Nanosecond columns come back as microsecond timestamps, rounded as DuckDB rounds them.
+    got = frame.select("naive_ns", "utc_ns").collect()[0]
+    assert got.naive_ns == got.utc_ns.replace(tzinfo=None) == datetime(2024, 1, 1, 0, 0, 0, 123457)
