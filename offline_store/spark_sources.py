@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -38,6 +39,7 @@ from offline_store.writes import PARTS_SUFFIX
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType, StructType
 
 ORDER_FILE = "__o_f"
 ORDER_ROW = "__o_rn"
@@ -113,30 +115,45 @@ def is_nanos(dtype: pa.DataType) -> bool:
     return bool(pa.types.is_timestamp(dtype) and dtype.unit == "ns")  # type: ignore[attr-defined]
 
 
-def _leaf_type(physical: str, converted: str, logical: dict[str, Any]) -> str | None:
-    """The Spark SQL type Spark infers for a flat Parquet column, for the plain types only.
+def _leaf_type(physical: str, converted: str, logical: dict[str, Any]) -> DataType | None:
+    """The Spark type Spark infers for a flat Parquet column, for the plain types only.
 
     Matches Spark's Parquet schema converter under the settings the session forces
-    (:mod:`offline_store.spark_session`): naive timestamps read as ``timestamp``, nanosecond
-    timestamps as ``bigint``. ``None`` for anything else (unsigned integers, INT96, nested,
+    (:mod:`offline_store.spark_session`): naive timestamps read as timestamps, nanosecond
+    timestamps as longs. ``None`` for anything else (unsigned integers, INT96, nested,
     times, ...), which Spark then infers itself.
     """
+    from pyspark.sql import types as T
+
     kind = logical.get("Type", "None")
-    if kind == "None" and converted == "NONE":
-        plain = {"BOOLEAN": "boolean", "INT32": "int", "INT64": "bigint", "FLOAT": "float"}
-        return {**plain, "DOUBLE": "double", "BYTE_ARRAY": "binary"}.get(physical)
-    if kind == "Int" and logical.get("isSigned") and physical in ("INT32", "INT64"):
-        widths = {8: "tinyint", 16: "smallint", 32: "int", 64: "bigint"}
-        return widths.get(logical.get("bitWidth", 0))
-    if kind == "Timestamp" and physical == "INT64":
-        units = {"milliseconds": "timestamp", "microseconds": "timestamp", "nanoseconds": "bigint"}
-        return units.get(logical.get("timeUnit", ""))
     if kind == "Decimal" and physical in ("INT32", "INT64", "FIXED_LEN_BYTE_ARRAY"):
-        return f"decimal({int(logical['precision'])},{int(logical['scale'])})"
-    return {("String", "BYTE_ARRAY"): "string", ("Date", "INT32"): "date"}.get((kind, physical))
+        return T.DecimalType(int(logical["precision"]), int(logical["scale"]))
+    if kind == "None" and converted != "NONE":
+        return None  # an old annotation without a logical type: Spark's call
+    width = logical.get("bitWidth") if logical.get("isSigned") else None  # unsigned: Spark's
+    detail = {"Int": width, "Timestamp": logical.get("timeUnit")}.get(kind)
+    known: dict[tuple[str, str, Any], Callable[[], DataType]] = {
+        ("BOOLEAN", "None", None): T.BooleanType,
+        ("INT32", "None", None): T.IntegerType,
+        ("INT64", "None", None): T.LongType,
+        ("FLOAT", "None", None): T.FloatType,
+        ("DOUBLE", "None", None): T.DoubleType,
+        ("BYTE_ARRAY", "None", None): T.BinaryType,
+        ("BYTE_ARRAY", "String", None): T.StringType,
+        ("INT32", "Date", None): T.DateType,
+        ("INT32", "Int", 8): T.ByteType,
+        ("INT32", "Int", 16): T.ShortType,
+        ("INT32", "Int", 32): T.IntegerType,
+        ("INT64", "Int", 64): T.LongType,
+        ("INT64", "Timestamp", "milliseconds"): T.TimestampType,
+        ("INT64", "Timestamp", "microseconds"): T.TimestampType,
+        ("INT64", "Timestamp", "nanoseconds"): T.LongType,  # spark.sql.legacy.parquet.nanosAsLong
+    }
+    make = known.get((physical, kind, detail))
+    return make() if make is not None else None
 
 
-def footer_schema(path: str, binary_as_string: bool = False) -> tuple[str, set[str]] | None:
+def footer_schema(path: str, binary_as_string: bool = False) -> tuple[StructType, set[str]] | None:
     """The schema Spark infers for one Parquet file, from its footer, and its nanosecond columns.
 
     Args:
@@ -144,10 +161,12 @@ def footer_schema(path: str, binary_as_string: bool = False) -> tuple[str, set[s
         binary_as_string: the session's ``spark.sql.parquet.binaryAsString``.
 
     Returns:
-        A Spark DDL schema string (every column nullable, as Spark reads Parquet) and the
+        The schema (every column nullable, as Spark reads Parquet) and the
         ``TIMESTAMP(NANOS)`` columns, or ``None`` when a column is not a plain flat type or
         the footer cannot be read (Spark then infers the schema and reports errors itself).
     """
+    from pyspark.sql import types as T
+
     try:
         columns = pq.ParquetFile(path).metadata.schema
     except (OSError, pa.ArrowInvalid):
@@ -159,14 +178,14 @@ def footer_schema(path: str, binary_as_string: bool = False) -> tuple[str, set[s
             return None  # nested or repeated
         logical = json.loads(column.logical_type.to_json())
         spark_type = _leaf_type(column.physical_type, column.converted_type, logical)
-        if spark_type == "binary" and binary_as_string:
-            spark_type = "string"
+        if isinstance(spark_type, T.BinaryType) and binary_as_string:
+            spark_type = T.StringType()
         if spark_type is None:
             return None
-        if logical.get("Type") == "Timestamp" and spark_type == "bigint":
+        if logical.get("Type") == "Timestamp" and isinstance(spark_type, T.LongType):
             nanos.add(column.name)
-        fields.append(f"`{column.name.replace('`', '``')}` {spark_type}")
-    return ", ".join(fields), nanos
+        fields.append(T.StructField(column.name, spark_type, nullable=True))
+    return T.StructType(fields), nanos
 
 
 def _from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:

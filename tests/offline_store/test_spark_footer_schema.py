@@ -104,9 +104,9 @@ def test_footer_schema_is_what_spark_infers_and_reads_the_same_rows(
     _write(kind, path)
     known = footer_schema(str(path))
     assert known is not None, "plain columns: the footer gives the schema"
-    ddl, nanos = known
+    schema, nanos = known
     inferred = spark.read.parquet(str(path))
-    given = spark.read.schema(ddl).parquet(str(path))
+    given = spark.read.schema(schema).parquet(str(path))
     assert given.schema == inferred.schema
     assert _rows(given) == _rows(inferred)
     stored = pq.ParquetFile(path).schema_arrow
