@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -115,42 +116,64 @@ def is_nanos(dtype: pa.DataType) -> bool:
     return bool(pa.types.is_timestamp(dtype) and dtype.unit == "ns")  # type: ignore[attr-defined]
 
 
-def _leaf_type(physical: str, converted: str, logical: dict[str, Any]) -> DataType | None:
+# The footer key under which Spark keeps the schema of files it wrote; Spark reads that schema
+# (timestamp_ntz, intervals, collations) instead of converting the Parquet types.
+_SPARK_ROW_METADATA = b"org.apache.spark.sql.parquet.row.metadata"
+# Largest decimal precision Spark takes per physical type (its makeDecimalType checks).
+_DECIMAL_DIGITS = {"INT32": 9, "INT64": 18}
+
+
+def _decimal_digits(length: int) -> int:
+    """Digits a FIXED_LEN_BYTE_ARRAY of ``length`` bytes holds (Spark's maxPrecisionForBytes)."""
+    return math.floor(math.log10(2 ** (8 * length - 1) - 1)) if length > 0 else 0
+
+
+def _leaf_type(column: Any, logical: dict[str, Any]) -> DataType | None:
     """The Spark type Spark infers for a flat Parquet column, for the plain types only.
 
     Matches Spark's Parquet schema converter under the settings the session forces
     (:mod:`offline_store.spark_session`): naive timestamps read as timestamps, nanosecond
-    timestamps as longs. ``None`` for anything else (unsigned integers, INT96, nested,
-    times, ...), which Spark then infers itself.
+    timestamps as longs. ``None`` for anything else (unsigned integers, INT96, times, a
+    logical type its converted type contradicts, ...), which Spark then infers itself.
     """
     from pyspark.sql import types as T
 
+    physical, converted = column.physical_type, column.converted_type
     kind = logical.get("Type", "None")
-    if kind == "Decimal" and physical in ("INT32", "INT64", "FIXED_LEN_BYTE_ARRAY"):
-        return T.DecimalType(int(logical["precision"]), int(logical["scale"]))
-    if kind == "None" and converted != "NONE":
-        return None  # an old annotation without a logical type: Spark's call
+    if kind == "Decimal":
+        precision, scale = int(logical["precision"]), int(logical["scale"])
+        digits = _DECIMAL_DIGITS.get(physical)
+        if physical == "FIXED_LEN_BYTE_ARRAY":
+            digits = min(38, _decimal_digits(column.length))
+        plain = digits is not None and 1 <= precision <= digits and 0 <= scale <= precision
+        ok = plain and converted in ("DECIMAL", "NONE")
+        return T.DecimalType(precision, scale) if ok else None
     width = logical.get("bitWidth") if logical.get("isSigned") else None  # unsigned: Spark's
     detail = {"Int": width, "Timestamp": logical.get("timeUnit")}.get(kind)
-    known: dict[tuple[str, str, Any], Callable[[], DataType]] = {
-        ("BOOLEAN", "None", None): T.BooleanType,
-        ("INT32", "None", None): T.IntegerType,
-        ("INT64", "None", None): T.LongType,
-        ("FLOAT", "None", None): T.FloatType,
-        ("DOUBLE", "None", None): T.DoubleType,
-        ("BYTE_ARRAY", "None", None): T.BinaryType,
-        ("BYTE_ARRAY", "String", None): T.StringType,
-        ("INT32", "Date", None): T.DateType,
-        ("INT32", "Int", 8): T.ByteType,
-        ("INT32", "Int", 16): T.ShortType,
-        ("INT32", "Int", 32): T.IntegerType,
-        ("INT64", "Int", 64): T.LongType,
-        ("INT64", "Timestamp", "milliseconds"): T.TimestampType,
-        ("INT64", "Timestamp", "microseconds"): T.TimestampType,
-        ("INT64", "Timestamp", "nanoseconds"): T.LongType,  # spark.sql.legacy.parquet.nanosAsLong
+    # (physical, logical, detail) -> the Spark type and the converted type that agrees with it
+    # (parquet-mr, which Spark reads with, believes the converted type when the two differ).
+    known: dict[tuple[str, str, Any], tuple[Callable[[], DataType], str]] = {
+        ("BOOLEAN", "None", None): (T.BooleanType, "NONE"),
+        ("INT32", "None", None): (T.IntegerType, "NONE"),
+        ("INT64", "None", None): (T.LongType, "NONE"),
+        ("FLOAT", "None", None): (T.FloatType, "NONE"),
+        ("DOUBLE", "None", None): (T.DoubleType, "NONE"),
+        ("BYTE_ARRAY", "None", None): (T.BinaryType, "NONE"),
+        ("BYTE_ARRAY", "String", None): (T.StringType, "UTF8"),
+        ("INT32", "Date", None): (T.DateType, "DATE"),
+        ("INT32", "Int", 8): (T.ByteType, "INT_8"),
+        ("INT32", "Int", 16): (T.ShortType, "INT_16"),
+        ("INT32", "Int", 32): (T.IntegerType, "INT_32"),
+        ("INT64", "Int", 64): (T.LongType, "INT_64"),
+        ("INT64", "Timestamp", "milliseconds"): (T.TimestampType, "TIMESTAMP_MILLIS"),
+        ("INT64", "Timestamp", "microseconds"): (T.TimestampType, "TIMESTAMP_MICROS"),
+        # spark.sql.legacy.parquet.nanosAsLong
+        ("INT64", "Timestamp", "nanoseconds"): (T.LongType, "NONE"),
     }
-    make = known.get((physical, kind, detail))
-    return make() if make is not None else None
+    found = known.get((physical, kind, detail))
+    if found is None or converted not in (found[1], "NONE"):
+        return None
+    return found[0]()
 
 
 def footer_schema(path: str, binary_as_string: bool = False) -> tuple[StructType, set[str]] | None:
@@ -162,22 +185,26 @@ def footer_schema(path: str, binary_as_string: bool = False) -> tuple[StructType
 
     Returns:
         The schema (every column nullable, as Spark reads Parquet) and the
-        ``TIMESTAMP(NANOS)`` columns, or ``None`` when a column is not a plain flat type or
-        the footer cannot be read (Spark then infers the schema and reports errors itself).
+        ``TIMESTAMP(NANOS)`` columns, or ``None`` when a column is not a plain flat type, the
+        file was written by Spark (whose own stored schema Spark reads) or the footer cannot
+        be read (Spark then infers the schema and reports errors itself).
     """
     from pyspark.sql import types as T
 
     try:
-        columns = pq.ParquetFile(path).metadata.schema
+        metadata = pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowInvalid):
         return None
+    if _SPARK_ROW_METADATA in (metadata.metadata or {}):
+        return None
+    columns = metadata.schema
     fields, nanos = [], set()
     for i in range(len(columns)):
         column = columns.column(i)
         if column.path != column.name or column.max_repetition_level:
             return None  # nested or repeated
         logical = json.loads(column.logical_type.to_json())
-        spark_type = _leaf_type(column.physical_type, column.converted_type, logical)
+        spark_type = _leaf_type(column, logical)
         if isinstance(spark_type, T.BinaryType) and binary_as_string:
             spark_type = T.StringType()
         if spark_type is None:
@@ -213,7 +240,8 @@ def _read_parquet(spark: SparkSession, paths: list[str]) -> DataFrame:
 
     # Merging schemas runs a Spark job: only worth it when several files may differ.
     single = len(paths) == 1 and "://" not in paths[0] and os.path.isfile(paths[0])
-    binary_as_string = spark.conf.get("spark.sql.parquet.binaryAsString", "false") == "true"
+    as_string = spark.conf.get("spark.sql.parquet.binaryAsString", "false") or "false"
+    binary_as_string = as_string.strip().lower() == "true"  # as Spark reads a boolean setting
     known = footer_schema(paths[0], binary_as_string) if single else None
     reader = spark.read.option("mergeSchema", str(not single).lower())
     if known is not None:

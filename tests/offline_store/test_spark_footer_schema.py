@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from foundation.errors import InvalidRequestError
 from offline_store.spark_sources import _read_parquet, footer_schema
 
 N = 6
@@ -63,6 +64,14 @@ def _write(kind: str, path: Path) -> None:
             table, path.with_suffix(".ms"), coerce_timestamps="ms", allow_truncated_timestamps=True
         )
         path.with_suffix(".ms").replace(path)
+    elif kind == "decimals_as_integers":
+        table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+            "wide",
+            pa.array([decimal.Decimal("1234567890.12"), None] * (N // 2), pa.decimal128(18, 2)),
+        )
+        pq.write_table(table, path, store_decimal_as_integer=True)
+        kinds = pq.ParquetFile(path).metadata.schema
+        assert {kinds.column(i).physical_type for i in (14, 16)} == {"INT32", "INT64"}
     elif kind == "parquet_1_0":
         # The older format: no nanoseconds (microseconds in the file) and converted types.
         for name in ("naive_ns", "utc_ns", "paris_ns"):
@@ -85,6 +94,7 @@ def _leftover(kind: str, path: Path) -> None:
         extra = {"l": pa.array([[1], [], None], pa.list_(pa.int64()))}
     elif kind == "fixed_binary":
         extra = {"b": pa.array([b"ab", b"cd", None], pa.binary(2))}
+
     else:
         raise AssertionError(kind)
     pq.write_table(pa.table({**base, **extra}), path, use_deprecated_int96_timestamps=True)
@@ -94,9 +104,10 @@ def _rows(frame: Any) -> list[tuple[Any, ...]]:
     return sorted((tuple(r) for r in frame.collect()), key=repr)
 
 
-@pytest.mark.parametrize(
-    "kind", ["pandas_defaults", "pandas_with_index", "micro_and_milli", "parquet_1_0"]
-)
+KINDS = ["pandas_defaults", "pandas_with_index", "micro_and_milli", "decimals_as_integers"]
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "parquet_1_0"])
 def test_footer_schema_is_what_spark_infers_and_reads_the_same_rows(
     spark: Any, tmp_path: Path, kind: str
 ) -> None:
@@ -110,7 +121,7 @@ def test_footer_schema_is_what_spark_infers_and_reads_the_same_rows(
     assert given.schema == inferred.schema
     assert _rows(given) == _rows(inferred)
     stored = pq.ParquetFile(path).schema_arrow
-    physical_nanos = kind in ("pandas_defaults", "pandas_with_index")
+    physical_nanos = kind in ("pandas_defaults", "pandas_with_index", "decimals_as_integers")
     stamps = {f.name for f in stored if pa.types.is_timestamp(f.type)}
     assert nanos == (stamps if physical_nanos else set())
 
@@ -127,7 +138,7 @@ def test_other_column_types_are_left_to_spark(spark: Any, tmp_path: Path, kind: 
 def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
     pq.write_table(pa.table({"b": pa.array([b"ab", None], pa.binary())}), path)
-    spark.conf.set("spark.sql.parquet.binaryAsString", "true")
+    spark.conf.set("spark.sql.parquet.binaryAsString", " TRUE ")  # Spark's way to read it
     try:
         inferred = spark.read.parquet(str(path))
         assert footer_schema(str(path), binary_as_string=True) is not None
@@ -147,3 +158,31 @@ def test_reading_a_one_file_source_runs_no_spark_job(spark: Any, tmp_path: Path)
     # Nanosecond columns come back as microsecond timestamps, rounded as DuckDB rounds them.
     got = frame.select("naive_ns", "utc_ns").collect()[0]
     assert got.naive_ns == got.utc_ns.replace(tzinfo=None) == datetime(2024, 1, 1, 0, 0, 0, 123457)
+
+
+def test_files_written_by_spark_keep_the_schema_spark_stored(spark: Any, tmp_path: Path) -> None:
+    """Spark reads the schema it stored in its own files (timestamp_ntz, intervals), not the
+    Parquet types: such files are left to Spark."""
+    frame = spark.sql(
+        "SELECT 1L AS k, TIMESTAMP_NTZ'2024-01-01 10:00:00' AS naive, "
+        "INTERVAL '1' DAY AS span, X'00FF' AS blob"
+    )
+    frame.coalesce(1).write.parquet(str(tmp_path / "out"))
+    (part,) = (tmp_path / "out").glob("part-*.parquet")
+    assert footer_schema(str(part)) is None
+    read = _read_parquet(spark, [str(part)]).drop("__o_rn")
+    assert read.schema == spark.read.parquet(str(part)).schema
+    assert [(f.name, f.dataType) for f in read.schema] == [
+        (f.name, f.dataType) for f in frame.schema
+    ]
+    assert _rows(read) == _rows(frame)
+
+
+def test_decimals_spark_refuses_are_refused_as_spark_refuses_them(
+    spark: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.25")], pa.decimal256(50, 2))}), path)
+    assert footer_schema(str(path)) is None
+    with pytest.raises(InvalidRequestError, match="Spark cannot read the offline source"):
+        _read_parquet(spark, [str(path)])
