@@ -1,10 +1,11 @@
-"""A one-file Parquet source is read with the schema from its footer: Spark's own answer, no job.
+"""Local Parquet sources are read with the schema from their footers: Spark's own answer, no job.
 
 :func:`offline_store.spark_sources.footer_schema` stands in for Spark's schema inference (a Spark
 job per read). These tests write files the ways users write them (pandas defaults, pyarrow
-options, legacy INT96, nested columns, awkward names) and check, with Spark itself, that the
-footer's schema is exactly the inferred one and reads exactly the same rows, that the types it
-does not handle are left to Spark, and that reading a source then runs no Spark job.
+options, legacy INT96, nested columns, awkward names, Spark's own files, pushed parts) and
+check, with Spark itself, that the footer's schema is exactly the inferred (or merged) one and
+reads exactly the same rows, that what it does not handle is left to Spark, and that reading a
+source then runs no Spark job.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import decimal
 from datetime import date, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from feast import FileSource
 
 from foundation.errors import InvalidRequestError
-from offline_store.spark_sources import _read_parquet, footer_schema
+from offline_store.spark_sources import (
+    _from_nanos,
+    _read_parquet,
+    file_paths,
+    footer_schema,
+    nanosecond_columns,
+)
+from offline_store.writes import write_batch
 
 N = 6
 
@@ -186,3 +196,46 @@ def test_decimals_spark_refuses_are_refused_as_spark_refuses_them(
     assert footer_schema(str(path)) is None
     with pytest.raises(InvalidRequestError, match="Spark cannot read the offline source"):
         _read_parquet(spark, [str(path)])
+
+
+def _merged(spark: Any, paths: list[str]) -> Any:
+    """What the store read before footer schemas: Spark's merge, then nanoseconds turned back
+    into timestamps."""
+    return _from_nanos(
+        spark.read.option("mergeSchema", "true").parquet(*paths), nanosecond_columns(paths)
+    )
+
+
+def test_pushed_parts_read_with_one_schema_in_push_order_and_no_job(
+    spark: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "rates.parquet"
+    base = _pandas_plain()
+    base.to_parquet(path)
+    pushed = pa.Table.from_pandas(base.iloc[:2], preserve_index=False)
+    write_batch(str(path), pushed)
+    write_batch(str(path), pushed.slice(1))
+    paths = file_paths(SimpleNamespace(repo_path=str(tmp_path)), FileSource(path=str(path)))
+    assert len(paths) == 2  # the file and its parts
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    frame = _read_parquet(spark, paths)
+    assert set(tracker.getJobIdsForGroup()) == before
+    merged = _merged(spark, paths)
+    assert frame.drop("__o_f", "__o_rn").schema == merged.schema
+    # File then row order: the file's rows, then each push in the order it landed.
+    ordered = [tuple(r)[:-2] for r in frame.orderBy("__o_f", "__o_rn").collect()]
+    rows = [tuple(r) for r in _merged(spark, [str(path)]).collect()]  # one file, in its order
+    assert ordered == rows + rows[:2] + rows[1:2]
+    assert _rows(frame.drop("__o_f", "__o_rn")) == _rows(merged)
+
+
+def test_files_with_different_schemas_are_merged_by_spark(spark: Any, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"k": pa.array([1], pa.int64())}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"k": pa.array([2], pa.int64()), "x": pa.array([0.5])}), tmp_path / "b.parquet"
+    )
+    paths = [str(tmp_path / "*.parquet")]
+    frame = _read_parquet(spark, paths)
+    assert frame.drop("__o_f", "__o_rn").schema == _merged(spark, paths).schema
+    assert sorted(tuple(r) for r in frame.select("k", "x").collect()) == [(1, None), (2, 0.5)]
