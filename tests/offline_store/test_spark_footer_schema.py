@@ -104,7 +104,6 @@ def _leftover(kind: str, path: Path) -> None:
         extra = {"l": pa.array([[1], [], None], pa.list_(pa.int64()))}
     elif kind == "fixed_binary":
         extra = {"b": pa.array([b"ab", b"cd", None], pa.binary(2))}
-
     else:
         raise AssertionError(kind)
     pq.write_table(pa.table({**base, **extra}), path, use_deprecated_int96_timestamps=True)
