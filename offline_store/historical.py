@@ -33,6 +33,7 @@ from offline_store.entities import (
     load_entities,
 )
 from offline_store.job import DuckDBRetrievalJob, Query
+from offline_store.listing import expand_pattern, is_single_file, parquet_glob
 from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.sandbox import (
     ConfinedFiles,
@@ -44,10 +45,7 @@ from offline_store.sandbox import (
 from offline_store.sources import (
     DuckDBSettings,
     execute,
-    expand_pattern,
     fetch_all,
-    is_single_file,
-    parquet_glob,
     parquet_scan,
     quote_ident,
     resolve_path,

@@ -9,8 +9,8 @@ relative paths resolve against the repo path exactly like Feast's
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +20,7 @@ from typing import Any
 import duckdb
 
 from foundation.errors import FeatureStoreError, InvalidRequestError
-from offline_store.writes import PARTS_SUFFIX
-
-_GLOB_CHARS = frozenset("*?[")
-
+from offline_store.listing import expand_pattern, is_remote
 
 @dataclass(frozen=True, slots=True)
 class DuckDBSettings:
@@ -143,111 +140,18 @@ def resolve_path(repo_path: Path | str | None, uri: str) -> str:
     return str(Path(uri))
 
 
-def parquet_glob(path: str) -> str:
-    """The pattern DuckDB should read for a file, a directory, or a glob.
-
-    Args:
-        path: a resolved source path.
-
-    Returns:
-        ``path`` itself for files and globs; ``path/**/*.parquet`` for directories.
-    """
-    if any(ch in path for ch in _GLOB_CHARS) or "://" in path:
-        return path
-    if os.path.isdir(path):
-        return os.path.join(path, "**", "*.parquet")
-    return path
-
-
-def is_single_file(read: str | Sequence[str]) -> bool:
-    """Whether a read names exactly one local file (no glob, no directory, no parts).
-
-    Every row of such a scan has the same ``filename``, so orderings need not compare it.
-    """
-    if not isinstance(read, str):
-        return len(read) == 1 and is_single_file(read[0])
-    return (
-        "://" not in read
-        and not any(ch in read for ch in "*?[")
-        and os.path.isfile(read)
-        and parts_pattern(read) is None
-    )
-
-
-def parts_pattern(pattern: str) -> str | None:
-    """The pushed parts of a single-file source, when it has any.
-
-    Pushes to a source defined as one file ``x.parquet`` land as immutable files in
-    ``x.parquet.parts/`` (see :mod:`offline_store.writes`); readers take both.
-
-    Args:
-        pattern: what :func:`parquet_glob` returned.
-
-    Returns:
-        ``<pattern>.parts/*.parquet`` when ``pattern`` is a local file with parts, else None.
-    """
-    if "://" in pattern or any(ch in pattern for ch in _GLOB_CHARS):
-        return None
-    parts = os.path.join(pattern + PARTS_SUFFIX, "*.parquet")
-    return parts if glob.glob(parts) else None
-
-
-def source_patterns(pattern: str) -> list[str]:
-    """Every pattern a source is read from: the source itself and its pushed parts."""
-    parts = parts_pattern(pattern)
-    return [pattern] if parts is None else [pattern, parts]
-
-
-def source_files(path: str) -> list[str]:
-    """Every local Parquet file a source reads, pushed parts included, in source order.
-
-    Args:
-        path: a resolved source path (file, directory or glob).
-
-    Returns:
-        File paths sorted as the readers order them (by path).
-    """
-    files: list[str] = []
-    for pattern in source_patterns(parquet_glob(path)):
-        files.extend(glob.glob(pattern, recursive=True))
-    return sorted(set(files))
-
-
-def expand_pattern(pattern: str) -> list[str]:
-    """The local files a read pattern matches now (pushed parts included), sorted by path.
-
-    Args:
-        pattern: what :func:`parquet_glob` returned (a file, ``dir/**/*.parquet`` or a glob).
-
-    Returns:
-        Absolute paths of the matching regular files.
-    """
-    return sorted(
-        os.path.abspath(p)
-        for part in source_patterns(pattern)
-        for p in glob.glob(part, recursive=True)
-        if os.path.isfile(p)
-    )
-
-
-def has_files(pattern: str) -> bool:
-    """Whether a local pattern matches at least one file (remote patterns are assumed to)."""
-    if "://" in pattern:
-        return True
-    return bool(glob.glob(pattern, recursive=True))
-
-
 def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = False) -> str:
     """A ``read_parquet`` table expression for a source pattern or an explicit file list.
 
     Args:
-        pattern: what :func:`parquet_glob` returned, or the exact files to read (a sandboxed
-            connection may not list directories, so it reads the files a pattern matched).
+        pattern: what :func:`~offline_store.listing.parquet_glob` returned, or the exact
+            files to read. A local pattern is read as the files
+            :func:`~offline_store.listing.expand_pattern` lists (pushed parts included,
+            hidden names left out), the list the Spark store reads too; a remote one as
+            DuckDB globs it.
         with_order_columns: add ``filename`` and ``file_row_number`` so that rows identical
             in (event_ts, created_ts) can be ordered by where they sit in the source (a later
             file or a later row wins).
-
-    A single-file source is read together with its pushed parts (:func:`parts_pattern`).
 
     Returns:
         SQL text usable after ``FROM``.
@@ -256,12 +160,10 @@ def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = Fal
         InvalidRequestError: the pattern (or list) matches no file.
     """
     if isinstance(pattern, str):
-        found = has_files(pattern)
-        target = quote_literal(pattern)
+        files = [pattern] if is_remote(pattern) else expand_pattern(pattern)
     else:
-        found = bool(pattern)
-        target = "[" + ", ".join(quote_literal(p) for p in pattern) + "]"
-    if not found:
+        files = list(pattern)
+    if not files:
         raise InvalidRequestError(
             f"offline source {pattern!r} matches no Parquet file; generate the data or fix "
             "the FileSource path (relative paths resolve against the feature repo)",
@@ -270,15 +172,14 @@ def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = Fal
     options = "union_by_name=true"
     if with_order_columns:
         options += ", filename=true, file_row_number=true"
-    if not isinstance(pattern, str):
-        return f"read_parquet({target}, {options})"
-    patterns = source_patterns(pattern)
-    if len(patterns) == 1:
-        return f"read_parquet({target}, {options})"
-    # The parts directory's paths extend the file's path, so they sort after it and a
-    # later push wins exact ties in "source order".
-    listed = ", ".join(quote_literal(p) for p in patterns)
+    local = not isinstance(pattern, str) or not is_remote(pattern)
+    listed = ", ".join(quote_literal(_glob_escaped(p) if local else p) for p in files)
     return f"read_parquet([{listed}], {options})"
+
+
+def _glob_escaped(path: str) -> str:
+    """A file path as a DuckDB glob matching that file alone (``[``, ``*``, ``?`` bracketed)."""
+    return re.sub(r"([\[*?])", r"[\1]", path)
 
 
 def describe(con: duckdb.DuckDBPyConnection, table_sql: str) -> dict[str, str]:

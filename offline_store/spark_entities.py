@@ -30,7 +30,7 @@ from offline_store.spark_join import (
     SparkView,
     raw_column,
 )
-from offline_store.spark_sources import is_nanos
+from offline_store.spark_schema import is_nanos
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

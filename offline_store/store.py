@@ -35,6 +35,7 @@ from foundation.errors import FeatureViewNotFoundError
 from offline_store.entities import EntitySource
 from offline_store.historical import file_source, historical_job, source_pattern
 from offline_store.job import DuckDBRetrievalJob, Query
+from offline_store.listing import is_single_file
 from offline_store.pulls import build_pull_query
 from offline_store.sandbox import (
     UntrustedEntities,
@@ -42,7 +43,6 @@ from offline_store.sandbox import (
 from offline_store.sources import (
     DuckDBSettings,
     execute,
-    is_single_file,
     parquet_scan,
     resolve_path,
 )

@@ -17,14 +17,8 @@ from feast.data_source import PushMode
 
 from offline_store import compact as compact_module
 from offline_store.compact import compact
-from offline_store.sources import (
-    DuckDBSettings,
-    connect,
-    fetch_all,
-    parquet_glob,
-    parquet_scan,
-    source_files,
-)
+from offline_store.listing import parquet_glob, source_files
+from offline_store.sources import DuckDBSettings, connect, fetch_all, parquet_scan
 from offline_store.writes import write_batch
 from service import cli
 from tests.offline_store.push_helpers import EXISTING, T0, latest_rate, push_store

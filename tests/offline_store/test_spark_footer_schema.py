@@ -13,7 +13,6 @@ from __future__ import annotations
 import decimal
 from datetime import date, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,16 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from feast import FileSource
 
 from foundation.errors import InvalidRequestError
-from offline_store.spark_sources import (
-    _from_nanos,
-    _read_parquet,
-    file_paths,
-    footer_schema,
-    nanosecond_columns,
-)
+from offline_store.listing import source_files
+from offline_store.spark_schema import footer_schema, from_nanos, nanosecond_columns
+from offline_store.spark_sources import _read_parquet, file_read
 from offline_store.writes import write_batch
 
 N = 6
@@ -141,7 +135,7 @@ def test_other_column_types_are_left_to_spark(spark: Any, tmp_path: Path, kind: 
     _leftover(kind, path)
     assert footer_schema(str(path)) is None
     inferred = spark.read.parquet(str(path))
-    assert _rows(_read_parquet(spark, [str(path)]).drop("__o_rn")) == _rows(inferred)
+    assert _rows(_read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
 
 
 def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> None:
@@ -151,8 +145,8 @@ def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> Non
     try:
         inferred = spark.read.parquet(str(path))
         assert footer_schema(str(path), binary_as_string=True) is not None
-        assert _read_parquet(spark, [str(path)]).drop("__o_rn").schema == inferred.schema
-        assert _rows(_read_parquet(spark, [str(path)]).drop("__o_rn")) == _rows(inferred)
+        assert _read_parquet(spark, file_read(str(path))).drop("__o_rn").schema == inferred.schema
+        assert _rows(_read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
     finally:
         spark.conf.unset("spark.sql.parquet.binaryAsString")
 
@@ -162,7 +156,7 @@ def test_reading_a_one_file_source_runs_no_spark_job(spark: Any, tmp_path: Path)
     _write("pandas_defaults", path)
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup())
-    frame = _read_parquet(spark, [str(path)])
+    frame = _read_parquet(spark, file_read(str(path)))
     assert set(tracker.getJobIdsForGroup()) == before
     # Nanosecond columns come back as microsecond timestamps, rounded as DuckDB rounds them.
     got = frame.select("naive_ns", "utc_ns").collect()[0]
@@ -179,7 +173,7 @@ def test_files_written_by_spark_keep_the_schema_spark_stored(spark: Any, tmp_pat
     frame.coalesce(1).write.parquet(str(tmp_path / "out"))
     (part,) = (tmp_path / "out").glob("part-*.parquet")
     assert footer_schema(str(part)) is None
-    read = _read_parquet(spark, [str(part)]).drop("__o_rn")
+    read = _read_parquet(spark, file_read(str(part))).drop("__o_rn")
     assert read.schema == spark.read.parquet(str(part)).schema
     assert [(f.name, f.dataType) for f in read.schema] == [
         (f.name, f.dataType) for f in frame.schema
@@ -194,13 +188,13 @@ def test_decimals_spark_refuses_are_refused_as_spark_refuses_them(
     pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.25")], pa.decimal256(50, 2))}), path)
     assert footer_schema(str(path)) is None
     with pytest.raises(InvalidRequestError, match="Spark cannot read the offline source"):
-        _read_parquet(spark, [str(path)])
+        _read_parquet(spark, file_read(str(path)))
 
 
 def _merged(spark: Any, paths: list[str]) -> Any:
     """What the store read before footer schemas: Spark's merge, then nanoseconds turned back
     into timestamps."""
-    return _from_nanos(
+    return from_nanos(
         spark.read.option("mergeSchema", "true").parquet(*paths), nanosecond_columns(paths)
     )
 
@@ -214,11 +208,11 @@ def test_pushed_parts_read_with_one_schema_in_push_order_and_no_job(
     pushed = pa.Table.from_pandas(base.iloc[:2], preserve_index=False)
     write_batch(str(path), pushed)
     write_batch(str(path), pushed.slice(1))
-    paths = file_paths(SimpleNamespace(repo_path=str(tmp_path)), FileSource(path=str(path)))
-    assert len(paths) == 2  # the file and its parts
+    paths = source_files(str(path))
+    assert len(paths) == 3  # the file and its two parts
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup())
-    frame = _read_parquet(spark, paths)
+    frame = _read_parquet(spark, file_read(str(path)))
     assert set(tracker.getJobIdsForGroup()) == before
     merged = _merged(spark, paths)
     assert frame.drop("__o_f", "__o_rn").schema == merged.schema
@@ -235,6 +229,6 @@ def test_files_with_different_schemas_are_merged_by_spark(spark: Any, tmp_path: 
         pa.table({"k": pa.array([2], pa.int64()), "x": pa.array([0.5])}), tmp_path / "b.parquet"
     )
     paths = [str(tmp_path / "*.parquet")]
-    frame = _read_parquet(spark, paths)
+    frame = _read_parquet(spark, file_read(paths[0]))
     assert frame.drop("__o_f", "__o_rn").schema == _merged(spark, paths).schema
     assert sorted(tuple(r) for r in frame.select("k", "x").collect()) == [(1, None), (2, 0.5)]

@@ -12,7 +12,7 @@ import pytest
 from feast.data_source import PushMode
 
 from foundation.errors import SchemaMismatchError
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import write_batch
 from tests.offline_store.push_helpers import EXISTING, T0, latest_rate, push_store

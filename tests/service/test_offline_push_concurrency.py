@@ -12,7 +12,7 @@ import httpx
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from tests.service.conftest import AppClient, Repo, ServeProcess
 
 

@@ -24,7 +24,7 @@ import yaml
 from feast import FeatureStore
 from feast.data_source import PushMode
 
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from online_store.embedded import EmbeddedRedis
 from service.app import create_app
 from tests.service.conftest import ROOT, AppClient, Repo, feast_cli, make_settings, write_yaml

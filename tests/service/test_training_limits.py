@@ -26,7 +26,7 @@ import pytest
 from foundation.errors import FeatureStoreError
 from offline_store.ipc import ARROW_STREAM
 from offline_store.sdk import get_training_dataset
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from tests.service.conftest import Repo, ServeProcess
 
 TIMEOUT_SECONDS = 6

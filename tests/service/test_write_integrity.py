@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from online_store.writer import write_arrow
 from service.metrics import Metrics
 from tests.service.conftest import AppClient, Repo, columns

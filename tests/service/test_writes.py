@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from offline_store.sources import source_files
+from offline_store.listing import source_files
 from tests.service.conftest import AppClient, Repo, columns, rfc3339
 
 FEATURES = [
