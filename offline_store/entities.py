@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.ipc import too_many_entity_rows
+from offline_store.listing import parquet_glob
 from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
 from offline_store.sandbox import ConfinedFiles, SandboxedSql
-from offline_store.listing import parquet_glob
 from offline_store.sources import execute, fetch_all, parquet_scan, quote_ident
 
 EntitySource: TypeAlias = pd.DataFrame | pa.Table | str | Path

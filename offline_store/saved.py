@@ -29,8 +29,8 @@ from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
 from offline_store.frame_types import feast_frame_types
 from offline_store.ipc import table_to_ipc
-from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.listing import parquet_glob
+from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.statistics import profile_saved_dataset
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import duckdb
 from foundation.errors import FeatureStoreError, InvalidRequestError
 from offline_store.listing import expand_pattern, is_remote
 
+
 @dataclass(frozen=True, slots=True)
 class DuckDBSettings:
     """Resource limits for one DuckDB connection.

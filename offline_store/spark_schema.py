@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa

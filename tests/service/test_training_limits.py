@@ -25,8 +25,8 @@ import pytest
 
 from foundation.errors import FeatureStoreError
 from offline_store.ipc import ARROW_STREAM
-from offline_store.sdk import get_training_dataset
 from offline_store.listing import source_files
+from offline_store.sdk import get_training_dataset
 from tests.service.conftest import Repo, ServeProcess
 
 TIMEOUT_SECONDS = 6

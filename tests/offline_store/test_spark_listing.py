@@ -1,0 +1,162 @@
+"""The Spark store reads the files the DuckDB store reads, and breaks ties across them the same
+way, whatever the source's layout: nested folders, ``**`` and one-level globs, hive partitions,
+hidden names, file names Spark would take for globs or percent-encode, and ``part-2`` against
+``part-10`` (natural order)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from feast import FeatureView, Field, FileSource
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+from feast.types import Float64, String
+
+from foundation.errors import InvalidRequestError
+from offline_store.spark import SparkOfflineStore
+from offline_store.store import DuckDBParquetOfflineStore
+from tests.offline_store.repo_helpers import DRIVER
+from tests.offline_store.test_spark_store import _spark_only_store, make_duck_twin
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+# (file, driver, hours after T0, rate): several files hold exact ties (same driver, event and
+# created time), which the later file in natural order wins.
+ROWS = [
+    ("part-2.parquet", 1, 0, 0.1),
+    ("part-10.parquet", 1, 0, 0.2),
+    ("part-9.parquet", 1, 0, 0.3),
+    ("2024/1/a.parquet", 1, 2, 0.4),
+    ("2024/01/b.parquet", 2, 1, 0.5),
+    ("2024/01/deep/c d.parquet", 2, 3, 0.6),
+    ("x[1].parquet", 3, 0, 0.7),
+    ("x1.parquet", 3, 0, 0.8),
+    ("p%41+ü.parquet", 3, 0, 0.9),
+    # Not data: a notebook checkpoint and a job's scratch file, both "later" than the rest.
+    (".ipynb_checkpoints/part-10-checkpoint.parquet", 1, 5, 9.1),
+    ("_temporary/0/part-11.parquet", 2, 5, 9.2),
+]
+LAYOUTS = {
+    "directory": ("data", None),
+    "recursive glob": ("data/**/*.parquet", None),
+    "one-level glob": ("data/2024/*/*.parquet", None),
+    "flat glob": ("data/*.parquet", None),
+    "hive partitions": ("hive", "region"),
+}
+
+
+def _write(root: Path) -> None:
+    for name, driver, hours, rate in ROWS:
+        for base, folder in (("data", ""), ("hive", f"region=r{driver}/")):
+            path = root / base / f"{folder}{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(
+                {
+                    "driver_id": [driver],
+                    "event_timestamp": [T0 + timedelta(hours=hours)],
+                    "created": [T0],
+                    "rate": [rate],
+                }
+            ).to_parquet(path)
+
+
+def _objects(path: str, partition: str | None) -> list[Any]:
+    source = FileSource(
+        name="src", path=path, timestamp_field="event_timestamp", created_timestamp_column="created"
+    )
+    schema = [Field(name="rate", dtype=Float64)]
+    if partition:
+        schema.append(Field(name=partition, dtype=String))
+    view = FeatureView(name="v", entities=[DRIVER], ttl=timedelta(0), schema=schema, source=source)
+    return [DRIVER, source, view]
+
+
+ENTITIES = pd.DataFrame(
+    {
+        "driver_id": [1, 1, 2, 2, 3, 1, 2],
+        "event_timestamp": [T0 + timedelta(hours=h) for h in (0, 1, 1, 4, 1, 6, 6)],
+    }
+)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_layout_reads_the_same_files_with_the_same_ties(
+    tmp_path: Path, spark: Any, layout: str
+) -> None:
+    _write(tmp_path)
+    pattern, partition = LAYOUTS[layout]
+    objects = _objects(str(tmp_path / pattern), partition)
+    ours = _spark_only_store(tmp_path / "spark", objects)
+    duck = make_duck_twin(ours, tmp_path / "duck", objects)
+    features = ["v:rate"] + ([f"v:{partition}"] if partition else [])
+    want = duck.get_historical_features(entity_df=ENTITIES, features=features).to_arrow()
+    got = ours.get_historical_features(entity_df=ENTITIES, features=features).to_arrow()
+    assert got.to_pylist() == want.to_pylist()
+    rates = want.column("rate").to_pylist()
+    if layout != "one-level glob":  # it reads only the files two folders down
+        assert rates[0] == 0.2  # part-10 wins the tie: natural order, not byte order
+    assert not {9.1, 9.2} & set(rates)  # hidden names are not data
+    # The pulls materialization runs on: the same winners and the same rows.
+    args: dict[str, Any] = {
+        "data_source": objects[1],
+        "join_key_columns": ["driver_id"],
+        "feature_name_columns": ["rate"],
+        "timestamp_field": "event_timestamp",
+        "created_timestamp_column": "created",
+        "start_date": T0 - timedelta(days=1),
+        "end_date": T0 + timedelta(days=1),
+    }
+    for pull in ("pull_latest_from_table_or_query", "pull_all_from_table_or_query"):
+        want_rows = getattr(DuckDBParquetOfflineStore, pull)(config=duck.config, **args)
+        got_rows = getattr(SparkOfflineStore, pull)(config=ours.config, **args)
+        order = [
+            ("driver_id", "ascending"),
+            ("event_timestamp", "ascending"),
+            ("rate", "ascending"),
+        ]
+        want_table, got_table = want_rows.to_arrow(), got_rows.to_arrow()
+        assert got_table.num_rows == want_table.num_rows > 0
+        assert got_table.sort_by(order).to_pylist() == want_table.sort_by(order).to_pylist()
+
+
+def test_a_spark_source_path_breaks_ties_in_natural_order_too(tmp_path: Path, spark: Any) -> None:
+    # A SparkSource's path is listed by Spark (as in Feast's Spark store); its files still
+    # rank in natural order, decoded from the URIs Spark reports.
+    _write(tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("part-2.parquet", "part-10.parquet", "part-9.parquet", "p%41+ü.parquet"):
+        (flat / name).write_bytes((tmp_path / "data" / name).read_bytes())
+    source = SparkSource(
+        name="src",
+        path=str(flat),
+        file_format="parquet",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+    )
+    view = FeatureView(
+        name="v",
+        entities=[DRIVER],
+        ttl=timedelta(0),
+        schema=[Field(name="rate", dtype=Float64)],
+        source=source,
+    )
+    ours = _spark_only_store(tmp_path / "spark", [DRIVER, source, view])
+    file_objects = _objects(str(flat), None)
+    duck = make_duck_twin(ours, tmp_path / "duck", file_objects)
+    want = duck.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
+    got = ours.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
+    assert got.to_pylist() == want.to_pylist()
+    assert want.column("rate").to_pylist()[:2] == [0.2, 0.2]
+
+
+def test_a_source_file_spark_would_skip_is_a_clear_error(tmp_path: Path, spark: Any) -> None:
+    path = tmp_path / "_rates.parquet"
+    pd.DataFrame(
+        {"driver_id": [1], "event_timestamp": [T0], "created": [T0], "rate": [0.5]}
+    ).to_parquet(path)
+    ours = _spark_only_store(tmp_path / "spark", _objects(str(path), None))
+    with pytest.raises(InvalidRequestError, match="rename the file"):
+        ours.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
