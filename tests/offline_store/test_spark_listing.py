@@ -62,9 +62,12 @@ def _write(root: Path) -> None:
             ).to_parquet(path)
 
 
-def _objects(path: str, partition: str | None) -> list[Any]:
-    source = FileSource(
-        name="src", path=path, timestamp_field="event_timestamp", created_timestamp_column="created"
+def _objects(path: str, partition: str | None, spark_source: bool = False) -> list[Any]:
+    times = {"timestamp_field": "event_timestamp", "created_timestamp_column": "created"}
+    source: Any = (
+        SparkSource(name="src", path=path, file_format="parquet", **times)
+        if spark_source
+        else FileSource(name="src", path=path, **times)
     )
     schema = [Field(name="rate", dtype=Float64)]
     if partition:
@@ -129,23 +132,8 @@ def test_a_spark_source_path_breaks_ties_in_natural_order_too(tmp_path: Path, sp
     flat.mkdir()
     for name in ("part-2.parquet", "part-10.parquet", "part-9.parquet", "p%41+ü.parquet"):
         (flat / name).write_bytes((tmp_path / "data" / name).read_bytes())
-    source = SparkSource(
-        name="src",
-        path=str(flat),
-        file_format="parquet",
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-    )
-    view = FeatureView(
-        name="v",
-        entities=[DRIVER],
-        ttl=timedelta(0),
-        schema=[Field(name="rate", dtype=Float64)],
-        source=source,
-    )
-    ours = _spark_only_store(tmp_path / "spark", [DRIVER, source, view])
-    file_objects = _objects(str(flat), None)
-    duck = make_duck_twin(ours, tmp_path / "duck", file_objects)
+    ours = _spark_only_store(tmp_path / "spark", _objects(str(flat), None, spark_source=True))
+    duck = make_duck_twin(ours, tmp_path / "duck", _objects(str(flat), None))
     want = duck.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
     got = ours.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
     assert got.to_pylist() == want.to_pylist()
