@@ -176,7 +176,7 @@ def _read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
         return frame.select("*", row)
     if files is None:
         files = sorted((_decoded(f) for f in frame.inputFiles()), key=file_order_key)
-    return _with_file_rank(spark, frame.select("*", _file_path(), row), files)
+    return _with_file_rank(frame.select("*", _file_path(), row), files)
 
 
 def _decoded(uri: str) -> str:
@@ -197,20 +197,27 @@ def _quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _with_file_rank(spark: SparkSession, frame: DataFrame, files: list[str]) -> DataFrame:
+def _with_file_rank(frame: DataFrame, files: list[str]) -> DataFrame:
     """``frame`` with ``__o_f``, each row's file's place in source order (``files``), in
     place of its path: a long compares faster than a path in every sort of the join, and
-    in natural order (``part-2`` before ``part-10``), as DuckDB orders files."""
+    in natural order (``part-2`` before ``part-10``), as DuckDB orders files. The ranks are
+    one map literal (one SQL expression, however many files): Spark looks a path up in it
+    faster than it joins, and a path missing from it is an error, never a silent null."""
     from pyspark.sql import functions as F
 
-    ranks = spark.createDataFrame(
-        [(f, i) for i, f in enumerate(files)], f"{_PATH} string, {ORDER_FILE} long"
-    )
-    joined = frame.join(F.broadcast(ranks), on=_PATH, how="left")
+    entries = ", ".join(f"{_sql_string(f)}, {i}L" for i, f in enumerate(files))
+    rank = F.expr(f"try_element_at(map({entries}), {_PATH})")
     missing = F.raise_error(F.concat(F.lit("file not in the source listing: "), F.col(_PATH)))
-    rank = F.coalesce(F.col(ORDER_FILE), missing.cast("long")).alias(ORDER_FILE)
     columns = [F.col(_quoted(c)) for c in frame.columns if c not in (_PATH, ORDER_ROW)]
-    return joined.select(*columns, rank, F.col(ORDER_ROW))
+    return frame.select(
+        *columns, F.coalesce(rank, missing.cast("long")).alias(ORDER_FILE), F.col(ORDER_ROW)
+    )
+
+
+def _sql_string(text: str) -> str:
+    """``text`` as a Spark SQL expression that no parser setting reads differently: its UTF-8
+    bytes in hex, decoded (folded to a constant when the plan is optimized)."""
+    return f"decode(unhex('{text.encode('utf-8', 'surrogateescape').hex()}'), 'UTF-8')"
 
 
 def order_columns(frame: DataFrame) -> list[str]:

@@ -1,6 +1,6 @@
 """The Spark store reads the files the DuckDB store reads, and breaks ties across them the same
 way, whatever the source's layout: nested folders, ``**`` and one-level globs, hive partitions,
-hidden names, file names Spark would take for globs or percent-encode, and ``part-2`` against
+hidden names, file names Spark would take for globs, percent-encode or quote, and ``part-2`` against
 ``part-10`` (natural order)."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ ROWS = [
     ("x[1].parquet", 3, 0, 0.7),
     ("x1.parquet", 3, 0, 0.8),
     ("p%41+ü.parquet", 3, 0, 0.9),
+    ("o'k\\.parquet", 3, 0, 1.0),
     # Not data: a notebook checkpoint and a job's scratch file, both "later" than the rest.
     (".ipynb_checkpoints/part-10-checkpoint.parquet", 1, 5, 9.1),
     ("_temporary/0/part-11.parquet", 2, 5, 9.2),
