@@ -148,7 +148,11 @@ def _read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
 
     files = read.files
     # Merging schemas runs a Spark job: only when several files may differ.
-    single = files is not None and len(files) == 1
+    if files is not None:
+        single = len(files) == 1
+    else:  # a SparkSource path: one local file, or what Spark lists
+        only = read.paths[0]
+        single = not is_remote(only) and not has_glob(only) and os.path.isfile(only)
     as_string = spark.conf.get("spark.sql.parquet.binaryAsString", "false") or "false"
     binary_as_string = as_string.strip().lower() == "true"  # as Spark reads a boolean setting
     known = None
