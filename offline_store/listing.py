@@ -21,6 +21,7 @@ import glob
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from offline_store.writes import PARTS_SUFFIX
 
@@ -97,12 +98,24 @@ def is_single_file(read: str | Sequence[str]) -> bool:
 
 def pattern_root(pattern: str) -> str:
     """The part of a pattern before its first wildcard component (the folder it names)."""
-    head = []
-    for part in pattern.split(os.sep):
-        if has_glob(part):
-            break
-        head.append(part)
-    return os.sep.join(head) or os.sep
+    return _split(pattern)[0]
+
+
+def _split(pattern: str) -> tuple[str, str]:
+    """(the folder a glob names, the wildcard rest relative to it)."""
+    parts = pattern.split(os.sep)
+    cut = next(i for i, part in enumerate(parts) if has_glob(part))
+    return os.sep.join(parts[:cut]) or os.sep, os.sep.join(parts[cut:])
+
+
+def _matches(pattern: str) -> list[str]:
+    """What a pattern matches, as DuckDB's glob matches it: ``**`` is any depth but does
+    not enter symlinked folders (so a link back up cannot list a file forty times), while
+    ``*`` follows them; that is ``pathlib``'s glob, not the ``glob`` module's."""
+    if not has_glob(pattern):
+        return [pattern] if os.path.isfile(pattern) else []
+    root, rest = _split(pattern)
+    return [str(p) for p in Path(root).glob(rest)]
 
 
 def _hidden_below(path: str, root: str) -> bool:
@@ -140,7 +153,7 @@ def expand_pattern(pattern: str) -> list[str]:
     files = set()
     for part in source_patterns(pattern):
         root = pattern_root(part) if has_glob(part) else part
-        for path in glob.glob(part, recursive=True):
+        for path in _matches(part):
             if os.path.isfile(path) and not _hidden_below(path, root):
                 files.add(os.path.abspath(path))
     return sorted(files, key=file_order_key)

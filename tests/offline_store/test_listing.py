@@ -106,3 +106,18 @@ def test_file_names_with_glob_characters_read_as_themselves(tmp_path: Path) -> N
         ]
     rows = con.execute(f"SELECT rate FROM {parquet_scan(str(data / '**' / '*.parquet'))}")
     assert sorted(r[0] for r in rows.fetchall()) == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_double_star_does_not_enter_symlinked_folders(tmp_path: Path) -> None:
+    # As DuckDB's glob: a link back up would otherwise list the same file forty times (the
+    # glob module follows it until the kernel's loop limit) and duplicate its rows.
+    data = tmp_path / "data"
+    _write(data / "2024" / "a.parquet", 0.1)
+    (data / "2024" / "up").symlink_to(data)
+    (data / "latest").symlink_to(data / "2024")
+    assert source_files(str(data)) == [str(data / "2024" / "a.parquet")]
+    # A one-level wildcard names each folder it matches, links included (DuckDB's too).
+    assert source_files(str(data / "*" / "*.parquet")) == [
+        str(data / "2024" / "a.parquet"),
+        str(data / "latest" / "a.parquet"),
+    ]
