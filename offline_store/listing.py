@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from foundation.errors import InvalidRequestError
 from offline_store.writes import PARTS_SUFFIX
 
 GLOB_CHARS = frozenset("*?[")
@@ -157,6 +158,16 @@ def expand_pattern(pattern: str) -> list[str]:
             if os.path.isfile(path) and not _hidden_below(path, root):
                 files.add(os.path.abspath(path))
     return sorted(files, key=file_order_key)
+
+
+def no_files(source: str) -> InvalidRequestError:
+    """The error for a source that matches no file, naming the rules that could explain it."""
+    return InvalidRequestError(
+        f"offline source {source!r} matches no Parquet file; generate the data or fix the "
+        "FileSource path (relative paths resolve against the feature repo; files and folders "
+        "starting with '.' or '_' below it are not read)",
+        source=source,
+    )
 
 
 def source_files(path: str) -> list[str]:

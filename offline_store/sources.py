@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 
-from foundation.errors import FeatureStoreError, InvalidRequestError
-from offline_store.listing import expand_pattern, is_remote
+from foundation.errors import FeatureStoreError
+from offline_store.listing import expand_pattern, is_remote, no_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +165,7 @@ def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = Fal
     else:
         files = list(pattern)
     if not files:
-        raise InvalidRequestError(
-            f"offline source {pattern!r} matches no Parquet file; generate the data or fix "
-            "the FileSource path (relative paths resolve against the feature repo)",
-            source=str(pattern),
-        )
+        raise no_files(str(pattern))
     options = "union_by_name=true"
     if with_order_columns:
         options += ", filename=true, file_row_number=true"

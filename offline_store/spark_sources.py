@@ -37,6 +37,7 @@ from offline_store.listing import (
     file_order_key,
     has_glob,
     is_remote,
+    no_files,
     pattern_root,
     source_files,
 )
@@ -118,11 +119,7 @@ def file_read(path: str) -> ParquetRead:
         return ParquetRead([path], None, None, path)
     files = source_files(path)
     if not files:
-        raise InvalidRequestError(
-            f"offline source {path!r} matches no Parquet file; generate the data or fix "
-            "the FileSource path (relative paths resolve against the feature repo)",
-            source=path,
-        )
+        raise no_files(path)
     for file in files:
         if os.path.basename(file).startswith(HIDDEN_PREFIXES):
             raise InvalidRequestError(

@@ -9,9 +9,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from foundation.errors import InvalidRequestError
 from offline_store.listing import file_order_key, source_files
 from offline_store.sources import FILE_ORDER, parquet_scan
 from offline_store.writes import write_batch
@@ -77,6 +79,9 @@ def test_a_directory_is_listed_recursively_in_natural_order_without_hidden_names
         str(data / "part-10.parquet"),
     ]
     assert source_files(str(data / "_temporary" / "0")) == [str(data / "_temporary/0/x.parquet")]
+    # A pattern that only matches hidden names says why it reads nothing.
+    with pytest.raises(InvalidRequestError, match=r"starting with '\.' or '_' below it"):
+        parquet_scan(str(data / "_part-*.parquet"))
 
 
 def test_a_file_is_listed_with_its_pushed_parts_in_push_order(tmp_path: Path) -> None:
