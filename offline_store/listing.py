@@ -106,7 +106,8 @@ def _split(pattern: str) -> tuple[str, str]:
     """(the folder a glob names, the wildcard rest relative to it)."""
     parts = pattern.split(os.sep)
     cut = next(i for i, part in enumerate(parts) if has_glob(part))
-    return os.sep.join(parts[:cut]) or os.sep, os.sep.join(parts[cut:])
+    root = os.sep.join(parts[:cut]) if cut else "."  # "/x" splits as ["", "x"]
+    return root or os.sep, os.sep.join(parts[cut:])
 
 
 def _matches(pattern: str) -> list[str]:

@@ -57,7 +57,7 @@ def _write(path: Path, rate: float, minutes: int = 0) -> None:
 
 
 def test_a_directory_is_listed_recursively_in_natural_order_without_hidden_names(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data"
     for name in ("part-10.parquet", "part-2.parquet", "2024/01/a.parquet", "2024/1/b.parquet"):
@@ -79,6 +79,10 @@ def test_a_directory_is_listed_recursively_in_natural_order_without_hidden_names
         str(data / "part-10.parquet"),
     ]
     assert source_files(str(data / "_temporary" / "0")) == [str(data / "_temporary/0/x.parquet")]
+    # A relative glob (an entity path, say) is relative to the working directory.
+    monkeypatch.chdir(data)
+    flat = [str(data / "part-2.parquet"), str(data / "part-10.parquet")]
+    assert source_files("*.parquet") == flat
     # A pattern that only matches hidden names says why it reads nothing.
     with pytest.raises(InvalidRequestError, match=r"starting with '\.' or '_' below it"):
         parquet_scan(str(data / "_part-*.parquet"))
