@@ -8,7 +8,6 @@ time as a UTC timestamp), and the same checks as the DuckDB store's make the sam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +17,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.checks import check_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, entity_table, is_sql
+from offline_store.listing import is_remote, source_files
 from offline_store.spark_join import (
     ENTITY_TS,
     PARTITION_SHIFT,
@@ -31,6 +32,7 @@ from offline_store.spark_join import (
     raw_column,
 )
 from offline_store.spark_schema import is_nanos
+from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, file_read, quoted, read_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -64,14 +66,15 @@ def _local_table(source: Any) -> pa.Table | None:
     return micro_timestamps(source) if isinstance(source, pa.Table) else None
 
 
-def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
+def _input_frame(spark: SparkSession, source: Any) -> tuple[DataFrame, bool]:
+    """The rows with ``__row_id``, and whether the ids are dense (0..n-1 in input order)."""
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
     if isinstance(source, pa.Table):
         numbered = source.append_column(ROW_ID, pa.array(range(source.num_rows), pa.int64()))
         frame: DataFrame = spark.createDataFrame(numbered)
-        return frame
+        return frame, True
     if isinstance(source, DataFrame):
         frame = source
     elif isinstance(source, (str, Path)):
@@ -79,9 +82,9 @@ def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
         try:
             if isinstance(source, str) and is_sql(text):
                 frame = spark.sql(text)
+            elif not is_remote(text):
+                return _local_parquet(spark, text), True
             else:
-                if not ("://" in text or os.path.exists(text)):
-                    raise InvalidRequestError(f"entity path {text!r} does not exist")
                 frame = spark.read.parquet(text)
         except InvalidRequestError:
             raise
@@ -95,7 +98,34 @@ def _input_frame(spark: SparkSession, source: Any) -> DataFrame:
             f"unsupported entity source of type {type(source).__name__}; pass a pandas "
             "DataFrame, a pyarrow Table, a Spark DataFrame, a Parquet path or a Spark SQL query",
         )
-    return frame.withColumn(ROW_ID, F.monotonically_increasing_id())
+    return frame.withColumn(ROW_ID, F.monotonically_increasing_id()), False
+
+
+def _local_parquet(spark: SparkSession, path: str) -> DataFrame:
+    """Entity rows from local Parquet, read as the DuckDB store reads them: the files
+    :mod:`offline_store.listing` lists, in that order, nanosecond times rounded as DuckDB
+    rounds them (pandas writes nanoseconds), numbered 0..n-1 in that order (each row's
+    file's offset, from the footers' row counts, plus its row in the file)."""
+    from pyspark.sql import functions as F
+
+    if not source_files(path):
+        raise InvalidRequestError(
+            f"entity path {path!r} matches no Parquet file; check the path (files and folders "
+            "starting with '.' or '_' below it are not read)"
+        )
+    read = file_read(path)
+    frame = read_parquet(spark, read)
+    offsets = [0]
+    for file in (read.files or [])[:-1]:
+        offsets.append(offsets[-1] + pq.ParquetFile(file).metadata.num_rows)
+    start = F.lit(0).cast("long")
+    if ORDER_FILE in frame.columns:
+        listed = ", ".join(f"{o}L" for o in offsets)
+        start = F.expr(f"element_at(array({listed}), CAST({ORDER_FILE} AS INT) + 1)")
+    columns = [c for c in frame.columns if c not in (ORDER_FILE, ORDER_ROW)]
+    return frame.select(
+        *[F.col(quoted(c)) for c in columns], (start + F.col(ORDER_ROW)).alias(ROW_ID)
+    )
 
 
 def micro_timestamps(table: pa.Table) -> pa.Table:
@@ -161,7 +191,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     from pyspark.sql import functions as F
 
     table = _local_table(source)
-    frame = _input_frame(spark, source if table is None else table)
+    frame, dense = _input_frame(spark, source if table is None else table)
     ts_col = _pick_timestamp_column(frame)
     raw = F.col(f"`{ts_col}`")
     frame = frame.withColumn(ENTITY_TS, raw.try_cast("timestamp"))
@@ -187,7 +217,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
             column=ts_col,
         )
     columns = [c for c in frame.columns if c not in (ROW_ID, ENTITY_TS)]
-    if table is not None:  # row ids 0..n-1
+    if dense:  # row ids 0..n-1
         shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
         order = RowOrder.dense(stats["rows"], shuffle)
     else:  # monotonically_increasing_id: the input partition in the upper bits

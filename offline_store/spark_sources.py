@@ -140,7 +140,7 @@ def _hadoop_escaped(path: str) -> str:
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
-def _read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
+def read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
     from pyspark.sql import functions as F
 
     files = read.files
@@ -194,7 +194,7 @@ def _file_path() -> Column:
     return F.regexp_replace(F.url_decode(encoded), "^file:(//)?", "").alias(_PATH)
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
@@ -209,7 +209,7 @@ def _with_file_rank(frame: DataFrame, files: list[str]) -> DataFrame:
     entries = ", ".join(f"{_sql_string(f)}, {i}L" for i, f in enumerate(files))
     rank = F.expr(f"try_element_at(map({entries}), {_PATH})")
     missing = F.raise_error(F.concat(F.lit("file not in the source listing: "), F.col(_PATH)))
-    columns = [F.col(_quoted(c)) for c in frame.columns if c not in (_PATH, ORDER_ROW)]
+    columns = [F.col(quoted(c)) for c in frame.columns if c not in (_PATH, ORDER_ROW)]
     return frame.select(
         *columns, F.coalesce(rank, missing.cast("long")).alias(ORDER_FILE), F.col(ORDER_ROW)
     )
@@ -257,13 +257,13 @@ def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> 
 
     source = check_source(source, f"data source {source.name!r}")
     if isinstance(source, FileSource):
-        return _read_parquet(spark, file_read(resolve_path(config.repo_path, source.path)))
+        return read_parquet(spark, file_read(resolve_path(config.repo_path, source.path)))
     table, query, path = source.table, source.query, source.path  # type: ignore[attr-defined]
     fmt = source.file_format or "parquet"  # type: ignore[attr-defined]
     if path and fmt == "parquet":
         resolved = resolve_path(config.repo_path, path)
         # A SparkSource's path means what it means to Spark (its listing, its globs).
-        return _read_parquet(spark, ParquetRead([resolved], None, None, resolved))
+        return read_parquet(spark, ParquetRead([resolved], None, None, resolved))
     if path:
         frame = spark.read.format(fmt).load(resolve_path(config.repo_path, path))
     elif table:

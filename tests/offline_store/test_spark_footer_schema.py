@@ -24,7 +24,7 @@ import pytest
 from foundation.errors import InvalidRequestError
 from offline_store.listing import source_files
 from offline_store.spark_schema import footer_schema, from_nanos, nanosecond_columns
-from offline_store.spark_sources import _read_parquet, file_read
+from offline_store.spark_sources import file_read, read_parquet
 from offline_store.writes import write_batch
 
 N = 6
@@ -135,7 +135,7 @@ def test_other_column_types_are_left_to_spark(spark: Any, tmp_path: Path, kind: 
     _leftover(kind, path)
     assert footer_schema(str(path)) is None
     inferred = spark.read.parquet(str(path))
-    assert _rows(_read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
+    assert _rows(read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
 
 
 def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> None:
@@ -145,8 +145,8 @@ def test_binary_as_string_follows_the_session(spark: Any, tmp_path: Path) -> Non
     try:
         inferred = spark.read.parquet(str(path))
         assert footer_schema(str(path), binary_as_string=True) is not None
-        assert _read_parquet(spark, file_read(str(path))).drop("__o_rn").schema == inferred.schema
-        assert _rows(_read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
+        assert read_parquet(spark, file_read(str(path))).drop("__o_rn").schema == inferred.schema
+        assert _rows(read_parquet(spark, file_read(str(path))).drop("__o_rn")) == _rows(inferred)
     finally:
         spark.conf.unset("spark.sql.parquet.binaryAsString")
 
@@ -156,7 +156,7 @@ def test_reading_a_one_file_source_runs_no_spark_job(spark: Any, tmp_path: Path)
     _write("pandas_defaults", path)
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup())
-    frame = _read_parquet(spark, file_read(str(path)))
+    frame = read_parquet(spark, file_read(str(path)))
     assert set(tracker.getJobIdsForGroup()) == before
     # Nanosecond columns come back as microsecond timestamps, rounded as DuckDB rounds them.
     got = frame.select("naive_ns", "utc_ns").collect()[0]
@@ -173,7 +173,7 @@ def test_files_written_by_spark_keep_the_schema_spark_stored(spark: Any, tmp_pat
     frame.coalesce(1).write.parquet(str(tmp_path / "out"))
     (part,) = (tmp_path / "out").glob("part-*.parquet")
     assert footer_schema(str(part)) is None
-    read = _read_parquet(spark, file_read(str(part))).drop("__o_rn")
+    read = read_parquet(spark, file_read(str(part))).drop("__o_rn")
     assert read.schema == spark.read.parquet(str(part)).schema
     assert [(f.name, f.dataType) for f in read.schema] == [
         (f.name, f.dataType) for f in frame.schema
@@ -188,7 +188,7 @@ def test_decimals_spark_refuses_are_refused_as_spark_refuses_them(
     pq.write_table(pa.table({"d": pa.array([decimal.Decimal("1.25")], pa.decimal256(50, 2))}), path)
     assert footer_schema(str(path)) is None
     with pytest.raises(InvalidRequestError, match="Spark cannot read the offline source"):
-        _read_parquet(spark, file_read(str(path)))
+        read_parquet(spark, file_read(str(path)))
 
 
 def _merged(spark: Any, paths: list[str]) -> Any:
@@ -212,7 +212,7 @@ def test_pushed_parts_read_with_one_schema_in_push_order_and_no_job(
     assert len(paths) == 3  # the file and its two parts
     tracker = spark.sparkContext.statusTracker()
     before = set(tracker.getJobIdsForGroup())
-    frame = _read_parquet(spark, file_read(str(path)))
+    frame = read_parquet(spark, file_read(str(path)))
     assert set(tracker.getJobIdsForGroup()) == before
     merged = _merged(spark, paths)
     assert frame.drop("__o_f", "__o_rn").schema == merged.schema
@@ -229,6 +229,6 @@ def test_files_with_different_schemas_are_merged_by_spark(spark: Any, tmp_path: 
         pa.table({"k": pa.array([2], pa.int64()), "x": pa.array([0.5])}), tmp_path / "b.parquet"
     )
     paths = [str(tmp_path / "*.parquet")]
-    frame = _read_parquet(spark, file_read(paths[0]))
+    frame = read_parquet(spark, file_read(paths[0]))
     assert frame.drop("__o_f", "__o_rn").schema == _merged(spark, paths).schema
     assert sorted(tuple(r) for r in frame.select("k", "x").collect()) == [(1, None), (2, 0.5)]

@@ -149,3 +149,33 @@ def test_a_source_file_spark_would_skip_is_a_clear_error(tmp_path: Path, spark: 
     ours = _spark_only_store(tmp_path / "spark", _objects(str(path), None))
     with pytest.raises(InvalidRequestError, match="rename the file"):
         ours.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
+
+
+def test_entity_parquet_paths_read_as_duckdb_reads_them(tmp_path: Path, spark: Any) -> None:
+    # Entity files as pandas writes them (nanosecond times, which Spark would misread as
+    # seconds), several files in natural order, nested, with duplicate rows: every row back
+    # once, in DuckDB's order (files in natural order, then rows), with the same values.
+    _write(tmp_path)
+    objects = _objects(str(tmp_path / "data"), None)
+    ours = _spark_only_store(tmp_path / "spark", objects)
+    duck = make_duck_twin(ours, tmp_path / "duck", objects)
+    entities = tmp_path / "entities"
+    hours = [0, 1, 1, 4, 6, 2]
+    for i, name in enumerate(["part-10.parquet", "part-2.parquet", "2024/part-1.parquet"]):
+        (entities / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(
+            {
+                "driver_id": [1, 2, 3, 1][: 2 + i % 2] * 2,
+                "event_timestamp": [
+                    T0 + timedelta(hours=h, microseconds=7) for h in hours[: 2 * (2 + i % 2)]
+                ],
+                "label": [f"{name}-{j}" for j in range(2 * (2 + i % 2))],
+            }
+        ).to_parquet(entities / name)
+    for source in (entities / "part-2.parquet", entities, entities / "*.parquet"):
+        want = duck.get_historical_features(entity_df=str(source), features=["v:rate"]).to_df()
+        got = ours.get_historical_features(entity_df=str(source), features=["v:rate"]).to_df()
+        pd.testing.assert_frame_equal(got, want, obj=str(source))
+    labels = want["label"].tolist()  # the last source: the glob, two files
+    assert labels[0] == "part-2.parquet-0"
+    assert labels[-1] == "part-10.parquet-3"
