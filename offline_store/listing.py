@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from foundation.errors import InvalidRequestError
-from offline_store.writes import PARTS_SUFFIX
 
 GLOB_CHARS = frozenset("*?[")
+# Pushes to a one-file source land in ``<file>.parts/`` (:mod:`offline_store.writes`).
+PARTS_SUFFIX = ".parts"
 HIDDEN_PREFIXES = (".", "_")
 _RUNS = re.compile(r"[0-9]+|[^0-9]+")
 # DuckDB's HUGEINT, which FILE_ORDER casts digit runs to (a longer run becomes NULL there).

@@ -37,9 +37,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from foundation.errors import InvalidRequestError, SchemaMismatchError
-
-_GLOB_CHARS = frozenset("*?[")
-PARTS_SUFFIX = ".parts"
+from offline_store.listing import GLOB_CHARS, PARTS_SUFFIX, has_glob, source_files
 
 
 def parts_directory(path: str) -> str:
@@ -140,12 +138,12 @@ def source_schema(path: str) -> pa.Schema | None:
         The schema of the source's files (with a hive source's partition columns), or
         None when the source has no file yet (the first push sets it).
     """
-    if any(ch in path for ch in _GLOB_CHARS):
-        return _schema_of(glob.glob(path, recursive=True))
+    if has_glob(path):
+        return _schema_of(source_files(path))
     if os.path.isdir(path) and _is_hive(path):
         return ds.dataset(path, format="parquet", partitioning="hive").schema
     if os.path.isdir(path):
-        return _schema_of(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+        return _schema_of(source_files(path))
     return pq.read_schema(path) if os.path.exists(path) else None
 
 
@@ -219,10 +217,10 @@ def write_batch(path: str, table: pa.Table) -> str:
         SchemaMismatchError: the rows do not fit the source schema.
         InvalidRequestError: the source is a glob that a new file name could not match.
     """
-    if any(ch in path for ch in _GLOB_CHARS):
-        schema = _schema_of(glob.glob(path, recursive=True))
+    if has_glob(path):
+        schema = _schema_of(source_files(path))
         conformed = conform(table, schema, path) if schema is not None else table
-        head = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
+        head = path[: min(path.index(ch) for ch in GLOB_CHARS if ch in path)]
         directory = head if head.endswith(os.sep) else os.path.dirname(head)
         probe = os.path.join(directory, part_name())
         if not fnmatch.fnmatch(probe, path.replace("**/", "*")):
@@ -234,7 +232,7 @@ def write_batch(path: str, table: pa.Table) -> str:
     if os.path.isdir(path) and _is_hive(path):
         return _write_hive(path, table)
     if os.path.isdir(path):
-        schema = _schema_of(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+        schema = _schema_of(source_files(path))
         conformed = conform(table, schema, path) if schema is not None else table
         return publish(path, conformed)
     if os.path.exists(path):

@@ -84,3 +84,23 @@ def test_push_into_hive_partitions_lands_in_the_right_partition(tmp_path: Path) 
     assert sorted(south["rate"].to_pylist()) == [0.1, 0.9]
     assert north["rate"].to_pylist() == [0.1]
     assert latest_rate(fs) == 0.9
+
+
+def test_a_push_takes_its_schema_from_the_files_readers_read(tmp_path: Path) -> None:
+    # A job's scratch copy with other column types sits in _temporary/ (and sorts before the
+    # data by name); readers skip it, so the push must not take its schema from it.
+    fs = push_store(tmp_path, "data/driver")
+    write_rows(tmp_path / "data" / "driver" / "part-0.parquet", DRIVER_SCHEMA, EXISTING)
+    scratch = pa.Table.from_pylist(EXISTING, schema=DRIVER_SCHEMA)
+    scratch = scratch.set_column(
+        scratch.schema.get_field_index("trips"), "trips", pa.array(["x"] * len(EXISTING))
+    )
+    (tmp_path / "data" / "driver" / "_temporary").mkdir()
+    pq.write_table(scratch, tmp_path / "data" / "driver" / "_temporary" / "part-0.parquet")
+
+    fs.push("driver_push", _pushed_frame(0.9), to=PushMode.OFFLINE)
+
+    files = source_files(str(tmp_path / "data" / "driver"))
+    assert len(files) == 2
+    assert pq.read_schema(files[-1]).field("trips").type == DRIVER_SCHEMA.field("trips").type
+    assert latest_rate(fs) == 0.9
