@@ -127,11 +127,11 @@ def file_read(path: str) -> ParquetRead:
                 "reads (it takes such files for metadata); rename the file",
                 source=path,
             )
-    base = None
+    base = None  # absolute, as the files are: the JVM's working directory may differ
     if os.path.isdir(path):
-        base = path
+        base = os.path.abspath(path)
     elif has_glob(path):
-        base = pattern_root(path)
+        base = os.path.abspath(pattern_root(path))
     return ParquetRead([_hadoop_escaped(f) for f in files], files, base, path)
 
 

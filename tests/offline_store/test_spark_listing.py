@@ -151,7 +151,9 @@ def test_a_source_file_spark_would_skip_is_a_clear_error(tmp_path: Path, spark: 
         ours.get_historical_features(entity_df=ENTITIES, features=["v:rate"]).to_arrow()
 
 
-def test_entity_parquet_paths_read_as_duckdb_reads_them(tmp_path: Path, spark: Any) -> None:
+def test_entity_parquet_paths_read_as_duckdb_reads_them(
+    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Entity files as pandas writes them (nanosecond times, which Spark would misread as
     # seconds), several files in natural order, nested, with duplicate rows: every row back
     # once, in DuckDB's order (files in natural order, then rows), with the same values.
@@ -172,7 +174,8 @@ def test_entity_parquet_paths_read_as_duckdb_reads_them(tmp_path: Path, spark: A
                 "label": [f"{name}-{j}" for j in range(2 * (2 + i % 2))],
             }
         ).to_parquet(entities / name)
-    for source in (entities / "part-2.parquet", entities, entities / "*.parquet"):
+    monkeypatch.chdir(tmp_path)  # a relative glob is relative to the working directory
+    for source in (entities / "part-2.parquet", entities, "entities/*.parquet"):
         want = duck.get_historical_features(entity_df=str(source), features=["v:rate"]).to_df()
         got = ours.get_historical_features(entity_df=str(source), features=["v:rate"]).to_df()
         pd.testing.assert_frame_equal(got, want, obj=str(source))
