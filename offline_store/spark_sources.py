@@ -11,9 +11,10 @@ A local FileSource is read as the list of files :mod:`offline_store.listing` giv
 the DuckDB store reads, handed to Spark file by file: Spark's own listing of a directory or a
 ``**`` glob is not DuckDB's (it reads neither nested plain folders nor ``**`` recursively).
 Source order is the natural sort of those paths (``part-2`` before ``part-10``), each row's
-file looked up in a broadcast table of them. A SparkSource's path, and remote URIs, are
-listed by Spark. Tables and queries have no file order: their rows get Spark's
-``monotonically_increasing_id`` instead (stable for a given plan, but not a storage order).
+file looked up in one map literal of them. A SparkSource's path, and remote URIs, are
+listed by Spark (their files ranked the same way). Tables and queries have no file order:
+their rows get Spark's ``monotonically_increasing_id`` instead (stable for a given plan, but
+not a storage order).
 
 Schemas come from the files' footers when they can (:mod:`offline_store.spark_schema`), so
 that Spark runs no job to infer them, and nanosecond timestamps are turned into microseconds.
