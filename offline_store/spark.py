@@ -35,6 +35,7 @@ from offline_store.sandbox import UntrustedEntities
 from offline_store.spark_entities import check_request, load_entities
 from offline_store.spark_job import SparkRetrievalJob
 from offline_store.spark_join import SparkView, pit_join
+from offline_store.spark_schema import quoted
 from offline_store.spark_session import spark_session
 from offline_store.spark_sources import (
     ORDER_FILE,
@@ -64,10 +65,6 @@ def session_for(config: RepoConfig) -> SparkSession:
     oc = config.offline_store
     conf = oc.spark_conf if isinstance(oc, SparkOfflineStoreConfig) else None
     return spark_session(conf)
-
-
-def _q(name: str) -> str:
-    return f"`{name.replace('`', '``')}`"
 
 
 def _view(
@@ -124,8 +121,8 @@ def _non_entity_rows(
     )
     parts = []
     for spec in specs:
-        ts = F.col(_q(_raw(spec, spec.timestamp_field))).cast("timestamp")
-        keys = [F.col(_q(_raw(spec, m))).alias(e) for e, m in spec.join_keys]
+        ts = F.col(quoted(_raw(spec, spec.timestamp_field))).cast("timestamp")
+        keys = [F.col(quoted(_raw(spec, m))).alias(e) for e, m in spec.join_keys]
         parts.append(
             spec.frame.where(ts.between(F.lit(_utc(start)), F.lit(_utc(end))))
             .select(*keys, F.lit(_utc(end)).cast("timestamp").alias("event_timestamp"))
@@ -261,7 +258,7 @@ class SparkOfflineStore(OfflineStore):
                     "the feature view schema or the source's field_mapping",
                     missing=missing,
                 )
-            ts = F.col(_q(timestamp_field)).cast("timestamp")
+            ts = F.col(quoted(timestamp_field)).cast("timestamp")
             cond = ts.isNotNull()
             if start_date is not None:
                 cond = cond & (ts >= F.lit(_utc(start_date)))
@@ -273,7 +270,7 @@ class SparkOfflineStore(OfflineStore):
                 if col in seen:
                     continue
                 seen.add(col)
-                c = F.col(_q(col))
+                c = F.col(quoted(col))
                 out.append(c.cast("timestamp").alias(col) if col in ts_cols else c.alias(col))
             if not join_key_columns:
                 out.append(F.lit(DUMMY_ENTITY_VAL).alias(DUMMY_ENTITY_ID))
@@ -282,7 +279,7 @@ class SparkOfflineStore(OfflineStore):
                 return rows.select(*out), None
             created = (
                 F.coalesce(
-                    F.unix_micros(F.col(_q(created_timestamp_column)).cast("timestamp")),
+                    F.unix_micros(F.col(quoted(created_timestamp_column)).cast("timestamp")),
                     F.lit(_LONG_MIN),
                 )
                 if created_timestamp_column
@@ -301,7 +298,7 @@ class SparkOfflineStore(OfflineStore):
                     F.struct(*out).alias("__row"),
                 )
             ).alias("__best")
-            keys = [F.col(_q(k)) for k in join_key_columns]
+            keys = [F.col(quoted(k)) for k in join_key_columns]
             grouped = rows.groupBy(*keys).agg(best) if keys else rows.agg(best)
             return grouped.where(F.col("__best").isNotNull()).select("__best.__row.*"), None
 

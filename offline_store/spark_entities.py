@@ -31,8 +31,8 @@ from offline_store.spark_join import (
     SparkView,
     raw_column,
 )
-from offline_store.spark_schema import is_nanos
-from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, file_read, quoted, read_parquet
+from offline_store.spark_schema import is_nanos, quoted
+from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, file_read, read_parquet
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -193,7 +193,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     table = _local_table(source)
     frame, dense = _input_frame(spark, source if table is None else table)
     ts_col = _pick_timestamp_column(frame)
-    raw = F.col(f"`{ts_col}`")
+    raw = F.col(quoted(ts_col))
     frame = frame.withColumn(ENTITY_TS, raw.try_cast("timestamp"))
     stats = None if table is None else _local_stats(table, ts_col)
     if stats is None:

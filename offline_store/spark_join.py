@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import mmh3
 
 from offline_store.pit_join import FeatureSpec
+from offline_store.spark_schema import quoted
 from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, order_columns
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def raw_column(view: SparkView, mapped: str) -> str:
 def _col(name: str) -> Column:
     from pyspark.sql import functions as F
 
-    return F.col(f"`{name.replace('`', '``')}`")
+    return F.col(quoted(name))
 
 
 def _micros(column: Column) -> Column:

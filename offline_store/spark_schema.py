@@ -48,6 +48,11 @@ def nanosecond_columns(paths: list[str]) -> set[str]:
     return found
 
 
+def quoted(name: str) -> str:
+    """A column name as Spark SQL reads it: in backticks, its own backticks doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def is_nanos(dtype: pa.DataType) -> bool:
     """Whether an Arrow type is a nanosecond timestamp."""
     return bool(pa.types.is_timestamp(dtype) and dtype.unit == "ns")  # type: ignore[attr-defined]
@@ -158,7 +163,7 @@ def from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:
 
     for name, dtype in [(f.name, f.dataType) for f in frame.schema.fields]:
         if name in columns and isinstance(dtype, LongType):
-            micros = F.expr(round_nanos_sql(f"`{name.replace('`', '``')}`"))
+            micros = F.expr(round_nanos_sql(quoted(name)))
             frame = frame.withColumn(name, F.timestamp_micros(micros))
     return frame
 

@@ -43,7 +43,7 @@ from offline_store.listing import (
     source_files,
 )
 from offline_store.sources import resolve_path
-from offline_store.spark_schema import from_nanos, nanosecond_columns, shared_schema
+from offline_store.spark_schema import from_nanos, nanosecond_columns, quoted, shared_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -193,10 +193,6 @@ def _file_path() -> Column:
 
     encoded = F.replace(F.col("_metadata.file_path"), F.lit("+"), F.lit("%2B"))
     return F.regexp_replace(F.url_decode(encoded), "^file:(//)?", "").alias(_PATH)
-
-
-def quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _with_file_rank(frame: DataFrame, files: list[str]) -> DataFrame:
