@@ -162,12 +162,17 @@ def expand_pattern(pattern: str) -> list[str]:
     return sorted(files, key=file_order_key)
 
 
-def no_files(source: str) -> InvalidRequestError:
-    """The error for a source that matches no file, naming the rules that could explain it."""
+def no_files(source: str, *, entity: bool = False) -> InvalidRequestError:
+    """The error for a source (or an entity path) that matches no file, naming the rules
+    that could explain it."""
+    hidden = "files and folders starting with '.' or '_' below it are not read"
+    if entity:
+        return InvalidRequestError(
+            f"entity path {source!r} matches no Parquet file; check the path ({hidden})"
+        )
     return InvalidRequestError(
         f"offline source {source!r} matches no Parquet file; generate the data or fix the "
-        "FileSource path (relative paths resolve against the feature repo; files and folders "
-        "starting with '.' or '_' below it are not read)",
+        f"FileSource path (relative paths resolve against the feature repo; {hidden})",
         source=source,
     )
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from foundation.errors import InvalidRequestError, InvalidTimestampError
 from offline_store.checks import check_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, entity_table, is_sql
-from offline_store.listing import is_remote, source_files
+from offline_store.listing import is_remote
 from offline_store.spark_join import (
     ENTITY_TS,
     PARTITION_SHIFT,
@@ -108,12 +108,7 @@ def _local_parquet(spark: SparkSession, path: str) -> DataFrame:
     file's offset, from the footers' row counts, plus its row in the file)."""
     from pyspark.sql import functions as F
 
-    if not source_files(path):
-        raise InvalidRequestError(
-            f"entity path {path!r} matches no Parquet file; check the path (files and folders "
-            "starting with '.' or '_' below it are not read)"
-        )
-    read = file_read(path)
+    read = file_read(path, entity=True)
     frame = read_parquet(spark, read)
     offsets = [0]
     for file in (read.files or [])[:-1]:

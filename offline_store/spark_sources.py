@@ -105,8 +105,9 @@ class ParquetRead:
     description: str
 
 
-def file_read(path: str) -> ParquetRead:
-    """How Spark reads a FileSource path: the files the DuckDB store reads, listed once.
+def file_read(path: str, *, entity: bool = False) -> ParquetRead:
+    """How Spark reads a FileSource path (or an entity path, ``entity``): the files the DuckDB
+    store reads, listed once.
 
     Local paths are listed by :func:`offline_store.listing.source_files` (a directory
     recursively, a glob as DuckDB expands it, a file with its pushed parts; hidden names
@@ -120,7 +121,7 @@ def file_read(path: str) -> ParquetRead:
         return ParquetRead([path], None, None, path)
     files = source_files(path)
     if not files:
-        raise no_files(path)
+        raise no_files(path, entity=entity)
     for file in files:
         if os.path.basename(file).startswith(HIDDEN_PREFIXES):
             raise InvalidRequestError(

@@ -182,3 +182,5 @@ def test_entity_parquet_paths_read_as_duckdb_reads_them(
     labels = want["label"].tolist()  # the last source: the glob, two files
     assert labels[0] == "part-2.parquet-0"
     assert labels[-1] == "part-10.parquet-3"
+    with pytest.raises(InvalidRequestError, match=r"entity path .* matches no Parquet file"):
+        ours.get_historical_features(entity_df="missing/*.parquet", features=["v:rate"]).to_df()
