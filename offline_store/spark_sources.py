@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 ORDER_FILE = "__o_f"
 ORDER_ROW = "__o_rn"
 _PATH = "__o_path"
+# The scheme Spark puts before a local path (``file:/x`` in ``_metadata``, ``file:///x`` in
+# ``inputFiles()``), removed in both so that paths compare with the listing's.
+_LOCAL_SCHEME = "^file:(//)?"
 # Sources of more files than this leave the schema to Spark (its merge reads the footers in
 # parallel, on the cluster).
 _MAX_FOOTERS = 256
@@ -184,7 +187,7 @@ def read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
 
 def _decoded(uri: str) -> str:
     """A path as Spark reports it (a URI, percent-encoded), as the file system names it."""
-    return re.sub(r"^file:(//)?", "", urllib.parse.unquote(uri))
+    return re.sub(_LOCAL_SCHEME, "", urllib.parse.unquote(uri))
 
 
 def _file_path() -> Column:
@@ -193,7 +196,7 @@ def _file_path() -> Column:
     from pyspark.sql import functions as F
 
     encoded = F.replace(F.col("_metadata.file_path"), F.lit("+"), F.lit("%2B"))
-    return F.regexp_replace(F.url_decode(encoded), "^file:(//)?", "").alias(_PATH)
+    return F.regexp_replace(F.url_decode(encoded), _LOCAL_SCHEME, "").alias(_PATH)
 
 
 def _with_file_rank(frame: DataFrame, files: list[str]) -> DataFrame:

@@ -37,7 +37,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from foundation.errors import InvalidRequestError, SchemaMismatchError
-from offline_store.listing import GLOB_CHARS, PARTS_SUFFIX, has_glob, source_files
+from offline_store.listing import PARTS_SUFFIX, has_glob, pattern_root, source_files
 
 
 def parts_directory(path: str) -> str:
@@ -220,8 +220,7 @@ def write_batch(path: str, table: pa.Table) -> str:
     if has_glob(path):
         schema = _schema_of(source_files(path))
         conformed = conform(table, schema, path) if schema is not None else table
-        head = path[: min(path.index(ch) for ch in GLOB_CHARS if ch in path)]
-        directory = head if head.endswith(os.sep) else os.path.dirname(head)
+        directory = pattern_root(path)
         probe = os.path.join(directory, part_name())
         if not fnmatch.fnmatch(probe, path.replace("**/", "*")):
             raise InvalidRequestError(
