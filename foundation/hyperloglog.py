@@ -8,6 +8,7 @@ profiles computed on Spark executors combine on the driver.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any
 
@@ -48,6 +49,19 @@ class HyperLogLog:
 
 _HASHING = threading.Lock()
 _hashing: duckdb.DuckDBPyConnection | None = None
+
+
+def _close_hashing() -> None:
+    """Close the hashing connection before a fork: a child that inherits a DuckDB database
+    can neither close nor free it (the child would crash at its exit)."""
+    global _hashing
+    with _HASHING:
+        if _hashing is not None:
+            _hashing.close()
+            _hashing = None
+
+
+os.register_at_fork(before=_close_hashing)
 
 
 def string_hashes(values: pa.Array) -> np.ndarray[Any, np.dtype[np.uint64]]:

@@ -35,9 +35,10 @@ from foundation.errors import (
     MemoryLimitExceededError,
     QueryTimeoutError,
 )
+from offline_store.connections import job_connection
 from offline_store.frame_types import feast_frame_types, result_frame, with_feast_types
 from offline_store.sandbox import RequestLimits, Watchdog
-from offline_store.sources import DuckDBSettings, connect, execute, fetch_all, quote_literal
+from offline_store.sources import DuckDBSettings, execute, fetch_all, quote_literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,26 +129,27 @@ class DuckDBRetrievalJob(FrameJob):
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh connection, watched by the time limit; DuckDB errors become ours."""
-        con = connect(self._settings)
+        """A connection of the job's own database, watched by the time limit; DuckDB errors
+        become ours."""
         timeout = self._limits.timeout_seconds if self._limits else None
-        try:
-            with Watchdog(con, timeout) as watchdog:
-                try:
-                    yield con
-                except (duckdb.Error, OSError) as exc:
-                    # A streamed result reports the interrupt as an OSError from Arrow.
-                    if watchdog.fired:
-                        raise self._timeout() from exc
-                    if isinstance(exc, duckdb.Error):
-                        raise _translate(exc, self._limits) from exc
-                    raise
-                except FeatureStoreError as exc:
-                    if watchdog.fired:
-                        raise self._timeout() from exc
-                    raise
-        finally:
-            con.close()
+        # An untrusted caller's job locks its database down: never one to reuse.
+        with (
+            job_connection(self._settings, reuse=self._limits is None) as con,
+            Watchdog(con, timeout) as watchdog,
+        ):
+            try:
+                yield con
+            except (duckdb.Error, OSError) as exc:
+                # A streamed result reports the interrupt as an OSError from Arrow.
+                if watchdog.fired:
+                    raise self._timeout() from exc
+                if isinstance(exc, duckdb.Error):
+                    raise _translate(exc, self._limits) from exc
+                raise
+            except FeatureStoreError as exc:
+                if watchdog.fired:
+                    raise self._timeout() from exc
+                raise
 
     def _timeout(self) -> QueryTimeoutError:
         seconds = self._limits.timeout_seconds if self._limits else 0.0

@@ -1,7 +1,8 @@
-"""DuckDB connections and Parquet source resolution.
+"""DuckDB settings and statements, and Parquet source resolution.
 
-Every query runs on a fresh in-memory DuckDB connection configured with a memory limit and a
-spill directory, so joins and sorts larger than RAM go to disk instead of failing. Parquet
+Every job runs on an in-memory DuckDB database of its own (:mod:`offline_store.connections`)
+configured with a memory limit and a spill directory, so joins and sorts larger than RAM go to
+disk instead of failing. Parquet
 sources may be one file, a directory (read recursively, hive partitions detected), or a glob;
 relative paths resolve against the repo path exactly like Feast's
 ``FileSource.get_uri_for_file_path``.
@@ -9,7 +10,6 @@ relative paths resolve against the repo path exactly like Feast's
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from offline_store.listing import expand_pattern, is_remote, no_files
 
 @dataclass(frozen=True, slots=True)
 class DuckDBSettings:
-    """Resource limits for one DuckDB connection.
+    """Resource limits of a job's DuckDB database.
 
     Attributes:
         memory_limit: DuckDB ``memory_limit`` (e.g. ``"4GB"``); beyond it operators spill.
@@ -35,6 +35,8 @@ class DuckDBSettings:
             ``None`` keeps DuckDB's default (90% of the free disk).
         setup_threads: worker threads for a job's setup statements, when they may use more
             than ``threads`` (nothing consumes rows yet); ``None``: ``threads``.
+        parquet_prefetch: DuckDB reads Parquet column chunks ahead (off: prefetching only
+            holds memory on local files).
     """
 
     memory_limit: str = "4GB"
@@ -42,6 +44,7 @@ class DuckDBSettings:
     threads: int | None = None
     max_temp_size: str | None = None
     setup_threads: int | None = None
+    parquet_prefetch: bool = True
 
 
 # The order files are read in, for "last row in source order" among rows identical in
@@ -56,40 +59,6 @@ FILE_ORDER = (
     "ELSE {'s': x, 'n': CAST(0 AS HUGEINT)} END)"
 )
 FILE_ORDER_FIRST = f"CAST([] AS {_PART}[])"  # sorts before every path's key
-
-
-def connect(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
-    """Open an in-memory DuckDB connection with limits, UTC session time zone and ordered output.
-
-    Args:
-        settings: memory limit, spill directory and thread count.
-
-    Returns:
-        A new connection; the caller closes it.
-    """
-    temp_dir = settings.temp_directory or os.path.join(
-        os.environ.get("TMPDIR", "/tmp"), "featurestore-duckdb"
-    )
-    os.makedirs(temp_dir, exist_ok=True)
-    config: dict[str, str | bool | int | float | list[str]] = {
-        "memory_limit": settings.memory_limit,
-        "temp_directory": temp_dir,
-        # Results must come back in entity-row order; this keeps ORDER BY through COPY/streams.
-        "preserve_insertion_order": True,
-    }
-    if settings.threads:
-        config["threads"] = settings.threads
-    if settings.max_temp_size:
-        config["max_temp_directory_size"] = settings.max_temp_size
-    con = duckdb.connect(database=":memory:", config=config)
-    # TIMESTAMPTZ values then print and convert as UTC, and naive timestamps cast as UTC.
-    execute(con, "SET TimeZone='UTC'")
-    # Progress bars would land on the stdout of CLI tools and servers.
-    execute(con, "SET enable_progress_bar = false")
-    # A job reads each source's footers several times (its row count for the join shape,
-    # then each scan of the join): kept for the connection's life, they are read once.
-    execute(con, "SET parquet_metadata_cache = true")
-    return con
 
 
 def execute(con: duckdb.DuckDBPyConnection, sql: str) -> None:

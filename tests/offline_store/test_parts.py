@@ -17,8 +17,9 @@ from feast.data_source import PushMode
 
 from offline_store import compact as compact_module
 from offline_store.compact import compact
+from offline_store.connections import open_database
 from offline_store.listing import parquet_glob, source_files
-from offline_store.sources import DuckDBSettings, connect, fetch_all, parquet_scan
+from offline_store.sources import DuckDBSettings, fetch_all, parquet_scan
 from offline_store.writes import write_batch
 from service import cli
 from tests.offline_store.push_helpers import EXISTING, T0, latest_rate, push_store
@@ -53,7 +54,7 @@ def _push_many(path: str, worker: int) -> None:
 
 
 def _count(path: str) -> int:
-    con = connect(DuckDBSettings(memory_limit="256MB", threads=1))
+    con = open_database(DuckDBSettings(memory_limit="256MB", threads=1))
     try:
         scan = parquet_scan(parquet_glob(path), with_order_columns=True)
         return int(fetch_all(con, f"SELECT count(*) FROM {scan}")[0][0])
