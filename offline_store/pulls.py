@@ -32,10 +32,14 @@ from offline_store.sources import (
     timestamp_literal,
 )
 
+# Timestamp types without a time zone (pandas writes naive ``datetime64[ns]`` columns as
+# TIMESTAMP_NS): DuckDB compares them with a naive literal, exactly, but not with a TIMESTAMPTZ.
+_NAIVE_TIMESTAMPS = frozenset({"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S"})
+
 
 def _bound_literal(value: datetime, column_type: str) -> str:
     """A literal comparable with the raw column without casting the column."""
-    if column_type.upper() == "TIMESTAMP":
+    if column_type.upper() in _NAIVE_TIMESTAMPS:
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
         return f"TIMESTAMP '{value.isoformat(sep=' ', timespec='microseconds')}'"

@@ -83,6 +83,39 @@ def test_pull_latest_picks_greatest_event_then_created_time_within_window(
     assert rows[0]["created"] == h(3)
 
 
+@pytest.mark.parametrize("unit", ["ns", "us", "ms"])
+def test_pulls_read_naive_timestamps_as_utc_in_every_unit(tmp_path: Path, unit: str) -> None:
+    # pandas writes naive datetime64[ns] columns as Parquet timestamp[ns] without a zone:
+    # DuckDB reads them as TIMESTAMP_NS, which it will not compare with a zoned bound.
+    fs = make_store(tmp_path, three_views())
+    naive = pa.schema(
+        [
+            field.with_type(pa.timestamp(unit)) if pa.types.is_timestamp(field.type) else field
+            for field in DRIVER_SCHEMA
+        ]
+    )
+    rows = [
+        {
+            **row,
+            "event_timestamp": row["event_timestamp"].replace(tzinfo=None),
+            "created": row["created"] and row["created"].replace(tzinfo=None),
+        }
+        for row in ROWS
+    ]
+    path = tmp_path / "data" / "driver.parquet"
+    write_rows(path, naive, rows)
+    assert pq.read_schema(path).field("event_timestamp").type == pa.timestamp(unit)
+    latest = _pull(fs).to_arrow().sort_by("driver_id").to_pylist()
+    assert [(r["driver_id"], r["rate"], r["event_timestamp"]) for r in latest] == [
+        (1, 0.3, h(2)),
+        (2, 0.4, h(1)),
+        (4, 0.8, h(3)),
+    ]
+    every = _pull(fs, latest=False).to_arrow().sort_by([("driver_id", "ascending")])
+    assert every.num_rows == 7  # [start, end): driver 2's row at end and driver 3's before
+    assert min(every.column("event_timestamp").to_pylist()) == h(1)
+
+
 def test_pull_latest_returns_the_columns_stock_feast_returns(
     store: FeatureStore, tmp_path: Path
 ) -> None:
