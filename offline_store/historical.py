@@ -11,6 +11,7 @@ the view names before anything runs, and applies the request's limits.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import duckdb
@@ -115,7 +116,7 @@ def _view_spec(
         features=tuple(
             FeatureSpec(f, f"{prefix}__{f}" if full_feature_names else f) for f in features
         ),
-        ttl_seconds=fv.ttl.total_seconds() if fv.ttl else 0.0,
+        ttl_micros=fv.ttl // timedelta(microseconds=1) if fv.ttl else 0,
         single_file=is_single_file(read),
     )
 

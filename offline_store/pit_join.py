@@ -62,7 +62,7 @@ class ViewSpec:
         timestamp_field: mapped event timestamp column.
         created_timestamp_column: mapped created timestamp column, if any.
         features: requested features.
-        ttl_seconds: the view TTL; 0 means unlimited.
+        ttl_micros: the view TTL in whole microseconds (exact); 0 means unlimited.
         single_file: the scan reads one file, so the file order and name are the same on
             every row: left out of the order key instead of a per-row natural-sort key.
         match_first: find each entity row's matched event time first (step 1), then read
@@ -77,7 +77,7 @@ class ViewSpec:
     timestamp_field: str
     created_timestamp_column: str | None
     features: tuple[FeatureSpec, ...]
-    ttl_seconds: float
+    ttl_micros: int
     single_file: bool = False
     match_first: bool = False
 
@@ -124,10 +124,10 @@ def _pruning(view: ViewSpec, ts: str, min_ts: datetime | None, max_ts: datetime 
     where = [f"{ts} IS NOT NULL"]
     if max_ts is not None:
         where.append(f"CAST({ts} AS TIMESTAMPTZ) <= {timestamp_literal(max_ts)}")
-    if min_ts is not None and view.ttl_seconds > 0:
+    if min_ts is not None and view.ttl_micros > 0:
         where.append(
             f"CAST({ts} AS TIMESTAMPTZ) >= {timestamp_literal(min_ts)} "
-            f"- to_microseconds(CAST({int(view.ttl_seconds * 1_000_000)} AS BIGINT))"
+            f"- to_microseconds(CAST({view.ttl_micros} AS BIGINT))"
         )
     return " AND ".join(where)
 
@@ -201,9 +201,10 @@ def _view_cte(
     cte = (
         f"{alias} AS (SELECT {', '.join(select)} {rows} WHERE {_pruning(view, ts, min_ts, max_ts)})"
     )
-    if view.ttl_seconds > 0:
-        ttl_us = int(view.ttl_seconds * 1_000_000)
-        in_window = f"{alias}.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({ttl_us} AS BIGINT))"
+    if view.ttl_micros > 0:
+        in_window = (
+            f"{alias}.__ts >= e.{ENTITY_TS} - to_microseconds(CAST({view.ttl_micros} AS BIGINT))"
+        )
     else:
         in_window = f"{alias}.__ts IS NOT NULL"
     outs = [

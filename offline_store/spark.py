@@ -16,7 +16,7 @@ the session in :mod:`offline_store.spark_session`, the job in :mod:`offline_stor
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from feast.data_source import DataSource
@@ -92,7 +92,7 @@ def _view(
         timestamp_field=source.timestamp_field,
         created_timestamp_column=source.created_timestamp_column or None,
         features=tuple(FeatureSpec(f, f"{prefix}__{f}" if full else f) for f in features),
-        ttl_seconds=fv.ttl.total_seconds() if fv.ttl else 0.0,
+        ttl_micros=fv.ttl // timedelta(microseconds=1) if fv.ttl else 0,
     )
 
 

@@ -65,7 +65,7 @@ class SparkView:
         timestamp_field: mapped event timestamp column.
         created_timestamp_column: mapped created timestamp column, if any.
         features: requested features.
-        ttl_seconds: the view TTL; 0 means unlimited.
+        ttl_micros: the view TTL in whole microseconds (exact); 0 means unlimited.
     """
 
     name: str
@@ -75,7 +75,7 @@ class SparkView:
     timestamp_field: str
     created_timestamp_column: str | None
     features: tuple[FeatureSpec, ...]
-    ttl_seconds: float
+    ttl_micros: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +217,9 @@ def _feature_rows(
     ]
     if max_ts is not None:
         conditions.append(ts <= F.lit(max_ts))
-    ttls = [v.ttl_seconds for _, v in scan]
+    ttls = [v.ttl_micros for _, v in scan]
     if min_ts is not None and min(ttls) > 0:
-        low = _micros(F.lit(min_ts)) - F.lit(int(max(ttls) * 1_000_000))
+        low = _micros(F.lit(min_ts)) - F.lit(max(ttls))
         conditions.append(_micros(ts) >= low)
     condition = conditions[0]
     for extra in conditions[1:]:
@@ -291,8 +291,8 @@ def _join_group(
     outputs = []
     for index, view in group:
         match = f"{_MATCH}{index}"
-        if view.ttl_seconds > 0:
-            low = _micros(F.col(ENTITY_TS)) - F.lit(int(view.ttl_seconds * 1_000_000))
+        if view.ttl_micros > 0:
+            low = _micros(F.col(ENTITY_TS)) - F.lit(view.ttl_micros)
             in_window = _micros(F.col(f"{match}.ts")) >= low
         else:
             in_window = F.col(f"{match}.ts").isNotNull()

@@ -399,3 +399,48 @@ def test_entityless_view_and_no_entity_rows_match_duckdb(tmp_path: Path, spark: 
         order = [("driver_id", "ascending")]
         assert got.sort_by(order).to_pylist() == want.sort_by(order).to_pylist(), store_args
         assert got.num_rows > 0
+
+
+@pytest.mark.parametrize("ttl_ms", [1001, 1003, 250])
+def test_a_ttl_with_a_fraction_of_a_second_keeps_its_inclusive_edge(
+    tmp_path: Path, spark: Any, ttl_ms: int
+) -> None:
+    # 1.001 s as a float of seconds times 10**6 is 1_000_999.99...: truncated, the row
+    # exactly at t - ttl fell out of the window.
+    from feast import Field, FileSource
+    from feast.types import Int64
+
+    from tests.offline_store.repo_helpers import DRIVER
+
+    ttl = timedelta(milliseconds=ttl_ms)
+    t = END - timedelta(hours=1)
+    path = tmp_path / "edge.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "driver_id": pa.array([1, 2], pa.int64()),
+                # driver 1 exactly at the edge (kept), driver 2 one microsecond before it.
+                "event_timestamp": pa.array(
+                    [t - ttl, t - ttl - timedelta(microseconds=1)], pa.timestamp("us", tz="UTC")
+                ),
+                "v": pa.array([7, 8], pa.int64()),
+            }
+        ),
+        path,
+    )
+
+    def objects() -> list[Any]:
+        src = FileSource(name="edge_src", path=str(path), timestamp_field="event_timestamp")
+        view = FeatureView(
+            name="edge", entities=[DRIVER], ttl=ttl, schema=[Field(name="v", dtype=Int64)],
+            source=src,
+        )  # fmt: skip
+        return [DRIVER, src, view]
+
+    ours = _spark_only_store(tmp_path / "spark", objects())
+    duck = make_duck_twin(ours, tmp_path / "duck", objects())
+    entities = pd.DataFrame({"driver_id": [1, 2], "event_timestamp": [t, t]})
+    for store in (duck, ours):
+        frame = store.get_historical_features(entity_df=entities, features=["edge:v"]).to_df()
+        assert frame["v"].tolist()[0] == 7, store.config.offline_store.type
+        assert pd.isna(frame["v"].tolist()[1]), store.config.offline_store.type
