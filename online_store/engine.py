@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 import redis
 import sqlalchemy as sa
 from feast import BatchFeatureView, Entity, FeatureView, OnDemandFeatureView, StreamFeatureView
-from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.common.materialization_job import (
     MaterializationJob,
     MaterializationJobStatus,
@@ -50,7 +49,7 @@ from online_store.freshness import FreshnessLog
 from online_store.progress import ViewProgress
 from online_store.store import FastRedisOnlineStore
 from online_store.value_types import feast_value_type
-from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, WriteSpec
+from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, SourcePull
 from online_store.writer import write_batches
 
 logger = logging.getLogger(__name__)
@@ -279,11 +278,11 @@ class StreamingMaterializationEngine(ComputeEngine):
     ) -> MaterializationJob:
         view = task.feature_view
         job_id = f"{view.name}-{task.start_time}-{task.end_time}"
-        spec = WriteSpec.from_feature_view(view)
-        newest = NewestEvent(spec.timestamp_field)
-        profiler = TableProfiler(spec.features)
+        pull = SourcePull.of(view)
+        newest = NewestEvent(pull.spec.timestamp_field)
+        profiler = TableProfiler(pull.spec.features)
         try:
-            rows_in, rows_written = self._run(task, newest, profiler)
+            rows_in, rows_written = self._run(task, pull, newest, profiler)
         except Exception as exc:
             logger.debug("materialization of %s failed", view.name, exc_info=True)
             return StreamingMaterializationJob(job_id, MaterializationJobStatus.ERROR, exc)
@@ -322,31 +321,24 @@ class StreamingMaterializationEngine(ComputeEngine):
             logger.warning("could not record statistics of %s: %s", task.feature_view.name, exc)
 
     def _run(
-        self, task: MaterializationTask, newest: NewestEvent, profiler: TableProfiler
+        self,
+        task: MaterializationTask,
+        pull: SourcePull,
+        newest: NewestEvent,
+        profiler: TableProfiler,
     ) -> tuple[int, int]:
         view = task.feature_view
         if not getattr(view, "online", True):
             return 0, 0
-        spec = WriteSpec.from_feature_view(view)
-        source = view.batch_source
-        if source is None:
+        spec, mapping = pull.spec, pull.mapping
+        if view.batch_source is None:
             raise ValueError(f"feature view '{view.name}' has no batch source to materialize")
-        mapping = dict(source.field_mapping or {})
-        reverse = {v: k for k, v in mapping.items()}
         job = self.offline_store.pull_latest_from_table_or_query(
             config=self.repo_config,
-            data_source=source,
-            # An entity-less view's `__dummy_id` is not in the source: the pull adds it.
-            join_key_columns=[reverse.get(k, k) for k in spec.join_keys if k != DUMMY_ENTITY_ID],
-            feature_name_columns=[reverse.get(f, f) for f in spec.features],
-            timestamp_field=reverse.get(spec.timestamp_field, spec.timestamp_field),
-            created_timestamp_column=(
-                reverse.get(spec.created_timestamp_field, spec.created_timestamp_field)
-                if spec.created_timestamp_field
-                else None
-            ),
+            data_source=view.batch_source,
             start_date=task.start_time,
             end_date=task.end_time,
+            **pull.columns,
         )
         with ViewProgress(view.name) as progress:
             batches = iter_job_batches(job, self.batch_rows, progress)

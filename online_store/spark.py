@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pyarrow.compute as pc
-from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.common.materialization_job import MaterializationTask
 from feast.repo_config import FeastConfigBaseModel
 
@@ -33,7 +32,7 @@ from online_store.engine import NewestEvent, StreamingMaterializationEngine, red
 from online_store.progress import ViewProgress
 from online_store.spark_writer import STATS_DDL, partition_writer
 from online_store.store import FastRedisOnlineStore, RedisType
-from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, WriteSpec
+from online_store.write_plan import DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS, SourcePull, WriteSpec
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -52,42 +51,35 @@ class SparkMaterializationEngine(StreamingMaterializationEngine):
     """Spark picks the latest row per entity; executors write their partitions to Redis."""
 
     def _run(
-        self, task: MaterializationTask, newest: NewestEvent, profiler: TableProfiler
+        self,
+        task: MaterializationTask,
+        pull: SourcePull,
+        newest: NewestEvent,
+        profiler: TableProfiler,
     ) -> tuple[int, int]:
         view = task.feature_view
         if not getattr(view, "online", True) or not isinstance(
             self.online_store, FastRedisOnlineStore
         ):
-            return super()._run(task, newest, profiler)
-        spec = WriteSpec.from_feature_view(view)
-        source = view.batch_source
-        if source is None:
+            return super()._run(task, pull, newest, profiler)
+        if view.batch_source is None:
             raise ValueError(f"feature view '{view.name}' has no batch source to materialize")
-        mapping = dict(source.field_mapping or {})
-        reverse = {v: k for k, v in mapping.items()}
         job = self.offline_store.pull_latest_from_table_or_query(
             config=self.repo_config,
-            data_source=source,
-            join_key_columns=[reverse.get(k, k) for k in spec.join_keys if k != DUMMY_ENTITY_ID],
-            feature_name_columns=[reverse.get(f, f) for f in spec.features],
-            timestamp_field=reverse.get(spec.timestamp_field, spec.timestamp_field),
-            created_timestamp_column=(
-                reverse.get(spec.created_timestamp_field, spec.created_timestamp_field)
-                if spec.created_timestamp_field
-                else None
-            ),
+            data_source=view.batch_source,
             start_date=task.start_time,
             end_date=task.end_time,
+            **pull.columns,
         )
         to_spark_df = getattr(job, "to_spark_df", None)
         if not callable(to_spark_df):
             # Not a Spark offline store: stream through the driver like the base engine.
-            return super()._run(task, newest, profiler)
+            return super()._run(task, pull, newest, profiler)
         frame = to_spark_df()
-        for raw, mapped in mapping.items():
+        for raw, mapped in pull.mapping.items():
             if raw in frame.columns:
                 frame = frame.withColumnRenamed(raw, mapped)
-        return self._write_from_executors(task, spec, frame, newest, profiler)
+        return self._write_from_executors(task, pull.spec, frame, newest, profiler)
 
     def _write_from_executors(
         self,

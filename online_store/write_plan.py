@@ -5,8 +5,8 @@ rows and encodes them here, so they agree on which row wins and on the bytes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,57 @@ class WriteSpec:
         ts = source.timestamp_field if source is not None else "event_timestamp"
         created = (source.created_timestamp_column or None) if source is not None else None
         return cls(feature_view.name, join_keys, join_types, features, feature_types, ts, created)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePull:
+    """How a materialization reads a view's rows from its batch source.
+
+    Attributes:
+        spec: the view's write spec with the names the pulled rows have once the source's
+            field mapping renamed them.
+        mapping: the source's field mapping (source column -> name in the view).
+        columns: the column arguments of ``pull_latest_from_table_or_query``, as the source
+            names them (an entity-less view's ``__dummy_id`` is not in the source: the pull
+            adds it).
+    """
+
+    spec: WriteSpec
+    mapping: dict[str, str]
+    columns: dict[str, Any]
+
+    @classmethod
+    def of(cls, feature_view: FeatureView) -> SourcePull:
+        """The pull of ``feature_view``'s rows.
+
+        A source may name its timestamp columns by their source names or by the names the
+        field mapping gives them (Feast's stores take the latter; our training join both):
+        the pull gets the source's names and the writer the renamed ones.
+        """
+        from feast.feature_view import DUMMY_ENTITY_ID
+
+        spec = WriteSpec.from_feature_view(feature_view)
+        source = feature_view.batch_source
+        mapping = dict(source.field_mapping or {}) if source is not None else {}
+        reverse = {v: k for k, v in mapping.items()}
+
+        def raw(name: str) -> str:
+            return reverse.get(name, name)
+
+        ts = raw(spec.timestamp_field)
+        created = raw(spec.created_timestamp_field) if spec.created_timestamp_field else None
+        columns = {
+            "join_key_columns": [raw(k) for k in spec.join_keys if k != DUMMY_ENTITY_ID],
+            "feature_name_columns": [raw(f) for f in spec.features],
+            "timestamp_field": ts,
+            "created_timestamp_column": created,
+        }
+        renamed = replace(
+            spec,
+            timestamp_field=mapping.get(ts, ts),
+            created_timestamp_field=mapping.get(created, created) if created else None,
+        )
+        return cls(renamed, mapping, columns)
 
 
 @dataclass(slots=True)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+import redis
+import sqlalchemy as sa
 import yaml
 from feast import FeatureStore
 
@@ -79,3 +82,58 @@ def test_engine_writes_feasts_own_online_stores_like_the_local_engine(
     }
     assert answers["ours"]["typed__f_i64"].count(None) < len(ids)  # values were stored
     assert answers["ours"] == answers["local"]
+
+
+@pytest.mark.parametrize("named_by", ["source names", "mapped names"])
+def test_timestamps_renamed_by_the_field_mapping_materialize_either_way(
+    tmp_path: Path, module_redis: str, named_by: str
+) -> None:
+    """A source may name its timestamp columns by their names in the file or by the names
+    its field mapping gives them: the same rows land in Redis, with the newest event time
+    recorded for the freshness gauge."""
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Int64
+
+    from online_store.freshness import FreshnessLog
+    from tests.online_store.conftest import snapshot
+
+    parquet = tmp_path / "renamed.parquet"
+    pa_table = pa.table(
+        {
+            "drv": pa.array([1, 1, 2], pa.int64()),
+            "ts_raw": pa.array([T0, T0, T0 + timedelta(hours=1)], pa.timestamp("us", tz="UTC")),
+            # driver 1: two rows at the same event time; the later created one wins.
+            "cr_raw": pa.array(
+                [T0 + timedelta(days=2), T0 + timedelta(days=1), T0], pa.timestamp("us", tz="UTC")
+            ),
+            "v": pa.array([10, 11, 20], pa.int64()),
+        }
+    )
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa_table, parquet)
+    ts, created = ("ts_raw", "cr_raw") if named_by == "source names" else ("event_ts", "created")
+
+    def objects() -> list[Any]:
+        driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+        source = FileSource(
+            name="renamed_src", path=str(parquet), timestamp_field=ts,
+            created_timestamp_column=created,
+            field_mapping={"drv": "driver_id", "ts_raw": "event_ts", "cr_raw": "created"},
+        )  # fmt: skip
+        view = FeatureView(
+            name="renamed", entities=[driver], ttl=timedelta(0), source=source,
+            schema=[Field(name="v", dtype=Int64)],
+        )  # fmt: skip
+        return [driver, source, view]
+
+    url = module_redis + "7"
+    redis.Redis.from_url(url).flushdb()
+    store = make_store(tmp_path / "repo", RepoSpec("p", url, True, True, offline=DUCKDB), objects)
+    store.materialize(T0 - timedelta(days=1), T0 + timedelta(days=1))
+    answer = store.get_online_features(["renamed:v"], [{"driver_id": 1}, {"driver_id": 2}])
+    assert answer.to_dict()["v"] == [10, 20]
+    assert len(snapshot(url)) == 2
+    registry = sa.create_engine(f"sqlite:///{tmp_path / 'repo' / 'registry.db'}")
+    newest = FreshnessLog(registry, "p").newest_events()["renamed"]
+    assert newest == T0 + timedelta(hours=1)
