@@ -6,7 +6,8 @@ silently); here each problem is named with the view, the column and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import duckdb
@@ -31,6 +32,46 @@ _INTEGER = (
 _FLOAT = ("FLOAT", "DOUBLE", "DECIMAL", "REAL")
 _STRING = ("VARCHAR", "STRING", "TEXT")
 V = TypeVar("V", bound="ColumnedView")
+
+
+# Every name the joins add to the entity rows or use inside their queries starts with this
+# (``__row_id``, ``__entity_ts``, ``__probe0``, ``__o_ts``...): an entity column named so would
+# be overwritten or would shadow the join's own. pandas' index columns are not in the way.
+RESERVED_PREFIX = "__"
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def fold_case(name: str) -> str:
+    """A column name as DuckDB and Spark compare names: ASCII letters without case."""
+    return "".join(c.lower() if c.isascii() else c for c in name)
+
+
+def check_entity_columns(names: Sequence[str]) -> None:
+    """Refuse entity column names the join would overwrite or could not keep apart.
+
+    Raises:
+        InvalidEntityError: a name starts with :data:`RESERVED_PREFIX`, or two names differ
+            only in the case of ASCII letters (both engines compare names without case: one
+            column would be renamed or read for the other).
+    """
+    reserved = [
+        n for n in names if n.startswith(RESERVED_PREFIX) and not _PANDAS_INDEX.fullmatch(n)
+    ]
+    if reserved:
+        raise InvalidEntityError(
+            f"entity column(s) {reserved} start with {RESERVED_PREFIX!r}, which the "
+            "point-in-time join keeps for its own columns; rename them",
+            columns=reserved,
+        )
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(fold_case(name), name)
+        if first != name:
+            raise InvalidEntityError(
+                f"entity columns {first!r} and {name!r} differ only in case, and the join "
+                "compares column names without case; rename one of them",
+                columns=[first, name],
+            )
 
 
 def _family(duck_type: str) -> str:
@@ -160,8 +201,9 @@ def check_columns(
                 join_key=entity_col,
                 feature_view=view.name,
             )
+    entity_names = {fold_case(name) for name in entity}
     for feature in view.features:
-        if feature.output_name in entity:
+        if fold_case(feature.output_name) in entity_names:
             raise InvalidRequestError(
                 f"feature {feature.output_name!r} of view {view.name!r} has the same name "
                 "as an entity column; rename the column or use full_feature_names=True",

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
+from offline_store.checks import check_entity_columns
 from offline_store.ipc import too_many_entity_rows
 from offline_store.listing import parquet_glob
 from offline_store.pit_join import ENTITY_TABLE, ENTITY_TS, ROW_ID
@@ -161,6 +162,14 @@ def load_entities(
         InvalidTimestampError: no usable timestamp column, unparseable or null timestamps.
         RequestTooLargeError: more than ``max_rows`` rows.
     """
+    if isinstance(source, (pd.DataFrame, pa.Table)):
+        # Checked before DuckDB sees them: it would rename one of two names that differ
+        # only in case.
+        check_entity_columns(
+            [str(c) for c in source.columns]
+            if isinstance(source, pd.DataFrame)
+            else source.column_names
+        )
     relation = _input_relation(con, source)
     limit = "" if max_rows is None else f" LIMIT {int(max_rows) + 1}"
     try:
@@ -180,6 +189,7 @@ def load_entities(
         if count > max_rows:
             raise too_many_entity_rows(max_rows)
     types = {str(r[0]): str(r[1]) for r in fetch_all(con, f"DESCRIBE SELECT * FROM {_ROWS_TABLE}")}
+    check_entity_columns(list(types))
     ts_col = _pick_timestamp_column(types)
     ts = quote_ident(ts_col)
     bad = fetch_all(

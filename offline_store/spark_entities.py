@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from foundation.errors import InvalidRequestError, InvalidTimestampError
-from offline_store.checks import check_columns
+from offline_store.checks import check_columns, check_entity_columns
 from offline_store.entities import DEFAULT_TIMESTAMP_COLUMN, entity_table, is_sql
 from offline_store.listing import is_remote
 from offline_store.spark_join import (
@@ -186,7 +186,11 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     from pyspark.sql import functions as F
 
     table = _local_table(source)
+    if table is not None:
+        check_entity_columns(table.column_names)
     frame, dense = _input_frame(spark, source if table is None else table)
+    if table is None:
+        check_entity_columns([c for c in frame.columns if c != ROW_ID])
     ts_col = _pick_timestamp_column(frame)
     raw = F.col(quoted(ts_col))
     frame = frame.withColumn(ENTITY_TS, raw.try_cast("timestamp"))

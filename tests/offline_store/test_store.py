@@ -307,6 +307,62 @@ def test_feature_name_clashing_with_an_entity_column_is_refused(repo: Path) -> N
     assert table["driver_fv__rate"].to_pylist()[0] == 0.5
 
 
+@pytest.mark.parametrize("column", ["__row_id", "__entity_ts", "__probe0", "__m0", "__x"])
+@pytest.mark.parametrize("kind", ["DataFrame", "Parquet"])
+def test_entity_columns_named_like_the_joins_own_are_refused(
+    repo: Path, column: str, kind: str
+) -> None:
+    # Before: a label "__row_id" came back as 0, 1, 2..., a column "__entity_ts" became the
+    # join time, "__probe0" failed inside the query.
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    rows: Any = ENTITIES.assign(**{column: [9, 5, 7, 3, 1]})
+    if kind == "Parquet":
+        rows.to_parquet(repo / "entities.parquet")
+        rows = str(repo / "entities.parquet")
+    with pytest.raises(InvalidEntityError, match=f"'{column}'.*rename") as info:
+        fs.get_historical_features(entity_df=rows, features=FEATURES).to_arrow()
+    assert info.value.details["columns"] == [column]
+
+
+def test_a_pandas_index_column_is_kept_as_a_label(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    ENTITIES.set_index(pd.Index([10, 11, 12, 13, 14])).to_parquet(repo / "entities.parquet")
+    table = fs.get_historical_features(
+        entity_df=str(repo / "entities.parquet"), features=FEATURES
+    ).to_arrow()
+    assert _rows(table) == EXPECTED
+    assert table["__index_level_0__"].to_pylist() == [10, 11, 12, 13, 14]
+
+
+@pytest.mark.parametrize(
+    ("rows", "clash"),
+    [
+        (ENTITIES.assign(Label=["x"] * 5), ["label", "Label"]),
+        (pd.concat([ENTITIES[["driver_id"]].rename(columns={"driver_id": "DRIVER_ID"}) + 998,
+                    ENTITIES], axis=1), ["DRIVER_ID", "driver_id"]),
+    ],
+)  # fmt: skip
+def test_entity_columns_differing_only_in_case_are_refused(
+    repo: Path, rows: pd.DataFrame, clash: list[str]
+) -> None:
+    # Column names compare without case in the join: "Label" came back renamed "Label_1",
+    # and a "DRIVER_ID" label before the key made the key look missing.
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    with pytest.raises(InvalidEntityError, match="differ only in case") as info:
+        fs.get_historical_features(entity_df=rows, features=FEATURES).to_arrow()
+    assert info.value.details["columns"] == clash
+
+
+def test_a_label_named_like_a_feature_but_for_case_is_refused(repo: Path) -> None:
+    fs = _store(repo)
+    write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
+    with pytest.raises(InvalidRequestError, match="full_feature_names"):
+        fs.get_historical_features(entity_df=ENTITIES.assign(RATE=1), features=FEATURES).to_arrow()
+
+
 def test_join_key_of_the_wrong_type_is_an_invalid_entity_error(repo: Path) -> None:
     fs = _store(repo)
     write_rows(repo / "data" / "driver.parquet", DRIVER_SCHEMA, DRIVER_ROWS)
