@@ -13,6 +13,7 @@ already confined to the entity directory.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,9 +62,16 @@ class LoadedEntities:
     max_ts: datetime | None
 
 
+# Whitespace and SQL comments (``-- ...`` to the end of the line, ``/* ... */``) before a
+# query's first keyword.
+_LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+
+
 def is_sql(source: str) -> bool:
     """Whether an entity source string is an SQL query rather than a Parquet path."""
-    return source.lstrip().lower().startswith(_SQL_STARTS) and not os.path.exists(source)
+    start = _LEADING_COMMENTS.match(source)
+    head = source[start.end() if start else 0 :].lower()
+    return head.startswith(_SQL_STARTS) and not os.path.exists(source)
 
 
 def _input_relation(con: duckdb.DuckDBPyConnection, source: LoadableSource) -> str:
