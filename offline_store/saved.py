@@ -7,7 +7,6 @@ The records live in ``fs_training_datasets`` in the registry database (the SQLAl
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -29,7 +28,7 @@ from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
 from offline_store.frame_types import feast_frame_types
 from offline_store.ipc import table_to_ipc
-from offline_store.listing import parquet_glob
+from offline_store.listing import source_files
 from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
 from offline_store.statistics import profile_saved_dataset
 
@@ -39,8 +38,9 @@ log = logging.getLogger(__name__)
 def fingerprint(entity_source: EntitySource) -> str:
     """SHA-256 identifying the entity rows a dataset was built from.
 
-    Frames and tables hash their Arrow IPC serialization; Parquet paths hash each file's name
-    and bytes; SQL hashes the query text (the rows it selects can change with the data).
+    Frames and tables hash their Arrow IPC serialization; Parquet paths hash the name and bytes
+    of each file the join reads, in its order; SQL hashes the query text (the rows it selects
+    can change with the data).
     """
     digest = hashlib.sha256()
     if isinstance(entity_source, pd.DataFrame):
@@ -54,7 +54,8 @@ def fingerprint(entity_source: EntitySource) -> str:
         digest.update(b"sql:" + " ".join(text.split()).encode())
         return digest.hexdigest()
     digest.update(b"parquet:")
-    for file in sorted(glob.glob(parquet_glob(text), recursive=True)):
+    # The files the join reads, in its order (hidden names and symlink loops as it lists them).
+    for file in source_files(text):
         digest.update(os.path.basename(file).encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

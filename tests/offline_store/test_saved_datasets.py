@@ -131,6 +131,22 @@ def test_fingerprint_of_parquet_paths_and_sql(tmp_path: Path) -> None:
     assert fingerprint("SELECT 1") == fingerprint("SELECT   1")
 
 
+def test_fingerprint_of_a_folder_hashes_the_files_the_join_reads(tmp_path: Path) -> None:
+    folder = tmp_path / "entities"
+    folder.mkdir()
+    ENTITIES.iloc[:2].to_parquet(folder / "part-2.parquet")
+    ENTITIES.iloc[2:].to_parquet(folder / "part-10.parquet")
+    before = fingerprint(str(folder))
+    # Neither is read by the join: a notebook's checkpoint copy, and a link back up (which
+    # a recursive glob followed level after level).
+    (folder / ".ipynb_checkpoints").mkdir()
+    ENTITIES.to_parquet(folder / ".ipynb_checkpoints" / "part-2.parquet")
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    assert fingerprint(str(folder)) == before
+    ENTITIES.iloc[:1].to_parquet(folder / "part-3.parquet")
+    assert fingerprint(str(folder)) != before
+
+
 def test_time_split_keeps_later_rows_out_of_training() -> None:
     times = [T0 + timedelta(minutes=m) for m in (5, 1, 9, 3, 3, 7, 0, 8, 2, 6)]
     frame = pd.DataFrame({"event_timestamp": times, "row": range(10)})
