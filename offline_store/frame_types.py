@@ -30,15 +30,24 @@ def feast_frame_types(table: pa.Table, pandas_dtypes: dict[str, str]) -> pa.Tabl
             with contextlib.suppress(pa.ArrowInvalid):
                 column = column.cast(pa.timestamp("ns", tz=field.type.tz))
         columns.append(column)
+    kept = table.schema.metadata  # a file's own pandas metadata, say
     table = pa.Table.from_arrays(columns, names=table.column_names)
+    metadata = pandas_metadata(table.schema, pandas_dtypes)
+    return table.replace_schema_metadata(kept if metadata is None else metadata)
+
+
+def pandas_metadata(schema: pa.Schema, pandas_dtypes: dict[str, str]) -> dict[bytes, bytes] | None:
+    """The schema metadata under which ``to_pandas`` (and ``pd.read_parquet`` of a file
+    carrying it) gives the entity columns back with the caller's extension dtypes; ``None``
+    when there are none."""
     if not pandas_dtypes:
-        return table
-    empty = table.slice(0, 0).to_pandas()
+        return None
+    empty = schema.empty_table().to_pandas()
     for name, dtype in pandas_dtypes.items():
         if name in empty.columns:
             empty[name] = empty[name].astype(dtype)
-    metadata = pa.Schema.from_pandas(empty, preserve_index=False).metadata
-    return table.replace_schema_metadata(metadata)
+    metadata: dict[bytes, bytes] = pa.Schema.from_pandas(empty, preserve_index=False).metadata
+    return metadata
 
 
 def result_frame(table: pa.Table) -> pd.DataFrame:

@@ -36,7 +36,12 @@ from foundation.errors import (
     QueryTimeoutError,
 )
 from offline_store.connections import job_connection
-from offline_store.frame_types import feast_frame_types, result_frame, with_feast_types
+from offline_store.frame_types import (
+    feast_frame_types,
+    pandas_metadata,
+    result_frame,
+    with_feast_types,
+)
 from offline_store.sandbox import RequestLimits, Watchdog
 from offline_store.sources import DuckDBSettings, execute, fetch_all, quote_literal
 
@@ -283,7 +288,8 @@ class DuckDBRetrievalJob(FrameJob):
             else:
                 with self._connect() as con:
                     sql = self._start(con)
-                    execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet)")
+                    options = self._parquet_metadata(con.sql(sql).limit(0).to_arrow_table())
+                    execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet{options})")
         except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
@@ -292,12 +298,21 @@ class DuckDBRetrievalJob(FrameJob):
         os.replace(tmp, dest)
         return dest
 
+    def _parquet_metadata(self, empty: pa.Table) -> str:
+        """COPY options that store the entity columns' pandas dtypes in the file, so the file
+        reads back (``pd.read_parquet``, a reloaded saved dataset) typed as ``to_df`` gives it."""
+        metadata = pandas_metadata(empty.schema, self._pandas_dtypes)
+        if metadata is None:
+            return ""
+        return f", KV_METADATA {{pandas: {quote_literal(metadata[b'pandas'].decode())}}}"
+
     def _stream_to_parquet(self, path: str) -> None:
         writer: pq.ParquetWriter | None = None
         try:
             for batch in self.iter_batches(65_536):
                 if writer is None:
-                    writer = pq.ParquetWriter(path, batch.schema)
+                    metadata = pandas_metadata(batch.schema, self._pandas_dtypes)
+                    writer = pq.ParquetWriter(path, batch.schema.with_metadata(metadata))
                 writer.write_batch(batch)
         finally:
             if writer is not None:

@@ -47,7 +47,20 @@ def _times(data: pd.DataFrame | pa.Table, column: str) -> pa.ChunkedArray:
         raise InvalidTimestampError(f"column {column!r} is {times.type}, not a timestamp")
     if times.type.tz is None:
         times = pc.assume_timezone(times, "UTC")
-    return pc.cast(times, pa.timestamp("us", tz="UTC"))
+    # Nanoseconds stay nanoseconds and compare exactly (a cast to microseconds would refuse a
+    # time with a nanosecond part); coarser units become microseconds, exactly.
+    return pc.cast(times, pa.timestamp(_unit(times), tz="UTC"))
+
+
+def _unit(times: pa.ChunkedArray) -> str:
+    return "ns" if times.type.unit == "ns" else "us"
+
+
+def _instant(ticks: int, unit: str) -> datetime:
+    """A time of ``ticks`` (of ``unit`` since the epoch, UTC): a ``datetime`` when it is whole
+    microseconds, else a ``pd.Timestamp`` (a ``datetime`` that keeps nanoseconds)."""
+    stamp = pd.Timestamp(ticks, unit=unit, tz="UTC")
+    return stamp.to_pydatetime() if stamp.nanosecond == 0 else stamp
 
 
 def _cutoffs(
@@ -60,16 +73,20 @@ def _cutoffs(
     n = len(times)
     if n == 0:
         raise InvalidRequestError("cannot split an empty dataset")
-    sorted_times = pc.take(times, pc.sort_indices(times))
+    unit = _unit(times)
+    ticks = pc.cast(pc.take(times, pc.sort_indices(times)), pa.int64())
 
     def at(share: float) -> datetime:
         index = round(share * n)
         if index >= n:
-            # Everything goes before this cut-off: one microsecond past the last row.
-            last: datetime = sorted_times[n - 1].as_py()
-            return _utc(last) + timedelta(microseconds=1)
-        value: datetime = sorted_times[index].as_py()
-        return _utc(value)
+            # Everything goes before this cut-off: one tick (at most a microsecond) past the
+            # last row.
+            return (
+                _instant(ticks[n - 1].as_py() + 1, unit)
+                if unit == "ns"
+                else (_instant(ticks[n - 1].as_py(), unit) + timedelta(microseconds=1))
+            )
+        return _instant(ticks[index].as_py(), unit)
 
     return at(fractions[0]), at(fractions[0] + fractions[1])
 
@@ -112,8 +129,8 @@ def time_split(
         raise InvalidRequestError(
             f"validation_until {validation_until} is before train_until {train_until}"
         )
-    lo = pa.scalar(train_until, pa.timestamp("us", tz="UTC"))
-    hi = pa.scalar(validation_until, pa.timestamp("us", tz="UTC"))
+    lo = pa.scalar(train_until, pa.timestamp(_unit(times), tz="UTC"))
+    hi = pa.scalar(validation_until, pa.timestamp(_unit(times), tz="UTC"))
     masks = [
         pc.less(times, lo),
         pc.and_(pc.greater_equal(times, lo), pc.less(times, hi)),

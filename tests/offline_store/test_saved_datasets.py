@@ -96,6 +96,23 @@ def test_save_list_get_and_reload_by_name_and_version(store: FeatureStore) -> No
     assert load_training_dataset("rides", 1, store=store, output="parquet") == first.storage_path
 
 
+def test_a_reloaded_dataset_keeps_nullable_entity_dtypes_and_exact_ids(tmp_path: Path) -> None:
+    fs = _store(tmp_path)
+    entities = ENTITIES.assign(
+        driver_id=pd.array([1, None, 2**53 + 1], dtype="Int64"),
+        label=pd.array([True, None, False], dtype="boolean"),
+    )
+    built = get_training_dataset(entities, ["driver_fv:rate"], store=fs)
+    assert built["driver_id"].dtype == "Int64"
+    saved = save_training_dataset(entities, ["driver_fv:rate"], name="nullable", store=fs)
+    reloaded = load_training_dataset("nullable", store=fs)
+    assert isinstance(reloaded, pd.DataFrame)
+    # Was float64 and object: the id 2**53 + 1 came back as 2**53.
+    pd.testing.assert_frame_equal(reloaded, built)
+    assert reloaded["driver_id"].tolist()[2] == 2**53 + 1
+    assert pd.read_parquet(saved.storage_path)["label"].dtype == "boolean"
+
+
 def test_unknown_versions_and_duplicate_versions_are_refused(store: FeatureStore) -> None:
     save_training_dataset(ENTITIES, ["driver_fv:rate"], name="rides", store=store)
     with pytest.raises(NotFoundError, match="version 7"):
@@ -167,6 +184,27 @@ def test_time_split_keeps_later_rows_out_of_training() -> None:
     assert explicit.train["row"].to_pylist() == [1, 6, 8]
     assert explicit.validation["row"].to_pylist() == [0, 3, 4]
     assert explicit.test["row"].to_pylist() == [2, 5, 7, 9]
+
+
+def test_time_split_compares_nanosecond_times_exactly() -> None:
+    base = pd.Timestamp("2024-01-01", tz="UTC")
+    times = [base + pd.Timedelta(n, "ns") for n in (1, 2, 2, 3)] + [base + pd.Timedelta(1, "D")]
+    frame = pd.DataFrame({"event_timestamp": times, "x": range(5)})
+    for data in (
+        frame,
+        frame.assign(event_timestamp=frame["event_timestamp"].dt.tz_localize(None)),
+    ):
+        # Was: ArrowInvalid, casting to microseconds would lose data.
+        parts = time_split(data, fractions=(0.2, 0.6, 0.2))
+        assert [parts.train["x"].tolist(), parts.validation["x"].tolist()] == [[0], [1, 2, 3]]
+        assert parts.test["x"].tolist() == [4]
+        assert parts.train_until == base + pd.Timedelta(2, "ns")
+    explicit = time_split(
+        frame,
+        train_until=datetime(2024, 1, 1, tzinfo=UTC),
+        validation_until=base + pd.Timedelta(3, "ns"),
+    )
+    assert [len(explicit.train), len(explicit.validation), len(explicit.test)] == [0, 3, 2]
 
 
 def test_time_split_rejects_bad_arguments() -> None:
