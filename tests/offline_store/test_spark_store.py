@@ -119,6 +119,23 @@ def test_pandas_entities_with_duplicates_keep_order_on_spark(
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
+def test_entity_columns_the_join_would_overwrite_are_refused_on_spark_too(
+    stores: tuple[FeatureStore, ...], spark: Any
+) -> None:
+    duck, spark_fs = stores
+    trips = pq.read_table(_trips(duck)).slice(0, 20).to_pandas()
+    features = ["driver_hourly_stats:conv_rate"]
+    spark_rows = spark.createDataFrame(trips.assign(__entity_ts=trips["event_timestamp"]))
+    for rows, named, both in (
+        (trips.assign(__row_id=7), "__row_id", True),  # was overwritten by the row numbers
+        (spark_rows, "__entity_ts", False),  # a Spark DataFrame: the Spark store's alone
+        (trips.assign(Label=1, LABEL=2), "differ only in case", True),
+    ):
+        for store in (duck, spark_fs) if both else (spark_fs,):
+            with pytest.raises(InvalidEntityError, match=named):
+                store.get_historical_features(entity_df=rows, features=features).to_df()
+
+
 def test_spark_dataframe_entities_keep_their_partition_order(
     stores: tuple[FeatureStore, ...], spark: Any
 ) -> None:
