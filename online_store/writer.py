@@ -26,10 +26,19 @@ chunk go to the greater created timestamp, then the earlier row). Two ways to ch
 
 Every batch is cut into bounded chunks, so memory stays flat whatever the input size.
 Works unchanged with ``redis.RedisCluster`` (its pipelines route per slot).
+
+A write is not one transaction: it runs as many compare-and-set calls (a few hundred
+keys each; one key each on a cluster, where each runs on its key's node), and Redis
+rolls none back. When Redis fails part-way (connection lost or refused, timeout, a
+cluster node down, a failover, maxmemory), ``write_arrow`` raises
+``BackendUnavailableError`` and any subset of the rows may already be stored: each whole
+(one ``HSET`` per row) and never over a newer row. Writing the same rows again is safe:
+the stored ones have an equal event time and are skipped, the others are written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
+from foundation.errors import BackendUnavailableError
 from online_store import blocks
 from online_store.atomic_write import write_chunk_atomic
 from online_store.codec import (
@@ -62,6 +72,24 @@ if TYPE_CHECKING:
     from feast import FeatureView
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Errors that mean Redis cannot take the write now, as opposed to a command it refuses
+# (those stay bugs, answered 500): connection refused or lost, timeouts (also
+# BusyLoadingError, MaxConnectionsError and Sentinel's MasterNotFoundError, all
+# ConnectionErrors), a cluster with a slot down or no reachable node, a replica that
+# became read-only in a failover, TRYAGAIN during resharding, maxmemory reached.
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,
+    OSError,
+)
 
 
 class _Sink:
@@ -350,16 +378,37 @@ def write_arrow(
         SchemaMismatchError: a needed column is missing.
         InvalidEntityError: null join keys or event times.
         UnsupportedTypeError: the view has a type the codec cannot store.
+        BackendUnavailableError: Redis could not take the write (see the module
+            docstring for what may already be stored); writing the same rows again
+            once Redis is back is safe.
     """
     spec = WriteSpec.from_feature_view(feature_view)
     batches = data.to_batches() if isinstance(data, pa.Table) else [data]
-    return write_batches(
-        client,
-        spec,
-        batches,
-        project=project,
-        key_ttl_seconds=key_ttl_seconds,
-        chunk_rows=chunk_rows,
-        progress=progress,
-        atomic=True,
-    )
+    try:
+        return write_batches(
+            client,
+            spec,
+            batches,
+            project=project,
+            key_ttl_seconds=key_ttl_seconds,
+            chunk_rows=chunk_rows,
+            progress=progress,
+            atomic=True,
+        )
+    except REDIS_OUTAGE as exc:
+        # The address and the driver's text go to the log only: HTTP callers get the
+        # error class, like the read path.
+        log.warning(
+            "Redis write of feature view %r failed: %s: %s",
+            feature_view.name,
+            type(exc).__name__,
+            exc,
+        )
+        raise BackendUnavailableError(
+            f"the Redis online store could not take the write of feature view "
+            f"{feature_view.name!r} ({type(exc).__name__}); retry the same write once Redis "
+            "accepts writes again: rows stored before the failure are whole and not older "
+            "than what was there, and the retry skips them",
+            backend="redis",
+            feature_view=feature_view.name,
+        ) from exc

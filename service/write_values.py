@@ -1,4 +1,5 @@
-"""Per-cell checks of written values: each JSON value becomes its exact Arrow value or a 422.
+"""Checks of written values: the request's shape, then each JSON value becomes its exact
+Arrow value or a 422.
 
 Values are kept exactly or refused: integers outside their type's range, floats that would
 overflow float32, NaN and infinities (Feast stores NaN as null; JSON cannot carry
@@ -13,7 +14,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +22,12 @@ import pyarrow as pa
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
-from foundation.errors import InvalidTimestampError, SchemaMismatchError, show
+from foundation.errors import (
+    InvalidTimestampError,
+    RequestTooLargeError,
+    SchemaMismatchError,
+    show,
+)
 
 _TS = pa.timestamp("us", tz="UTC")
 _SCALARS: dict[ValueType, pa.DataType] = {
@@ -268,3 +274,28 @@ def timestamp_column(
             column=name,
         )
     return pa.array(out, type=_TS)
+
+
+def check_shape(df: Mapping[str, Sequence[Any]], *, max_rows: int) -> int:
+    """Same length for every column, at least one row, at most ``max_rows``.
+
+    Raises:
+        SchemaMismatchError: ragged or empty ``df``.
+        RequestTooLargeError: too many rows.
+    """
+    lengths = {name: len(values) for name, values in df.items()}
+    if not lengths or len(set(lengths.values())) != 1:
+        raise SchemaMismatchError(
+            f"df must be a non-empty object of equally long columns, got lengths {lengths}",
+            lengths=lengths,
+        )
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise SchemaMismatchError("df has no rows; send at least one row")
+    if n > max_rows:
+        raise RequestTooLargeError(
+            f"{n} rows in one write; the limit is {max_rows} (FEATURESTORE_MAX_PUSH_ROWS); "
+            "split it",
+            limit=max_rows,
+        )
+    return n

@@ -7,8 +7,8 @@ written, so bad input never leaves a partial write behind (the value rules are i
 the server clock are refused). Online writes go through
 ``online_store.writer.write_arrow`` (Feast's never-older-over-newer rule); offline
 writes through the repo's offline store (``offline_write_batch``). With
-``online_and_offline`` the offline append runs first: it is the side more likely to
-fail (files), and an online write that already happened cannot be undone.
+``online_and_offline`` the online write runs first and the offline append only after
+it succeeded: see :func:`write_tables` for why and what a failure leaves behind.
 """
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ import pyarrow as pa
 import redis
 from feast import FeatureStore, FileSource
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+from feast.infra.offline_stores.offline_store import OfflineStore
 
 from foundation.errors import (
+    BackendUnavailableError,
+    InvalidRequestError,
     PushSourceNotFoundError,
-    RequestTooLargeError,
     SchemaMismatchError,
 )
+from offline_store.historical import file_source
 from offline_store.sources import resolve_path
+from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import conform, source_schema
 from online_store.write_plan import WriteStats
 from online_store.writer import write_arrow
@@ -112,31 +116,6 @@ def build_table(
             skew=max_future_skew,
         )
     return pa.table(arrays)
-
-
-def check_shape(df: Mapping[str, Sequence[Any]], *, max_rows: int) -> int:
-    """Same length for every column, at least one row, at most ``max_rows``.
-
-    Raises:
-        SchemaMismatchError: ragged or empty ``df``.
-        RequestTooLargeError: too many rows.
-    """
-    lengths = {name: len(values) for name, values in df.items()}
-    if not lengths or len(set(lengths.values())) != 1:
-        raise SchemaMismatchError(
-            f"df must be a non-empty object of equally long columns, got lengths {lengths}",
-            lengths=lengths,
-        )
-    n = next(iter(lengths.values()))
-    if n == 0:
-        raise SchemaMismatchError("df has no rows; send at least one row")
-    if n > max_rows:
-        raise RequestTooLargeError(
-            f"{n} rows in one write; the limit is {max_rows} (FEATURESTORE_MAX_PUSH_ROWS); "
-            "split it",
-            limit=max_rows,
-        )
-    return n
 
 
 def push_views(snapshot: RegistrySnapshot, push_source: str) -> list[ViewInfo]:
@@ -258,6 +237,26 @@ def write_tables(
 ) -> WriteOutcome:
     """Write validated tables (blocking; run in a worker thread).
 
+    Order: the offline store is checked to take the push, then every view is written
+    online, then appended offline. What a failed request leaves behind:
+
+    - Redis fails (unreachable, timeout, failover, maxmemory; on a cluster, any node
+      holding the rows' slots): ``BackendUnavailableError`` (503, ``backend: redis``) and
+      nothing is appended offline. Any subset of the rows may already be stored online
+      (the write is many compare-and-set calls, none rolled back), each row whole and
+      never over a newer one.
+    - the offline append fails on I/O (disk full, permissions, a lost mount):
+      ``BackendUnavailableError`` (503, ``backend: offline_store``). Every row is online;
+      the failing view's append left nothing (an append lands whole or not at all).
+      With a push source feeding several views, views appended before it keep theirs.
+    - In both cases retrying the same request converges to the state of one successful
+      request: rows already online have an equal event time and are skipped (the answer
+      counts them in ``skipped_older``), the offline append happens once.
+
+    Why online first: an offline append cannot be taken back (readers see the file as
+    soon as it lands) and is not idempotent (a retry after a kept append stores the rows
+    twice); an online write converges when repeated.
+
     Args:
         store: the Feast store (offline store and online store config).
         client: synchronous Redis client.
@@ -269,22 +268,82 @@ def write_tables(
 
     Returns:
         Rows written and skipped per view.
+
+    Raises:
+        InvalidRequestError: the offline store cannot take pushes (nothing written).
+        BackendUnavailableError: Redis or the offline store failed, as above.
     """
-    offline_rows = 0
     if offline:
-        provider = store._get_provider()
-        appended = offline_tables if offline_tables is not None else [t for _, t in tables]
-        for (info, _), table in zip(tables, appended, strict=True):
-            provider.ingest_df_to_offline_store(info.view, _source_table(table))
-            offline_rows += table.num_rows
+        _check_offline_target(store, [info for info, _ in tables])
     stats: dict[str, WriteStats] = {}
     if online:
         key_ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
         for info, table in tables:
-            stats[info.name] = write_arrow(
-                client, info.view, table, project=store.project, key_ttl_seconds=key_ttl
-            )
+            try:
+                stats[info.name] = write_arrow(
+                    client, info.view, table, project=store.project, key_ttl_seconds=key_ttl
+                )
+            except BackendUnavailableError as exc:
+                if not offline:
+                    raise
+                raise BackendUnavailableError(
+                    f"{exc.message}; nothing was appended to the offline store", **exc.details
+                ) from exc
+    offline_rows = 0
+    if offline:
+        provider = store._get_provider()
+        appended = offline_tables if offline_tables is not None else [t for _, t in tables]
+        done: list[str] = []
+        for (info, _), table in zip(tables, appended, strict=True):
+            try:
+                provider.ingest_df_to_offline_store(info.view, _source_table(table))
+            except OSError as exc:
+                raise _offline_failed(info.name, exc, online=online, appended=done) from exc
+            done.append(info.name)
+            offline_rows += table.num_rows
     return WriteOutcome(list(tables), stats, offline_rows)
+
+
+def _check_offline_target(store: FeatureStore, views: Sequence[ViewInfo]) -> None:
+    """Refuse, before anything is written, an offline push the offline store cannot take.
+
+    Raises:
+        InvalidRequestError: the store has no ``offline_write_batch``, or (our DuckDB
+            store) a view's batch source is not a Parquet FileSource.
+    """
+    offline_store = getattr(store._get_provider(), "offline_store", None)
+    writer = getattr(type(offline_store), "offline_write_batch", None)
+    if writer is None or writer is OfflineStore.offline_write_batch:
+        raise InvalidRequestError(
+            f"the offline store of project {store.project!r} "
+            f"({type(offline_store).__name__}) does not take pushes; send "
+            '"to": "online"',
+        )
+    if isinstance(offline_store, DuckDBParquetOfflineStore):
+        for info in views:
+            file_source(info.view.batch_source, f"feature view {info.name!r}")
+
+
+def _offline_failed(
+    view: str, exc: OSError, *, online: bool, appended: list[str]
+) -> BackendUnavailableError:
+    """The 503 for an offline append that failed on I/O, saying what is where."""
+    # strerror, not str(exc): the file path stays in the server log
+    reason = f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
+    online_part = "the rows are in the online store, but " if online else ""
+    kept = (
+        f"; views {appended} were already appended offline and a retry appends them again"
+        if appended
+        else ""
+    )
+    skipped = ": rows already online are skipped as already stored" if online else ""
+    return BackendUnavailableError(
+        f"{online_part}appending the rows to the offline source of feature view {view!r} "
+        f"failed ({reason}){kept}; fix the offline store (disk space, permissions, mount) "
+        f"and retry the same request{skipped}",
+        backend="offline_store",
+        feature_view=view,
+    )
 
 
 def validate_and_write(

@@ -16,7 +16,8 @@ from service.schemas import (
     WriteResponse,
     WriteToOnlineStoreRequest,
 )
-from service.writes import WriteOutcome, check_shape, push_views, validate_and_write
+from service.write_values import check_shape
+from service.writes import WriteOutcome, push_views, validate_and_write
 
 router = APIRouter(tags=["writes"])
 
@@ -73,7 +74,9 @@ async def push(
     (appended to the view's Parquet source) or ``online_and_offline``. Nothing is
     written unless every row of every view is valid; event times more than
     ``max_future_skew_seconds`` ahead of the server clock are refused. The answer
-    counts the rows written and those skipped as older than the stored row.
+    counts the rows written and those skipped as older than the stored row. Rows go
+    online first, then offline: when Redis is down the answer is 503 and nothing is
+    appended offline; retrying the same request is then safe.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     views = push_views(snapshot, body.push_source_name)
@@ -105,7 +108,8 @@ async def write_to_online_store(
     """Validate the rows against the view schema, then write them online.
 
     A stored row with a newer event time is never replaced by an older one; the
-    answer says how many rows were written and how many skipped as older.
+    answer says how many rows were written and how many skipped as older. When Redis
+    is down the answer is 503; retrying the same request is then safe.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     info = snapshot.view(body.feature_view_name)
