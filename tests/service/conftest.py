@@ -278,13 +278,15 @@ class ServeProcess:
         )
         deadline = time.monotonic() + 90
         while True:
-            assert self.proc.poll() is None, log.read_text()
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                # Stopped first: a supervisor left running respawns its dying workers forever
+                # and slows every later test.
+                raise AssertionError(f"featurestore serve did not get ready:\n{self.stop()}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
 
     @property
