@@ -98,7 +98,7 @@ class OdfvStep:
         prefix = view.projection.name_to_use()
         names = tuple((f.name, f"{prefix}__{f.name}") for f in view.features)
         # Every input feature's short name (its key's feature part).
-        short_of = {column: key.partition(":")[2] for column, key, _ in inputs}
+        short_of = {column: key.rpartition(":")[2] for column, key, _ in inputs}
         shorts = set(short_of.values())
         return cls(
             view,

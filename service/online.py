@@ -3,10 +3,10 @@
 A request names a feature set (a list of refs or a feature service, plus
 ``full_feature_names``). The first request for a set compiles an
 :class:`OnlinePlan`: which views and features to read (including the inputs of
-on-demand views), the read plan of ``online_store.reader`` (keys, field hashes,
-decoders), the response columns and their JSON encoders. The plan is cached on the
-registry snapshot, so later requests only validate entities, run one pipelined
-read and serialise with orjson.
+on-demand views), the read plans of ``online_store.reader`` (keys, field hashes,
+decoders; one per join key map, see :mod:`service.key_maps`), the response columns and
+their JSON encoders. The plan is cached on the registry snapshot, so later requests
+only validate entities, run one pipelined read and serialise with orjson.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from feast import OnDemandFeatureView
-from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
+from feast.feature_view import DUMMY_ENTITY_ID
 from feast.value_type import ValueType
 from redis.exceptions import RedisError
 
@@ -31,10 +31,10 @@ from foundation.errors import (
     FeatureViewNotFoundError,
     InvalidRequestError,
 )
-from online_store.reader import ReadPlan, ViewReadSpec
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
 from service.entity_values import EntityForms, entity_forms
+from service.key_maps import KeyMap, MappedRead, compile_reads, key_map, read_all, read_key
 from service.odfv import OdfvStep
 from service.redis_fast import FastRedis
 from service.udf_runner import UdfRunner
@@ -47,10 +47,11 @@ class OutputColumn:
     """One response column: where its values come from and how they become JSON."""
 
     name: str
-    key: str  # "view:feature" in the read result, or the ODFV's transformed column name
+    # the read result's key (service.key_maps.read_key), or the ODFV's transformed column
+    key: str
     from_odfv: bool
     encoder: Encoder | None
-    view: str = ""
+    view: str = ""  # the view and its key map: columns read together share event times
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class OnlinePlan:
 
     join_keys: frozenset[str]  # the entity columns a request must give
     request_fields: frozenset[str]
-    read_plan: ReadPlan
+    reads: tuple[MappedRead, ...]  # one per join key map, the identity first
     outputs: tuple[OutputColumn, ...]
     odfvs: tuple[OdfvStep, ...]
     # For include_feature_view_version_metadata: Feast's {"name", "version"} per read view
@@ -73,6 +74,8 @@ class OnlinePlan:
     echo_keys: frozenset[str] = frozenset()
     # The lossless forms of entity values accepted besides the canonical one.
     entity_forms: EntityForms = field(default_factory=EntityForms)
+    # A join key map's column -> which projection reads which join key from it (errors).
+    key_sources: Mapping[str, str] = field(default_factory=dict)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -86,14 +89,25 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return view, feature
 
 
-def _refs_of_service(snapshot: RegistrySnapshot, name: str) -> list[tuple[str, str, str]]:
+def _refs_of_service(snapshot: RegistrySnapshot, name: str) -> list[tuple[str, str, str, KeyMap]]:
+    """(view, shown name, feature, join key map) per feature of the service."""
     service = snapshot.feature_service(name)
     refs = []
     for projection in service.feature_view_projections:
         shown = projection.name_alias or projection.name
+        info = snapshot.views.get(projection.name)
+        keys = key_map(projection.join_key_map, info.join_keys) if info is not None else ()
         for feature in projection.features:
-            refs.append((projection.name, shown, feature.name))
+            refs.append((projection.name, shown, feature.name, keys))
     return refs
+
+
+def _note_sources(sources: dict[str, str], what: str, view: str, keys: KeyMap) -> None:
+    """Say where each mapped column is read, for a request that lacks it (first use wins)."""
+    for key, column in keys:
+        sources.setdefault(
+            column, f"{what} reads feature view {view!r} by its join key {key!r} from {column!r}"
+        )
 
 
 def compile_plan(
@@ -122,23 +136,26 @@ def compile_plan(
     if feature_service is not None:
         refs = _refs_of_service(snapshot, feature_service)
     else:
-        refs = [(v, v, f) for v, f in map(_split_ref, features)]
+        refs = [(v, v, f, ()) for v, f in map(_split_ref, features)]
 
-    read_features: dict[str, list[str]] = {}  # view -> features to read, in order
-    # (view, feature) read under the view's own name, not only a feature service's alias:
-    # what a UDF declaring the view is handed (Feast counts an alias as another view).
-    own_name: set[tuple[str, str]] = set()
+    # (join key map, view) -> features to read, in order
+    read_features: dict[tuple[KeyMap, str], list[str]] = {}
+    # (map, view, feature) read under the view's own name, not only a feature service's
+    # alias: what a UDF declaring the view is handed (Feast counts an alias as another view).
+    own_name: set[tuple[KeyMap, str, str]] = set()
+    key_sources: dict[str, str] = {}
+    shown_views: dict[str, str] = {}  # the name a read view is reported under -> the view
 
-    def need(view: str, feature: str, *, alias: bool = False) -> None:
-        wanted = read_features.setdefault(view, [])
+    def need(view: str, feature: str, keys: KeyMap, *, alias: bool = False) -> None:
+        wanted = read_features.setdefault((keys, view), [])
         if feature not in wanted:
             wanted.append(feature)
         if not alias:
-            own_name.add((view, feature))
+            own_name.add((keys, view, feature))
 
     outputs: list[OutputColumn] = []
     odfv_outputs: dict[str, list[tuple[str, str]]] = {}
-    for view_name, shown, feature in refs:
+    for view_name, shown, feature, keys in refs:
         column = f"{shown}__{feature}" if full_feature_names else feature
         if view_name in snapshot.views:
             info = snapshot.views[view_name]
@@ -148,11 +165,12 @@ def compile_plan(
                     f"{list(info.features)}",
                     feature=f"{view_name}:{feature}",
                 )
-            need(view_name, feature, alias=shown != view_name)
+            need(view_name, feature, keys, alias=shown != view_name)
+            _note_sources(key_sources, f"projection {shown!r}", view_name, keys)
+            shown_views.setdefault(shown, view_name)
             encoder = ENCODERS.get(info.features[feature].value_type)
-            outputs.append(
-                OutputColumn(column, f"{view_name}:{feature}", False, encoder, view_name)
-            )
+            key = read_key(view_name, feature, keys)
+            outputs.append(OutputColumn(column, key, False, encoder, read_key(view_name, "", keys)))
         elif view_name in snapshot.on_demand_views:
             odfv = snapshot.on_demand_views[view_name]
             by_name = {f.name: f for f in odfv.features}
@@ -198,34 +216,21 @@ def compile_plan(
                 "this server does not read yet; request its source features instead"
             )
         for projection in odfv.source_feature_view_projections.values():
-            snapshot.view(projection.name)  # a name the registry does not know: 404
+            info = snapshot.view(projection.name)  # a name the registry does not know: 404
+            keys = key_map(projection.join_key_map, info.join_keys)
+            _note_sources(key_sources, f"on-demand view {odfv_name!r}", info.name, keys)
+            shown_views.setdefault(projection.name, projection.name)
             for f in projection.features:
-                need(projection.name, f.name)
+                need(projection.name, f.name, keys)
         pending.append((odfv, tuple(outs)))
         request_fields.update(odfv.get_request_data_schema())
 
-    specs = []
-    join_keys: set[str] = set()
-    key_types: dict[str, ValueType] = {}
-    for view_name, feats in read_features.items():
-        info = snapshot.views[view_name]
-        join_keys.update(info.join_keys)
-        key_types.update(zip(info.join_keys, info.join_key_types, strict=True))
-        specs.append(
-            ViewReadSpec(
-                name=view_name,
-                join_keys=info.join_keys,
-                join_key_types=info.join_key_types,
-                features=tuple(feats),
-                ttl_seconds=info.ttl_seconds,
-            )
-        )
-    entityless = DUMMY_ENTITY_ID in join_keys
-    join_keys.discard(DUMMY_ENTITY_ID)
+    compiled = compile_reads(snapshot.project, snapshot.views, read_features)
+    join_keys = compiled.columns
     # Like Feast, every join key of the project given in the request is echoed (in the
-    # request's order), needed or not; the needed ones must be there.
-    echo_keys = join_keys | {e.join_key for e in snapshot.entities.values()}
-    echo_keys.discard(DUMMY_ENTITY_ID)
+    # request's order), needed or not, and so is every mapped column; the needed ones
+    # must be there.
+    echo_keys = (join_keys | {e.join_key for e in snapshot.entities.values()}) - {DUMMY_ENTITY_ID}
     # A UDF is handed what Feast hands it from the request: every project join key given
     # and the request data of every on-demand view asked for.
     given_keys, given_fields = frozenset(echo_keys), frozenset(request_fields)
@@ -240,47 +245,50 @@ def compile_plan(
         for odfv, outs in pending
     ]
     return OnlinePlan(
-        entityless=entityless,
+        entityless=compiled.entityless,
         echo_keys=frozenset(echo_keys),
         entity_forms=entity_forms(
             snapshot.entities.values(),
-            key_types,
+            compiled.key_types,
             reserved=frozenset(join_keys | echo_keys | request_fields),
         ),
-        join_keys=frozenset(join_keys),
+        join_keys=join_keys,
         request_fields=frozenset(request_fields),
-        read_plan=ReadPlan.compile(snapshot.project, specs),
+        reads=compiled.reads,
         outputs=tuple(outputs),
         odfvs=tuple(steps),
         output_names=tuple(out.name for out in outputs),
         view_metadata=tuple(
-            {"name": name, **({"version": v} if (v := _version(snapshot, name)) else {})}
-            for name in read_features
+            {"name": shown, **({"version": v} if (v := _version(snapshot, view)) else {})}
+            for shown, view in shown_views.items()
         ),
+        key_sources=key_sources,
     )
 
 
 def _udf_inputs(
     snapshot: RegistrySnapshot,
     odfv: OnDemandFeatureView,
-    read_features: Mapping[str, Sequence[str]],
-    own_name: AbstractSet[tuple[str, str]],
+    read_features: Mapping[tuple[KeyMap, str], Sequence[str]],
+    own_name: AbstractSet[tuple[KeyMap, str, str]],
 ) -> tuple[tuple[str, str, ValueType], ...]:
     """The features a UDF is handed: as in Feast, every feature read from a source view it
-    declares, its projection's or not (another ref or view may need the rest), in read order,
-    unless read only under a feature service's alias for the view.
+    declares (through the source's join key map), its projection's or not (another ref or
+    view may need the rest), in read order, unless read only under a feature service's
+    alias for the view.
 
     Returns:
-        (``view__feature`` column, ``view:feature`` read key, value type) per feature.
+        (``view__feature`` column, read key, value type) per feature.
     """
     inputs = []
     for projection in odfv.source_feature_view_projections.values():
         info = snapshot.views[projection.name]
-        for feature in read_features[projection.name]:
-            if (projection.name, feature) not in own_name:
+        keys = key_map(projection.join_key_map, info.join_keys)
+        for feature in read_features[(keys, projection.name)]:
+            if (keys, projection.name, feature) not in own_name:
                 continue
             inputs.append(
-                (f"{projection.name}__{feature}", f"{projection.name}:{feature}",
+                (f"{projection.name}__{feature}", read_key(projection.name, feature, keys),
                  info.features[feature].value_type)
             )  # fmt: skip
     return tuple(inputs)
@@ -321,12 +329,9 @@ async def read_online(
         InvalidEntityError: a join key value of the wrong type.
         BackendUnavailableError: Redis failed or timed out.
     """
-    keys = {k: v for k, v in entities.items() if k in plan.join_keys}
-    if plan.entityless:
-        keys[DUMMY_ENTITY_ID] = [DUMMY_ENTITY_VAL] * rows
     started = time.perf_counter()
     try:
-        result = await plan.read_plan.read_async(client, keys)
+        result = await read_all(plan.reads, client, entities, rows)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("Redis read failed: %s: %s", type(exc).__name__, exc)
         raise BackendUnavailableError(

@@ -129,9 +129,12 @@ def check_entities(plan: OnlinePlan, entities: Mapping[str, Any], *, max_rows: i
     """
     missing = sorted(plan.join_keys - entities.keys())
     if missing:
+        # A join key map's column: say which projection reads which join key from it.
+        mapped = "; ".join(plan.key_sources[k] for k in missing if k in plan.key_sources)
         raise InvalidEntityError(
             f"missing join key(s) {missing} in entities; the requested features are keyed by "
-            f"{sorted(plan.join_keys)}; add a list of values for each",
+            f"{sorted(plan.join_keys)}{f' ({mapped})' if mapped else ''}; add a list of "
+            "values for each",
             missing=missing,
         )
     missing = sorted(plan.request_fields - entities.keys())
