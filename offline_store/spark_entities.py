@@ -67,11 +67,16 @@ def _local_table(source: Any) -> pa.Table | None:
 
 
 def _input_frame(spark: SparkSession, source: Any) -> tuple[DataFrame, bool]:
-    """The rows with ``__row_id``, and whether the ids are dense (0..n-1 in input order)."""
+    """The rows with ``__row_id``, and whether the ids are dense (0..n-1 in input order).
+
+    The input's column names are checked (:func:`check_entity_columns`) before the row id
+    joins them, which would replace a column of that name.
+    """
     from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
     if isinstance(source, pa.Table):
+        check_entity_columns(source.column_names)
         numbered = source.append_column(ROW_ID, pa.array(range(source.num_rows), pa.int64()))
         frame: DataFrame = spark.createDataFrame(numbered)
         return frame, True
@@ -98,6 +103,7 @@ def _input_frame(spark: SparkSession, source: Any) -> tuple[DataFrame, bool]:
             f"unsupported entity source of type {type(source).__name__}; pass a pandas "
             "DataFrame, a pyarrow Table, a Spark DataFrame, a Parquet path or a Spark SQL query",
         )
+    check_entity_columns(frame.columns)
     return frame.withColumn(ROW_ID, F.monotonically_increasing_id()), False
 
 
@@ -118,6 +124,7 @@ def _local_parquet(spark: SparkSession, path: str) -> DataFrame:
         listed = ", ".join(f"{o}L" for o in offsets)
         start = F.expr(f"element_at(array({listed}), CAST({ORDER_FILE} AS INT) + 1)")
     columns = [c for c in frame.columns if c not in (ORDER_FILE, ORDER_ROW)]
+    check_entity_columns(columns)
     return frame.select(
         *[F.col(quoted(c)) for c in columns], (start + F.col(ORDER_ROW)).alias(ROW_ID)
     )
@@ -186,11 +193,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     from pyspark.sql import functions as F
 
     table = _local_table(source)
-    if table is not None:
-        check_entity_columns(table.column_names)
     frame, dense = _input_frame(spark, source if table is None else table)
-    if table is None:
-        check_entity_columns([c for c in frame.columns if c != ROW_ID])
     ts_col = _pick_timestamp_column(frame)
     raw = F.col(quoted(ts_col))
     frame = frame.withColumn(ENTITY_TS, raw.try_cast("timestamp"))

@@ -129,6 +129,7 @@ def test_entity_columns_the_join_would_overwrite_are_refused_on_spark_too(
     for rows, named, both in (
         (trips.assign(__row_id=7), "__row_id", True),  # was overwritten by the row numbers
         (spark_rows, "__entity_ts", False),  # a Spark DataFrame: the Spark store's alone
+        (spark.createDataFrame(trips.assign(__row_id=7)), "__row_id", False),
         (trips.assign(Label=1, LABEL=2), "differ only in case", True),
     ):
         for store in (duck, spark_fs) if both else (spark_fs,):
