@@ -288,7 +288,7 @@ class DuckDBRetrievalJob(FrameJob):
             else:
                 with self._connect() as con:
                     sql = self._start(con)
-                    options = self._parquet_metadata(con.sql(sql).limit(0).to_arrow_table())
+                    options = self._parquet_metadata(con, sql)
                     execute(con, f"COPY ({sql}) TO {quote_literal(tmp)} (FORMAT parquet{options})")
         except BaseException:
             with contextlib.suppress(OSError):
@@ -298,10 +298,14 @@ class DuckDBRetrievalJob(FrameJob):
         os.replace(tmp, dest)
         return dest
 
-    def _parquet_metadata(self, empty: pa.Table) -> str:
+    def _parquet_metadata(self, con: duckdb.DuckDBPyConnection, sql: str) -> str:
         """COPY options that store the entity columns' pandas dtypes in the file, so the file
-        reads back (``pd.read_parquet``, a reloaded saved dataset) typed as ``to_df`` gives it."""
-        metadata = pandas_metadata(empty.schema, self._pandas_dtypes)
+        reads back (``pd.read_parquet``, a reloaded saved dataset) typed as ``to_df`` gives it;
+        without such columns none (and no query for the result's schema)."""
+        if not self._pandas_dtypes:
+            return ""
+        schema = con.sql(sql).limit(0).to_arrow_table().schema
+        metadata = pandas_metadata(schema, self._pandas_dtypes)
         if metadata is None:
             return ""
         return f", KV_METADATA {{pandas: {quote_literal(metadata[b'pandas'].decode())}}}"

@@ -8,7 +8,7 @@ timestamp always land in the same split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import pandas as pd
@@ -79,13 +79,9 @@ def _cutoffs(
     def at(share: float) -> datetime:
         index = round(share * n)
         if index >= n:
-            # Everything goes before this cut-off: one tick (at most a microsecond) past the
-            # last row.
-            return (
-                _instant(ticks[n - 1].as_py() + 1, unit)
-                if unit == "ns"
-                else (_instant(ticks[n - 1].as_py(), unit) + timedelta(microseconds=1))
-            )
+            # Everything goes before this cut-off: one tick (a nano- or microsecond) past
+            # the last row.
+            return _instant(ticks[n - 1].as_py() + 1, unit)
         return _instant(ticks[index].as_py(), unit)
 
     return at(fractions[0]), at(fractions[0] + fractions[1])
