@@ -39,7 +39,7 @@ class ViewReadSpec:
     join_keys: tuple[str, ...]
     join_key_types: tuple[ValueType, ...]
     features: tuple[str, ...]
-    ttl_seconds: int
+    ttl_micros: int  # exact microseconds; 0 = values never expire
 
 
 class FeatureColumn(NamedTuple):
@@ -96,7 +96,7 @@ def assemble_view(
 ) -> None:
     """Columns of one view: decoded per unique entity a feature at a time, then fanned
     out to the rows (``row_to_unique`` None: rows are the unique entities)."""
-    ttl_us = slot.spec.ttl_seconds * 1_000_000
+    ttl_us = slot.spec.ttl_micros
     ts_index = slot.ts_index
     m = len(replies)
     if m == 1 and row_to_unique is None:
@@ -192,7 +192,7 @@ def assemble_one(
         return
     hit = _TS_CACHE.get(ts_raw)
     event_ts, event_us = hit if hit is not None else event_time(ts_raw)
-    ttl_us = slot.spec.ttl_seconds * 1_000_000
+    ttl_us = slot.spec.ttl_micros
     if ttl_us > 0 and now_us - event_us > ttl_us:
         for key in slot.keys:
             columns[key] = FeatureColumn([None], [OUTSIDE_MAX_AGE], [event_ts])

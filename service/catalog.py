@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from threading import Lock
 from typing import Any, Generic, TypeVar
 
@@ -55,8 +55,14 @@ class ViewInfo:
     join_keys: tuple[str, ...]
     join_key_types: tuple[ValueType, ...]
     features: dict[str, FeatureInfo]
-    ttl_seconds: int
+    ttl_micros: int  # exact: a 500 ms TTL is 500_000, not 0 (= never expires)
     view: FeatureView
+
+    @property
+    def ttl_seconds(self) -> int | float:
+        """The TTL as shown to people: whole seconds as an int, else a fraction."""
+        seconds, micros = divmod(self.ttl_micros, 1_000_000)
+        return seconds if not micros else self.ttl_micros / 1_000_000
 
 
 class PlanCache(Generic[T]):
@@ -88,13 +94,12 @@ def _view_info(view: FeatureView) -> ViewInfo:
     features = {
         f.name: FeatureInfo(f.name, f.dtype.to_value_type(), str(f.dtype)) for f in view.features
     }
-    ttl = int(view.ttl.total_seconds()) if view.ttl else 0
     return ViewInfo(
         name=view.name,
         join_keys=tuple(c.name for c in entity_columns),
         join_key_types=tuple(c.dtype.to_value_type() for c in entity_columns),
         features=features,
-        ttl_seconds=ttl,
+        ttl_micros=view.ttl // timedelta(microseconds=1) if view.ttl else 0,
         view=view,
     )
 

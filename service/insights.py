@@ -33,7 +33,7 @@ class Freshness:
     """One row of the freshness board."""
 
     feature_view: str
-    ttl_seconds: int
+    ttl_seconds: int | float
     newest_event_at: datetime | None
     age_seconds: float | None
     status: str  # fresh | stale | never

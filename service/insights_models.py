@@ -62,7 +62,7 @@ class RunOut(BaseModel):
 
 class FreshnessOut(BaseModel):
     feature_view: str
-    ttl_seconds: int
+    ttl_seconds: int | float  # whole seconds as an int
     newest_event_at: datetime | None
     age_seconds: float | None
     status: Literal["fresh", "stale", "never"]

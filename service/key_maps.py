@@ -191,7 +191,7 @@ def compile_reads(
                 join_keys=info.join_keys,
                 join_key_types=info.join_key_types,
                 features=tuple(features),
-                ttl_seconds=info.ttl_seconds,
+                ttl_micros=info.ttl_micros,
             )
         )
     reads = tuple(

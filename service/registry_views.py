@@ -65,7 +65,9 @@ class FeatureViewOut(BaseModel):
     entities: list[str]
     join_keys: list[Column]
     features: list[Column]
-    ttl_seconds: int = Field(description="0 = values never expire.")
+    ttl_seconds: int | float = Field(
+        description="0 = values never expire; a fraction when the TTL is not whole seconds."
+    )
     online: bool
     source: str | None
     push_source: str | None

@@ -27,7 +27,7 @@ from tests.online_store.views import INT, T0, driver_view, rows
 def _spec(
     name: str = "stats", ttl: int = 0, features: tuple[str, ...] = ("rate", "label")
 ) -> ViewReadSpec:
-    return ViewReadSpec(name, ("driver_id",), INT, features, ttl)
+    return ViewReadSpec(name, ("driver_id",), INT, features, ttl * 1_000_000)
 
 
 @pytest.fixture

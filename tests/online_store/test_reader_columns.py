@@ -77,7 +77,7 @@ def _timestamp(when: datetime) -> bytes:
 def test_column_read_equals_per_value_reading(redis_url: str, seed: int) -> None:
     rng = random.Random(seed)
     client = redis.Redis.from_url(redis_url)
-    spec = ViewReadSpec("v", ("driver_id",), (ValueType.INT64,), FEATURES, 3600)
+    spec = ViewReadSpec("v", ("driver_id",), (ValueType.INT64,), FEATURES, 3600 * 1_000_000)
     stored: dict[int, dict[bytes, bytes]] = {}
     for entity in range(1, 61):
         if rng.random() < 0.15:
