@@ -47,3 +47,12 @@ class FeatureStore(feast.FeatureStore):
         if registry.registry_type == "sql":
             return VersionedSqlRegistry(registry, self.config.project, None)
         return super()._create_registry()
+
+
+def stored_feature_views(store: feast.FeatureStore) -> list[feast.FeatureView]:
+    """The store's feature views over a batch source, stream feature views included.
+
+    Feast lists the two kinds apart, but materializes, serves, pushes to and joins a
+    ``StreamFeatureView`` (a ``FeatureView`` subclass) like a batch one.
+    """
+    return [*store.list_feature_views(), *store.list_stream_feature_views()]

@@ -35,6 +35,7 @@ from feast import FeatureStore
 from feast.infra.offline_stores.file_source import FileSource
 
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
+from foundation.registry import stored_feature_views
 from offline_store.sources import resolve_path
 from offline_store.writes import fsync_directory, part_name, parts_directory
 
@@ -211,7 +212,7 @@ def compact_feature_views(
         FeatureViewNotFoundError: an unknown view name.
         InvalidRequestError: a named view's source cannot be compacted.
     """
-    views = {fv.name: fv for fv in store.list_feature_views()}
+    views = {fv.name: fv for fv in stored_feature_views(store)}
     if feature_views is not None:
         unknown = sorted(set(feature_views) - set(views))
         if unknown:

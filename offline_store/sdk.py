@@ -33,6 +33,7 @@ from foundation.errors import (
     FeatureViewNotFoundError,
     InvalidRequestError,
 )
+from foundation.registry import stored_feature_views
 from offline_store.entities import EntitySource
 from offline_store.job import DuckDBRetrievalJob
 from offline_store.sandbox import UntrustedEntities
@@ -86,7 +87,7 @@ def resolve_features(
         ]
         return service, refs
     assert features is not None
-    views = {v.name: {f.name for f in v.features} for v in fs.list_feature_views()}
+    views = {v.name: {f.name for f in v.features} for v in stored_feature_views(fs)}
     views.update({v.name: {f.name for f in v.features} for v in fs.list_on_demand_feature_views()})
     for ref in features:
         view, sep, feature = ref.partition(":")

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from foundation.errors import FeatureStoreError, InvalidRequestError
-from foundation.registry import FeatureStore
+from foundation.registry import FeatureStore, stored_feature_views
 from online_store.freshness import FreshnessLog
 from pipelines.config import StoreConfig, store_environment
 
@@ -61,7 +61,7 @@ def online_feature_views(config: StoreConfig) -> list[str]:
     """Names of the repo's feature views that are materialized (``online=True``), sorted."""
     with store_environment(config):
         store = open_store(config)
-        return sorted(v.name for v in store.list_feature_views() if v.online)
+        return sorted(v.name for v in stored_feature_views(store) if v.online)
 
 
 def materialize_view(config: StoreConfig, feature_view: str, end: datetime) -> dict[str, Any]:
@@ -79,14 +79,14 @@ def materialize_view(config: StoreConfig, feature_view: str, end: datetime) -> d
     """
     with store_environment(config):
         store = open_store(config)
-        online = {v.name for v in store.list_feature_views() if v.online}
+        online = {v.name: v for v in stored_feature_views(store) if v.online}
         if feature_view not in online:
             raise InvalidRequestError(
                 f"feature view {feature_view!r} is not an online view of project "
                 f"{store.project!r} (online views: {sorted(online)}); run `feast apply`",
                 feature_view=feature_view,
             )
-        done_until = store.get_feature_view(feature_view).most_recent_end_time
+        done_until = online[feature_view].most_recent_end_time
         # A rerun of an older interval finds the view already past its end: nothing to do.
         if done_until is None or done_until.astimezone(UTC) < end.astimezone(UTC):
             store.materialize_incremental(end_date=end, feature_views=[feature_view])
@@ -122,7 +122,7 @@ def view_thresholds(
             threshold is not positive.
     """
     with store_environment(config):
-        views = {v.name: v for v in open_store(config).list_feature_views() if v.online}
+        views = {v.name: v for v in stored_feature_views(open_store(config)) if v.online}
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(views))
     if unknown:

@@ -209,7 +209,11 @@ def load_snapshot(
         previous.loaded_at = now
         return previous
     project = store.project
-    views = registry.list_feature_views(project, allow_cache=True)
+    # Stream feature views are served, pushed to and materialized like batch ones.
+    views = [
+        *registry.list_feature_views(project, allow_cache=True),
+        *registry.list_stream_feature_views(project, allow_cache=True),
+    ]
     push_sources: dict[str, list[str]] = {}
     for view in views:
         source = view.stream_source
