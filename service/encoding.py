@@ -82,13 +82,44 @@ def _encode_bytes_lists(values: list[Any]) -> list[Any]:
     return [None if v is None else [_b64(x) for x in v] for v in values]
 
 
+def _stored_json(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return _b64(v)
+    if isinstance(v, float):
+        return _float_json(v)
+    if isinstance(v, list):
+        return [_stored_json(x) for x in v]
+    return v
+
+
+def json_default(v: Any) -> Any:
+    """``orjson``'s fallback: bytes stored under a view that now declares another type."""
+    if isinstance(v, bytes):
+        return _b64(v)
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+def _as_stored(encoder: Encoder) -> Encoder:
+    """``encoder``, or, for values that are not of the declared type (the view's type
+    changed after they were written), each value rendered by its stored type as Feast
+    renders it."""
+
+    def encode(values: list[Any]) -> list[Any]:
+        try:
+            return encoder(values)
+        except (TypeError, AttributeError):
+            return [_stored_json(v) for v in values]
+
+    return encode
+
+
 ENCODERS: dict[ValueType, Encoder] = {
-    ValueType.FLOAT: encode_floats,
-    ValueType.DOUBLE: encode_floats,
-    ValueType.FLOAT_LIST: _encode_float_lists,
-    ValueType.DOUBLE_LIST: _encode_float_lists,
-    ValueType.BYTES: _encode_bytes,
-    ValueType.PDF_BYTES: _encode_bytes,
-    ValueType.IMAGE_BYTES: _encode_bytes,
-    ValueType.BYTES_LIST: _encode_bytes_lists,
+    ValueType.FLOAT: _as_stored(encode_floats),
+    ValueType.DOUBLE: _as_stored(encode_floats),
+    ValueType.FLOAT_LIST: _as_stored(_encode_float_lists),
+    ValueType.DOUBLE_LIST: _as_stored(_encode_float_lists),
+    ValueType.BYTES: _as_stored(_encode_bytes),
+    ValueType.PDF_BYTES: _as_stored(_encode_bytes),
+    ValueType.IMAGE_BYTES: _as_stored(_encode_bytes),
+    ValueType.BYTES_LIST: _as_stored(_encode_bytes_lists),
 }

@@ -32,7 +32,7 @@ from foundation.errors import (
     InvalidRequestError,
 )
 from service.catalog import RegistrySnapshot
-from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp
+from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp, json_default
 from service.entity_values import EntityForms, entity_forms
 from service.key_maps import KeyMap, MappedRead, compile_reads, key_map, read_all, read_key
 from service.odfv import OdfvStep
@@ -392,4 +392,4 @@ async def read_online(
     metadata: dict[str, Any] = {"feature_names": names}
     if include_view_metadata:
         metadata["feature_view_metadata"] = plan.view_metadata
-    return orjson.dumps({"metadata": metadata, "results": results})
+    return orjson.dumps({"metadata": metadata, "results": results}, default=json_default)
