@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from threading import Lock
 from typing import Any, Generic, TypeVar
 
-from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
+from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, OnDemandFeatureView
 from feast.data_source import PushSource
 from feast.value_type import ValueType
 
@@ -48,21 +48,28 @@ class FeatureInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class ViewInfo:
-    """What the hot path needs about a batch feature view, precomputed."""
+class ReadInfo:
+    """What a lookup needs to read a view's stored values from Redis, precomputed."""
 
     name: str
     join_keys: tuple[str, ...]
     join_key_types: tuple[ValueType, ...]
     features: dict[str, FeatureInfo]
     ttl_micros: int  # exact: a 500 ms TTL is 500_000, not 0 (= never expires)
-    view: FeatureView
+    version: int  # Feast's current version number of the view (0: unversioned)
 
     @property
     def ttl_seconds(self) -> int | float:
         """The TTL as shown to people: whole seconds as an int, else a fraction."""
         seconds, micros = divmod(self.ttl_micros, 1_000_000)
         return seconds if not micros else self.ttl_micros / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInfo(ReadInfo):
+    """A batch (or stream) feature view: read, pushed to, materialized."""
+
+    view: FeatureView
 
 
 class PlanCache(Generic[T]):
@@ -89,18 +96,38 @@ class PlanCache(Generic[T]):
         return len(self._items)
 
 
+def _features(fields: list[Field]) -> dict[str, FeatureInfo]:
+    return {f.name: FeatureInfo(f.name, f.dtype.to_value_type(), str(f.dtype)) for f in fields}
+
+
+def _version(view: FeatureView | OnDemandFeatureView) -> int:
+    return int(getattr(view, "current_version_number", 0) or 0)
+
+
 def _view_info(view: FeatureView) -> ViewInfo:
     entity_columns = list(view.entity_columns)
-    features = {
-        f.name: FeatureInfo(f.name, f.dtype.to_value_type(), str(f.dtype)) for f in view.features
-    }
     return ViewInfo(
         name=view.name,
         join_keys=tuple(c.name for c in entity_columns),
         join_key_types=tuple(c.dtype.to_value_type() for c in entity_columns),
-        features=features,
+        features=_features(view.features),
         ttl_micros=view.ttl // timedelta(microseconds=1) if view.ttl else 0,
+        version=_version(view),
         view=view,
+    )
+
+
+def _stored_odfv_info(view: OnDemandFeatureView, entities: dict[str, Entity]) -> ReadInfo:
+    """An on-demand view with ``write_to_online_store=True``: its outputs are stored under
+    its entities' join keys (Feast reads them like a feature view's, without a TTL)."""
+    keyed = [entities[name] for name in view.entities or () if name in entities]
+    return ReadInfo(
+        name=view.name,
+        join_keys=tuple(e.join_key for e in keyed),
+        join_key_types=tuple(e.value_type for e in keyed),
+        features=_features(view.features),
+        ttl_micros=0,
+        version=_version(view),
     )
 
 
@@ -118,6 +145,9 @@ class RegistrySnapshot:
     push_sources: dict[str, list[str]]
     newest_events: dict[str, datetime] = field(default_factory=dict)
     """Newest materialized event time per view (:mod:`online_store.freshness`)."""
+    readable: dict[str, ReadInfo] = field(default_factory=dict)
+    """What lookups read from Redis by name: ``views`` and the on-demand views with
+    ``write_to_online_store=True`` (filled in by :func:`load_snapshot`)."""
     plans: PlanCache[Any] = field(default_factory=PlanCache)
 
     def view(self, name: str) -> ViewInfo:
@@ -222,15 +252,24 @@ def load_snapshot(
     for source in registry.list_data_sources(project, allow_cache=True):
         if isinstance(source, PushSource):
             push_sources.setdefault(source.name, [])
+    entities = {e.name: e for e in registry.list_entities(project, allow_cache=True)}
+    infos = {v.name: _view_info(v) for v in views}
+    on_demand = {
+        v.name: v for v in registry.list_on_demand_feature_views(project, allow_cache=True)
+    }
+    stored = {
+        name: _stored_odfv_info(v, entities)
+        for name, v in on_demand.items()
+        if v.write_to_online_store
+    }
     return RegistrySnapshot(
         project=project,
         fingerprint=fingerprint,
         loaded_at=now,
-        entities={e.name: e for e in registry.list_entities(project, allow_cache=True)},
-        views={v.name: _view_info(v) for v in views},
-        on_demand_views={
-            v.name: v for v in registry.list_on_demand_feature_views(project, allow_cache=True)
-        },
+        entities=entities,
+        views=infos,
+        on_demand_views=on_demand,
+        readable={**infos, **stored},
         feature_services={
             s.name: s for s in registry.list_feature_services(project, allow_cache=True)
         },

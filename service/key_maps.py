@@ -32,7 +32,7 @@ from feast.value_type import ValueType
 
 from foundation.errors import InvalidEntityError
 from online_store.reader import FeatureColumn, ReadPlan, ReadResult, ViewReadSpec
-from service.catalog import ViewInfo
+from service.catalog import ReadInfo
 from service.redis_fast import FastRedis
 
 # (view join key, request column) pairs, sorted; () reads every join key from its own column.
@@ -158,14 +158,14 @@ class CompiledReads:
 
 def compile_reads(
     project: str,
-    views: Mapping[str, ViewInfo],
+    views: Mapping[str, ReadInfo],
     read_features: Mapping[tuple[KeyMap, str], Sequence[str]],
 ) -> CompiledReads:
     """One read plan per key map.
 
     Args:
         project: the Feast project (the Redis key suffix).
-        views: the registry's batch views by name.
+        views: the views stored in Redis by name (batch, stream, written on-demand).
         read_features: (key map, view) -> the features to read, in order.
 
     Returns:

@@ -95,7 +95,7 @@ def _refs_of_service(snapshot: RegistrySnapshot, name: str) -> list[tuple[str, s
     refs = []
     for projection in service.feature_view_projections:
         shown = projection.name_alias or projection.name
-        info = snapshot.views.get(projection.name)
+        info = snapshot.readable.get(projection.name)
         keys = key_map(projection.join_key_map, info.join_keys) if info is not None else ()
         for feature in projection.features:
             refs.append((projection.name, shown, feature.name, keys))
@@ -157,8 +157,8 @@ def compile_plan(
     odfv_outputs: dict[str, list[tuple[str, str]]] = {}
     for view_name, shown, feature, keys in refs:
         column = f"{shown}__{feature}" if full_feature_names else feature
-        if view_name in snapshot.views:
-            info = snapshot.views[view_name]
+        if view_name in snapshot.readable:  # stored: batch, stream, written on-demand views
+            info = snapshot.readable[view_name]
             if feature not in info.features:
                 raise FeatureNotFoundError(
                     f"feature {feature!r} not in feature view {view_name!r}; it has "
@@ -210,11 +210,6 @@ def compile_plan(
     request_fields: set[str] = set()
     for odfv_name, outs in odfv_outputs.items():
         odfv = snapshot.on_demand_views[odfv_name]
-        if odfv.write_to_online_store:
-            raise InvalidRequestError(
-                f"on-demand feature view {odfv_name!r} has write_to_online_store=True, which "
-                "this server does not read yet; request its source features instead"
-            )
         for projection in odfv.source_feature_view_projections.values():
             info = snapshot.view(projection.name)  # a name the registry does not know: 404
             keys = key_map(projection.join_key_map, info.join_keys)
@@ -225,7 +220,7 @@ def compile_plan(
         pending.append((odfv, tuple(outs)))
         request_fields.update(odfv.get_request_data_schema())
 
-    compiled = compile_reads(snapshot.project, snapshot.views, read_features)
+    compiled = compile_reads(snapshot.project, snapshot.readable, read_features)
     join_keys = compiled.columns
     # Like Feast, every join key of the project given in the request is echoed (in the
     # request's order), needed or not, and so is every mapped column; the needed ones
@@ -259,7 +254,7 @@ def compile_plan(
         odfvs=tuple(steps),
         output_names=tuple(out.name for out in outputs),
         view_metadata=tuple(
-            {"name": shown, **({"version": v} if (v := _version(snapshot, view)) else {})}
+            {"name": shown, **({"version": v} if (v := snapshot.readable[view].version) else {})}
             for shown, view in shown_views.items()
         ),
         key_sources=key_sources,
@@ -282,7 +277,7 @@ def _udf_inputs(
     """
     inputs = []
     for projection in odfv.source_feature_view_projections.values():
-        info = snapshot.views[projection.name]
+        info = snapshot.readable[projection.name]
         keys = key_map(projection.join_key_map, info.join_keys)
         for feature in read_features[(keys, projection.name)]:
             if (keys, projection.name, feature) not in own_name:
@@ -292,10 +287,6 @@ def _udf_inputs(
                  info.features[feature].value_type)
             )  # fmt: skip
     return tuple(inputs)
-
-
-def _version(snapshot: RegistrySnapshot, view: str) -> int:
-    return int(getattr(snapshot.views[view].view, "current_version_number", 0) or 0)
 
 
 async def read_online(
