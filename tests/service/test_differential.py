@@ -174,3 +174,27 @@ def test_extra_join_keys_are_echoed_like_feast_serve(
     assert set(feast_names) == set(names)
     assert columns(ours.json())["customer_id"] == columns(theirs.json())["customer_id"]
     compare(ours.json(), theirs.json())
+
+
+@pytest.mark.parametrize("full_feature_names", [False, True])
+def test_latest_version_suffix_reads_the_view_like_feast_serve(
+    client: AppClient, feast_serve: httpx.Client, repo: Repo, full_feature_names: bool
+) -> None:
+    drivers = sorted({k[0] for k in repo.latest("driver_stats", ["driver_id"])})[:5]
+    body = {
+        "entities": {"driver_id": [*drivers, MISSING_DRIVER]},
+        "features": ["driver_hourly_stats@latest:conv_rate", "driver_hourly_stats@:acc_rate"],
+        "full_feature_names": full_feature_names,
+    }
+    _both(client, feast_serve, body)
+    plain = {**body, "features": ["driver_hourly_stats:conv_rate", "driver_hourly_stats:acc_rate"]}
+    assert client.post("/get-online-features", json=body).json() == (
+        client.post("/get-online-features", json=plain).json()
+    )
+
+
+def test_a_pinned_version_is_refused_naming_the_unpinned_ref(client: AppClient) -> None:
+    body = {"entities": {"driver_id": [1001]}, "features": ["driver_hourly_stats@v2:conv_rate"]}
+    resp = client.post("/get-online-features", json=body)
+    assert resp.status_code == 422, resp.text
+    assert '"driver_hourly_stats:conv_rate"' in resp.json()["error"]["message"]
