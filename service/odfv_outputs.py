@@ -39,7 +39,11 @@ def fits(value_type: ValueType | None, value: Any) -> bool:
     if value is None or value_type is None:
         return True
     if value_type in _NUMBERS:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        # An int only within int64, as a UDF's input column holds it (JSON integers
+        # have no bound).
+        if isinstance(value, int) and not isinstance(value, bool):
+            return -(2**63) <= value < 2**63
+        return isinstance(value, float)
     if value_type in _INTS:
         bound = _INTS[value_type]
         return isinstance(value, int) and not isinstance(value, bool) and -bound <= value < bound

@@ -502,3 +502,22 @@ def test_pandas_outputs_are_what_feast_serve_makes_of_them(
     theirs = [native_value(p) for p in python_values_to_proto_values(values, value_type)]
     assert [type(v) for v in ours] == [type(v) for v in theirs]
     assert _same(ours, theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize("mode", ["pandas", "python"])
+@pytest.mark.parametrize("x", [2**63, -(2**63) - 1, 10**400])
+def test_an_int_request_value_past_64_bits_is_the_requests_fault(mode: str, x: int) -> None:
+    """JSON integers have no bound; one past int64 is no number a UDF's column holds and is
+    refused naming the request field (it reached the transformation and blamed it)."""
+    result = ReadResult(
+        {f"stats:{name}": FeatureColumn([None], ["PRESENT"], [None]) for name in ("a", "b", "tag")}
+    )
+    step = _step(False) if mode == "pandas" else _step(False, view=scored_py)
+    with pytest.raises(InvalidRequestError) as caught:
+        run_odfv(step, {"rider_id": [1], "x": [x]}, result, full_feature_names=False)
+    message = str(caught.value)
+    assert "request data 'x'" in message
+    assert "DOUBLE" in message
+    # The largest 64-bit ints still go through, as numbers.
+    for fine in (2**63 - 1, -(2**63)):
+        run_odfv(step, {"rider_id": [1], "x": [fine]}, result, full_feature_names=False)
