@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.service.conftest import columns
+import httpx
+
+from tests.service.conftest import AppClient, columns
 
 MISSING_DRIVER = 4_000_000_002
 
@@ -36,3 +38,17 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> set[str]:
                 assert col["values"][j] == other["values"][j], (name, j)
                 assert col["event_timestamps"][j] == other["event_timestamps"][j], (name, j)
     return seen
+
+
+def post_both(
+    ours: AppClient, feast: httpx.Client, body: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both servers' 200 answers to one lookup, after checking them with :func:`compare`."""
+    mine, theirs = (
+        ours.post("/get-online-features", json=body),
+        feast.post("/get-online-features", json=body),
+    )
+    assert mine.status_code == 200, mine.text
+    assert theirs.status_code == 200, theirs.text
+    compare(mine.json(), theirs.json())
+    return mine.json(), theirs.json()

@@ -18,7 +18,7 @@ import pytest
 
 from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
-from tests.service.differential_helpers import compare
+from tests.service.differential_helpers import post_both
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -72,17 +72,11 @@ def servers(
 
 
 def _both(servers: tuple[AppClient, httpx.Client], body: dict[str, Any]) -> dict[str, Any]:
-    ours, feast = servers
-    mine = ours.post("/get-online-features", json=body)
-    theirs = feast.post("/get-online-features", json=body)
-    assert mine.status_code == 200, mine.text
-    assert theirs.status_code == 200, theirs.text
-    compare(mine.json(), theirs.json())
+    mine, theirs = post_both(*servers, body)
     # Feast orders a view's own features by set iteration (varies between processes).
-    names, feast_names = (r.json()["metadata"]["feature_names"] for r in (mine, theirs))
+    names, feast_names = (r["metadata"]["feature_names"] for r in (mine, theirs))
     assert sorted(names) == sorted(feast_names)
-    got: dict[str, Any] = mine.json()
-    return got
+    return mine
 
 
 def test_stored_outputs_are_read_like_feast_serve(

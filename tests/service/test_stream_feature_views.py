@@ -24,7 +24,7 @@ from online_store.embedded import EmbeddedRedis
 from pipelines.config import StoreConfig
 from pipelines.materialize import materialize_view, online_feature_views
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
-from tests.service.differential_helpers import compare
+from tests.service.differential_helpers import post_both
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -70,14 +70,8 @@ def servers(
 def test_stream_view_reads_match_feast_serve(servers: tuple[AppClient, httpx.Client]) -> None:
     ours, feast = servers
     body = {"entities": {"rider_id": [1, 3, 99]}, "features": ["clicks:n", "clicks:rate"]}
-    mine, theirs = (
-        ours.post("/get-online-features", json=body),
-        feast.post("/get-online-features", json=body),
-    )
-    assert mine.status_code == 200, mine.text
-    assert theirs.status_code == 200, theirs.text
-    compare(mine.json(), theirs.json())
-    cols = columns(mine.json())
+    mine, _ = post_both(ours, feast, body)
+    cols = columns(mine)
     assert cols["n"]["values"] == [10, 30, None]
     assert cols["n"]["statuses"] == ["PRESENT", "PRESENT", "NOT_FOUND"]
     listed = [v["name"] for v in ours.get("/registry/feature-views").json()]
