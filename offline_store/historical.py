@@ -35,6 +35,7 @@ from offline_store.entities import (
 )
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.listing import expand_pattern, is_single_file, parquet_glob
+from offline_store.partitions import declared_types
 from offline_store.pit_join import FeatureSpec, ViewSpec, build_pit_query, non_entity_sql
 from offline_store.sandbox import (
     ConfinedFiles,
@@ -108,7 +109,7 @@ def _view_spec(
     )
     return ViewSpec(
         name=prefix,
-        scan_sql=parquet_scan(read, with_order_columns=True),
+        scan_sql=parquet_scan(read, with_order_columns=True, partition_types=declared_types(fv)),
         column_map=dict(source.field_mapping or {}),
         join_keys=join_keys,
         timestamp_field=source.timestamp_field,
@@ -126,7 +127,7 @@ def _register_source_views(
 ) -> None:
     """Expose each source as a view named after its feature view and its batch source."""
     for fv in views:
-        scan = parquet_scan(reads[fv.name])
+        scan = parquet_scan(reads[fv.name], partition_types=declared_types(fv))
         for name in _view_names([fv]):
             execute(con, f"CREATE OR REPLACE TEMP VIEW {quote_ident(name)} AS SELECT * FROM {scan}")
 

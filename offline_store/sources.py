@@ -3,24 +3,26 @@
 Every job runs on an in-memory DuckDB database of its own (:mod:`offline_store.connections`)
 configured with a memory limit and a spill directory, so joins and sorts larger than RAM go to
 disk instead of failing. Parquet
-sources may be one file, a directory (read recursively, hive partitions detected), or a glob;
-relative paths resolve against the repo path exactly like Feast's
-``FileSource.get_uri_for_file_path``.
+sources may be one file, a directory (read recursively, hive partitions detected, typed as
+the feature view declares them: :mod:`offline_store.partitions`), or a glob; relative paths
+resolve against the repo path exactly like Feast's ``FileSource.get_uri_for_file_path``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+from feast.value_type import ValueType
 
 from foundation.errors import FeatureStoreError
 from offline_store.listing import expand_pattern, is_remote, no_files
+from offline_store.partitions import DUCKDB_TYPES, duckdb_hive_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,12 @@ def resolve_path(repo_path: Path | str | None, uri: str) -> str:
     return str(Path(uri))
 
 
-def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = False) -> str:
+def parquet_scan(
+    pattern: str | Sequence[str],
+    *,
+    with_order_columns: bool = False,
+    partition_types: Mapping[str, ValueType] | None = None,
+) -> str:
     """A ``read_parquet`` table expression for a source pattern or an explicit file list.
 
     Args:
@@ -122,6 +129,11 @@ def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = Fal
         with_order_columns: add ``filename`` and ``file_row_number`` so that rows identical
             in (event_ts, created_ts) can be ordered by where they sit in the source (a later
             file or a later row wins).
+        partition_types: for a feature source, the types of its hive partition columns
+            (:func:`offline_store.partitions.declared_types`): those read with these types,
+            the others as text, never as DuckDB guesses them from the folder names. ``None``
+            (entity rows) keeps DuckDB's guess; remote patterns, whose files DuckDB lists,
+            too.
 
     Returns:
         SQL text usable after ``FROM``.
@@ -139,8 +151,30 @@ def parquet_scan(pattern: str | Sequence[str], *, with_order_columns: bool = Fal
     if with_order_columns:
         options += ", filename=true, file_row_number=true"
     local = not isinstance(pattern, str) or not is_remote(pattern)
+    if local and partition_types is not None:
+        options += _hive_options(files, partition_types)
     listed = ", ".join(quote_literal(_glob_escaped(p) if local else p) for p in files)
     return f"read_parquet([{listed}], {options})"
+
+
+def _hive_options(files: Sequence[str], types: Mapping[str, ValueType]) -> str:
+    """Partition columns typed as declared (``hive_types``), the others text.
+
+    ``hive_types`` turns partitioning on and must name partitions of every file, so it is
+    given only when all files have the same keys (otherwise DuckDB finds no partitions).
+    """
+    options = ", hive_types_autocast=false"
+    if len({frozenset(duckdb_hive_keys(f)) for f in files}) != 1:
+        return options
+    typed = [
+        (key, DUCKDB_TYPES[types[key]])
+        for key in duckdb_hive_keys(files[0])
+        if types.get(key) in DUCKDB_TYPES
+    ]
+    if typed:
+        entries = ", ".join(f"{quote_literal(k)}: {quote_literal(t)}" for k, t in typed)
+        options += f", hive_types={{{entries}}}"
+    return options
 
 
 def _glob_escaped(path: str) -> str:

@@ -16,6 +16,7 @@ the session in :mod:`offline_store.spark_session`, the job in :mod:`offline_stor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,10 +27,12 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
+from feast.value_type import ValueType
 
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from offline_store.checks import check_request_data
 from offline_store.entities import is_sql
+from offline_store.partitions import declared_types, timestamp_types
 from offline_store.pit_join import FeatureSpec
 from offline_store.sandbox import UntrustedEntities
 from offline_store.spark_entities import check_request, load_entities
@@ -67,6 +70,22 @@ def session_for(config: RepoConfig) -> SparkSession:
     return spark_session(conf)
 
 
+def _partition_types(views: Sequence[FeatureView]) -> list[dict[str, ValueType]]:
+    """Per view, the types its source's partition columns are read with: what every view
+    over that source declares together, so that they share one read; a view declaring a
+    column otherwise than another over its source reads with its own."""
+    merged: dict[tuple[Any, ...], dict[str, ValueType]] = {}
+    own = [declared_types(fv) for fv in views]
+    keys = [source_key(check_source(fv.batch_source, f"feature view {fv.name!r}")) for fv in views]
+    clashing: set[tuple[Any, ...]] = set()
+    for key, types in zip(keys, own, strict=True):
+        union = merged.setdefault(key, {})
+        if any(union.get(c, t) != t for c, t in types.items()):
+            clashing.add(key)
+        union.update(types)
+    return [t if k in clashing else merged[k] for k, t in zip(keys, own, strict=True)]
+
+
 def _view(
     spark: SparkSession,
     config: RepoConfig,
@@ -74,14 +93,16 @@ def _view(
     features: list[str],
     full: bool,
     frames: dict[tuple[Any, ...], DataFrame],
+    types: dict[str, ValueType],
 ) -> SparkView:
-    """The join's view of ``fv``; views over the same source get the same DataFrame from
-    ``frames`` (read once, and the join scans it once for all of them)."""
+    """The join's view of ``fv``; views over the same source read with the same partition
+    ``types`` get the same DataFrame from ``frames`` (read once, and the join scans it once
+    for all of them)."""
     source = check_source(fv.batch_source, f"feature view {fv.name!r}")
     prefix = fv.projection.name_to_use()
-    key = source_key(source)
+    key = (source_key(source), frozenset(types.items()))
     if key not in frames:
-        frames[key] = read_source(spark, config, source)
+        frames[key] = read_source(spark, config, source, types)
     return SparkView(
         name=prefix,
         frame=frames[key],
@@ -197,8 +218,8 @@ class SparkOfflineStore(OfflineStore):
             views = list(by_view)
             frames: dict[tuple[Any, ...], DataFrame] = {}
             specs = [
-                _view(spark, config, fv, feats, full_feature_names, frames)
-                for fv, feats in by_view.items()
+                _view(spark, config, fv, feats, full_feature_names, frames, types)
+                for (fv, feats), types in zip(by_view.items(), _partition_types(views), strict=True)
             ]
             if isinstance(entity_df, str) and is_sql(entity_df):
                 _register_views(spark, views, specs)  # the query may name them
@@ -245,7 +266,9 @@ class SparkOfflineStore(OfflineStore):
         def build() -> tuple[DataFrame, None]:
             from pyspark.sql import functions as F
 
-            frame = read_source(session_for(config), config, data_source)
+            # Not told the view: other partition columns are read as text (see DuckDB's).
+            stamps = timestamp_types(timestamp_field, created_timestamp_column)
+            frame = read_source(session_for(config), config, data_source, stamps)
             ts_cols = [timestamp_field] + (
                 [created_timestamp_column] if created_timestamp_column else []
             )

@@ -9,6 +9,10 @@ as longs under the forced ``nanosAsLong``; anything else is left to Spark's infe
 
 Parquet ``TIMESTAMP(NANOS)`` columns (pandas' default) arrive as int64 nanoseconds and are
 turned back into microsecond timestamps, rounded as DuckDB rounds them (:func:`from_nanos`).
+
+Hive partition columns get their types from the schema given to the reader
+(:func:`with_partition_types`), which Spark casts the folder names to instead of guessing a
+type from them (:mod:`offline_store.partitions`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from __future__ import annotations
 import glob
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from feast.value_type import ValueType
 
 from offline_store.listing import has_glob, is_remote
 
@@ -155,6 +160,47 @@ def footer_schema(path: str, binary_as_string: bool = False) -> tuple[StructType
             nanos.add(column.name)
         fields.append(T.StructField(column.name, spark_type, nullable=True))
     return T.StructType(fields), nanos
+
+
+def spark_type(value_type: ValueType | None) -> DataType:
+    """The Spark type a partition column of a declared Feast type is read as (string for a
+    type :data:`offline_store.partitions.DUCKDB_TYPES` does not know, or none declared)."""
+    from pyspark.sql import types as T
+
+    known: dict[ValueType, Callable[[], DataType]] = {
+        ValueType.INT64: T.LongType,
+        ValueType.INT32: T.IntegerType,
+        ValueType.DOUBLE: T.DoubleType,
+        ValueType.FLOAT: T.FloatType,
+        ValueType.BOOL: T.BooleanType,
+        # The session's time zone is UTC (offline_store.spark_session).
+        ValueType.UNIX_TIMESTAMP: T.TimestampType,
+    }
+    make = known.get(value_type) if value_type is not None else None
+    return make() if make is not None else T.StringType()
+
+
+def with_partition_types(
+    schema: StructType, partitions: list[str], types: Mapping[str, ValueType]
+) -> StructType:
+    """``schema`` (the files' columns, or a whole read's) with each partition column typed
+    by :func:`spark_type`; partition columns it lacks are added after its columns, outermost
+    folder first, as Spark adds them."""
+    from pyspark.sql import types as T
+
+    fields = [
+        T.StructField(f.name, spark_type(types.get(f.name)), nullable=True)
+        if f.name in partitions
+        else f
+        for f in schema.fields
+    ]
+    have = set(schema.names)
+    fields += [
+        T.StructField(n, spark_type(types.get(n)), nullable=True)
+        for n in partitions
+        if n not in have
+    ]
+    return T.StructType(fields)
 
 
 def from_nanos(frame: DataFrame, columns: set[str]) -> DataFrame:

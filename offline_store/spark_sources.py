@@ -18,6 +18,9 @@ not a storage order).
 
 Schemas come from the files' footers when they can (:mod:`offline_store.spark_schema`), so
 that Spark runs no job to infer them, and nanosecond timestamps are turned into microseconds.
+A FileSource's hive partition columns are in the schema Spark is given, typed as the feature
+view declares them or as text (:mod:`offline_store.partitions`): Spark casts the folder names
+to those types instead of inferring one (``day=2024-01-01`` a date, ``k=0042`` the integer 42).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import FileSource
 from feast.repo_config import RepoConfig
+from feast.value_type import ValueType
 
 from foundation.errors import InvalidRequestError
 from offline_store.listing import (
@@ -42,11 +47,19 @@ from offline_store.listing import (
     pattern_root,
     source_files,
 )
+from offline_store.partitions import spark_partition_names
 from offline_store.sources import resolve_path
-from offline_store.spark_schema import from_nanos, nanosecond_columns, quoted, shared_schema
+from offline_store.spark_schema import (
+    from_nanos,
+    nanosecond_columns,
+    quoted,
+    shared_schema,
+    with_partition_types,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 ORDER_FILE = "__o_f"
 ORDER_ROW = "__o_rn"
@@ -145,7 +158,24 @@ def _hadoop_escaped(path: str) -> str:
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", path)
 
 
-def read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
+def read_parquet(
+    spark: SparkSession,
+    read: ParquetRead,
+    partition_types: Mapping[str, ValueType] | None = None,
+) -> DataFrame:
+    """The DataFrame of a Parquet read, with its order columns.
+
+    Args:
+        spark: the session.
+        read: what to read (:func:`file_read`).
+        partition_types: for a feature source, the types of its hive partition columns
+            (:func:`offline_store.partitions.declared_types`): those read with these types,
+            the others as text, never as Spark infers them from the folder names. ``None``
+            (entity rows), and reads Spark lists itself, keep Spark's inference.
+
+    Raises:
+        InvalidRequestError: Spark cannot read the files.
+    """
     from pyspark.sql import functions as F
 
     files = read.files
@@ -160,19 +190,19 @@ def read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
     known = None
     if files is not None and len(files) <= _MAX_FOOTERS:
         known = shared_schema(files, binary_as_string)
-    reader = spark.read.option("mergeSchema", str(not single).lower())
-    if read.base is not None:
-        reader = reader.option("basePath", read.base)
-    if known is not None:
-        reader = reader.schema(known[0])  # Spark's own inference would run a job
-    try:
-        frame = reader.parquet(*read.paths)
-    except Exception as exc:  # AnalysisException: missing path, not Parquet
-        raise InvalidRequestError(
-            f"Spark cannot read the offline source {read.description!r}: "
-            f"{str(exc).splitlines()[0]}; fix the source path",
-            source=read.description,
-        ) from exc
+    partitions: list[str] = []
+    if partition_types is not None and files is not None:
+        partitions = spark_partition_names(files, read.base)
+    declared = partition_types or {}
+    schema = known[0] if known is not None else None  # Spark's own inference runs a job
+    if schema is not None and partitions:
+        schema = with_partition_types(schema, partitions, declared)
+    frame = _load(spark, read, single, schema)
+    if schema is None and partitions:
+        # Inferred (partition types guessed): read again with that schema and the partition
+        # types, which runs no job.
+        found = [p for p in partitions if p in frame.columns]
+        frame = _load(spark, read, single, with_partition_types(frame.schema, found, declared))
     nanos = known[1] if known is not None else nanosecond_columns(files or read.paths)
     frame = from_nanos(frame, nanos)
     row = F.col("_metadata.row_index").alias(ORDER_ROW)
@@ -183,6 +213,24 @@ def read_parquet(spark: SparkSession, read: ParquetRead) -> DataFrame:
     if files is None:
         files = sorted((_decoded(f) for f in frame.inputFiles()), key=file_order_key)
     return _with_file_rank(frame.select("*", _file_path(), row), files)
+
+
+def _load(
+    spark: SparkSession, read: ParquetRead, single: bool, schema: StructType | None
+) -> DataFrame:
+    reader = spark.read.option("mergeSchema", str(not single).lower())
+    if read.base is not None:
+        reader = reader.option("basePath", read.base)
+    if schema is not None:
+        reader = reader.schema(schema)
+    try:
+        return reader.parquet(*read.paths)
+    except Exception as exc:  # AnalysisException: missing path, not Parquet
+        raise InvalidRequestError(
+            f"Spark cannot read the offline source {read.description!r}: "
+            f"{str(exc).splitlines()[0]}; fix the source path",
+            source=read.description,
+        ) from exc
 
 
 def _decoded(uri: str) -> str:
@@ -240,13 +288,20 @@ def source_key(source: DataSource) -> tuple[Any, ...]:
     )
 
 
-def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> DataFrame:
+def read_source(
+    spark: SparkSession,
+    config: RepoConfig,
+    source: DataSource,
+    partition_types: Mapping[str, ValueType],
+) -> DataFrame:
     """A source as a DataFrame with its order columns ``__o_rn`` and (several files) ``__o_f``.
 
     Args:
         spark: the session.
         config: the repo config (relative paths resolve against its ``repo_path``).
         source: a FileSource or a SparkSource.
+        partition_types: the types of a FileSource's hive partition columns (see
+            :func:`read_parquet`); the other columns of those are read as text.
 
     Returns:
         The source's raw columns (no field mapping applied) plus the order columns.
@@ -258,7 +313,8 @@ def read_source(spark: SparkSession, config: RepoConfig, source: DataSource) -> 
 
     source = check_source(source, f"data source {source.name!r}")
     if isinstance(source, FileSource):
-        return read_parquet(spark, file_read(resolve_path(config.repo_path, source.path)))
+        read = file_read(resolve_path(config.repo_path, source.path))
+        return read_parquet(spark, read, partition_types)
     table, query, path = source.table, source.query, source.path  # type: ignore[attr-defined]
     fmt = source.file_format or "parquet"  # type: ignore[attr-defined]
     if path and fmt == "parquet":
