@@ -36,6 +36,7 @@ from offline_store.entities import EntitySource
 from offline_store.historical import file_source, historical_job, source_pattern
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.listing import is_single_file
+from offline_store.partitions import declared_types, timestamp_types
 from offline_store.pulls import build_pull_query
 from offline_store.sandbox import UntrustedEntities
 from offline_store.sources import DuckDBSettings, parquet_scan, resolve_path
@@ -150,7 +151,10 @@ class DuckDBParquetOfflineStore(OfflineStore):
     ) -> DuckDBRetrievalJob:
         source = file_source(data_source, f"data source {data_source.name!r}")
         pattern = source_pattern(config, source)
-        scan = parquet_scan(pattern, with_order_columns=True)
+        # The pull is not told the view: partition columns other than the timestamps are
+        # read as their text, which every declared type converts from exactly.
+        stamps = timestamp_types(timestamp_field, created_timestamp_column)
+        scan = parquet_scan(pattern, with_order_columns=True, partition_types=stamps)
 
         def prepare(con: duckdb.DuckDBPyConnection) -> Query:
             return build_pull_query(
@@ -260,6 +264,9 @@ class DuckDBParquetOfflineStore(OfflineStore):
             config: the repo config.
             feature_view: the view whose batch source receives the rows.
             table: rows with the source's columns (any order; cast to the source types).
+                The ``__index_level_N__`` columns that ``pa.Table.from_pandas`` adds for
+                the index of a filtered DataFrame (``FeatureStore.push`` passes one on)
+                are dropped, not written or refused.
             progress: called with the number of rows written.
 
         Raises:
@@ -267,6 +274,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
             InvalidRequestError: the source is not a FileSource.
         """
         source = file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
-        write_batch(resolve_path(config.repo_path, source.path), table)
+        path = resolve_path(config.repo_path, source.path)
+        write_batch(path, table, partition_types=declared_types(feature_view))
         if progress is not None:
             progress(table.num_rows)

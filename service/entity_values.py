@@ -16,7 +16,10 @@ Everything else ``int()`` would swallow stays refused with a 422 that names the 
 ``1001.5`` (Feast truncates it to 1001, another driver), ``true``, ``" 1001"``, ``"01001"``
 and ``"1_001"``, as does an entity given both by name and by join key. Both entrances of
 ``POST /get-online-features`` (the FastAPI route and the ASGI shortcut) call
-:func:`coerce_entities` through ``service.routes.online.answer``.
+:func:`coerce_entities` through ``service.routes.online.answer``. The write paths
+(``/push``, ``/write-to-online-store``) read integer join keys with the same
+:func:`integer_value` (:mod:`service.write_values`), so a key that can be read can be
+written.
 """
 
 from __future__ import annotations
@@ -72,28 +75,46 @@ def entity_forms(
     )
 
 
-def _to_int(key: str, value: Any) -> Any:
-    """``value`` as an int when it is a lossless form of one; other types unchanged."""
+def integer_value(value: Any) -> Any:
+    """An integer join key's value as an int when it is a lossless form of one.
+
+    Args:
+        value: a JSON value sent for an INT32/INT64 join key.
+
+    Returns:
+        The int for a decimal string (``"1001"``) or an integral float within +/-2**53
+        (``1001.0``); any other value unchanged (an int passes; bool, null, lists are
+        left to the caller's type check).
+
+    Raises:
+        ValueError: a string or float that is not exactly an integer; the message says
+            what to send instead.
+    """
     kind = type(value)
     if kind is str:
         if _DECIMAL(value) is None:
-            raise InvalidEntityError(
-                f"join key '{key}' expects an integer, got {show(value)}; send a JSON number "
-                'or a decimal string such as "1001" (no sign other than "-", no leading '
-                "zeros, spaces or separators)",
-                join_key=key,
+            raise ValueError(
+                'send a JSON number or a decimal string such as "1001" (no sign other than '
+                '"-", no leading zeros, spaces or separators)'
             )
         return int(value)
     if kind is float:
         if not value.is_integer() or abs(value) > _SAFE_FLOAT:
-            raise InvalidEntityError(
-                f"join key '{key}' expects an integer, got {show(value)}; only whole numbers "
-                "within +/-2**53 are read as integers (Feast would truncate this to another "
-                "entity); send the exact integer",
-                join_key=key,
+            raise ValueError(
+                "only whole numbers within +/-2**53 are read as integers (Feast would "
+                "truncate this to another entity); send the exact integer"
             )
         return int(value)
-    return value  # int passes; bool, null, lists: refused by the reader with their message
+    return value
+
+
+def _to_int(key: str, value: Any) -> Any:
+    try:
+        return integer_value(value)  # bool, null, lists: refused by the reader
+    except ValueError as exc:
+        raise InvalidEntityError(
+            f"join key '{key}' expects an integer, got {show(value)}; {exc}", join_key=key
+        ) from None
 
 
 def coerce_entities(forms: EntityForms, entities: dict[str, list[Any]]) -> dict[str, list[Any]]:

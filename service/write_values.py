@@ -6,6 +6,12 @@ overflow float32, NaN and infinities (Feast stores NaN as null; JSON cannot carr
 infinities back), nulls inside lists (Feast's lists are protobuf repeated fields, which
 hold no nulls), timestamps outside years 1..9999 once in UTC, and (when a limit is
 given) event times too far ahead of the server clock.
+
+Integer join keys are read as lookups read them (:func:`service.entity_values.integer_value`):
+a decimal string (``"1001"``) or an integral float (``1001.0``) is that integer, so every
+key a lookup takes can be written; ``"6.5"``, ``6.5``, ``true`` and values outside the
+type's range are refused like any other bad cell. Features stay strict: an integer
+feature takes JSON integers only.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from foundation.errors import (
     SchemaMismatchError,
     show,
 )
+from service.entity_values import integer_value
 
 _TS = pa.timestamp("us", tz="UTC")
 _SCALARS: dict[ValueType, pa.DataType] = {
@@ -55,7 +62,27 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Bad(Exception):
-    """A value that does not fit; turned into a SchemaMismatchError naming the cell."""
+    """A value that does not fit; turned into a SchemaMismatchError naming the cell.
+
+    Args:
+        expected: what the cell should hold.
+        fix: how to send it, when more than "fix the value" helps.
+    """
+
+    def __init__(self, expected: str, fix: str | None = None) -> None:
+        super().__init__(expected)
+        self.fix = fix
+
+
+def _key_scalar(vt: ValueType, v: Any) -> Any:
+    """An integer join key's value: its lossless forms read as the integer, then checked."""
+    try:
+        v = integer_value(v)
+    except ValueError as exc:
+        raise _Bad("an integer", fix=str(exc)) from None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad("an integer", fix='send a JSON number or a decimal string such as "1001"')
+    return _check_scalar(vt, v)
 
 
 def _check_scalar(vt: ValueType, v: Any) -> Any:
@@ -165,8 +192,28 @@ def _feast_column(name: str, values: Sequence[Any], vt: ValueType, *, view: str)
 
 
 def column(
-    name: str, values: Sequence[Any], vt: ValueType, *, view: str, nullable: bool
+    name: str,
+    values: Sequence[Any],
+    vt: ValueType,
+    *,
+    view: str,
+    nullable: bool,
+    join_key: bool = False,
 ) -> pa.Array:
+    """One column of a write as its Arrow array, or a 422 naming the first bad cell.
+
+    Args:
+        name: the column.
+        values: its JSON values.
+        vt: the Feast type it is declared with.
+        view: the feature view, for messages.
+        nullable: whether nulls are kept (else refused).
+        join_key: the column is a join key: an INT32/INT64 key also takes the forms a
+            lookup takes (``"1001"``, ``1001.0``).
+
+    Raises:
+        SchemaMismatchError: a value that does not fit, naming column, row and the fix.
+    """
     if vt not in _SCALARS and vt not in _LISTS:
         if not nullable and any(v is None for v in values):
             row = next(i for i, v in enumerate(values) if v is None)
@@ -191,6 +238,12 @@ def column(
             return [_check_scalar(inner, x) for x in v]
 
         arrow_type = pa.list_(_SCALARS[inner])
+    elif join_key and vt in _INT_RANGE:
+
+        def check(v: Any) -> Any:
+            return _key_scalar(vt, v)
+
+        arrow_type = _SCALARS[vt]
     else:
 
         def check(v: Any) -> Any:
@@ -212,9 +265,10 @@ def column(
         try:
             out.append(check(v))
         except _Bad as exc:
+            fix = exc.fix or "fix the value or the view schema"
             raise SchemaMismatchError(
                 f"column {name!r} of feature view {view!r} expects {exc} ({vt.name}), got "
-                f"{show(v)} at row {row}; fix the value or the view schema",
+                f"{show(v)} at row {row}; {fix}",
                 column=name,
                 row=row,
                 expected=vt.name,

@@ -6,9 +6,10 @@ written, so bad input never leaves a partial write behind (the value rules are i
 :mod:`service.write_values`, including the clock rule: event times too far ahead of
 the server clock are refused). Online writes go through
 ``online_store.writer.write_arrow`` (Feast's never-older-over-newer rule); offline
-writes through the repo's offline store (``offline_write_batch``). With
-``online_and_offline`` the online write runs first and the offline append only after
-it succeeded: see :func:`write_tables` for why and what a failure leaves behind.
+appends, once per offline source and all sources or none, through
+:mod:`service.offline_writes`. With ``online_and_offline`` the offline files are staged
+first, then the rows written online, then the files renamed into place: see
+:func:`write_tables` for why and what a failure leaves behind.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ import pyarrow as pa
 import redis
 from feast import FeatureStore, FileSource
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
-from feast.infra.offline_stores.offline_store import OfflineStore
 
 from foundation.errors import (
     BackendUnavailableError,
-    InvalidRequestError,
     PushSourceNotFoundError,
     SchemaMismatchError,
 )
-from offline_store.historical import file_source
+from offline_store.partitions import declared_types
 from offline_store.sources import resolve_path
-from offline_store.store import DuckDBParquetOfflineStore
 from offline_store.writes import conform, source_schema
 from online_store.write_plan import WriteStats
 from online_store.writer import write_arrow
 from service.catalog import RegistrySnapshot, ViewInfo
+from service.offline_writes import OfflineAppend, OfflineBatch, batches_by_source
 from service.write_values import column, timestamp_column
 
 
@@ -93,7 +92,7 @@ def build_table(
                 )
             arrays[key] = pa.array([DUMMY_ENTITY_VAL] * len(df[ts_field]), pa.string())
             continue
-        arrays[key] = column(key, df[key], vt, view=view.name, nullable=False)
+        arrays[key] = column(key, df[key], vt, view=view.name, nullable=False, join_key=True)
     for name, feature in info.features.items():
         arrays[name] = column(name, df[name], feature.value_type, view=view.name, nullable=True)
     latest = None
@@ -175,7 +174,8 @@ class WriteOutcome:
     Attributes:
         tables: the (view, table) pairs that were validated and written.
         online: per view, the online store's counts (empty when not written online).
-        offline_rows: rows appended to the offline store, summed over views.
+        offline_rows: rows appended to the offline store, summed over its sources (views
+            sharing a source share its rows).
     """
 
     tables: list[tuple[ViewInfo, pa.Table]]
@@ -188,7 +188,8 @@ def offline_schema(store: FeatureStore, info: ViewInfo) -> pa.Schema | None:
     source = info.view.batch_source
     if not isinstance(source, FileSource):
         return None
-    return source_schema(resolve_path(store.config.repo_path, source.path))
+    path = resolve_path(store.config.repo_path, source.path)
+    return source_schema(path, partition_types=declared_types(info.view))
 
 
 def with_source_columns(
@@ -233,29 +234,35 @@ def write_tables(
     *,
     online: bool,
     offline: bool,
-    offline_tables: Sequence[pa.Table] | None = None,
+    offline_batches: Sequence[OfflineBatch] | None = None,
 ) -> WriteOutcome:
     """Write validated tables (blocking; run in a worker thread).
 
-    Order: the offline store is checked to take the push, then every view is written
-    online, then appended offline. What a failed request leaves behind:
+    Order: the offline store is checked to take the push and every offline source's file
+    is staged (written and fsynced where no reader sees it: :mod:`service.offline_writes`),
+    then every view is written online, then the staged files are all renamed into place.
+    What a failed request leaves behind:
 
+    - staging fails on I/O (disk full, permissions, a lost mount):
+      ``BackendUnavailableError`` (503, ``backend: offline_store``) and nothing is
+      written, online or offline.
     - Redis fails (unreachable, timeout, failover, maxmemory; on a cluster, any node
       holding the rows' slots): ``BackendUnavailableError`` (503, ``backend: redis``) and
-      nothing is appended offline. Any subset of the rows may already be stored online
-      (the write is many compare-and-set calls, none rolled back), each row whole and
-      never over a newer one.
-    - the offline append fails on I/O (disk full, permissions, a lost mount):
-      ``BackendUnavailableError`` (503, ``backend: offline_store``). Every row is online;
-      the failing view's append left nothing (an append lands whole or not at all).
-      With a push source feeding several views, views appended before it keep theirs.
-    - In both cases retrying the same request converges to the state of one successful
+      the staged files are removed: nothing is appended offline. Any subset of the rows
+      may already be stored online (the write is many compare-and-set calls, none rolled
+      back), each row whole and never over a newer one.
+    - the final renames fail (rare: they write no data): 503 with ``backend:
+      offline_store``; every row is online, and no source keeps any of the push (files
+      already renamed are removed again).
+    - In each case retrying the same request converges to the state of one successful
       request: rows already online have an equal event time and are skipped (the answer
-      counts them in ``skipped_older``), the offline append happens once.
+      counts them in ``skipped_older``), each offline source gets the rows once.
 
-    Why online first: an offline append cannot be taken back (readers see the file as
-    soon as it lands) and is not idempotent (a retry after a kept append stores the rows
-    twice); an online write converges when repeated.
+    Why online before the renames: a renamed file cannot be taken back once readers may
+    have seen it, and appending is not idempotent (a retry after a kept append stores the
+    rows twice); an online write converges when repeated. With an offline store other
+    than ours (no staging step), the sources are appended in turn after the online write,
+    and a failure keeps the sources appended before it.
 
     Args:
         store: the Feast store (offline store and online store config).
@@ -263,87 +270,55 @@ def write_tables(
         tables: (view, table) pairs from :func:`build_table`.
         online: write to Redis.
         offline: append to the offline store.
-        offline_tables: what to append offline for each of ``tables`` (default: the
-            same tables), e.g. from :func:`with_source_columns`.
+        offline_batches: what to append offline, one batch per source (default: the
+            tables themselves, one per source), e.g. with the sources' other columns.
 
     Returns:
         Rows written and skipped per view.
 
     Raises:
         InvalidRequestError: the offline store cannot take pushes (nothing written).
-        BackendUnavailableError: Redis or the offline store failed, as above.
+        BackendUnavailableError: the offline store or Redis failed, as above.
     """
+    append = None
     if offline:
-        _check_offline_target(store, [info for info, _ in tables])
+        if offline_batches is None:
+            offline_batches = batches_by_source(store, tables)
+        append = OfflineAppend(store, offline_batches)
+        append.stage(online=online)
     stats: dict[str, WriteStats] = {}
     if online:
-        key_ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
-        for info, table in tables:
-            try:
-                stats[info.name] = write_arrow(
-                    client, info.view, table, project=store.project, key_ttl_seconds=key_ttl
-                )
-            except BackendUnavailableError as exc:
-                if not offline:
-                    raise
-                raise BackendUnavailableError(
-                    f"{exc.message}; nothing was appended to the offline store", **exc.details
-                ) from exc
-    offline_rows = 0
-    if offline:
-        provider = store._get_provider()
-        appended = offline_tables if offline_tables is not None else [t for _, t in tables]
-        done: list[str] = []
-        for (info, _), table in zip(tables, appended, strict=True):
-            try:
-                provider.ingest_df_to_offline_store(info.view, _source_table(table))
-            except OSError as exc:
-                raise _offline_failed(info.name, exc, online=online, appended=done) from exc
-            done.append(info.name)
-            offline_rows += table.num_rows
+        try:
+            stats = _write_online(store, client, tables, offline=offline)
+        except BaseException:
+            if append is not None:
+                append.discard()
+            raise
+    offline_rows = append.commit(online=online) if append is not None else 0
     return WriteOutcome(list(tables), stats, offline_rows)
 
 
-def _check_offline_target(store: FeatureStore, views: Sequence[ViewInfo]) -> None:
-    """Refuse, before anything is written, an offline push the offline store cannot take.
-
-    Raises:
-        InvalidRequestError: the store has no ``offline_write_batch``, or (our DuckDB
-            store) a view's batch source is not a Parquet FileSource.
-    """
-    offline_store = getattr(store._get_provider(), "offline_store", None)
-    writer = getattr(type(offline_store), "offline_write_batch", None)
-    if writer is None or writer is OfflineStore.offline_write_batch:
-        raise InvalidRequestError(
-            f"the offline store of project {store.project!r} "
-            f"({type(offline_store).__name__}) does not take pushes; send "
-            '"to": "online"',
-        )
-    if isinstance(offline_store, DuckDBParquetOfflineStore):
-        for info in views:
-            file_source(info.view.batch_source, f"feature view {info.name!r}")
-
-
-def _offline_failed(
-    view: str, exc: OSError, *, online: bool, appended: list[str]
-) -> BackendUnavailableError:
-    """The 503 for an offline append that failed on I/O, saying what is where."""
-    # strerror, not str(exc): the file path stays in the server log
-    reason = f"{type(exc).__name__}: {exc.strerror or 'I/O error'}"
-    online_part = "the rows are in the online store, but " if online else ""
-    kept = (
-        f"; views {appended} were already appended offline and a retry appends them again"
-        if appended
-        else ""
-    )
-    skipped = ": rows already online are skipped as already stored" if online else ""
-    return BackendUnavailableError(
-        f"{online_part}appending the rows to the offline source of feature view {view!r} "
-        f"failed ({reason}){kept}; fix the offline store (disk space, permissions, mount) "
-        f"and retry the same request{skipped}",
-        backend="offline_store",
-        feature_view=view,
-    )
+def _write_online(
+    store: FeatureStore,
+    client: redis.Redis,
+    tables: Sequence[tuple[ViewInfo, pa.Table]],
+    *,
+    offline: bool,
+) -> dict[str, WriteStats]:
+    key_ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
+    stats: dict[str, WriteStats] = {}
+    for info, table in tables:
+        try:
+            stats[info.name] = write_arrow(
+                client, info.view, table, project=store.project, key_ttl_seconds=key_ttl
+            )
+        except BackendUnavailableError as exc:
+            if not offline:
+                raise
+            raise BackendUnavailableError(
+                f"{exc.message}; nothing was appended to the offline store", **exc.details
+            ) from exc
+    return stats
 
 
 def validate_and_write(
@@ -386,19 +361,14 @@ def validate_and_write(
     tables = [
         (info, build_table(info, df, max_future_skew=max_future_skew, now=now)) for info in views
     ]
-    offline_tables = None
+    batches = None
     if offline:
-        offline_tables = [
-            with_source_columns(_source_table(table), schema, df, view=info.name)
-            for (info, table), schema in zip(tables, schemas, strict=True)
-        ]
+        schema_of = {info.name: schema for info, schema in zip(views, schemas, strict=True)}
+
+        def widen(info: ViewInfo, table: pa.Table) -> pa.Table:
+            return with_source_columns(table, schema_of[info.name], df, view=info.name)
+
+        batches = batches_by_source(store, tables, widen=widen)
     return write_tables(
-        store, client, tables, online=online, offline=offline, offline_tables=offline_tables
+        store, client, tables, online=online, offline=offline, offline_batches=batches
     )
-
-
-def _source_table(table: pa.Table) -> pa.Table:
-    # the placeholder key of an entity-less view is not a source column
-    if DUMMY_ENTITY_ID in table.column_names:
-        return table.drop_columns([DUMMY_ENTITY_ID])
-    return table

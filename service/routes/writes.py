@@ -74,9 +74,10 @@ async def push(
     (appended to the view's Parquet source) or ``online_and_offline``. Nothing is
     written unless every row of every view is valid; event times more than
     ``max_future_skew_seconds`` ahead of the server clock are refused. The answer
-    counts the rows written and those skipped as older than the stored row. Rows go
-    online first, then offline: when Redis is down the answer is 503 and nothing is
-    appended offline; retrying the same request is then safe.
+    counts the rows written and those skipped as older than the stored row. Offline rows
+    are staged first, then written online, then committed offline (:mod:`service.writes`):
+    when Redis or the disk fails the answer is 503 and nothing is appended offline;
+    retrying the same request is then safe.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
     views = push_views(snapshot, body.push_source_name)

@@ -104,3 +104,27 @@ def test_a_push_takes_its_schema_from_the_files_readers_read(tmp_path: Path) -> 
     assert len(files) == 2
     assert pq.read_schema(files[-1]).field("trips").type == DRIVER_SCHEMA.field("trips").type
     assert latest_rate(fs) == 0.9
+
+
+@pytest.mark.parametrize("layout", ["file", "directory"])
+def test_a_filtered_dataframe_pushed_through_feast_lands_without_its_index(
+    tmp_path: Path, layout: str
+) -> None:
+    path = "data/driver.parquet" if layout == "file" else "data/driver"
+    fs = push_store(tmp_path, path)
+    target = tmp_path / ("data/driver.parquet" if layout == "file" else "data/driver/0.parquet")
+    write_rows(target, DRIVER_SCHEMA, EXISTING)
+    frame = pd.concat(
+        [_pushed_frame(-1.0), _pushed_frame(0.7, minutes=5), _pushed_frame(0.9, minutes=10)],
+        ignore_index=True,
+    )
+    kept = frame[frame.rate > 0]  # index [1, 2]: from_pandas stores it as a column
+    assert "__index_level_0__" in pa.Table.from_pandas(kept).column_names
+
+    fs.push("driver_push", kept, to=PushMode.OFFLINE)
+
+    files = source_files(str(tmp_path / path))
+    assert len(files) == 2
+    assert [pq.read_schema(f).names for f in files] == [DRIVER_SCHEMA.names] * 2
+    assert sorted(pq.read_table(files).column("rate").to_pylist()) == [0.1, 0.7, 0.9]
+    assert latest_rate(fs) == 0.9

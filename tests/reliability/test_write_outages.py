@@ -9,14 +9,12 @@ memory, between two chunks of one write.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,7 +31,13 @@ from service.app import create_app
 from service.writes import build_table, write_tables
 from tests.online_store.views import INT, T0, driver_view, rows
 from tests.service.conftest import AppClient, Repo, build_repo, make_settings
-from tests.service.write_helpers import PUSH, driver_df, read_driver
+from tests.service.write_helpers import (
+    PUSH,
+    driver_df,
+    leftovers,
+    offline_disk_full,
+    read_driver,
+)
 
 VIEW = "driver_hourly_stats"
 
@@ -139,6 +143,40 @@ def test_write_to_online_store_while_redis_is_down_is_503_and_the_retry_writes(
     _assert_stored_once(setup, 960003, offline=0)
 
 
+def _assert_offline_503(resp: Any, *mentions: str) -> None:
+    assert resp.status_code == 503, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["backend"], error["feature_view"]) == (
+        "backend_unavailable",
+        "offline_store",
+        VIEW,
+    )
+    for mention in ("No space left on device", "retry the same request", *mentions):
+        assert mention in error["message"], error
+
+
+def test_a_full_disk_while_staging_the_offline_file_is_503_and_writes_nothing(
+    setup: Setup,
+) -> None:
+    body = {
+        "push_source_name": PUSH,
+        "df": driver_df([960006], _when()),
+        "to": "online_and_offline",
+    }
+    with offline_disk_full("stage"):
+        down = setup.app.post("/push", json=body)
+    _assert_offline_503(down, "nothing was written, online or offline")
+    assert read_driver(setup.app, 960006)["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert _offline_rows(setup.repo, 960006) == 0
+    assert leftovers(setup.repo.path / "data") == []
+
+    again = setup.app.post("/push", json=body)
+    assert again.status_code == 200, again.text
+    answer = again.json()
+    assert (answer["written"], answer["skipped_older"], answer["offline_written"]) == (1, 0, 1)
+    _assert_stored_once(setup, 960006, offline=1)
+
+
 def test_offline_append_failing_after_the_online_write_is_503_and_the_retry_appends_once(
     setup: Setup,
 ) -> None:
@@ -147,19 +185,12 @@ def test_offline_append_failing_after_the_online_write_is_503_and_the_retry_appe
         "df": driver_df([960004], _when()),
         "to": "online_and_offline",
     }
-    full = OSError(errno.ENOSPC, "No space left on device")
-    with mock.patch("offline_store.writes.publish", side_effect=full):
+    # staged fine, then no room for the directory entry of the final rename
+    with offline_disk_full("commit"):
         down = setup.app.post("/push", json=body)
-    assert down.status_code == 503, down.text
-    error = down.json()["error"]
-    assert (error["type"], error["backend"], error["feature_view"]) == (
-        "backend_unavailable",
-        "offline_store",
-        VIEW,
-    )
-    for mention in ("in the online store", "No space left on device", "retry the same request"):
-        assert mention in error["message"], error
+    _assert_offline_503(down, "in the online store", "nothing was appended offline")
     assert _offline_rows(setup.repo, 960004) == 0
+    assert leftovers(setup.repo.path / "data") == []
 
     again = setup.app.post("/push", json=body)
     assert again.status_code == 200, again.text

@@ -232,8 +232,8 @@ PUSH_CASES = [
           "avg_daily_trips"),
     _case("float for int", {"df": _bad({"avg_daily_trips": [1.5]})}, 422, "schema_mismatch",
           "integer"),
-    _case("string join key", {"df": _bad({"driver_id": ["900099"]})}, 422, "schema_mismatch",
-          "driver_id"),
+    _case("non-decimal string join key", {"df": _bad({"driver_id": ["d900099"]})}, 422,
+          "schema_mismatch", "driver_id"),
     _case("null join key", {"df": _bad({"driver_id": [None]})}, 422, "schema_mismatch", "null"),
     _case("bad timestamp", {"df": _bad({"event_timestamp": ["yesterday"]})}, 422,
           "invalid_timestamp", "RFC 3339"),
@@ -275,3 +275,66 @@ def test_write_to_unknown_view_is_404(client: AppClient) -> None:
     )
     assert resp.status_code == 404
     assert resp.json()["error"]["type"] == "feature_view_not_found"
+
+
+def _write_body(route: str, df: dict[str, list[Any]]) -> dict[str, Any]:
+    if route == "/push":
+        return {"push_source_name": "driver_stats_push", "df": df, "to": "online_and_offline"}
+    return {"feature_view_name": "driver_hourly_stats", "df": df}
+
+
+@pytest.mark.parametrize("route", ["/push", "/write-to-online-store"])
+def test_an_int_join_key_as_a_decimal_string_or_integral_float_is_written_as_that_entity(
+    client: AppClient, repo: Repo, route: str
+) -> None:
+    # the forms a lookup reads as the integer (protobuf JSON's int64 string, JS numbers)
+    base = 900_620 if route == "/push" else 900_630
+    when = datetime.now(UTC) - timedelta(minutes=5)
+    for spelling, driver in ((str(base), base), (float(base + 1), base + 1)):
+        df = _driver_df([driver], when)
+        df["driver_id"] = [spelling]
+        resp = client.post(route, json=_write_body(route, df))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["written"] == 1
+        lookup = client.post(
+            "/get-online-features",
+            json={
+                "entities": {"driver_id": [spelling]},
+                "features": ["driver_hourly_stats:acc_rate"],
+            },
+        )
+        assert columns(lookup.json())["acc_rate"]["statuses"] == ["PRESENT"], lookup.text
+        assert _read(client, [driver])["avg_daily_trips"]["values"] == [7]
+        assert _offline_rows(repo, driver) == (1 if route == "/push" else 0)
+
+
+@pytest.mark.parametrize("route", ["/push", "/write-to-online-store"])
+@pytest.mark.parametrize(
+    ("bad", "fix"),
+    [
+        ("6.5", 'decimal string such as "1001"'),
+        (900_640.5, "send the exact integer"),
+        (True, "JSON number"),
+        ("0900640", "no leading zeros"),
+        ("900_640", "no sign other than"),
+        (2.0**60, "2**53"),
+        ("9223372036854775808", "INT64 range"),
+    ],
+)
+def test_an_int_join_key_a_lookup_refuses_is_refused_on_write_naming_the_fix(
+    client: AppClient, repo: Repo, route: str, bad: Any, fix: str
+) -> None:
+    lookup = client.post(
+        "/get-online-features",
+        json={"entities": {"driver_id": [bad]}, "features": ["driver_hourly_stats:acc_rate"]},
+    )
+    assert lookup.status_code == 422, lookup.text
+    df = _driver_df([900_640], datetime.now(UTC) - timedelta(minutes=5))
+    df["driver_id"] = [bad]
+    resp = client.post(route, json=_write_body(route, df))
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["column"], error["row"]) == ("schema_mismatch", "driver_id", 0)
+    assert fix in error["message"], error
+    assert _read(client, [900_640])["conv_rate"]["statuses"] == ["NOT_FOUND"]
+    assert _offline_rows(repo, 900_640) == 0

@@ -1,9 +1,17 @@
-"""Push bodies and read-backs shared by the write tests."""
+"""Push bodies, read-backs and offline faults shared by the write tests."""
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+from unittest import mock
+
+import pyarrow.parquet as pq
 
 from tests.service.conftest import AppClient, columns
 
@@ -54,3 +62,40 @@ def assert_refused(resp: Any, error_type: str, *mentions: str) -> dict[str, Any]
     for mention in mentions:
         assert mention in error["message"], error
     return error
+
+
+@contextmanager
+def offline_disk_full(phase: Literal["stage", "commit"], *, nth: int = 1) -> Iterator[None]:
+    """The disk fills up (ENOSPC) on the ``nth`` offline file of the block: while Parquet
+    writes it (``stage``) or when it is renamed to its final ``part-...`` name (``commit``;
+    rename(2) needs room for the directory entry)."""
+    full = OSError(errno.ENOSPC, "No space left on device")
+    calls = 0
+    real_write, real_replace = pq.write_table, os.replace
+
+    def write(table: Any, where: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            raise full
+        real_write(table, where, *args, **kwargs)
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        if os.path.basename(os.fspath(dst)).startswith("part-"):
+            calls += 1
+            if calls == nth:
+                raise full
+        real_replace(src, dst, *args, **kwargs)
+
+    if phase == "stage":
+        with mock.patch("pyarrow.parquet.write_table", side_effect=write):
+            yield
+    else:
+        with mock.patch("os.replace", side_effect=replace):
+            yield
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Staged files (``.push-*.tmp``) anywhere below ``root``."""
+    return sorted(root.rglob(".push-*"))
