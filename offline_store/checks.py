@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import duckdb
+from feast.feature_view import FeatureView
 from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.utils import _get_requested_feature_views_to_features_dict
 
-from foundation.errors import InvalidEntityError, InvalidRequestError
+from foundation.errors import FeatureViewNotFoundError, InvalidEntityError, InvalidRequestError
 from offline_store.pit_join import FeatureSpec, ViewSpec
 from offline_store.sources import describe
 
@@ -209,3 +211,22 @@ def check_columns(
                 "as an entity column; rename the column or use full_feature_names=True",
                 column=feature.output_name,
             )
+
+
+def features_by_view(
+    feature_refs: list[str], views: list[FeatureView], odfvs: list[OnDemandFeatureView]
+) -> dict[FeatureView, list[str]]:
+    """The features to join per view, each once, in Feast's order.
+
+    Feast groups the refs, but a ref with a version suffix (``view@latest:f``) reaches the
+    store next to its plain form (``view:f``), so Feast's list names ``f`` twice: two
+    columns of one name.
+
+    Raises:
+        FeatureViewNotFoundError: a reference names no known view.
+    """
+    try:
+        grouped, _ = _get_requested_feature_views_to_features_dict(feature_refs, views, odfvs)
+    except ValueError as exc:
+        raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
+    return {view: list(dict.fromkeys(features)) for view, features in grouped.items()}

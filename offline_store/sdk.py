@@ -33,6 +33,7 @@ from foundation.errors import (
     FeatureViewNotFoundError,
     InvalidRequestError,
 )
+from foundation.refs import split_version
 from foundation.registry import stored_feature_views
 from offline_store.entities import EntitySource
 from offline_store.job import DuckDBRetrievalJob
@@ -95,6 +96,7 @@ def resolve_features(
             raise InvalidRequestError(
                 f"feature reference {ref!r} must look like 'feature_view:feature'", feature=ref
             )
+        view, _ = split_version(view)  # Feast resolves a pinned version itself
         if view not in views:
             raise FeatureViewNotFoundError(
                 f"feature view {view!r} not in project {project!r}; run `feast apply` in the "

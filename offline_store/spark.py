@@ -26,11 +26,11 @@ from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalMeta
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
+from feast.utils import compute_non_entity_date_range
 from feast.value_type import ValueType
 
-from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
-from offline_store.checks import check_request_data
+from foundation.errors import InvalidRequestError
+from offline_store.checks import check_request_data, features_by_view
 from offline_store.entities import is_sql
 from offline_store.partitions import declared_types, timestamp_types
 from offline_store.pit_join import FeatureSpec
@@ -199,12 +199,7 @@ class SparkOfflineStore(OfflineStore):
             FeatureViewNotFoundError: a reference names no known view.
         """
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        try:
-            by_view, _ = _get_requested_feature_views_to_features_dict(
-                feature_refs, feature_views, odfvs
-            )
-        except ValueError as exc:
-            raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
+        by_view = features_by_view(feature_refs, feature_views, odfvs)
         for fv in by_view:
             check_source(fv.batch_source, f"feature view {fv.name!r}")
         if isinstance(entity_df, UntrustedEntities):

@@ -29,9 +29,8 @@ from feast.infra.offline_stores.offline_store import OfflineStore
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.utils import _get_requested_feature_views_to_features_dict
 
-from foundation.errors import FeatureViewNotFoundError
+from offline_store.checks import features_by_view
 from offline_store.entities import EntitySource
 from offline_store.historical import file_source, historical_job, source_pattern
 from offline_store.job import DuckDBRetrievalJob, Query
@@ -119,12 +118,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
             FeatureViewNotFoundError: a reference names no known view.
         """
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        try:
-            by_view, _ = _get_requested_feature_views_to_features_dict(
-                feature_refs, feature_views, odfvs
-            )
-        except ValueError as exc:
-            raise FeatureViewNotFoundError(f"{exc}; run `feast apply` or fix the ref") from exc
+        by_view = features_by_view(feature_refs, feature_views, odfvs)
         return historical_job(
             config,
             by_view,

@@ -12,7 +12,6 @@ only validate entities, run one pipelined read and serialise with orjson.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -32,6 +31,7 @@ from foundation.errors import (
     FeatureViewNotFoundError,
     InvalidRequestError,
 )
+from foundation.refs import split_version
 from service.catalog import RegistrySnapshot
 from service.encoding import ENCODERS, EPOCH, Encoder, format_timestamp, json_default
 from service.entity_values import EntityForms, entity_forms
@@ -79,9 +79,6 @@ class OnlinePlan:
     key_sources: Mapping[str, str] = field(default_factory=dict)
 
 
-_VERSION_PIN = re.compile(r"[vV][0-9]+")
-
-
 def _split_ref(ref: str) -> tuple[str, str]:
     view, sep, feature = ref.partition(":")
     if not sep or not view or not feature or ":" in feature:
@@ -90,18 +87,14 @@ def _split_ref(ref: str) -> tuple[str, str]:
             'e.g. "driver_hourly_stats:conv_rate"',
             feature=ref,
         )
-    # Feast's version suffixes: "@latest" (or a bare "@") is the view itself; "@v2" pins
-    # a version, which only versioned online tables hold; anything else is part of a name.
-    name, at, version = view.partition("@")
-    if at and name and (not version or version.lower() == "latest"):
-        return name, feature
-    if at and name and _VERSION_PIN.fullmatch(version):
+    name, pin = split_version(view)
+    if pin is not None:
         raise InvalidRequestError(
-            f"feature reference {ref!r} pins version {version!r}; online feature view "
-            f'versioning is not enabled here, so only the latest is served: "{name}:{feature}"',
+            f"feature reference {ref!r} pins version {pin}; online feature view versioning "
+            f'is not enabled here, so only the latest is served: "{name}:{feature}"',
             feature=ref,
         )
-    return view, feature
+    return name, feature
 
 
 def _refs_of_service(snapshot: RegistrySnapshot, name: str) -> list[tuple[str, str, str, KeyMap]]:

@@ -462,3 +462,29 @@ def test_a_ttl_with_a_fraction_of_a_second_keeps_its_inclusive_edge(
         frame = store.get_historical_features(entity_df=entities, features=["edge:v"]).to_df()
         assert frame["v"].tolist()[0] == 7, store.config.offline_store.type
         assert pd.isna(frame["v"].tolist()[1]), store.config.offline_store.type
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_latest_version_suffix_joins_each_feature_once(
+    stores: tuple[FeatureStore, ...], full: bool
+) -> None:
+    """Feast hands the store ``view@latest:f`` next to ``view:f``: one column each; the SDK
+    takes the suffix too."""
+    from offline_store.sdk import get_training_dataset
+
+    plain = ["driver_hourly_stats:conv_rate", "driver_hourly_stats:acc_rate"]
+    suffixed = ["driver_hourly_stats@latest:conv_rate", "driver_hourly_stats:acc_rate"]
+    duck = stores[0]
+    want = duck.get_historical_features(
+        entity_df=str(_trips(duck)), features=plain, full_feature_names=full
+    ).to_arrow()
+    for store in stores:
+        got = store.get_historical_features(
+            entity_df=str(_trips(duck)), features=suffixed, full_feature_names=full
+        ).to_arrow()
+        assert got.column_names == want.column_names
+        assert got.to_pylist() == want.to_pylist()
+        sdk = get_training_dataset(
+            str(_trips(duck)), suffixed, store=store, output="arrow", full_feature_names=full
+        )
+        assert sdk.to_pylist() == want.to_pylist()
