@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from foundation.errors import InvalidRequestError
 from service.deps import InsightsDep, MetricsDep, SettingsDep, SnapshotDep, StateDep
 from service.push_stats import PushStatistics
 from service.schemas import (
@@ -113,6 +114,13 @@ async def write_to_online_store(
     is down the answer is 503; retrying the same request is then safe.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
+    if body.feature_view_name in snapshot.on_demand_views:
+        raise InvalidRequestError(
+            f"{body.feature_view_name!r} is an on-demand feature view: its values are computed "
+            "at lookup, or, with write_to_online_store=True, stored by `feast materialize` "
+            "or the SDK's FeatureStore.write_to_online_store; write its source views instead",
+            feature_view=body.feature_view_name,
+        )
     info = snapshot.view(body.feature_view_name)
     outcome = await asyncio.to_thread(
         _write_and_profile,

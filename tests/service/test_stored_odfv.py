@@ -112,3 +112,15 @@ def test_missing_join_key_names_the_stored_odfvs_entity(
     )
     assert resp.status_code == 422, resp.text
     assert "shop_id" in resp.text
+
+
+def test_writing_an_on_demand_view_over_http_says_where_its_values_come_from(
+    servers: tuple[AppClient, httpx.Client],
+) -> None:
+    ours, _ = servers
+    df = {"shop_id": ["s9"], "event_timestamp": ["2026-01-01T00:00:00Z"], "revenue": [1.0]}
+    resp = ours.post("/write-to-online-store", json={"feature_view_name": "revenue", "df": df})
+    assert resp.status_code == 422, resp.text
+    message = resp.json()["error"]["message"]
+    assert "on-demand feature view" in message
+    assert "feast materialize" in message
