@@ -36,6 +36,11 @@ def feast_frame_types(table: pa.Table, pandas_dtypes: dict[str, str]) -> pa.Tabl
     return table.replace_schema_metadata(kept if metadata is None else metadata)
 
 
+# Beside a folder of parts written without pandas metadata (by Spark's executors): a
+# Parquet summary file holding it, which ``pd.read_parquet`` of the folder reads.
+SUMMARY_FILE = "_common_metadata"
+
+
 def pandas_metadata(schema: pa.Schema, pandas_dtypes: dict[str, str]) -> dict[bytes, bytes] | None:
     """The schema metadata under which ``to_pandas`` (and ``pd.read_parquet`` of a file
     carrying it) gives the entity columns back with the caller's extension dtypes; ``None``
@@ -48,6 +53,18 @@ def pandas_metadata(schema: pa.Schema, pandas_dtypes: dict[str, str]) -> dict[by
             empty[name] = empty[name].astype(dtype)
     metadata: dict[bytes, bytes] = pa.Schema.from_pandas(empty, preserve_index=False).metadata
     return metadata
+
+
+def extension_dtypes(rows: object) -> dict[str, str]:
+    """Entity columns with pandas extension dtypes (``Int64``...), kept in the result."""
+    if not isinstance(rows, pd.DataFrame):
+        return {}
+    return {
+        str(name): str(dtype)
+        for name, dtype in rows.dtypes.items()
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype)
+        and not isinstance(dtype, pd.DatetimeTZDtype)
+    }
 
 
 def result_frame(table: pa.Table) -> pd.DataFrame:

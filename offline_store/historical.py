@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 import duckdb
-import pandas as pd
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.file_source import FileSource
@@ -33,6 +32,7 @@ from offline_store.entities import (
     is_sql,
     load_entities,
 )
+from offline_store.frame_types import extension_dtypes
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.listing import expand_pattern, is_single_file, parquet_glob
 from offline_store.partitions import declared_types
@@ -252,7 +252,7 @@ def historical_job(
         on_demand_feature_views=odfvs,
         metadata=metadata,
         limits=limits,
-        pandas_dtypes=_extension_dtypes(rows),
+        pandas_dtypes=extension_dtypes(rows),
     )
 
 
@@ -273,15 +273,3 @@ def _planned(
         counts[scan] = int(fetch_all(con, f"SELECT count(*) FROM {scan}")[0][0])
     least = MATCH_FIRST_RATIO * max(entity_rows, 1)
     return [replace(spec, match_first=counts[spec.scan_sql] >= least) for spec in specs]
-
-
-def _extension_dtypes(rows: object) -> dict[str, str]:
-    """Entity columns with pandas extension dtypes (``Int64``...), kept in the result."""
-    if not isinstance(rows, pd.DataFrame):
-        return {}
-    return {
-        str(name): str(dtype)
-        for name, dtype in rows.dtypes.items()
-        if isinstance(dtype, pd.api.extensions.ExtensionDtype)
-        and not isinstance(dtype, pd.DatetimeTZDtype)
-    }

@@ -26,7 +26,7 @@ from foundation.errors import InvalidRequestError, NotFoundError
 from foundation.stats_log import StatisticsLog
 from offline_store.datasets import DatasetCatalog, SavedDataset, upgrade
 from offline_store.entities import EntitySource, is_sql
-from offline_store.frame_types import feast_frame_types
+from offline_store.frame_types import SUMMARY_FILE, feast_frame_types
 from offline_store.ipc import table_to_ipc
 from offline_store.listing import source_files
 from offline_store.sdk import Output, Result, build_job, resolve_features, resolve_store
@@ -229,5 +229,10 @@ def load_training_dataset(
         return record.storage_path
     # The types the dataset was built with (Feast's nanosecond timestamps), whatever unit
     # the file stores them in.
-    table = feast_frame_types(pq.read_table(record.storage_path), {})
+    table = pq.read_table(record.storage_path)
+    summary = os.path.join(record.storage_path, SUMMARY_FILE)
+    if os.path.isdir(record.storage_path) and os.path.exists(summary):
+        # Parts written by Spark's executors: the entity columns' pandas dtypes beside them.
+        table = table.replace_schema_metadata(pq.read_schema(summary).metadata)
+    table = feast_frame_types(table, {})
     return table.to_pandas() if output == "pandas" else table

@@ -32,6 +32,7 @@ from feast.value_type import ValueType
 from foundation.errors import InvalidRequestError
 from offline_store.checks import check_request_data, features_by_view
 from offline_store.entities import is_sql
+from offline_store.frame_types import extension_dtypes
 from offline_store.partitions import declared_types, timestamp_types
 from offline_store.pit_join import FeatureSpec
 from offline_store.sandbox import UntrustedEntities
@@ -240,7 +241,10 @@ class SparkOfflineStore(OfflineStore):
             return frame, metadata
 
         return SparkRetrievalJob(
-            build, full_feature_names=full_feature_names, on_demand_feature_views=odfvs
+            build,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=odfvs,
+            pandas_dtypes=extension_dtypes(entity_df),
         )
 
     @staticmethod

@@ -8,19 +8,26 @@ partition by partition, with ``mapInArrow``): nothing is collected to the driver
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.saved_dataset import SavedDatasetStorage
 
 from foundation.errors import ConflictError, InvalidRequestError
-from offline_store.frame_types import feast_frame_types, with_feast_types
+from offline_store.frame_types import (
+    SUMMARY_FILE,
+    feast_frame_types,
+    pandas_metadata,
+    with_feast_types,
+)
 from offline_store.job import FrameJob, apply_odfvs
 
 if TYPE_CHECKING:
@@ -85,11 +92,14 @@ class SparkRetrievalJob(FrameJob):
         *,
         full_feature_names: bool = False,
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
+        pandas_dtypes: dict[str, str] | None = None,
     ) -> None:
         self._build = build
         self._built: tuple[DataFrame, RetrievalMetadata | None] | None = None
         self._full_feature_names = full_feature_names
         self._odfvs = on_demand_feature_views or []
+        # Entity columns given with pandas extension dtypes (``Int64``...), kept in results.
+        self._pandas_dtypes = pandas_dtypes or {}
 
     def _get(self) -> tuple[DataFrame, RetrievalMetadata | None]:
         if self._built is None:
@@ -114,7 +124,7 @@ class SparkRetrievalJob(FrameJob):
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         # The DuckDB store's (and Feast's) result types: nanosecond timestamps.
-        return feast_frame_types(self.to_spark_df().toArrow(), {})
+        return feast_frame_types(self.to_spark_df().toArrow(), self._pandas_dtypes)
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         frame: pd.DataFrame = self._to_arrow_internal(timeout).to_pandas()
@@ -139,7 +149,7 @@ class SparkRetrievalJob(FrameJob):
         if max_rows <= 0:
             raise InvalidRequestError(f"max_rows must be positive, got {max_rows}")
         if feast_types:
-            yield from with_feast_types(self.iter_batches(max_rows), {})
+            yield from with_feast_types(self.iter_batches(max_rows), self._pandas_dtypes)
             return
         frame = self.to_spark_df()
         columns = frame.columns
@@ -204,7 +214,21 @@ class SparkRetrievalJob(FrameJob):
                     path=str(path),
                 ) from exc
             raise
+        self._write_pandas_summary(frame, str(path))
         return str(path)
+
+    def _write_pandas_summary(self, frame: DataFrame, path: str) -> None:
+        """The entity columns' pandas dtypes beside the parts, in a ``_common_metadata``
+        summary file: executors write the parts without them, and ``pd.read_parquet`` of
+        the folder (and :func:`offline_store.saved.load_training_dataset`) read them there.
+        Readers of the parts (Spark, DuckDB, our listing) skip ``_`` files."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        schema = to_arrow_schema(frame.schema, timezone="UTC")
+        metadata = pandas_metadata(schema, self._pandas_dtypes)
+        if metadata is None or "://" in path:
+            return
+        pq.write_metadata(schema.with_metadata(metadata), os.path.join(path, SUMMARY_FILE))
 
     def persist(
         self,

@@ -488,3 +488,30 @@ def test_latest_version_suffix_joins_each_feature_once(
             str(_trips(duck)), suffixed, store=store, output="arrow", full_feature_names=full
         )
         assert sdk.to_pylist() == want.to_pylist()
+
+
+def test_pandas_extension_dtypes_kept_like_duckdb_also_in_saved_parts(
+    stores: tuple[FeatureStore, ...], tmp_path: Path
+) -> None:
+    """Entity columns given as ``Int64``/``boolean`` (with nulls) come back with their dtype
+    from Spark as from DuckDB, and a dataset Spark's executors write keeps them for
+    ``pd.read_parquet`` and ``load_training_dataset`` (in a ``_common_metadata`` file)."""
+    from offline_store.saved import load_training_dataset, save_training_dataset
+
+    duck, spark_fs = stores
+    entities = pq.read_table(_trips(duck)).slice(0, 50).to_pandas()
+    entities["label"] = pd.array([None if i % 7 == 0 else i for i in range(50)], "Int64")
+    entities["flag"] = pd.array([None if i % 5 == 0 else i % 2 == 0 for i in range(50)], "boolean")
+    features = ["driver_hourly_stats:conv_rate"]
+    want = duck.get_historical_features(entity_df=entities, features=features).to_df()
+    got = spark_fs.get_historical_features(entity_df=entities, features=features).to_df()
+    assert str(got["label"].dtype) == "Int64"
+    assert str(got["flag"].dtype) == "boolean"
+    pd.testing.assert_frame_equal(got, want)
+
+    folder = spark_fs.get_historical_features(entity_df=entities, features=features)
+    path = folder.to_parquet(tmp_path / "parts")
+    assert pd.read_parquet(path)["label"].dtype == want["label"].dtype
+    save_training_dataset(entities, features, name="typed_spark", store=spark_fs)
+    loaded = load_training_dataset("typed_spark", store=spark_fs)
+    pd.testing.assert_frame_equal(loaded, want)
