@@ -117,14 +117,23 @@ def _view_info(view: FeatureView) -> ViewInfo:
     )
 
 
-def _stored_odfv_info(view: OnDemandFeatureView, entities: dict[str, Entity]) -> ReadInfo:
+def _stored_odfv_info(
+    view: OnDemandFeatureView, entities: dict[str, Entity], key_types: dict[str, ValueType]
+) -> ReadInfo:
     """An on-demand view with ``write_to_online_store=True``: its outputs are stored under
-    its entities' join keys (Feast reads them like a feature view's, without a TTL)."""
+    its entities' join keys (Feast reads them like a feature view's, without a TTL).
+
+    A key's type is the view's own entity column's, else what the feature views keyed by
+    it declare (``key_types``; an entity without ``value_type`` says nothing), else the
+    entity's."""
+    declared = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
     keyed = [entities[name] for name in view.entities or () if name in entities]
     return ReadInfo(
         name=view.name,
         join_keys=tuple(e.join_key for e in keyed),
-        join_key_types=tuple(e.value_type for e in keyed),
+        join_key_types=tuple(
+            declared.get(e.join_key) or key_types.get(e.join_key) or e.value_type for e in keyed
+        ),
         features=_features(view.features),
         ttl_micros=0,
         version=_version(view),
@@ -143,11 +152,11 @@ class RegistrySnapshot:
     on_demand_views: dict[str, OnDemandFeatureView]
     feature_services: dict[str, FeatureService]
     push_sources: dict[str, list[str]]
+    readable: dict[str, ReadInfo]
+    """What lookups read from Redis by name: ``views`` and the on-demand views with
+    ``write_to_online_store=True``."""
     newest_events: dict[str, datetime] = field(default_factory=dict)
     """Newest materialized event time per view (:mod:`online_store.freshness`)."""
-    readable: dict[str, ReadInfo] = field(default_factory=dict)
-    """What lookups read from Redis by name: ``views`` and the on-demand views with
-    ``write_to_online_store=True`` (filled in by :func:`load_snapshot`)."""
     plans: PlanCache[Any] = field(default_factory=PlanCache)
 
     def view(self, name: str) -> ViewInfo:
@@ -257,8 +266,13 @@ def load_snapshot(
     on_demand = {
         v.name: v for v in registry.list_on_demand_feature_views(project, allow_cache=True)
     }
+    key_types = {
+        key: value_type
+        for info in infos.values()
+        for key, value_type in zip(info.join_keys, info.join_key_types, strict=True)
+    }
     stored = {
-        name: _stored_odfv_info(v, entities)
+        name: _stored_odfv_info(v, entities, key_types)
         for name, v in on_demand.items()
         if v.write_to_online_store
     }
