@@ -36,6 +36,7 @@ from feast.infra.offline_stores.file_source import FileSource
 
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from foundation.registry import stored_feature_views
+from offline_store.parts import remove_stale_stages
 from offline_store.sources import resolve_path
 from offline_store.writes import fsync_directory, part_name, parts_directory
 
@@ -165,10 +166,12 @@ def compact(path: str) -> CompactionResult:
         )
     if os.path.isfile(path):
         directory = parts_directory(path)
+        remove_stale_stages(os.path.dirname(os.path.abspath(path)))  # a first push's stage
         if not os.path.isdir(directory):
             return CompactionResult(path, 0, 0)
         with _exclusive(directory + ".lock"):
             _recover(directory, path)
+            remove_stale_stages(directory)
             parts = _our_parts(directory)
             if not parts:
                 return CompactionResult(path, 0, 0)
@@ -182,6 +185,7 @@ def compact(path: str) -> CompactionResult:
             )
         with _exclusive(os.path.join(path, ".compaction.lock")):
             _recover(path, "")
+            remove_stale_stages(path)
             parts = _our_parts(path)
             if len(parts) < 2:
                 return CompactionResult(path, 0, 0)

@@ -14,7 +14,8 @@ columns is dropped: :func:`without_pandas_index`), then landed in two steps:
    had already renamed and discards the rest, so its batches leave nothing behind (a
    reader may have seen a renamed file for that moment).
 
-A process killed between the steps leaves hidden temp files that nothing reads. Final
+A process killed between the steps leaves hidden temp files that nothing reads;
+compaction removes those older than :data:`STALE_STAGE_SECONDS` (:func:`remove_stale_stages`). Final
 names are ``part-<unix ns>-<uuid>.parquet`` with the time taken just before the rename, so
 a batch that lands later sorts later and wins exact (event_ts, created_ts) ties in the
 point-in-time join and the pulls (which order rows by file name, then row number).
@@ -127,6 +128,29 @@ def write_durable(table: pa.Table, tmp: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+# A staged file older than this belongs to a push that died between stage and commit: a
+# live push commits within seconds of staging.
+STALE_STAGE_SECONDS = 3600
+_STAGED = re.compile(r"\.push-[0-9a-f]{32}\.tmp")
+
+
+def remove_stale_stages(directory: str, *, now: float | None = None) -> int:
+    """Remove staged files left in ``directory`` by pushes that never committed.
+
+    Returns:
+        How many were removed.
+    """
+    cutoff = (time.time() if now is None else now) - STALE_STAGE_SECONDS
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            if _STAGED.fullmatch(entry.name) and entry.stat().st_mtime < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                    removed += 1
+    return removed
 
 
 def temp_path(directory: str) -> str:

@@ -224,3 +224,39 @@ def test_compact_cli_compacts_every_view_source(
     assert pq.read_table(source).column("driver_id").to_pylist() == [1, 7]
     assert cli.main(["compact", "--repo", str(tmp_path), "--feature-view", "nope"]) == 1
     assert "'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["file", "directory"])
+def test_compaction_removes_stages_of_pushes_that_died_before_committing(
+    tmp_path: Path, layout: str
+) -> None:
+    """A push killed between stage and commit leaves a hidden file nobody reads; compaction
+    removes it once it is older than any live push's stage, and leaves younger ones."""
+    import os
+    import time
+
+    from offline_store.parts import STALE_STAGE_SECONDS, parts_directory, temp_path
+
+    if layout == "file":
+        source = tmp_path / "driver.parquet"
+        write_rows(source, DRIVER_SCHEMA, EXISTING)
+        write_batch(str(source), _row(10))
+        folders = [parts_directory(str(source)), str(tmp_path)]  # parts, a first push's
+    else:
+        source = tmp_path / "driver"
+        write_rows(source / "0.parquet", DRIVER_SCHEMA, EXISTING)
+        folders = [str(source)]
+    old = [temp_path(folder) for folder in folders]
+    young = [temp_path(folder) for folder in folders]
+    for path in old + young:
+        pq.write_table(pa.table({"x": [1]}), path)
+    long_ago = time.time() - STALE_STAGE_SECONDS - 60
+    for path in old:
+        os.utime(path, (long_ago, long_ago))
+    before = _ids(str(source))
+
+    compact(str(source))
+
+    assert not any(os.path.exists(path) for path in old)
+    assert all(os.path.exists(path) for path in young)
+    assert _ids(str(source)) == before
