@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from foundation.errors import InvalidRequestError
 from service.deps import InsightsDep, MetricsDep, SettingsDep, SnapshotDep, StateDep
+from service.odfv_writes import write_odfv
 from service.push_stats import PushStatistics
 from service.schemas import (
     ErrorResponse,
@@ -112,14 +112,26 @@ async def write_to_online_store(
     A stored row with a newer event time is never replaced by an older one; the
     answer says how many rows were written and how many skipped as older. When Redis
     is down the answer is 503; retrying the same request is then safe.
+
+    An on-demand view with ``write_to_online_store=True`` takes its transformation's
+    inputs instead (join keys, source view features, request fields): they are checked,
+    then Feast's ``write_to_online_store`` runs the transformation and stores the
+    outputs stamped with the time of the write (:mod:`service.odfv_writes`). Feast's
+    path does not report per-row outcomes: ``written`` counts the request's distinct
+    entity keys (the last row per key is stored) and ``skipped_older`` the other rows.
     """
     check_shape(body.df, max_rows=settings.max_push_rows)
-    if body.feature_view_name in snapshot.on_demand_views:
-        raise InvalidRequestError(
-            f"{body.feature_view_name!r} is an on-demand feature view: its values are computed "
-            "at lookup, or, with write_to_online_store=True, stored by `feast materialize` "
-            "or the SDK's FeatureStore.write_to_online_store; write its source views instead",
-            feature_view=body.feature_view_name,
+    odfv = snapshot.on_demand_views.get(body.feature_view_name)
+    if odfv is not None:
+        done = await asyncio.to_thread(write_odfv, state.store, odfv, body.df)
+        metrics.note_pushed(odfv.name, datetime.now(UTC))
+        return WriteResponse(
+            rows=done.rows,
+            written=done.entities,
+            skipped_older=done.rows - done.entities,
+            offline_written=0,
+            feature_views=[odfv.name],
+            to="online",
         )
     info = snapshot.view(body.feature_view_name)
     outcome = await asyncio.to_thread(
