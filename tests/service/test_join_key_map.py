@@ -34,7 +34,7 @@ from tests.service.conftest import (
     new_repo,
     ours_and_feast_serve,
 )
-from tests.service.differential_helpers import compare
+from tests.service.differential_helpers import post_both
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -132,24 +132,16 @@ def _views(names: list[str]) -> list[str]:
 def _both(servers: tuple[AppClient, httpx.Client], body: dict[str, Any]) -> dict[str, Any]:
     """Our answer, after checking it against feast serve's; the echoed columns and the
     views (or, without full names, the one-feature-a-view columns) in Feast's order."""
-    ours, feast = servers
-    mine, theirs = (
-        ours.post("/get-online-features", json=body),
-        feast.post("/get-online-features", json=body),
-    )
-    assert mine.status_code == 200, mine.text
-    assert theirs.status_code == 200, theirs.text
-    compare(mine.json(), theirs.json())
-    names = mine.json()["metadata"]["feature_names"]
-    feast_names = theirs.json()["metadata"]["feature_names"]
+    mine, theirs = post_both(*servers, body)
+    names = mine["metadata"]["feature_names"]
+    feast_names = theirs["metadata"]["feature_names"]
     if body.get("full_feature_names"):
         assert _views(names) == _views(feast_names)
     else:
         assert names == feast_names
     meta = "feature_view_metadata"
-    assert mine.json()["metadata"].get(meta) == theirs.json()["metadata"].get(meta)
-    body_out: dict[str, Any] = mine.json()
-    return body_out
+    assert mine["metadata"].get(meta) == theirs["metadata"].get(meta)
+    return mine
 
 
 def test_two_projections_with_different_join_key_maps_match_feast_serve(
