@@ -36,9 +36,8 @@ from feast.infra.offline_stores.file_source import FileSource
 
 from foundation.errors import FeatureViewNotFoundError, InvalidRequestError
 from foundation.registry import stored_feature_views
-from offline_store.parts import remove_stale_stages
+from offline_store.parts import fsync_directory, part_name, parts_directory, remove_stale_stages
 from offline_store.sources import resolve_path
-from offline_store.writes import fsync_directory, part_name, parts_directory
 
 _ID_KEY = b"featurestore.compaction_id"
 _JOURNAL = ".compaction.json"

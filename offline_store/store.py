@@ -36,10 +36,26 @@ from offline_store.historical import file_source, historical_job, source_pattern
 from offline_store.job import DuckDBRetrievalJob, Query
 from offline_store.listing import is_single_file
 from offline_store.partitions import declared_types, timestamp_types
+from offline_store.parts import StagedBatch, commit
 from offline_store.pulls import build_pull_query
 from offline_store.sandbox import UntrustedEntities
 from offline_store.sources import DuckDBSettings, parquet_scan, resolve_path
-from offline_store.writes import write_batch
+from offline_store.writes import stage_batch
+
+
+def stage_view_rows(config: RepoConfig, feature_view: FeatureView, table: pa.Table) -> StagedBatch:
+    """The first step of appending rows to a feature view's Parquet source: staged where no
+    reader sees them, hive partition columns typed as the view declares them
+    (:func:`offline_store.writes.stage_batch`; :func:`offline_store.parts.commit` lands it).
+
+    Raises:
+        SchemaMismatchError: the rows do not fit the source (nothing staged).
+        InvalidRequestError: the view's source is not a Parquet FileSource.
+        OSError: writing failed; nothing is left staged.
+    """
+    source = file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
+    path = resolve_path(config.repo_path, source.path)
+    return stage_batch(path, table, partition_types=declared_types(feature_view))
 
 
 class DuckDBParquetOfflineStoreConfig(FeastConfigBaseModel):
@@ -252,7 +268,7 @@ class DuckDBParquetOfflineStore(OfflineStore):
     ) -> None:
         """Append rows to a feature view's Parquet source (Feast's push ``to=offline``).
 
-        See :func:`offline_store.writes.write_batch` for how each source shape is appended.
+        See :func:`offline_store.writes.stage_batch` for how each source shape is appended.
 
         Args:
             config: the repo config.
@@ -267,8 +283,6 @@ class DuckDBParquetOfflineStore(OfflineStore):
             SchemaMismatchError: columns missing, unknown, or not castable.
             InvalidRequestError: the source is not a FileSource.
         """
-        source = file_source(feature_view.batch_source, f"feature view {feature_view.name!r}")
-        path = resolve_path(config.repo_path, source.path)
-        write_batch(path, table, partition_types=declared_types(feature_view))
+        commit([stage_view_rows(config, feature_view, table)])
         if progress is not None:
             progress(table.num_rows)

@@ -50,7 +50,6 @@ from offline_store.parts import (
     commit,
     conform,
     discard,
-    fsync_directory,
     made_directory,
     part_name,
     parts_directory,
@@ -58,20 +57,6 @@ from offline_store.parts import (
     temp_path,
     without_pandas_index,
 )
-
-# What the rest of the project imports from here (compaction names its parts alike).
-__all__ = [
-    "StagedBatch",
-    "commit",
-    "conform",
-    "discard",
-    "fsync_directory",
-    "part_name",
-    "parts_directory",
-    "source_schema",
-    "stage_batch",
-    "write_batch",
-]
 
 
 def _schema_of(files: list[str]) -> pa.Schema | None:

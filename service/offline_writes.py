@@ -30,10 +30,9 @@ from feast.infra.offline_stores.offline_store import OfflineStore
 
 from foundation.errors import BackendUnavailableError, InvalidRequestError
 from offline_store.historical import file_source
-from offline_store.partitions import declared_types
+from offline_store.parts import StagedBatch, commit, discard
 from offline_store.sources import resolve_path
-from offline_store.store import DuckDBParquetOfflineStore
-from offline_store.writes import StagedBatch, commit, discard, stage_batch
+from offline_store.store import DuckDBParquetOfflineStore, stage_view_rows
 from service.catalog import ViewInfo
 
 _FIX = "fix the offline store (disk space, permissions, mount) and retry the same request"
@@ -139,8 +138,7 @@ def _reason(exc: OSError) -> str:
 
 def _mapped(table: pa.Table, info: ViewInfo) -> pa.Table:
     """The field mapping Feast's provider applies before ``offline_write_batch`` (whose
-    other steps :meth:`OfflineAppend.stage` repeats: the source path, the declared types
-    of hive partition columns)."""
+    staging step :meth:`OfflineAppend.stage` takes: :func:`stage_view_rows`)."""
     mapping = info.view.batch_source.field_mapping if info.view.batch_source else None
     if not mapping:
         return table
@@ -188,12 +186,9 @@ class OfflineAppend:
             return
         for batch in self._batches:
             info = batch.views[0]
-            source = file_source(info.view.batch_source, f"feature view {info.name!r}")
-            path = resolve_path(self._store.config.repo_path, source.path)
             try:
                 rows = _mapped(batch.table, info)
-                types = declared_types(info.view)
-                self._staged.append(stage_batch(path, rows, partition_types=types))
+                self._staged.append(stage_view_rows(self._store.config, info.view, rows))
             except OSError as exc:
                 self.discard()
                 nothing = "nothing was written" + (", online or offline" if online else "")

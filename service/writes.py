@@ -30,8 +30,9 @@ from foundation.errors import (
     SchemaMismatchError,
 )
 from offline_store.partitions import declared_types
+from offline_store.parts import conform
 from offline_store.sources import resolve_path
-from offline_store.writes import conform, source_schema
+from offline_store.writes import source_schema
 from online_store.write_plan import WriteStats
 from online_store.writer import write_arrow
 from service.catalog import RegistrySnapshot, ViewInfo

@@ -21,8 +21,9 @@ import pytest
 
 from offline_store.connections import open_database
 from offline_store.listing import source_files
+from offline_store.parts import commit, discard
 from offline_store.sources import DuckDBSettings, fetch_all, parquet_scan
-from offline_store.writes import commit, discard, stage_batch, write_batch
+from offline_store.writes import stage_batch, write_batch
 from tests.offline_store.push_helpers import EXISTING, T0
 from tests.offline_store.repo_helpers import DRIVER_SCHEMA, write_rows
 
