@@ -99,6 +99,8 @@ def duckdb_hive_keys(path: str) -> list[str]:
     """The partition keys DuckDB reads from a file path, as its ``HivePartitioning::Parse``
     reads them: every folder ``key=value`` of the whole path with one ``=`` after a non-empty
     key, no ``?`` and no newline (the file name itself is not a folder)."""
+    if "=" not in path:  # the usual source: no folder can be a partition
+        return []
     keys: dict[str, None] = {}
     start = equals = 0
     candidate = True

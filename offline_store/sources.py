@@ -164,13 +164,10 @@ def _hive_options(files: Sequence[str], types: Mapping[str, ValueType]) -> str:
     given only when all files have the same keys (otherwise DuckDB finds no partitions).
     """
     options = ", hive_types_autocast=false"
-    if len({frozenset(duckdb_hive_keys(f)) for f in files}) != 1:
+    keys = [duckdb_hive_keys(f) for f in files]
+    if len({frozenset(k) for k in keys}) != 1:
         return options
-    typed = [
-        (key, DUCKDB_TYPES[types[key]])
-        for key in duckdb_hive_keys(files[0])
-        if types.get(key) in DUCKDB_TYPES
-    ]
+    typed = [(key, DUCKDB_TYPES[types[key]]) for key in keys[0] if types.get(key) in DUCKDB_TYPES]
     if typed:
         entries = ", ".join(f"{quote_literal(k)}: {quote_literal(t)}" for k, t in typed)
         options += f", hive_types={{{entries}}}"
