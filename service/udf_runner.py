@@ -8,14 +8,19 @@ behind them. The event loop serves other lookups meanwhile.
 
 A view earns the event loop (no thread hop, which costs the one-row lookup about 6% of
 its throughput and half again its p99) by its record: once its last few successful calls
-(:data:`PROOF_CALLS`) each cost at most :data:`INLINE_BUDGET_SECONDS` (see
-:class:`_Clock`), it runs on the loop for requests of up to as many entity rows as those
-calls had. One call on the loop over budget sends it back to a thread, where it must
-prove itself over twice as many calls; a slow call in a thread of a larger request leaves
-the loop to the sizes already proven (of a proven size, it sends the view back to prove
-itself again). A request larger than any the view has proven itself on goes to a thread
-(and, when quick, widens the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more
-always do.
+(:data:`PROOF_CALLS`) in a thread each cost at most :data:`THREAD_SLACK` times
+:data:`INLINE_BUDGET_SECONDS` (see :class:`_Clock`; the same call costs more in a thread,
+whose GIL handoffs and cold caches are charged to it: 1.5 times the CPU of the
+benchmark's pandas view on the loop), it runs on the loop for requests of up to as many
+entity rows as those calls had. There its own costs decide: one call over
+:data:`MAX_HOLD_SECONDS` sends it back to a thread at once, and so do calls over the
+budget in half of its last :data:`LOOP_WINDOW` calls on the loop (a call now and then
+over the budget, from the garbage collector or the OS running something else, does not).
+Back in a thread it must prove itself over twice as many calls. A slow call in a thread
+of a larger request leaves the loop to the sizes already proven (of a proven size, it
+sends the view back to prove itself again). A request larger than any the view has
+proven itself on goes to a thread (and, when quick, widens the proof); requests of
+:data:`ODFV_THREAD_ROWS` rows or more always do.
 
 The record is kept per worker and per transformation (view name, mode and UDF source), so
 it survives registry refreshes that leave the view's code as it was, and starts again
@@ -30,6 +35,7 @@ import functools
 import resource
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,10 +49,20 @@ _T = TypeVar("_T")
 
 # From this many entity rows on, a view always runs in a transformation thread.
 ODFV_THREAD_ROWS = 64
-# A call on the event loop may hold it this long.
+# What a call on the event loop may usually hold it for.
 INLINE_BUDGET_SECONDS = 0.002
-# Calls under budget in a row before a view runs on the loop; doubled on each fall back.
+# No call may hold the loop longer: one that does sends its view back to a thread.
+MAX_HOLD_SECONDS = 4 * INLINE_BUDGET_SECONDS
+# A call in a thread counts towards the proof up to this many budgets.
+THREAD_SLACK = 2.0
+# On the loop, a view whose calls were over budget in half of its last this many calls
+# goes back to a thread.
+LOOP_WINDOW = 8
+# Quick calls in threads before a view runs on the loop (each slow one takes back
+# SLOW_PENALTY of them); doubled on each fall back from the loop, halved by a stay there as
+# long as the proof.
 PROOF_CALLS = 4
+SLOW_PENALTY = 4
 MAX_PROOF_CALLS = 4096
 
 
@@ -57,35 +73,69 @@ class UdfPace:
     delays a switch by a call.
     """
 
-    __slots__ = ("fast_calls", "needed", "on_loop", "proven_rows")
+    __slots__ = ("fast_calls", "loop_calls", "needed", "on_loop", "over", "proven_rows", "recent")
 
     def __init__(self) -> None:
         self.on_loop = False
-        self.fast_calls = 0
+        self.fast_calls = 0  # quick calls in threads, less SLOW_PENALTY per slow one
         self.needed = PROOF_CALLS
-        self.proven_rows = 0  # the most entity rows of a call in the current quick run
+        self.proven_rows = 0  # the most entity rows of a call in the current proof
+        self.loop_calls = 0  # calls on the loop since it was earned
+        # Whether each of the last LOOP_WINDOW calls on the loop was over budget.
+        self.recent: deque[bool] = deque(maxlen=LOOP_WINDOW)
+        self.over = 0  # how many of ``recent`` were
 
     def allows(self, rows: int) -> bool:
         """Whether a request of ``rows`` entity rows may run on the event loop."""
         return self.on_loop and rows <= self.proven_rows
 
     def record(self, seconds: float, rows: int, *, ran_on_loop: bool) -> None:
-        """Account one call of ``rows`` entity rows that took ``seconds`` (wall time)."""
-        if seconds <= INLINE_BUDGET_SECONDS:
+        """Account one call of ``rows`` entity rows that took ``seconds`` (see :class:`_Clock`)."""
+        if ran_on_loop:
+            if seconds <= MAX_HOLD_SECONDS and self._keeps_loop(seconds > INLINE_BUDGET_SECONDS):
+                return
+            # Held the loop too long: prove it again, over more calls.
+            self._leave_loop(min(self.needed * 2, MAX_PROOF_CALLS))
+        elif self.on_loop:
+            # Only a call that would have held the loop too long tells against a view the
+            # loop takes (a thread's GIL waits make most calls there cost more), and only
+            # at the sizes the loop takes; it held no loop, so the proof is not doubled.
+            if seconds > MAX_HOLD_SECONDS and rows <= self.proven_rows:
+                self._leave_loop(self.needed)
+            elif seconds <= THREAD_SLACK * INLINE_BUDGET_SECONDS:
+                self.proven_rows = max(self.proven_rows, rows)  # a larger size, proven
+        elif seconds <= THREAD_SLACK * INLINE_BUDGET_SECONDS:
             self.fast_calls += 1
             self.proven_rows = max(self.proven_rows, rows)
             if self.fast_calls >= self.needed:
                 self.on_loop = True
-            return
-        if ran_on_loop:  # held the loop too long: prove it again, over more calls
-            self.needed = min(self.needed * 2, MAX_PROOF_CALLS)
-        elif self.on_loop and rows > self.proven_rows:
-            # A larger request than the loop allows was slow in a thread: the sizes the
-            # view has proven itself on stay on the loop, the larger ones stay in threads.
-            return
-        # Slow at a size the loop takes (in a thread, it was sent there before the view
-        # earned the loop): prove it again, over as many calls, as it held no loop.
+                self.loop_calls = 0
+                self.recent.clear()
+                self.over = 0
+        else:
+            self.fast_calls = max(0, self.fast_calls - SLOW_PENALTY)
+            if self.fast_calls == 0:
+                self.proven_rows = 0
+
+    def _keeps_loop(self, over_budget: bool) -> bool:
+        """Add a call on the loop to the window; whether the view may stay there."""
+        if len(self.recent) == LOOP_WINDOW:
+            self.over -= self.recent[0]
+        self.recent.append(over_budget)
+        self.over += over_budget
+        if self.over >= LOOP_WINDOW // 2:
+            return False
+        self.loop_calls += 1
+        if self.loop_calls >= self.needed and self.needed > PROOF_CALLS:
+            # As long on the loop as it had to prove itself in threads: the next fall
+            # back needs half the proof this one did.
+            self.needed //= 2
+            self.loop_calls = 0
+        return True
+
+    def _leave_loop(self, needed: int) -> None:
         self.on_loop = False
+        self.needed = needed
         self.fast_calls = 0
         self.proven_rows = 0
 

@@ -16,7 +16,15 @@ from feast.types import Float64
 from online_store.read_columns import FeatureColumn
 from online_store.reader import ReadResult
 from service.odfv import OdfvStep
-from service.udf_runner import INLINE_BUDGET_SECONDS, PROOF_CALLS, UdfPace, UdfRunner
+from service.udf_runner import (
+    INLINE_BUDGET_SECONDS,
+    LOOP_WINDOW,
+    MAX_HOLD_SECONDS,
+    PROOF_CALLS,
+    THREAD_SLACK,
+    UdfPace,
+    UdfRunner,
+)
 from tests.service.conftest import AppClient, Repo
 from tests.service.test_odfv import _one_ride, _step, stats, trip
 
@@ -91,10 +99,10 @@ def test_a_quick_record_holds_for_the_row_counts_it_was_earned_on() -> None:
     assert not pace.allows(40)
 
 
-def test_a_slow_call_in_a_thread_restarts_the_proof_without_doubling_it() -> None:
+def test_a_slow_call_in_a_thread_takes_back_the_proof_without_doubling_it() -> None:
     pace = UdfPace()
     pace.record(QUICK, 1, ran_on_loop=False)
-    pace.record(SLOW, 1, ran_on_loop=False)  # the run of quick calls starts again
+    pace.record(SLOW, 1, ran_on_loop=False)  # takes back SLOW_PENALTY quick calls (the one)
     for _ in range(PROOF_CALLS - 1):
         pace.record(QUICK, 1, ran_on_loop=False)
     assert not pace.allows(1)
@@ -103,8 +111,9 @@ def test_a_slow_call_in_a_thread_restarts_the_proof_without_doubling_it() -> Non
 
 
 def test_a_slow_call_in_a_thread_at_a_size_the_loop_takes_leaves_the_loop() -> None:
-    """A call sent to a thread just before the view earned the loop, and slow there, is
-    as telling as one on the loop (without having held it: the proof is not doubled)."""
+    """A call sent to a thread just before the view earned the loop, and slower there than
+    a call may hold the loop, is as telling as one on the loop (without having held it: the
+    proof is not doubled)."""
     pace = UdfPace()
     for _ in range(PROOF_CALLS):
         pace.record(QUICK, 1, ran_on_loop=False)
@@ -132,6 +141,103 @@ def test_slow_larger_requests_in_threads_leave_one_row_lookups_on_the_loop() -> 
     for _ in range(2 * PROOF_CALLS - 1):
         pace.record(QUICK, 1, ran_on_loop=False)
     assert not pace.allows(1)
+
+
+OVER = INLINE_BUDGET_SECONDS * 1.5  # over the budget, under the hold limit
+
+
+def _earned(needed: int = PROOF_CALLS) -> UdfPace:
+    pace = UdfPace()
+    pace.needed = needed
+    for _ in range(needed):
+        pace.record(QUICK, 1, ran_on_loop=False)
+    assert pace.allows(1)
+    return pace
+
+
+def _calls_to_earn(pace: UdfPace, cost: float = QUICK, most: int = 10_000) -> int:
+    for calls in range(1, most + 1):
+        pace.record(cost, 1, ran_on_loop=False)
+        if pace.allows(1):
+            return calls
+    return most + 1
+
+
+def test_calls_now_and_then_over_budget_on_the_loop_keep_it() -> None:
+    """A garbage collection or the OS running something else now and then puts a quick
+    view's call over the budget: the view stays on the loop (it used to leave on one)."""
+    pace = _earned()
+    for _ in range(20):
+        pace.record(OVER, 1, ran_on_loop=True)
+        assert pace.allows(1)
+        for _ in range(LOOP_WINDOW // 2):
+            pace.record(QUICK, 1, ran_on_loop=True)
+    pace.record(MAX_HOLD_SECONDS * 0.9, 1, ran_on_loop=True)
+    assert pace.allows(1)
+
+
+def test_a_view_over_budget_in_half_its_loop_calls_goes_back_with_the_proof_doubled() -> None:
+    pace = _earned()
+    for _ in range(LOOP_WINDOW // 2):
+        assert pace.allows(1)
+        pace.record(QUICK, 1, ran_on_loop=True)
+        pace.record(OVER, 1, ran_on_loop=True)
+    assert not pace.allows(1), "over budget in 4 of its last 8 calls, it kept the loop"
+    assert _calls_to_earn(pace) == 2 * PROOF_CALLS
+
+
+def test_one_call_past_the_hold_limit_on_the_loop_sends_the_view_back_at_once() -> None:
+    pace = _earned()
+    pace.record(MAX_HOLD_SECONDS * 1.1, 1, ran_on_loop=True)
+    assert not pace.allows(1)
+    assert _calls_to_earn(pace) == 2 * PROOF_CALLS
+
+
+def test_calls_in_threads_count_as_quick_up_to_the_slack() -> None:
+    """The same call costs more in a thread (its GIL handoffs are charged to it): up to
+    THREAD_SLACK budgets there earns the loop, where the view's own costs then decide."""
+    assert _calls_to_earn(UdfPace(), INLINE_BUDGET_SECONDS * THREAD_SLACK * 0.9) == PROOF_CALLS
+    assert _calls_to_earn(UdfPace(), INLINE_BUDGET_SECONDS * THREAD_SLACK * 1.1, 500) > 500
+
+
+def test_a_few_slow_calls_in_threads_do_not_keep_a_quick_view_off_the_loop_for_good() -> None:
+    """After many falls back the proof is long (here 256 calls): one slow call in ten
+    (a busy moment) delays the loop, it does not bar it; one in four does."""
+    pace = UdfPace()
+    pace.needed = 256
+    for calls in range(1, 2000):
+        pace.record(SLOW if calls % 10 == 0 else QUICK, 1, ran_on_loop=False)
+        if pace.allows(1):
+            break
+    assert pace.allows(1)
+    assert calls < 2 * 256
+    pace = UdfPace()
+    pace.needed = 256
+    for calls in range(1, 2000):
+        pace.record(SLOW if calls % 4 == 0 else QUICK, 1, ran_on_loop=False)
+        assert not pace.allows(1)
+
+
+def test_a_stay_on_the_loop_as_long_as_the_proof_halves_the_next_proof() -> None:
+    pace = _earned(needed=4 * PROOF_CALLS)
+    for _ in range(4 * PROOF_CALLS):
+        pace.record(QUICK, 1, ran_on_loop=True)
+    pace.record(SLOW, 1, ran_on_loop=True)  # back, with the halved proof doubled again
+    assert not pace.allows(1)
+    assert _calls_to_earn(pace) == 4 * PROOF_CALLS
+    pace.record(SLOW, 1, ran_on_loop=True)  # at once, no stay: doubled
+    assert _calls_to_earn(pace) == 8 * PROOF_CALLS
+
+
+def test_a_view_on_the_loop_leaves_for_a_thread_call_only_past_the_hold_limit() -> None:
+    """Calls sent to threads while the view was earning the loop come back later; they
+    cost more there, and only one that would have held the loop too long counts."""
+    pace = _earned()
+    pace.record(INLINE_BUDGET_SECONDS * THREAD_SLACK * 1.5, 1, ran_on_loop=False)
+    assert pace.allows(1)
+    pace.record(MAX_HOLD_SECONDS * 1.5, 1, ran_on_loop=False)
+    assert not pace.allows(1)
+    assert _calls_to_earn(pace) == PROOF_CALLS  # it held no loop: the proof is not doubled
 
 
 @on_demand_feature_view(
