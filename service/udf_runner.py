@@ -16,11 +16,13 @@ entity rows as those calls had. There its own costs decide: one call over
 :data:`MAX_HOLD_SECONDS` sends it back to a thread at once, and so do calls over the
 budget in half of its last :data:`LOOP_WINDOW` calls on the loop (a call now and then
 over the budget, from the garbage collector or the OS running something else, does not).
-Back in a thread it must prove itself over twice as many calls. A slow call in a thread
-of a larger request leaves the loop to the sizes already proven (of a proven size, it
-sends the view back to prove itself again). A request larger than any the view has
-proven itself on goes to a thread (and, when quick, widens the proof); requests of
-:data:`ODFV_THREAD_ROWS` rows or more always do.
+Back in a thread it must prove itself over twice as many calls (each slow call there
+takes back :data:`SLOW_PENALTY` quick ones), and a stay on the loop as long as its
+proof halves the next one. While the view is on the loop, a call of a
+proven size still in a thread sends it back only past :data:`MAX_HOLD_SECONDS`, and a
+slow one of a larger request leaves the loop to the sizes already proven. A request
+larger than any the view has proven itself on goes to a thread (and, when quick, widens
+the proof); requests of :data:`ODFV_THREAD_ROWS` rows or more always do.
 
 The record is kept per worker and per transformation (view name, mode and UDF source), so
 it survives registry refreshes that leave the view's code as it was, and starts again
