@@ -58,14 +58,16 @@ def open_database(settings: DuckDBSettings) -> duckdb.DuckDBPyConnection:
     if settings.max_temp_size:
         config["max_temp_directory_size"] = settings.max_temp_size
     con = duckdb.connect(database=":memory:", config=config)
+    # The next two are session settings: set GLOBAL, every job's connection (a cursor of
+    # this one, see _session) starts with them; a plain SET would hold for this one alone.
     # A job reads each source's footers several times (its row count for the join shape,
     # then each scan of the join): cached, they are read once.
-    execute(con, "SET parquet_metadata_cache = true")
+    execute(con, "SET GLOBAL parquet_metadata_cache = true")
+    if not settings.parquet_prefetch:
+        execute(con, "SET GLOBAL disable_parquet_prefetching = true")
     # Memory a finished job freed goes back to the system within a second or two, not when
     # the database closes (an idle one kept 150-200 MB after a 100k-row training set without).
     execute(con, "SET allocator_background_threads = true")
-    if not settings.parquet_prefetch:
-        execute(con, "SET disable_parquet_prefetching = true")
     return con
 
 
