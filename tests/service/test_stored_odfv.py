@@ -27,7 +27,8 @@ from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 from tests.service.differential_helpers import post_both
 
-DEFINITIONS = """
+# The shop entity and its sales view (test_stored_odfv_request builds on them too).
+SALES = """
 from datetime import timedelta
 import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
@@ -41,6 +42,10 @@ sales = FeatureView(
     source=FileSource(name="sales_src", path="data/sales.parquet",
                       timestamp_field="event_timestamp"),
 )
+"""
+DEFINITIONS = (
+    SALES
+    + """
 
 
 @on_demand_feature_view(
@@ -96,6 +101,7 @@ def restock(inputs: pd.DataFrame) -> pd.DataFrame:
     out["twice"] = inputs["qty"] * 2
     return out
 """
+)
 UNITS = {"s1": 10, "s2": 3}
 PRICE = {"s1": 12.5, "s2": 2.0}
 

@@ -17,21 +17,13 @@ import pytest
 
 from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
+from tests.service.test_stored_odfv import SALES, _write
 
-DEFINITIONS = """
-from datetime import timedelta
-import pandas as pd
-from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
-from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64
+DEFINITIONS = (
+    SALES
+    + """
+from feast import RequestSource
 
-shop = Entity(name="shop", join_keys=["shop_id"], value_type=ValueType.STRING)
-sales = FeatureView(
-    name="sales", entities=[shop], ttl=timedelta(0),
-    schema=[Field(name="units", dtype=Int64), Field(name="price", dtype=Float64)],
-    source=FileSource(name="sales_src", path="data/sales.parquet",
-                      timestamp_field="event_timestamp"),
-)
 quote = RequestSource(name="quote", schema=[Field(name="discount", dtype=Float64)])
 
 
@@ -44,6 +36,7 @@ def net_revenue(inputs: pd.DataFrame) -> pd.DataFrame:
     out["net"] = inputs["units"] * inputs["price"] * (1.0 - inputs["discount"])
     return out
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +70,8 @@ def test_written_with_its_request_data_and_read_with_or_without_it(
     lookup reads what was stored whether it sends request data or not, as `feast serve`
     does (neither runs the transformation again)."""
     ours, feast = servers
-    resp = ours.post(
-        "/write-to-online-store",
-        json={
-            "feature_view_name": "net_revenue",
-            "df": {"shop_id": ["w1", "w2"], "units": [4, 2], "price": [10.0, 5.0],
-                   "discount": [0.25, 0.0]},
-        },
-    )  # fmt: skip
+    inputs = {"units": [4, 2], "price": [10.0, 5.0], "discount": [0.25, 0.0]}
+    resp = _write(ours, "net_revenue", {"shop_id": ["w1", "w2"], **inputs})
     assert resp.status_code == 200, resp.text
     assert resp.json()["written"] == 2
     for entities in (
@@ -105,11 +92,7 @@ def test_a_write_without_the_request_data_is_a_422_naming_it_and_writes_nothing(
     servers: tuple[AppClient, httpx.Client],
 ) -> None:
     ours, _ = servers
-    resp = ours.post(
-        "/write-to-online-store",
-        json={"feature_view_name": "net_revenue",
-              "df": {"shop_id": ["w9"], "units": [4], "price": [10.0]}},
-    )  # fmt: skip
+    resp = _write(ours, "net_revenue", {"shop_id": ["w9"], "units": [4], "price": [10.0]})
     assert resp.status_code == 422, resp.text
     assert "discount" in resp.text
     body = {"entities": {"shop_id": ["w9"]}, "features": ["net_revenue:net"]}
