@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 PIPE_VENV := .venv-pipelines
 PIPE_BIN := $(PIPE_VENV)/bin
 PIPE_STAMP := $(PIPE_VENV)/.installed
+TEST_WORKERS ?= auto
 
 .PHONY: install demo serve test lint format bench clean pipelines-env pipelines-compile pipelines-test java-check
 
@@ -47,6 +48,10 @@ serve: $(STAMP)
 	$(BIN)/featurestore serve --repo feature_repo
 
 # The service's suite in .venv, then the pipelines' (Airflow, kfp, MLflow) in .venv-pipelines.
+# The first runs in TEST_WORKERS processes (pytest-xdist; default one per core), each test file
+# whole on one worker, so a module's fixtures are built once. Each worker has its own private
+# redis-server, PostgreSQL database and Spark session (tests/conftest.py); TEST_WORKERS=0 runs
+# it in one process.
 # The console's browser tests drive Debian's Chromium (Playwright cannot download its own).
 CHROMIUM := /usr/bin/chromium
 
@@ -55,7 +60,7 @@ $(CHROMIUM):
 		(apt-get update && apt-get install -y chromium)
 
 test: $(STAMP) $(PIPE_STAMP) $(CHROMIUM) java-check
-	$(BIN)/python -m pytest --ignore=tests/pipelines
+	$(BIN)/python -m pytest --ignore=tests/pipelines -n $(TEST_WORKERS) --dist loadfile
 	$(PIPE_BIN)/python -m pytest tests/pipelines
 
 # The Spark tests (local[2]) need a Java 17+ runtime next to the pyspark extra.

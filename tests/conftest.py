@@ -4,6 +4,10 @@
 - ``redis_server_factory``: start extra private servers (persistence, outage tests).
 - ``pg_url``: a fresh PostgreSQL database on the machine's server (127.0.0.1:5432),
   dropped at the end of the session.
+
+``make test`` runs the suite in parallel pytest-xdist workers; each worker is a test session
+of its own, so each has its own private Redis, database and Spark session, and nothing a test
+writes is seen by another worker's tests.
 """
 
 from __future__ import annotations
