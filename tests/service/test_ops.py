@@ -93,14 +93,16 @@ def test_metrics_count_requests_latency_redis_registry_and_freshness(
     # Freshness is now minus the newest event materialized, not the end of the window. Read
     # from an app that has pushed nothing: the shared client's gauge also counts the rows other
     # tests pushed through it (fresher than the materialized data).
-    text = app_factory().get("/metrics").text
+    unpushed = app_factory().get("/metrics").text
     for view, table in [
         ("customer_profile", "customer_profile"),
         ("driver_hourly_stats", "driver_stats"),
     ]:
         newest = pc.max(repo.table(table).column("event_timestamp")).as_py()
         expected = (datetime.now(UTC) - newest).total_seconds()
-        freshness = _metric(text, "featurestore_feature_view_freshness_seconds", feature_view=view)
+        freshness = _metric(
+            unpushed, "featurestore_feature_view_freshness_seconds", feature_view=view
+        )
         assert expected - 30 < freshness <= expected + 1, view
 
 
