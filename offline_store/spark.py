@@ -39,6 +39,7 @@ from offline_store.sandbox import UntrustedEntities
 from offline_store.spark_entities import check_request, load_entities
 from offline_store.spark_job import SparkRetrievalJob
 from offline_store.spark_join import SparkView, pit_join
+from offline_store.spark_pairs import JoinStrategy, choose_strategy, pit_join_pairs
 from offline_store.spark_schema import quoted
 from offline_store.spark_session import spark_session
 from offline_store.spark_sources import (
@@ -62,6 +63,11 @@ class SparkOfflineStoreConfig(FeastConfigBaseModel):
     type: Literal["offline_store.spark.SparkOfflineStore"] = "offline_store.spark.SparkOfflineStore"
     spark_conf: dict[str, str] | None = None
     """Settings of the Spark session built when none is active (``spark.master`` etc.)."""
+    join_strategy: JoinStrategy = "auto"
+    """How training sets are joined: ``window`` (shuffle and sort the feature rows with the
+    entity rows), ``broadcast`` (ship the entity rows to the scans,
+    :mod:`offline_store.spark_pairs`) or ``auto`` (broadcast for small pandas/Arrow entity
+    rows without hot keys, :func:`offline_store.spark_pairs.choose_strategy`). Same answer."""
 
 
 def session_for(config: RepoConfig) -> SparkSession:
@@ -223,7 +229,11 @@ class SparkOfflineStore(OfflineStore):
             loaded = load_entities(spark, rows)
             check_request(specs, loaded)
             check_request_data(odfvs, loaded.columns)
-            frame = pit_join(
+            oc = config.offline_store
+            configured = oc.join_strategy if isinstance(oc, SparkOfflineStoreConfig) else "auto"
+            strategy = choose_strategy(configured, specs, loaded.local)
+            join = pit_join_pairs if strategy == "broadcast" else pit_join
+            frame = join(
                 loaded.frame,
                 specs,
                 loaded.columns,

@@ -49,6 +49,8 @@ class SparkEntities:
         min_ts: earliest entity time (UTC), ``None`` without rows.
         max_ts: latest entity time (UTC).
         order: how ``__row_id`` splits into ordered output partitions.
+        local: the rows as an Arrow table when they came from pandas or Arrow (the driver
+            has them anyway), else ``None``; the join strategy counts their keys.
     """
 
     frame: Any
@@ -57,6 +59,7 @@ class SparkEntities:
     min_ts: datetime | None
     max_ts: datetime | None
     order: RowOrder
+    local: pa.Table | None = None
 
 
 def _local_table(source: Any) -> pa.Table | None:
@@ -224,7 +227,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
         order = RowOrder.dense(stats["rows"], shuffle)
     else:  # monotonically_increasing_id: the input partition in the upper bits
         order = RowOrder.by_input_partition((stats["last_partition"] or 0) + 1)
-    return SparkEntities(frame, columns, ts_col, stats["lo"], stats["hi"], order)
+    return SparkEntities(frame, columns, ts_col, stats["lo"], stats["hi"], order, table)
 
 
 def _family(dtype: Any) -> str:

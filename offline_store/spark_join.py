@@ -46,7 +46,8 @@ ROW_ID = "__row_id"
 # monotonically_increasing_id puts the partition index above the lower 33 bits.
 PARTITION_SHIFT = 33
 ENTITY_TS = "__entity_ts"
-_O_TS, _O_CR, _FEAT, _MATCH = "__o_ts", "__o_cr", "__feat", "__match"
+# The feature rows' order key, each view's packed values, each view's match.
+O_TS, O_CR, FEAT, MATCH = "__o_ts", "__o_cr", "__feat", "__match"
 _LONG_MAX = 9223372036854775807
 _LONG_MIN = -9223372036854775807
 _ORDER_TYPES = {ORDER_FILE: "string", ORDER_ROW: "long"}
@@ -136,11 +137,16 @@ def in_input_order(frame: DataFrame, order: RowOrder) -> DataFrame:
     Writers and collectors go through partitions in order, so Parquet part files and collected
     rows come out in input order, after one shuffle and no sampling pass.
     """
+    return frame.repartition(order.partitions, output_partition(order)).sortWithinPartitions(ROW_ID)
+
+
+def output_partition(order: RowOrder) -> Column:
+    """A long that ``repartition(order.partitions, ...)`` sends to the output partition of
+    the row's ``__row_id``."""
     from pyspark.sql import functions as F
 
     keys = F.array(*[F.lit(k).cast("long") for k in _ordered_hash_keys(order.partitions)])
-    target = F.element_at(keys, order.bucket() + F.lit(1))
-    return frame.repartition(order.partitions, target).sortWithinPartitions(ROW_ID)
+    return F.element_at(keys, order.bucket() + F.lit(1))
 
 
 def raw_column(view: SparkView, mapped: str) -> str:
@@ -151,19 +157,21 @@ def raw_column(view: SparkView, mapped: str) -> str:
     return mapped
 
 
-def _col(name: str) -> Column:
+def column(name: str) -> Column:
+    """The column ``name``, whatever characters it holds."""
     from pyspark.sql import functions as F
 
     return F.col(quoted(name))
 
 
-def _micros(column: Column) -> Column:
+def micros(value: Column) -> Column:
+    """A timestamp as whole microseconds since the epoch (a long)."""
     from pyspark.sql import functions as F
 
-    return F.unix_micros(column.cast("timestamp"))
+    return F.unix_micros(value.cast("timestamp"))
 
 
-def _shared_scans(group: list[tuple[int, SparkView]]) -> list[list[tuple[int, SparkView]]]:
+def shared_scans(group: list[tuple[int, SparkView]]) -> list[list[tuple[int, SparkView]]]:
     """The group's views by the rows they read: same source frame, field mapping, time
     columns and join keys (in order of first appearance). Such views are one scan of the
     source whose rows carry each view's values in its own struct."""
@@ -180,7 +188,7 @@ def _shared_scans(group: list[tuple[int, SparkView]]) -> list[list[tuple[int, Sp
     return list(scans.values())
 
 
-def _feature_rows(
+def feature_rows(
     scan: list[tuple[int, SparkView]],
     entity_types: dict[str, Any],
     min_ts: datetime | None,
@@ -192,42 +200,44 @@ def _feature_rows(
     from pyspark.sql import functions as F
 
     view = scan[0][1]
-    ts = _col(raw_column(view, view.timestamp_field)).cast("timestamp")
+    ts = column(raw_column(view, view.timestamp_field)).cast("timestamp")
     created = (
-        F.coalesce(_micros(_col(raw_column(view, view.created_timestamp_column))), F.lit(_LONG_MIN))
+        F.coalesce(
+            micros(column(raw_column(view, view.created_timestamp_column))), F.lit(_LONG_MIN)
+        )
         if view.created_timestamp_column
         else F.lit(_LONG_MIN)
     )
     keys = [
-        _col(raw_column(view, mapped)).cast(entity_types[entity]).alias(entity)
+        column(raw_column(view, mapped)).cast(entity_types[entity]).alias(entity)
         for entity, mapped in view.join_keys
     ]
     packed = [
         F.struct(
             ts.alias("ts"),
             *[
-                _col(raw_column(v, f.source_column)).alias(f"f{j}")
+                column(raw_column(v, f.source_column)).alias(f"f{j}")
                 for j, f in enumerate(v.features)
             ],
-        ).alias(f"{_FEAT}{index}")
+        ).alias(f"{FEAT}{index}")
         for index, v in scan
     ]
     conditions = [ts.isNotNull()] + [
-        _col(raw_column(view, mapped)).isNotNull() for _, mapped in view.join_keys
+        column(raw_column(view, mapped)).isNotNull() for _, mapped in view.join_keys
     ]
     if max_ts is not None:
         conditions.append(ts <= F.lit(max_ts))
     ttls = [v.ttl_micros for _, v in scan]
     if min_ts is not None and min(ttls) > 0:
-        low = _micros(F.lit(min_ts)) - F.lit(max(ttls))
-        conditions.append(_micros(ts) >= low)
+        low = micros(F.lit(min_ts)) - F.lit(max(ttls))
+        conditions.append(micros(ts) >= low)
     condition = conditions[0]
     for extra in conditions[1:]:
         condition = condition & extra
     rows: DataFrame = view.frame.where(condition).select(
         *keys,
-        ts.alias(_O_TS),
-        created.alias(_O_CR),
+        ts.alias(O_TS),
+        created.alias(O_CR),
         *[F.col(c).cast(_ORDER_TYPES[c]).alias(c) for c in order_columns(view.frame)],
         *packed,
     )
@@ -244,7 +254,7 @@ def _join_group(
 
     Each view's rows carry their values in their own ``__feat<i>``, null on every other row, so
     a view's running ``last(ignorenulls)`` only ever sees its own rows, in its own order. Views
-    that read the same rows (:func:`_shared_scans`) share them: one copy of each row, with a
+    that read the same rows (:func:`shared_scans`) share them: one copy of each row, with a
     struct per view.
     """
     from pyspark.sql import Window
@@ -257,53 +267,59 @@ def _join_group(
     order_cols.append(ORDER_ROW)
     parts = []
     feat_types = {}
-    for scan in _shared_scans(group):
-        rows = _feature_rows(scan, entity_types, min_ts, max_ts)
+    for scan in shared_scans(group):
+        rows = feature_rows(scan, entity_types, min_ts, max_ts)
         for c in order_cols:
             if c not in rows.columns:
                 rows = rows.withColumn(c, F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]))
         for index, _ in scan:
-            feat_types[index] = rows.schema[f"{_FEAT}{index}"].dataType
+            feat_types[index] = rows.schema[f"{FEAT}{index}"].dataType
         parts.append(rows)
     probe = entities.select(
         "*",
-        F.col(ENTITY_TS).alias(_O_TS),
-        F.lit(_LONG_MAX).alias(_O_CR),
+        F.col(ENTITY_TS).alias(O_TS),
+        F.lit(_LONG_MAX).alias(O_CR),
         *[F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]).alias(c) for c in order_cols],
-        *[F.lit(None).cast(t).alias(f"{_FEAT}{i}") for i, t in feat_types.items()],
+        *[F.lit(None).cast(t).alias(f"{FEAT}{i}") for i, t in feat_types.items()],
     )
     both = probe
     for rows in parts:
         both = both.unionByName(rows, allowMissingColumns=True)
     keys = [e for e, _ in group[0][1].join_keys]
     window = (
-        Window.partitionBy(*[_col(e) for e in keys])
-        .orderBy(_O_TS, _O_CR, *order_cols)
+        Window.partitionBy(*[column(e) for e in keys])
+        .orderBy(O_TS, O_CR, *order_cols)
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     matched = both.select(
-        *[_col(c) for c in entities.columns],
+        *[column(c) for c in entities.columns],
         *[
-            F.last(f"{_FEAT}{i}", ignorenulls=True).over(window).alias(f"{_MATCH}{i}")
+            F.last(f"{FEAT}{i}", ignorenulls=True).over(window).alias(f"{MATCH}{i}")
             for i, _ in group
         ],
     ).where(F.col(ROW_ID).isNotNull())  # entity rows: feature rows have no row id
-    outputs = []
-    for index, view in group:
-        match = f"{_MATCH}{index}"
-        if view.ttl_micros > 0:
-            low = _micros(F.col(ENTITY_TS)) - F.lit(view.ttl_micros)
-            in_window = _micros(F.col(f"{match}.ts")) >= low
-        else:
-            in_window = F.col(f"{match}.ts").isNotNull()
-        outputs += [
-            F.when(in_window, F.col(f"{match}.f{j}")).alias(f.output_name)
-            for j, f in enumerate(view.features)
-        ]
-    return matched.select(*[_col(c) for c in entities.columns], *outputs)
+    outputs = [out for index, view in group for out in view_outputs(index, view)]
+    return matched.select(*[column(c) for c in entities.columns], *outputs)
 
 
-def _key_groups(views: list[SparkView]) -> list[list[tuple[int, SparkView]]]:
+def view_outputs(index: int, view: SparkView) -> list[Column]:
+    """The feature columns of view ``index`` from its match ``__match<index>`` (a packed
+    feature row, or null): null where there is no match or it is older than the TTL."""
+    from pyspark.sql import functions as F
+
+    match = f"{MATCH}{index}"
+    if view.ttl_micros > 0:
+        low = micros(F.col(ENTITY_TS)) - F.lit(view.ttl_micros)
+        in_window = micros(F.col(f"{match}.ts")) >= low
+    else:
+        in_window = F.col(f"{match}.ts").isNotNull()
+    return [
+        F.when(in_window, F.col(f"{match}.f{j}")).alias(f.output_name)
+        for j, f in enumerate(view.features)
+    ]
+
+
+def key_groups(views: list[SparkView]) -> list[list[tuple[int, SparkView]]]:
     """Views by their entity-side join keys, in order of first appearance."""
     groups: dict[tuple[str, ...], list[tuple[int, SparkView]]] = {}
     for index, view in enumerate(views):
@@ -335,13 +351,33 @@ def pit_join(
     Returns:
         Entity columns then feature columns, sorted by entity row.
     """
+    joined = entities
+    for group in key_groups(views):
+        joined = _join_group(joined, group, min_ts, max_ts)
+    return finish(joined, views, entity_columns, timestamp_column, order)
+
+
+def finish(
+    joined: DataFrame,
+    views: list[SparkView],
+    entity_columns: list[str],
+    timestamp_column: str,
+    order: RowOrder,
+) -> DataFrame:
+    """Entity rows with their feature columns in input order, as the join returns them."""
+    return in_input_order(joined, order).select(
+        *result_columns(views, entity_columns, timestamp_column)
+    )
+
+
+def result_columns(
+    views: list[SparkView], entity_columns: list[str], timestamp_column: str
+) -> list[Column]:
+    """The entity columns (the time as UTC) then every view's feature columns."""
     from pyspark.sql import functions as F
 
-    joined = entities
-    for group in _key_groups(views):
-        joined = _join_group(joined, group, min_ts, max_ts)
     features = [f.output_name for view in views for f in view.features]
     select = [
-        F.col(ENTITY_TS).alias(c) if c == timestamp_column else _col(c) for c in entity_columns
+        F.col(ENTITY_TS).alias(c) if c == timestamp_column else column(c) for c in entity_columns
     ]
-    return in_input_order(joined, order).select(*select, *[_col(f) for f in features])
+    return select + [column(f) for f in features]
