@@ -302,14 +302,16 @@ def _join_group(
     return matched.select(*[column(c) for c in entities.columns], *outputs)
 
 
-def view_outputs(index: int, view: SparkView) -> list[Column]:
+def view_outputs(index: int, view: SparkView, entity_ts: Column | None = None) -> list[Column]:
     """The feature columns of view ``index`` from its match ``__match<index>`` (a packed
-    feature row, or null): null where there is no match or it is older than the TTL."""
+    feature row, or null): null where there is no match or it is older than the TTL before
+    the entity row's time (``entity_ts``, by default the column ``__entity_ts``)."""
     from pyspark.sql import functions as F
 
     match = f"{MATCH}{index}"
     if view.ttl_micros > 0:
-        low = micros(F.col(ENTITY_TS)) - F.lit(view.ttl_micros)
+        at = F.col(ENTITY_TS) if entity_ts is None else entity_ts
+        low = micros(at) - F.lit(view.ttl_micros)
         in_window = micros(F.col(f"{match}.ts")) >= low
     else:
         in_window = F.col(f"{match}.ts").isNotNull()
@@ -351,33 +353,13 @@ def pit_join(
     Returns:
         Entity columns then feature columns, sorted by entity row.
     """
+    from pyspark.sql import functions as F
+
     joined = entities
     for group in key_groups(views):
         joined = _join_group(joined, group, min_ts, max_ts)
-    return finish(joined, views, entity_columns, timestamp_column, order)
-
-
-def finish(
-    joined: DataFrame,
-    views: list[SparkView],
-    entity_columns: list[str],
-    timestamp_column: str,
-    order: RowOrder,
-) -> DataFrame:
-    """Entity rows with their feature columns in input order, as the join returns them."""
-    return in_input_order(joined, order).select(
-        *result_columns(views, entity_columns, timestamp_column)
-    )
-
-
-def result_columns(
-    views: list[SparkView], entity_columns: list[str], timestamp_column: str
-) -> list[Column]:
-    """The entity columns (the time as UTC) then every view's feature columns."""
-    from pyspark.sql import functions as F
-
     features = [f.output_name for view in views for f in view.features]
     select = [
         F.col(ENTITY_TS).alias(c) if c == timestamp_column else column(c) for c in entity_columns
     ]
-    return select + [column(f) for f in features]
+    return in_input_order(joined, order).select(*select, *[column(f) for f in features])

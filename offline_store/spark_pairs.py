@@ -20,9 +20,11 @@ The feature rows are never shuffled or sorted, only their candidates (with a TTL
 fewer than the entity rows), where the window plan shuffles and sorts every feature row with
 the entity rows. The price is the hash join's: each feature row is compared with every entity
 row of its key, and each candidate is shuffled. So ``auto`` only chooses it when every view has
-a TTL (without one, a feature row is a candidate for every later entity row of its key) and no
-key value has more than :data:`MAX_ROWS_PER_KEY` entity rows, which bounds the candidates by
-that many times the feature rows however dense they are.
+a TTL (without one, a feature row is a candidate for every later entity row of its key) and
+entity rows share their key with few others (:data:`MAX_KEY_SHARE`): the many-labels-few-keys
+and hot-key shapes stay on the window plan. Measured (``docs/offline-store.md``, Spark figures):
+100k entity rows over 10M feature rows 3.3 s against 12.4 s; 1M entity rows, ten per driver,
+over the same 10M, 24 s against 19 s, which is why the share is bounded.
 """
 
 from __future__ import annotations
@@ -47,35 +49,38 @@ from offline_store.spark_join import (
     key_groups,
     micros,
     output_partition,
-    result_columns,
     shared_scans,
     view_outputs,
 )
 from offline_store.spark_sources import order_columns
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 JoinStrategy = Literal["auto", "window", "broadcast"]
 MAX_ENTITY_ROWS = 1_000_000
 """Most entity rows ``auto`` broadcasts (their keys, row id and time: ~24 MB at one long key)."""
-MAX_ROWS_PER_KEY = 16
-"""Most entity rows with one value of a view's join keys that ``auto`` broadcasts."""
+MAX_KEY_SHARE = 4.0
+"""Most entity rows an entity row shares its key with, on average, that ``auto`` broadcasts
+(:func:`key_share`; a hot key raises it: 1000 rows of one driver among 100k add 10)."""
 _ENTITY = "__ent"
 _PARTITION = "__partition"
 _ORD = "__ord"
-_PAIR_ID, _PAIR_TS = "__pair_id", "__pair_ts"
+_PROBE_KEY, _PROBE_TS = "__probe_key", "__probe_ts"
 
 
-def max_rows_per_key(table: pa.Table, keys: list[str]) -> int:
-    """The most rows of ``table`` that share one value of ``keys`` (all rows without keys)."""
+def key_share(table: pa.Table, keys: list[str]) -> float:
+    """How many entity rows share an entity row's value of ``keys``, on average over the
+    rows (the sum of each value's row count squared, over the rows): the factor by which
+    the broadcast join multiplies the work of each feature row. All rows without keys."""
     if not keys or table.num_rows == 0:
-        return int(table.num_rows)
+        return float(table.num_rows)
     try:
         counts = table.select(keys).group_by(keys).aggregate([([], "count_all")])
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        return int(table.num_rows)  # a key type Arrow cannot group: as if every row shared it
-    return int(pc.max(counts.column("count_all")).as_py())
+        return float(table.num_rows)  # a key type Arrow cannot group: as if all rows shared it
+    squares = pc.sum(pc.multiply(counts.column("count_all"), counts.column("count_all")))
+    return float(squares.as_py()) / table.num_rows
 
 
 def choose_strategy(
@@ -83,7 +88,8 @@ def choose_strategy(
 ) -> Literal["window", "broadcast"]:
     """The plan to run: the configured one, or for ``auto`` broadcast pairs when the entity
     rows are local (pandas or Arrow), at most :data:`MAX_ENTITY_ROWS`, every view has join
-    keys and a TTL, and no key value has more than :data:`MAX_ROWS_PER_KEY` entity rows."""
+    keys and a TTL, and an entity row shares its key with at most :data:`MAX_KEY_SHARE` rows
+    on average (:func:`key_share`)."""
     if strategy != "auto":
         return strategy
     if local is None or not 0 < local.num_rows <= MAX_ENTITY_ROWS:
@@ -92,7 +98,7 @@ def choose_strategy(
         return "window"
     for group in key_groups(views):
         keys = [entity for entity, _ in group[0][1].join_keys]
-        if max_rows_per_key(local, keys) > MAX_ROWS_PER_KEY:
+        if key_share(local, keys) > MAX_KEY_SHARE:
             return "window"
     return "broadcast"
 
@@ -101,36 +107,37 @@ def _pairs(
     entities: DataFrame,
     scan: list[tuple[int, SparkView]],
     entity_types: dict[str, Any],
-    scan_index: int,
     min_ts: datetime | None,
     max_ts: datetime | None,
-) -> DataFrame:
-    """(row id, ``__ord<scan>``, ``__feat<i>`` per view) for every candidate of the scan."""
+) -> tuple[DataFrame, Column, Any]:
+    """Every candidate of the scan, joined to its entity row's ``__row_id``, with the
+    scan's order key (and its Spark type) to pick the greatest by."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     view = scan[0][1]
     keys = [entity for entity, _ in view.join_keys]
+    probe_keys = [f"{_PROBE_KEY}{j}" for j in range(len(keys))]
     probes = F.broadcast(
         entities.select(
-            *[column(k) for k in keys],
-            F.col(ROW_ID).alias(_PAIR_ID),
-            micros(F.col(ENTITY_TS)).alias(_PAIR_TS),
+            *[column(k).alias(p) for k, p in zip(keys, probe_keys, strict=True)],
+            F.col(ROW_ID),
+            micros(F.col(ENTITY_TS)).alias(_PROBE_TS),
         )
     )
     rows = feature_rows(scan, entity_types, min_ts, max_ts)
     event = micros(F.col(O_TS))
-    candidate = event <= F.col(_PAIR_TS)
+    candidate = event <= F.col(_PROBE_TS)
     ttls = [v.ttl_micros for _, v in scan]
     if min(ttls) > 0:  # older than every TTL of the scan: never kept, so never compared
-        candidate = candidate & (event >= F.col(_PAIR_TS) - F.lit(max(ttls)))
-    order = F.struct(F.col(O_TS), F.col(O_CR), *[F.col(c) for c in order_columns(view.frame)])
+        candidate = candidate & (event >= F.col(_PROBE_TS) - F.lit(max(ttls)))
+    for k, p in zip(keys, probe_keys, strict=True):
+        candidate = candidate & (column(k) == F.col(p))
     # A view without entities: every entity row is a probe of every feature row.
-    paired = rows.join(probes, on=keys, how="inner") if keys else rows.crossJoin(probes)
-    return paired.where(candidate).select(
-        F.col(_PAIR_ID).alias(ROW_ID),
-        order.alias(f"{_ORD}{scan_index}"),
-        *[F.col(f"{FEAT}{index}") for index, _ in scan],
-    )
+    order_names = [O_TS, O_CR, *order_columns(view.frame)]
+    order_type = StructType([rows.schema[c] for c in order_names])
+    order = F.struct(*[F.col(c) for c in order_names])
+    return rows.join(probes, on=candidate, how="inner"), order, order_type
 
 
 def pit_join_pairs(
@@ -146,19 +153,40 @@ def pit_join_pairs(
     """The point-in-time join of ``entities`` by broadcast pairs; arguments and result as
     :func:`offline_store.spark_join.pit_join`."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
-    entity_types = {f.name: f.dataType for f in entities.schema.fields}
-    packed = [c for c in entities.columns if c != ROW_ID]
-    rows = entities.select(F.col(ROW_ID), F.struct(*[column(c) for c in packed]).alias(_ENTITY))
-    scan_of: dict[int, int] = {}
-    for group in key_groups(views):
-        for scan in shared_scans(group):
-            scan_index = len(set(scan_of.values()))
-            scan_of.update({index: scan_index for index, _ in scan})
-            pairs = _pairs(entities, scan, entity_types, scan_index, min_ts, max_ts)
-            rows = rows.unionByName(pairs, allowMissingColumns=True)
+    schema = entities.schema
+    entity_types = {f.name: f.dataType for f in schema.fields}
+    packed = [f for f in schema.fields if f.name != ROW_ID]
+    scans = [scan for group in key_groups(views) for scan in shared_scans(group)]
+    scan_of = {index: s for s, scan in enumerate(scans) for index, _ in scan}
+    built = [_pairs(entities, scan, entity_types, min_ts, max_ts) for scan in scans]
+    feat_types = {
+        index: frame.schema[f"{FEAT}{index}"].dataType
+        for (frame, _, _), scan in zip(built, scans, strict=True)
+        for index, _ in scan
+    }
+
+    def aligned(entity: Column | None, orders: dict[int, Column], feats: set[int]) -> list[Column]:
+        """The union's columns, in one order for every part: nulls where a part has none."""
+        return [
+            F.col(ROW_ID),
+            output_partition(order).alias(_PARTITION),
+            (entity if entity is not None else F.lit(None).cast(StructType(packed))).alias(_ENTITY),
+            *[
+                orders.get(s, F.lit(None).cast(t)).alias(f"{_ORD}{s}")
+                for s, (_, _, t) in enumerate(built)
+            ],
+            *[
+                (F.col(f"{FEAT}{i}") if i in feats else F.lit(None).cast(t)).alias(f"{FEAT}{i}")
+                for i, t in feat_types.items()
+            ],
+        ]
+
+    rows = entities.select(*aligned(F.struct(*[column(f.name) for f in packed]), {}, set()))
+    for s, ((pairs, key, _), scan) in enumerate(zip(built, scans, strict=True)):
+        rows = rows.union(pairs.select(*aligned(None, {s: key}, {i for i, _ in scan})))
     # One shuffle, straight to the output partition of each row id (in input order).
-    rows = rows.withColumn(_PARTITION, output_partition(order))
     grouped = rows.repartition(order.partitions, F.col(_PARTITION)).groupBy(_PARTITION, ROW_ID)
     matched = grouped.agg(
         F.first(_ENTITY, ignorenulls=True).alias(_ENTITY),
@@ -167,11 +195,16 @@ def pit_join_pairs(
             for index in range(len(views))
         ],
     )
-    joined = matched.select(
-        F.col(ROW_ID),
-        *[F.col(_ENTITY).getField(c).alias(c) for c in packed],
-        *[out for index, view in enumerate(views) for out in view_outputs(index, view)],
-    )
-    return joined.sortWithinPartitions(ROW_ID).select(
-        *result_columns(views, entity_columns, timestamp_column)
+    entity = F.col(_ENTITY)
+    features = [
+        out
+        for index, view in enumerate(views)
+        for out in view_outputs(index, view, entity.getField(ENTITY_TS))
+    ]
+    return matched.sortWithinPartitions(ROW_ID).select(
+        *[
+            entity.getField(ENTITY_TS if c == timestamp_column else c).alias(c)
+            for c in entity_columns
+        ],
+        *features,
     )

@@ -25,7 +25,7 @@ from feast.types import Float64, Int64
 from offline_store import spark_pairs
 from offline_store.pit_join import FeatureSpec
 from offline_store.spark_join import SparkView
-from offline_store.spark_pairs import choose_strategy, max_rows_per_key
+from offline_store.spark_pairs import choose_strategy, key_share
 from tests.offline_store.repo_helpers import DRIVER, SPARK_STORE, make_store
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -49,16 +49,23 @@ def local_rows(ids: list[int]) -> pa.Table:
     return pa.table({"driver_id": ids, "event_timestamp": [T0] * len(ids)})
 
 
+def test_key_share_is_the_mean_number_of_rows_sharing_a_rows_key() -> None:
+    assert key_share(local_rows([i % 50 for i in range(200)]), ["driver_id"]) == 4.0
+    # One hot driver: 90 of 100 rows share it, so most rows share their key with 90.
+    assert key_share(local_rows([7] * 90 + list(range(10, 20))), ["driver_id"]) == 81.1
+    assert key_share(local_rows([1, 2, 3]), []) == 3.0  # no keys: every row meets every row
+
+
 def test_auto_broadcasts_small_local_rows_when_every_view_has_keys_and_a_ttl() -> None:
-    few_per_key = local_rows([i % 50 for i in range(800)])  # 16 rows per driver
-    assert max_rows_per_key(few_per_key, ["driver_id"]) == 16
-    assert choose_strategy("auto", [view(), view(ttl_micros=1)], few_per_key) == "broadcast"
+    four_per_key = local_rows([i % 50 for i in range(200)])
+    assert choose_strategy("auto", [view(), view(ttl_micros=1)], four_per_key) == "broadcast"
 
 
 @pytest.mark.parametrize(
     ("why", "views", "rows"),
     [
-        ("a hot key: 17 rows of one driver", [view()], local_rows([7] * 17 + [1, 2])),
+        ("a hot key: 10 rows of one driver", [view()], local_rows([7] * 10 + [1, 2])),
+        ("five rows per driver", [view()], local_rows([i % 20 for i in range(100)])),
         ("a view without TTL", [view(), view(ttl_micros=0)], local_rows([1, 2])),
         ("a view without entities", [view(), view(keys=())], local_rows([1, 2])),
         ("rows that are not local (a Spark DataFrame, SQL, a path)", [view()], None),
@@ -104,9 +111,9 @@ def _write_data(data: Path, rng: np.random.Generator) -> pd.DataFrame:
         data / "stats.parquet",
         row_group_size=5_000,
     )
-    rows = 3_000
+    rows = 2_000
     ids = rng.integers(0, DRIVERS + 100, rows)
-    ids[:150] = ids[150:300]  # duplicate entity rows
+    ids[:100] = ids[100:200]  # duplicate entity rows
     ts = T0.timestamp() + rng.integers(-86_400, 11 * 86_400, rows)
     return pd.DataFrame(
         {
@@ -166,7 +173,7 @@ def test_auto_broadcasts_a_user_shaped_training_set_and_equals_duckdb(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     duck, spark_store, entities = user_like
-    assert 1 < max_rows_per_key(pa.Table.from_pandas(entities), ["driver_id"]) <= 16
+    assert 1 < key_share(pa.Table.from_pandas(entities), ["driver_id"]) <= 4
     expected = (
         duck.get_historical_features(entity_df=entities, features=FEATURES, full_feature_names=True)
         .to_arrow()
