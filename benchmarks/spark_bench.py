@@ -19,6 +19,7 @@ Every run is a child process, so each peak RSS is its own.
     .venv/bin/python -m benchmarks.spark_bench --materialize 1000000 10000000
     .venv/bin/python -m benchmarks.spark_bench --views 3 --materialize  # 3 views, one key
     .venv/bin/python -m benchmarks.spark_bench --rounds 1 --materialize  # cold only, no materialize
+    .venv/bin/python -m benchmarks.spark_bench --join-strategy window --materialize  # one plan
 """
 
 from __future__ import annotations
@@ -273,7 +274,13 @@ def run_child(kind: str, repo: Path, **extra: Any) -> dict[str, Any]:
 
 
 def training(
-    tmp: Path, feature_rows: int, entity_count: int, entity_rows_n: int, rounds: int, views: int
+    tmp: Path,
+    feature_rows: int,
+    entity_count: int,
+    entity_rows_n: int,
+    rounds: int,
+    views: int,
+    join_strategy: str = "auto",
 ) -> dict[str, Any]:
     from feast import FeatureStore
 
@@ -281,7 +288,7 @@ def training(
     generate(data, feature_rows, entity_count, seed=1)
     entity_rows(ents, entity_rows_n, entity_count, seed=1)
     repos = {
-        "ours": {"type": "offline_store.spark.SparkOfflineStore"},
+        "ours": {"type": "offline_store.spark.SparkOfflineStore", "join_strategy": join_strategy},
         "feast": {"type": "spark"},
         "duckdb": {"type": "offline_store.store.DuckDBParquetOfflineStore"},
     }
@@ -302,6 +309,7 @@ def training(
         .to_arrow()
     )
     report: dict[str, Any] = {
+        "join_strategy": join_strategy,
         "feature_rows": feature_rows,
         "entity_rows": entity_rows_n,
         "drivers": entity_count,
@@ -400,6 +408,12 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--views", type=int, default=1, help="feature views on the driver key")
     parser.add_argument(
+        "--join-strategy",
+        choices=["auto", "window", "broadcast"],
+        default="auto",
+        help="our Spark store's join plan (offline_store.join_strategy)",
+    )
+    parser.add_argument(
         "--stock-max", type=int, default=10_000_000, help="largest materialize run for Feast"
     )
     parser.add_argument(
@@ -425,6 +439,7 @@ def main() -> None:
                 args.entity_rows,
                 args.rounds,
                 args.views,
+                args.join_strategy,
             )
         if args.materialize:
             report["materialize"] = materialize(Path(tmp), args.materialize, args.stock_max)
