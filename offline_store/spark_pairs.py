@@ -80,7 +80,8 @@ def key_share(table: pa.Table, keys: list[str]) -> float:
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
         return float(table.num_rows)  # a key type Arrow cannot group: as if all rows shared it
     squares = pc.sum(pc.multiply(counts.column("count_all"), counts.column("count_all")))
-    return float(squares.as_py()) / table.num_rows
+    rows: int = table.num_rows
+    return float(squares.as_py()) / rows
 
 
 def choose_strategy(
