@@ -26,6 +26,7 @@ from feast import FeatureStore
 from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
 from tests.service.differential_helpers import post_both
+from tests.service.write_helpers import write_online
 
 # The shop entity and its sales view (test_stored_odfv_request builds on them too).
 SALES = """
@@ -178,10 +179,6 @@ def test_missing_join_key_names_the_stored_odfvs_entity(
     assert "shop_id" in resp.text
 
 
-def _write(ours: AppClient, view: str, df: dict[str, list[Any]]) -> httpx.Response:
-    return ours.post("/write-to-online-store", json={"feature_view_name": view, "df": df})
-
-
 def _read(
     servers: tuple[AppClient, httpx.Client], shops: list[str], features: list[str]
 ) -> dict[str, dict[str, list[Any]]]:
@@ -196,7 +193,7 @@ def test_writing_an_on_demand_view_stores_its_transformed_outputs(
 ) -> None:
     ours, _ = servers
     df = {"shop_id": ["w1", "w2"], "units": [20, 1], "price": [7.5, 2.0]}
-    resp = _write(ours, "revenue", df)
+    resp = write_online(ours, "revenue", df)
     assert resp.status_code == 200, resp.text
     answer = resp.json()
     assert (answer["rows"], answer["written"], answer["skipped_older"]) == (2, 2, 0)
@@ -215,7 +212,7 @@ def test_writing_an_on_demand_view_stores_what_feasts_sdk_stores(
     ours, _ = servers
     path, _ = repo
     inputs = {"units": [4, 40], "price": [3.25, 9.0]}
-    resp = _write(ours, "revenue", {"shop_id": ["ours1", "ours2"], **inputs})
+    resp = write_online(ours, "revenue", {"shop_id": ["ours1", "ours2"], **inputs})
     assert resp.status_code == 200, resp.text
     # Stock Feast (its own Redis store) loads the view's UDF from the registry.
     monkeypatch.syspath_prepend(str(path))
@@ -246,7 +243,7 @@ def test_bad_on_demand_write_is_a_422_naming_the_column_and_writes_nothing(
     servers: tuple[AppClient, httpx.Client], df: dict[str, list[Any]], named: str
 ) -> None:
     ours, _ = servers
-    resp = _write(ours, "revenue", df)
+    resp = write_online(ours, "revenue", df)
     assert resp.status_code == 422, resp.text
     error = resp.json()["error"]
     assert named in error["message"]
@@ -259,7 +256,7 @@ def test_a_transformation_that_raises_is_a_422_naming_the_view_and_writes_nothin
 ) -> None:
     ours, _ = servers
     df = {"shop_id": ["ok1", "bad2"], "units": [5, -1], "price": [1.0, 2.0]}
-    resp = _write(ours, "fragile", df)
+    resp = write_online(ours, "fragile", df)
     assert resp.status_code == 422, resp.text
     message = resp.json()["error"]["message"]
     assert "'fragile'" in message
@@ -268,7 +265,7 @@ def test_a_transformation_that_raises_is_a_422_naming_the_view_and_writes_nothin
     for shop in ("ok1", "bad2"):
         _nothing_stored(servers, shop, "fragile:margin")
     # The same view stores rows its transformation takes.
-    resp = _write(ours, "fragile", {"shop_id": ["ok1"], "units": [5], "price": [3.0]})
+    resp = write_online(ours, "fragile", {"shop_id": ["ok1"], "units": [5], "price": [3.0]})
     assert resp.status_code == 200, resp.text
     assert _read(servers, ["ok1"], ["fragile:margin"])["margin"]["values"] == [1.5]
 
@@ -278,7 +275,7 @@ def test_writing_an_on_demand_view_not_stored_online_says_it_is_computed_at_look
 ) -> None:
     ours, _ = servers
     df = {"shop_id": ["c1"], "units": [3], "price": [1.0]}
-    resp = _write(ours, "computed", df)
+    resp = write_online(ours, "computed", df)
     assert resp.status_code == 422, resp.text
     message = resp.json()["error"]["message"]
     assert "without write_to_online_store=True" in message
@@ -291,7 +288,7 @@ def test_redis_down_during_an_on_demand_write_is_a_503(
     ours, _ = servers
     down = redis.exceptions.ConnectionError("Connection refused")
     with mock.patch("online_store.store.write_rows_atomic", side_effect=down):
-        resp = _write(ours, "revenue", {"shop_id": ["down1"], "units": [1], "price": [1.0]})
+        resp = write_online(ours, "revenue", {"shop_id": ["down1"], "units": [1], "price": [1.0]})
     assert resp.status_code == 503, resp.text
     error = resp.json()["error"]
     assert error["type"] == "backend_unavailable"

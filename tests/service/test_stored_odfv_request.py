@@ -17,7 +17,8 @@ import pytest
 
 from online_store.embedded import EmbeddedRedis
 from tests.service.conftest import AppClient, columns, new_repo, ours_and_feast_serve
-from tests.service.test_stored_odfv import SALES, _write
+from tests.service.test_stored_odfv import SALES
+from tests.service.write_helpers import write_online
 
 DEFINITIONS = (
     SALES
@@ -71,7 +72,7 @@ def test_written_with_its_request_data_and_read_with_or_without_it(
     does (neither runs the transformation again)."""
     ours, feast = servers
     inputs = {"units": [4, 2], "price": [10.0, 5.0], "discount": [0.25, 0.0]}
-    resp = _write(ours, "net_revenue", {"shop_id": ["w1", "w2"], **inputs})
+    resp = write_online(ours, "net_revenue", {"shop_id": ["w1", "w2"], **inputs})
     assert resp.status_code == 200, resp.text
     assert resp.json()["written"] == 2
     for entities in (
@@ -92,7 +93,7 @@ def test_a_write_without_the_request_data_is_a_422_naming_it_and_writes_nothing(
     servers: tuple[AppClient, httpx.Client],
 ) -> None:
     ours, _ = servers
-    resp = _write(ours, "net_revenue", {"shop_id": ["w9"], "units": [4], "price": [10.0]})
+    resp = write_online(ours, "net_revenue", {"shop_id": ["w9"], "units": [4], "price": [10.0]})
     assert resp.status_code == 422, resp.text
     assert "discount" in resp.text
     body = {"entities": {"shop_id": ["w9"]}, "features": ["net_revenue:net"]}

@@ -43,6 +43,11 @@ def driver_df(ids: list[int], when: datetime | str, **changes: Any) -> dict[str,
     return df
 
 
+def write_online(client: AppClient, view: str, df: dict[str, list[Any]]) -> Any:
+    """``POST /write-to-online-store`` of columns ``df`` to ``view``; the response."""
+    return client.post("/write-to-online-store", json={"feature_view_name": view, "df": df})
+
+
 def read_driver(client: AppClient, driver_id: int) -> dict[str, dict[str, list[Any]]]:
     resp = client.post(
         "/get-online-features",
