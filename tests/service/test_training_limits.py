@@ -182,6 +182,40 @@ def test_a_query_over_the_memory_limit_is_cancelled_with_413_while_lookups_answe
     )
 
 
+def test_a_query_past_the_spill_limit_is_cancelled_with_413_while_lookups_answer(
+    repo: Repo, tmp_path: Path, read_key: str
+) -> None:
+    """A server of its own, with a small spill limit and time to reach it: how fast the
+    spill fills depends on the disk, which the time limit must not race."""
+    limits = {
+        **LIMITS,
+        "FEATURESTORE_TRAINING_MAX_TEMP_SIZE": "20MB",
+        "FEATURESTORE_TRAINING_TIMEOUT_SECONDS": "120",
+    }
+    spilling = ServeProcess(repo, tmp_path / "serve.log", **limits)
+    # 50k groups of long strings: over the memory limit DuckDB's hash aggregate spills its
+    # partitions to the temp directory, until the spill limit stops it.
+    sql = (
+        "SELECT r.range % 50000 AS driver_id, now() AS event_timestamp, "
+        "list(repeat(r.range::VARCHAR, 100)) AS junk FROM range(5000000) r GROUP BY 1"
+    )
+    headers = {"Authorization": f"Bearer {read_key}"}
+    try:
+        with (
+            httpx.Client(base_url=spilling.url, headers=headers, timeout=120) as http,
+            Lookups(spilling, read_key) as lookups,
+        ):
+            response, seconds = timed(lambda: post_sql(http, sql))
+    finally:
+        spilling.stop()
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["type"] == "memory_limit_exceeded"
+    assert "FEATURESTORE_TRAINING_MAX_TEMP_SIZE" in error["message"]
+    figures = lookups.check()
+    print(f"spill limit: 413 after {seconds:.2f} s; concurrent lookups {figures}")
+
+
 def test_too_many_entity_rows_from_sql_is_413_naming_the_setting(http: httpx.Client) -> None:
     sql = "SELECT driver_id, event_timestamp FROM driver_hourly_stats, range(2000)"
     response, seconds = timed(lambda: post_sql(http, sql))
