@@ -132,9 +132,9 @@ def _pairs(
     ttls = [v.ttl_micros for _, v in scan]
     if min(ttls) > 0:  # older than every TTL of the scan: never kept, so never compared
         candidate = candidate & (event >= F.col(_PROBE_TS) - F.lit(max(ttls)))
+    # Without keys (a view without entities) every entity row probes every feature row.
     for k, p in zip(keys, probe_keys, strict=True):
         candidate = candidate & (column(k) == F.col(p))
-    # A view without entities: every entity row is a probe of every feature row.
     order_names = [O_TS, O_CR, *order_columns(view.frame)]
     order_type = StructType([rows.schema[c] for c in order_names])
     order = F.struct(*[F.col(c) for c in order_names])
