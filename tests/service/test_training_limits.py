@@ -9,6 +9,7 @@ server process itself (/proc/<pid>/status).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import statistics
 import threading
@@ -191,8 +192,23 @@ def test_a_query_past_the_spill_limit_is_cancelled_with_413_while_lookups_answer
         **LIMITS,
         "FEATURESTORE_TRAINING_MAX_TEMP_SIZE": "20MB",
         "FEATURESTORE_TRAINING_TIMEOUT_SECONDS": "120",
+        "TMPDIR": str(tmp_path),  # the server's DuckDB spills under it, where we watch
     }
     spilling = ServeProcess(repo, tmp_path / "serve.log", **limits)
+    spill_dir = tmp_path / "featurestore-duckdb"
+    spilled: list[int] = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.002):
+            sizes = []
+            for f in spill_dir.glob("*"):
+                with contextlib.suppress(OSError):  # removed between listing and stat
+                    sizes.append(f.stat().st_size)
+            spilled[0] = max(spilled[0], sum(sizes))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     # 50k groups of long strings: over the memory limit DuckDB's hash aggregate spills its
     # partitions to the temp directory, until the spill limit stops it.
     sql = (
@@ -207,13 +223,21 @@ def test_a_query_past_the_spill_limit_is_cancelled_with_413_while_lookups_answer
         ):
             response, seconds = timed(lambda: post_sql(http, sql))
     finally:
+        done.set()
+        watcher.join(timeout=10)
         spilling.stop()
     assert response.status_code == 413, response.text
     error = response.json()["error"]
     assert error["type"] == "memory_limit_exceeded"
     assert "FEATURESTORE_TRAINING_MAX_TEMP_SIZE" in error["message"]
+    # It did spill, up to about the limit, and left nothing behind.
+    assert 0 < spilled[0] <= 21 * 2**20, spilled[0]
+    assert not [f for f in spill_dir.glob("*") if f.stat().st_size], list(spill_dir.glob("*"))
     figures = lookups.check()
-    print(f"spill limit: 413 after {seconds:.2f} s; concurrent lookups {figures}")
+    print(
+        f"spill limit: 413 after {seconds:.2f} s, {spilled[0] >> 20} MB spilled at most; "
+        f"concurrent lookups {figures}"
+    )
 
 
 def test_too_many_entity_rows_from_sql_is_413_naming_the_setting(http: httpx.Client) -> None:
