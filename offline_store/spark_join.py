@@ -272,8 +272,9 @@ def _join_group(
         for c in order_cols:
             if c not in rows.columns:
                 rows = rows.withColumn(c, F.lit(_PROBE_ORDER[c]).cast(_ORDER_TYPES[c]))
+        schema = rows.schema  # a round trip to the JVM each time it is read
         for index, _ in scan:
-            feat_types[index] = rows.schema[f"{FEAT}{index}"].dataType
+            feat_types[index] = schema[f"{FEAT}{index}"].dataType
         parts.append(rows)
     probe = entities.select(
         "*",

@@ -110,9 +110,10 @@ def _pairs(
     entity_types: dict[str, Any],
     min_ts: datetime | None,
     max_ts: datetime | None,
-) -> tuple[DataFrame, Column, Any]:
+) -> tuple[DataFrame, Column, Any, dict[int, Any]]:
     """Every candidate of the scan, joined to its entity row's ``__row_id``, with the
-    scan's order key (and its Spark type) to pick the greatest by."""
+    scan's order key (and its Spark type) to pick the greatest by, and the Spark type of
+    each view's packed values."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
@@ -135,10 +136,12 @@ def _pairs(
     # Without keys (a view without entities) every entity row probes every feature row.
     for k, p in zip(keys, probe_keys, strict=True):
         candidate = candidate & (column(k) == F.col(p))
+    schema = rows.schema  # a round trip to the JVM each time it is read
     order_names = [O_TS, O_CR, *order_columns(view.frame)]
-    order_type = StructType([rows.schema[c] for c in order_names])
+    order_type = StructType([schema[c] for c in order_names])
     order = F.struct(*[F.col(c) for c in order_names])
-    return rows.join(probes, on=candidate, how="inner"), order, order_type
+    feat_types = {index: schema[f"{FEAT}{index}"].dataType for index, _ in scan}
+    return rows.join(probes, on=candidate, how="inner"), order, order_type, feat_types
 
 
 def pit_join_pairs(
@@ -162,11 +165,7 @@ def pit_join_pairs(
     scans = [scan for group in key_groups(views) for scan in shared_scans(group)]
     scan_of = {index: s for s, scan in enumerate(scans) for index, _ in scan}
     built = [_pairs(entities, scan, entity_types, min_ts, max_ts) for scan in scans]
-    feat_types = {
-        index: frame.schema[f"{FEAT}{index}"].dataType
-        for (frame, _, _), scan in zip(built, scans, strict=True)
-        for index, _ in scan
-    }
+    feat_types = {index: t for *_, types in built for index, t in types.items()}
 
     def aligned(entity: Column | None, orders: dict[int, Column], feats: set[int]) -> list[Column]:
         """The union's columns, in one order for every part: nulls where a part has none."""
@@ -176,7 +175,7 @@ def pit_join_pairs(
             (entity if entity is not None else F.lit(None).cast(StructType(packed))).alias(_ENTITY),
             *[
                 orders.get(s, F.lit(None).cast(t)).alias(f"{_ORD}{s}")
-                for s, (_, _, t) in enumerate(built)
+                for s, (_, _, t, _) in enumerate(built)
             ],
             *[
                 (F.col(f"{FEAT}{i}") if i in feats else F.lit(None).cast(t)).alias(f"{FEAT}{i}")
@@ -185,8 +184,8 @@ def pit_join_pairs(
         ]
 
     rows = entities.select(*aligned(F.struct(*[column(f.name) for f in packed]), {}, set()))
-    for s, ((pairs, key, _), scan) in enumerate(zip(built, scans, strict=True)):
-        rows = rows.union(pairs.select(*aligned(None, {s: key}, {i for i, _ in scan})))
+    for s, (pairs, key, _, types) in enumerate(built):
+        rows = rows.union(pairs.select(*aligned(None, {s: key}, set(types))))
     # One shuffle, straight to the output partition of each row id (in input order).
     grouped = rows.repartition(order.partitions, F.col(_PARTITION)).groupBy(_PARTITION, ROW_ID)
     matched = grouped.agg(
