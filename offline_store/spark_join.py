@@ -145,7 +145,8 @@ def output_partition(order: RowOrder) -> Column:
     the row's ``__row_id``."""
     from pyspark.sql import functions as F
 
-    keys = F.array(*[F.lit(k).cast("long") for k in _ordered_hash_keys(order.partitions)])
+    # One expression for the whole array: a literal per key would be a JVM round trip each.
+    keys = F.expr(f"array({', '.join(f'{k}L' for k in _ordered_hash_keys(order.partitions))})")
     return F.element_at(keys, order.bucket() + F.lit(1))
 
 

@@ -201,7 +201,9 @@ def pit_join_pairs(
         for index, view in enumerate(views)
         for out in view_outputs(index, view, entity.getField(ENTITY_TS))
     ]
-    return matched.sortWithinPartitions(ROW_ID).select(
+    # Sorted as the aggregate already left each partition (its one partition value, then the
+    # row id): a sort by the row id alone would sort every partition again.
+    return matched.sortWithinPartitions(_PARTITION, ROW_ID).select(
         *[
             entity.getField(ENTITY_TS if c == timestamp_column else c).alias(c)
             for c in entity_columns
