@@ -7,13 +7,22 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def median_round(rounds: Sequence[T], key: Callable[[T], float]) -> T:
+    """The round with the median ``key`` (the lower middle one of an even count): a run's
+    figures come from one real round, alternated with its comparison, not from averages."""
+    return sorted(rounds, key=key)[(len(rounds) - 1) // 2]
+
 
 # Appended to a child's Python code: prints the child's own peak RSS as the last line.
 _RSS_TAIL = (

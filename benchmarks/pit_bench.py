@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.common import median_round
 from benchmarks.pit_checks import exactness_vs_stock, spot_check
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -296,8 +297,7 @@ def _median_round(
     failed = [r for r in rounds if _ratio(*r) is None]
     if failed:
         return failed[0]
-    ranked = sorted(rounds, key=lambda r: _ratio(*r) or 0.0)
-    return ranked[(len(ranked) - 1) // 2]
+    return median_round(rounds, key=lambda r: _ratio(*r) or 0.0)
 
 
 def main() -> None:
