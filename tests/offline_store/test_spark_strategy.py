@@ -186,6 +186,9 @@ def test_auto_broadcasts_a_user_shaped_training_set_and_equals_duckdb(
     # The feature rows meet the broadcast entity rows where they are read: no window over them.
     assert "BroadcastHashJoin" in plan
     assert "Window" not in plan
+    # Each output partition is sorted once: the aggregate's order (partition, row id) is the
+    # input order, so the final sort is the aggregate's own and no second pass is planned.
+    assert plan.count("Sort [") == 1, plan
     got = job.to_arrow().to_pylist()
     assert got == expected
     hits = sum(row["stats__rate"] is not None for row in got)
