@@ -252,12 +252,13 @@ def run_case(
     # Rounds alternate ours and stock, each into an empty database (a second load into a full
     # one is a different job: every stored row is as new and skipped), so a slow spell of
     # the machine hits both; the figures are the median round's.
+    runs = [("ours", ours_repo, ours_url)]
+    if case.stock:
+        runs.append(("stock", stock_repo, stock_url))
     rounds = []
     for _ in range(rounds_n):
         one: dict[str, Any] = {}
-        for name, repo, url in (("ours", ours_repo, ours_url), ("stock", stock_repo, stock_url)):
-            if name == "stock" and not case.stock:
-                continue
+        for name, repo, url in runs:
             redis.Redis.from_url(url).flushdb()
             one[name] = run_child(repo)
             one[name]["rss_above_import_baseline_mb"] = round(

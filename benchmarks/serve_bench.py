@@ -26,13 +26,14 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from benchmarks.common import ROOT, backend_env, wait_ready
+from benchmarks.common import ROOT, backend_env, median_round, wait_ready
 from benchmarks.serve_repo import customer_ids, driver_ids, write_data
 from online_store.embedded import EmbeddedRedis, free_port
 
@@ -293,7 +294,8 @@ def _report(results: list[Result], args: argparse.Namespace) -> dict[str, Any]:
         if server != "ours":
             continue
         theirs = rounds[("feast serve", case, connections)]
-        r, base = _median(ours), _median(theirs)
+        by_rps = attrgetter("rps")
+        r, base = median_round(ours, key=by_rps), median_round(theirs, key=by_rps)
         rows.append({
             "case": case,
             "connections": connections,
@@ -314,11 +316,6 @@ def _report(results: list[Result], args: argparse.Namespace) -> dict[str, Any]:
         "load_generator": "wrk -t1 (loopback)",
         "rows": rows,
     }
-
-
-def _median(rounds: list[Result]) -> Result:
-    """The round with the median req/s (the lower middle one for an even count)."""
-    return sorted(rounds, key=lambda r: r.rps)[(len(rounds) - 1) // 2]
 
 
 def _table(report: dict[str, Any]) -> str:

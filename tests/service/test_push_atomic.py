@@ -26,7 +26,7 @@ from offline_store.listing import source_files
 from online_store.embedded import EmbeddedRedis
 from service.app import create_app
 from tests.service.conftest import AppClient, Repo, columns, feast_cli, make_settings, write_yaml
-from tests.service.write_helpers import leftovers, offline_disk_full
+from tests.service.write_helpers import leftovers, offline_disk_full, write_online
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -200,7 +200,7 @@ def test_a_first_push_to_a_shared_source_creates_it_with_every_views_columns(
 
 def _zone_write(client: AppClient, zone: Any) -> Any:
     df = {"zone_id": [zone], "event_timestamp": ["2026-03-02T08:00:00Z"], "demand": [1.5]}
-    return client.post("/write-to-online-store", json={"feature_view_name": "zones", "df": df})
+    return write_online(client, "zones", df)
 
 
 def _zone_read(client: AppClient, zone: Any) -> Any:

@@ -25,6 +25,7 @@ from tests.service.conftest import (
     new_repo,
     write_yaml,
 )
+from tests.service.write_helpers import write_online
 
 DEFINITIONS = """
 from datetime import timedelta
@@ -72,7 +73,7 @@ def _write(client: AppClient, view: str, rider: int, age: timedelta) -> None:
         "event_timestamp": [when.isoformat()],
         "x": [float(rider)],
     }
-    resp = client.post("/write-to-online-store", json={"feature_view_name": view, "df": df})
+    resp = write_online(client, view, df)
     assert resp.status_code == 200, resp.text
 
 
