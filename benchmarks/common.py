@@ -90,3 +90,47 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
         if time.monotonic() > deadline:
             raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
         time.sleep(0.3)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _calibration_ms() -> float:
+    """The best of five runs of a fixed single-threaded Python loop: how fast one core of
+    this machine is today, so figures from different machines (or days) can be compared."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i & 7
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+def machine() -> dict[str, Any]:
+    """The machine a benchmark runs on, and how busy it was when the run started: the CPU,
+    the cores this process may use, memory, the load average (1, 5, 15 minutes) and a
+    one-core calibration time. Call :func:`finish_machine` on the result at the end."""
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": _cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gb": round(memory_gb, 1),
+        "calibration_loop_ms": _calibration_ms(),
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def finish_machine(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` from :func:`machine` with the load average at the end of the run added."""
+    info["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return info

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import redis
 import yaml
 
-from benchmarks.common import median_round
+from benchmarks.common import finish_machine, machine, median_round
 from online_store.embedded import EmbeddedRedis
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -296,6 +296,7 @@ def main() -> None:
         ),
         "10m": Case("10m", 10_000_000, 1_000_000, stock=args.stock_10m, duckdb_memory="1GB"),
     }
+    host = machine()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         with EmbeddedRedis(work / "redis", persistent=False) as server:
@@ -303,7 +304,7 @@ def main() -> None:
                 run_case(cases[name], work, server, stock_db=0, ours_db=1, rounds_n=args.rounds)
                 for name in args.cases.split(",")
             ]
-    print(json.dumps({"materialize": results}, indent=2))
+    print(json.dumps({"materialize": results, "machine": finish_machine(host)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks.common import median_round
+from benchmarks.common import finish_machine, machine, median_round
 from benchmarks.pit_checks import exactness_vs_stock, spot_check
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -335,6 +335,7 @@ def main() -> None:
         return
 
     case = CASES[args.case]
+    host = machine()
     work = Path(args.workdir) / args.case
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
@@ -364,6 +365,7 @@ def main() -> None:
         "duckdb_memory_limit": args.memory_limit,
         "duckdb_threads": args.threads,
         "generate_s": round(generate_s, 1),
+        "machine": host,
     }
     # Rounds alternate ours and the floor, so a slow spell of the machine hits both; the
     # figures are the median round's.
@@ -429,6 +431,7 @@ def main() -> None:
             entities,
             work / "ours.parquet",
         )
+    finish_machine(host)
     print(json.dumps(report, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.common import ROOT, backend_env, median_round, wait_ready
+from benchmarks.common import ROOT, backend_env, finish_machine, machine, median_round, wait_ready
 from benchmarks.serve_repo import customer_ids, driver_ids, write_data
 from online_store.embedded import EmbeddedRedis, free_port
 
@@ -178,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk not found; install it (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
 
+    host = machine()
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     redis_server = EmbeddedRedis(work / "redis", persistent=False)
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms",
                               file=sys.stderr, flush=True)  # fmt: skip
         report = _report(results, args)
+        report["machine"] = finish_machine(host)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
@@ -312,7 +313,6 @@ def _report(results: list[Result], args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "rounds": args.repeat,
         "entities_per_view": args.entities,
-        "cpus": os.cpu_count(),
         "load_generator": "wrk -t1 (loopback)",
         "rows": rows,
     }

@@ -41,6 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from benchmarks.common import finish_machine, machine
+
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 CONF = {
     "spark.master": "local[2]",
@@ -430,7 +432,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        report: dict[str, Any] = {"spark": "local[2]"}
+        report: dict[str, Any] = {"spark": "local[2]", "machine": machine()}
         if not args.skip_training:
             report["training_set"] = training(
                 Path(tmp),
@@ -443,6 +445,7 @@ def main() -> None:
             )
         if args.materialize:
             report["materialize"] = materialize(Path(tmp), args.materialize, args.stock_max)
+        finish_machine(report["machine"])
         print(json.dumps(report, indent=2, default=str))
 
 
