@@ -226,14 +226,13 @@ def historical_job(
         loaded = load(con, materialize=True)
         check_request(con, specs, loaded.types)
         check_request_data(odfvs, loaded.columns)
-        pit = build_pit_query(
+        return build_pit_query(
             _planned(con, specs, loaded.num_rows),
             loaded.columns,
             loaded.timestamp_column,
             min_ts=loaded.min_ts,
             max_ts=loaded.max_ts,
         )
-        return Query(pit.sql, setup=pit.setup)
 
     def metadata(con: duckdb.DuckDBPyConnection) -> RetrievalMetadata:
         loaded = load(con, materialize=False)

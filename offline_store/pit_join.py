@@ -27,9 +27,9 @@ more rows than the entity rows (``ViewSpec.match_first``) is joined in two steps
    candidates alone (one per entity key and time, unless tied).
 
 The step-1 joins run once, into a narrow temp table (row id, keys, matched times), and each
-such view's candidate rows into one of their own, each a statement of its own (see
-:class:`PitQuery`); all views' final joins are chained in one statement, ordered by the
-entity row id at the end.
+such view's candidate rows into one of their own, each a statement of its own (the
+:class:`~offline_store.job.Query`'s setup); all views' final joins are chained in one
+statement, ordered by the entity row id at the end.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from offline_store.job import Query
 from offline_store.sources import FILE_ORDER, FILE_ORDER_FIRST, quote_ident, timestamp_literal
 
 ENTITY_TABLE = "__entities"
@@ -215,21 +216,6 @@ def _view_cte(
     return alias, body, f"ASOF LEFT JOIN {alias} ON {' AND '.join(on)}", outs
 
 
-@dataclass(frozen=True, slots=True)
-class PitQuery:
-    """The statements of a point-in-time join.
-
-    Attributes:
-        setup: statements run first, in order, each on its own: the temp tables of the
-            views whose event time is matched first (step 1's matches, then each view's
-            candidate rows).
-        sql: the query returning the rows; it reads those temp tables.
-    """
-
-    setup: tuple[str, ...]
-    sql: str
-
-
 def build_pit_query(
     views: list[ViewSpec],
     entity_columns: list[str],
@@ -237,7 +223,7 @@ def build_pit_query(
     *,
     min_ts: datetime | None = None,
     max_ts: datetime | None = None,
-) -> PitQuery:
+) -> Query:
     """The full point-in-time join over ``__entities``.
 
     The steps of views matched first run as statements of their own, each into a temp
@@ -254,8 +240,9 @@ def build_pit_query(
         max_ts: latest entity timestamp (pruning only).
 
     Returns:
-        The setup statements and the query producing entity columns then feature columns,
-        in entity-row order.
+        The query producing entity columns then feature columns, in entity-row order; its
+        setup creates the temp tables of the views whose event time is matched first (step
+        1's matches, then each such view's candidate rows), in that order.
     """
     q = quote_ident
     select = [
@@ -296,10 +283,10 @@ def build_pit_query(
         joins.append(join)
         select += outs
     with_clause = f"WITH {', '.join(ctes)} " if ctes else ""
-    return PitQuery(
-        tuple(setup),
+    return Query(
         f"{with_clause}SELECT {', '.join(select)} FROM {entities} e "
         f"{' '.join(joins)} ORDER BY e.{ROW_ID}",
+        setup=tuple(setup),
     )
 
 
