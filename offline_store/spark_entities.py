@@ -37,6 +37,8 @@ from offline_store.spark_sources import ORDER_FILE, ORDER_ROW, file_read, read_p
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+_LOCAL_RELATION_THRESHOLD = "spark.sql.execution.arrow.localRelationThreshold"
+
 
 @dataclass(frozen=True, slots=True)
 class SparkEntities:
@@ -81,8 +83,7 @@ def _input_frame(spark: SparkSession, source: Any) -> tuple[DataFrame, bool]:
     if isinstance(source, pa.Table):
         check_entity_columns(source.column_names)
         numbered = source.append_column(ROW_ID, pa.array(range(source.num_rows), pa.int64()))
-        frame: DataFrame = spark.createDataFrame(numbered)
-        return frame, True
+        return _distributed_frame(spark, numbered), True
     if isinstance(source, DataFrame):
         frame = source
     elif isinstance(source, (str, Path)):
@@ -108,6 +109,26 @@ def _input_frame(spark: SparkSession, source: Any) -> tuple[DataFrame, bool]:
         )
     check_entity_columns(frame.columns)
     return frame.withColumn(ROW_ID, F.monotonically_increasing_id()), False
+
+
+def _distributed_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """``table`` as a DataFrame whose rows the executors convert, however small it is.
+
+    Below ``spark.sql.execution.arrow.localRelationThreshold`` (48 MB by default) Spark would
+    put the rows in the plan as a local relation, and every analysis and optimizer pass over
+    each plan built on them would walk them: 100k entity rows made a warm training set 15-20%
+    slower (docs/offline-store.md, Spark figures). The setting is the session's and is only
+    read here, so it is set for this call and put back.
+    """
+    previous = spark.conf.get(_LOCAL_RELATION_THRESHOLD)
+    spark.conf.set(_LOCAL_RELATION_THRESHOLD, "0")
+    try:
+        return spark.createDataFrame(table)
+    finally:
+        if previous is None:
+            spark.conf.unset(_LOCAL_RELATION_THRESHOLD)
+        else:
+            spark.conf.set(_LOCAL_RELATION_THRESHOLD, previous)
 
 
 def _local_parquet(spark: SparkSession, path: str) -> DataFrame:

@@ -119,6 +119,32 @@ def test_pandas_entities_with_duplicates_keep_order_on_spark(
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
 
 
+def test_pandas_entity_rows_stay_out_of_the_plan_and_the_session_setting_is_kept(
+    stores: tuple[FeatureStore, ...], spark: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pandas rows are converted by the executors, not carried in the plan as a local
+    relation that every analysis walks, and the session's own threshold is left as it was."""
+    duck, spark_fs = stores
+    trips = pq.read_table(_trips(duck)).slice(0, 200).to_pandas()
+    setting = "spark.sql.execution.arrow.localRelationThreshold"
+    spark.conf.set(setting, "32MB")
+    try:
+        job = spark_fs.get_historical_features(
+            entity_df=trips, features=["driver_hourly_stats:conv_rate"]
+        )
+        frame = job.to_spark_df()
+        assert spark.conf.get(setting) == "32MB"
+    finally:
+        spark.conf.unset(setting)
+    capsys.readouterr()
+    frame.explain(mode="extended")
+    plans = capsys.readouterr().out
+    assert "== Analyzed Logical Plan ==" in plans
+    assert "LocalRelation" not in plans
+    assert "LocalTableScan" not in plans
+    assert frame.count() == len(trips)
+
+
 def test_entity_columns_the_join_would_overwrite_are_refused_on_spark_too(
     stores: tuple[FeatureStore, ...], spark: Any
 ) -> None:
