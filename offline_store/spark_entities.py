@@ -245,7 +245,7 @@ def load_entities(spark: SparkSession, source: Any) -> SparkEntities:
     columns = [c for c in frame.columns if c not in (ROW_ID, ENTITY_TS)]
     if dense:  # row ids 0..n-1
         shuffle = int(spark.conf.get("spark.sql.shuffle.partitions") or 200)
-        order = RowOrder.dense(stats["rows"], shuffle)
+        order = RowOrder.dense(stats["rows"], shuffle, spark.sparkContext.defaultParallelism)
     else:  # monotonically_increasing_id: the input partition in the upper bits
         order = RowOrder.by_input_partition((stats["last_partition"] or 0) + 1)
     return SparkEntities(frame, columns, ts_col, stats["lo"], stats["hi"], order, table)

@@ -94,9 +94,24 @@ class RowOrder:
     rows_per_partition: int | None
 
     @classmethod
-    def dense(cls, rows: int, max_partitions: int, target_rows: int = 10_000) -> RowOrder:
-        """Ids 0..rows-1 in at most ``max_partitions`` partitions of ~``target_rows``."""
-        partitions = max(1, min(max_partitions, math.ceil(rows / target_rows)))
+    def dense(
+        cls,
+        rows: int,
+        max_partitions: int,
+        cores: int = 1,
+        *,
+        least_rows: int = 10_000,
+        most_rows: int = 200_000,
+    ) -> RowOrder:
+        """Ids 0..rows-1 in at most ``max_partitions`` partitions: one per core while each
+        holds at least ``least_rows``, more when one would hold over ``most_rows``.
+
+        Each output partition is a task with a fixed cost (its deserialization, a Parquet
+        writer, a commit), so more partitions than cores only pay it again: 100k rows in 2
+        partitions instead of 8 made a warm training set 10-15% quicker on 2 cores.
+        """
+        wanted = max(math.ceil(rows / most_rows), min(cores, math.ceil(rows / least_rows)))
+        partitions = max(1, min(max_partitions, wanted))
         return cls(partitions, max(1, math.ceil(rows / partitions)))
 
     @classmethod

@@ -35,15 +35,17 @@ def test_each_key_lands_in_its_own_partition(spark: Any, partitions: int) -> Non
 @given(
     rows=st.integers(min_value=0, max_value=3000),
     max_partitions=st.integers(min_value=1, max_value=40),
-    target=st.integers(min_value=1, max_value=500),
+    cores=st.integers(min_value=1, max_value=16),
+    least=st.integers(min_value=1, max_value=500),
+    most=st.integers(min_value=1, max_value=1000),
     seed=st.integers(min_value=0, max_value=2**31 - 1),
 )
 def test_dense_ids_come_back_in_order(
-    spark: Any, rows: int, max_partitions: int, target: int, seed: int
+    spark: Any, rows: int, max_partitions: int, cores: int, least: int, most: int, seed: int
 ) -> None:
     from pyspark.sql import functions as F
 
-    order = RowOrder.dense(rows, max_partitions, target_rows=target)
+    order = RowOrder.dense(rows, max_partitions, cores, least_rows=least, most_rows=most)
     assert order.partitions <= max(1, max_partitions)
     shuffled = spark.range(rows).withColumnRenamed("id", ROW_ID).orderBy(F.rand(seed))
     out = in_input_order(shuffled, order)
@@ -54,6 +56,27 @@ def test_dense_ids_come_back_in_order(
     assert size is not None
     where = out.select(ROW_ID, F.spark_partition_id().alias("p")).collect()
     assert all(p == row_id // size for row_id, p in where)
+
+
+@pytest.mark.parametrize(
+    ("rows", "cores", "max_partitions", "partitions"),
+    [
+        (100_000, 2, 200, 2),  # one partition per core
+        (15_000, 8, 200, 2),  # no partition under 10k rows, while there are 10k
+        (5_000, 8, 200, 1),
+        (0, 8, 200, 1),
+        (10_000_000, 2, 200, 50),  # none over 200k rows
+        (10_000_000, 2, 8, 8),  # the session's shuffle partitions cap it
+        (1_000_000, 64, 200, 64),
+    ],
+)
+def test_dense_partitions_follow_cores_and_size(
+    rows: int, cores: int, max_partitions: int, partitions: int
+) -> None:
+    order = RowOrder.dense(rows, max_partitions, cores)
+    assert order.partitions == partitions
+    assert order.rows_per_partition is not None
+    assert order.partitions * order.rows_per_partition >= rows
 
 
 def test_spark_input_ids_come_back_in_input_partition_order(spark: Any) -> None:
