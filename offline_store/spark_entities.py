@@ -8,6 +8,7 @@ time as a UTC timestamp), and the same checks as the DuckDB store's make the sam
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 _LOCAL_RELATION_THRESHOLD = "spark.sql.execution.arrow.localRelationThreshold"
+_THRESHOLD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +119,20 @@ def _distributed_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     Below ``spark.sql.execution.arrow.localRelationThreshold`` (48 MB by default) Spark would
     put the rows in the plan as a local relation, and every analysis and optimizer pass over
     each plan built on them would walk them: 100k entity rows made a warm training set 15-20%
-    slower (docs/offline-store.md, Spark figures). The setting is the session's and is only
-    read here, so it is set for this call and put back.
+    slower (docs/offline-store.md, Spark figures). The setting is the session's, read when a
+    DataFrame is made from Arrow data, so it is 0 for this call and then put back, under a
+    lock: two builds at once would otherwise each put back the other's 0.
     """
-    previous = spark.conf.get(_LOCAL_RELATION_THRESHOLD)
-    spark.conf.set(_LOCAL_RELATION_THRESHOLD, "0")
-    try:
-        return spark.createDataFrame(table)
-    finally:
-        if previous is None:
-            spark.conf.unset(_LOCAL_RELATION_THRESHOLD)
-        else:
-            spark.conf.set(_LOCAL_RELATION_THRESHOLD, previous)
+    with _THRESHOLD_LOCK:
+        previous = spark.conf.get(_LOCAL_RELATION_THRESHOLD)
+        spark.conf.set(_LOCAL_RELATION_THRESHOLD, "0")
+        try:
+            return spark.createDataFrame(table)
+        finally:
+            if previous is None:
+                spark.conf.unset(_LOCAL_RELATION_THRESHOLD)
+            else:
+                spark.conf.set(_LOCAL_RELATION_THRESHOLD, previous)
 
 
 def _local_parquet(spark: SparkSession, path: str) -> DataFrame:

@@ -145,6 +145,37 @@ def test_pandas_entity_rows_stay_out_of_the_plan_and_the_session_setting_is_kept
     assert frame.count() == len(trips)
 
 
+def test_concurrent_builds_put_the_session_setting_back(spark: Any) -> None:
+    """A second entity frame made while the first one's is being made (the second thread
+    starts inside the first one's slowed call) leaves the session's threshold as it was."""
+    import threading
+    import time
+
+    from offline_store.spark_entities import _distributed_frame
+
+    setting = "spark.sql.execution.arrow.localRelationThreshold"
+    real = spark.createDataFrame
+    table = pa.table({"driver_id": [1, 2, 3]})
+    second = threading.Thread(target=_distributed_frame, args=(spark, table))
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        if second.ident is None:
+            second.start()  # while this call holds the threshold at 0
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    spark.conf.set(setting, "32MB")
+    try:
+        with mock.patch.object(spark, "createDataFrame", side_effect=slow):
+            first = threading.Thread(target=_distributed_frame, args=(spark, table))
+            first.start()
+            first.join()
+            second.join()
+        assert spark.conf.get(setting) == "32MB"
+    finally:
+        spark.conf.unset(setting)
+
+
 def test_entity_columns_the_join_would_overwrite_are_refused_on_spark_too(
     stores: tuple[FeatureStore, ...], spark: Any
 ) -> None:
