@@ -146,32 +146,47 @@ def test_pandas_entity_rows_stay_out_of_the_plan_and_the_session_setting_is_kept
 
 
 def test_concurrent_builds_put_the_session_setting_back(spark: Any) -> None:
-    """A second entity frame made while the first one's is being made (the second thread
-    starts inside the first one's slowed call) leaves the session's threshold as it was."""
+    """A second entity frame started while the first one's is being made, and finished
+    after it, leaves the session's threshold as it was.
+
+    Without the lock the second build would read the first one's 0 as the session's value
+    and put it back last. The events force that order; with the lock the second build
+    waits for the first, so the first one's wait for it times out.
+    """
     import threading
-    import time
 
     from offline_store.spark_entities import _distributed_frame
 
     setting = "spark.sql.execution.arrow.localRelationThreshold"
     real = spark.createDataFrame
     table = pa.table({"driver_id": [1, 2, 3]})
-    second = threading.Thread(target=_distributed_frame, args=(spark, table))
+    frames: list[Any] = []  # a thread's exception would otherwise pass unseen
+    second_inside, first_done = threading.Event(), threading.Event()
 
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        if second.ident is None:
-            second.start()  # while this call holds the threshold at 0
-        time.sleep(0.3)
+    def build() -> None:
+        frames.append(_distributed_frame(spark, table))
+
+    second = threading.Thread(target=build)
+
+    def paced(*args: Any, **kwargs: Any) -> Any:
+        if second.ident is None:  # the first build, holding the threshold at 0
+            second.start()
+            second_inside.wait(timeout=1.0)
+        else:
+            second_inside.set()
+            first_done.wait(timeout=10.0)
         return real(*args, **kwargs)
 
     spark.conf.set(setting, "32MB")
     try:
-        with mock.patch.object(spark, "createDataFrame", side_effect=slow):
-            first = threading.Thread(target=_distributed_frame, args=(spark, table))
+        with mock.patch.object(spark, "createDataFrame", side_effect=paced):
+            first = threading.Thread(target=build)
             first.start()
             first.join()
+            first_done.set()
             second.join()
         assert spark.conf.get(setting) == "32MB"
+        assert [frame.count() for frame in frames] == [3, 3]
     finally:
         spark.conf.unset(setting)
 
