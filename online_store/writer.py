@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +56,7 @@ from online_store.codec import (
     value_parts,
 )
 from online_store.decode import timestamp_nanos
-from online_store.rawpipe import execute_packed, supports_raw
+from online_store.rawpipe import WriteSink
 from online_store.write_plan import (
     DEFAULT_CHUNK_ROWS,
     WriteSpec,
@@ -70,8 +69,6 @@ from online_store.write_plan import (
 
 if TYPE_CHECKING:
     from feast import FeatureView
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -92,54 +89,6 @@ REDIS_OUTAGE: tuple[type[BaseException], ...] = (
 )
 
 
-class _Sink:
-    """Where the ``HSET`` commands of a chunk go.
-
-    On a single server the commands of chunk N are sent and acknowledged by a background
-    thread on its own connection while the caller encodes chunk N+1, so Redis works while
-    Python does. Chunk N+1's stored times are read on that same thread after chunk N's
-    writes are acknowledged (:meth:`after_in_flight`), so they include them; the caller
-    encodes chunk N+1 meanwhile. On a cluster the commands run synchronously through a
-    redis-py cluster pipeline.
-    """
-
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
-        self.client = client
-        self.raw = supports_raw(client)
-        self._executor = ThreadPoolExecutor(1, "redis-writer") if self.raw else None
-        self._pending: Future[list[object]] | None = None
-
-    def submit(self, packed: bytes, replies: int) -> None:
-        self.wait()
-        assert self._executor is not None
-        client: redis.Redis = self.client  # type: ignore[assignment]  # raw: a single server
-        self._pending = self._executor.submit(execute_packed, client, [packed], replies=replies)
-
-    def after_in_flight(self, read: Callable[[], T]) -> T:
-        """``read()`` once the write in flight (if any) is acknowledged; its result."""
-        if self._executor is None:
-            return read()
-        return self._executor.submit(read).result()
-
-    def run(self, commands: list[tuple[bytes | str | int, ...]]) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            pipe.execute()
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-
-
 def _newer(micros: np.ndarray, stored: list[bytes | None]) -> np.ndarray:
     """Which rows are newer than the stored ones (a zero or missing stored time counts as
     absent; equal times are skipped, as in Feast)."""
@@ -154,7 +103,7 @@ def _newer(micros: np.ndarray, stored: list[bytes | None]) -> np.ndarray:
 
 
 def _write_chunk(
-    sink: _Sink,
+    sink: WriteSink,
     spec: WriteSpec,
     chunk: pa.RecordBatch,
     *,
@@ -191,7 +140,7 @@ def _write_chunk(
         key_ttl_seconds,
     )
     rows = int(chunk.num_rows)
-    stored = sink.after_in_flight(lambda: _stored_times(sink.client, key, ts_name))
+    stored = sink.after_in_flight(lambda: _stored_times(sink.client, key, ts_name, sink.call))
     if stored is not None:
         keep = _newer(micros, stored)
         payload, rows = blocks.select_rows(payload, ends, keep), int(keep.sum())
@@ -201,7 +150,7 @@ def _write_chunk(
 
 
 def _run_commands(
-    sink: _Sink,
+    sink: WriteSink,
     spec: WriteSpec,
     chunk: pa.RecordBatch,
     keys: list[bytes],
@@ -258,24 +207,30 @@ def _resp_hset_buffer(
 
 
 def _stored_times(
-    client: redis.Redis | redis.RedisCluster, key: list[blocks.Block], ts_name: bytes
+    client: redis.Redis | redis.RedisCluster,
+    key: list[blocks.Block],
+    ts_name: bytes,
+    call: Callable[[bytes, int], list[object]] | None = None,
 ) -> list[bytes | None] | None:
-    """Each key's stored ``_ts`` value (None where absent); None when no key exists yet."""
+    """Each key's stored ``_ts`` value (None where absent); None when no key exists yet.
+
+    ``call`` sends packed commands and returns their replies (a single server, see
+    :meth:`WriteSink.call`); without it the reads go through a redis-py pipeline.
+    """
     n = key[0].rows
     if not n:
         return None
-    if supports_raw(client):
+    if call is not None:
         # One EXISTS over the whole chunk first: on a first load no key exists yet and
         # the per-key reads (most of the chunk's round-trip cost) can be skipped.
         key_bulk = blocks.bulk(key)
         exists = b"*%d\r\n$6\r\nEXISTS\r\n" % (n + 1) + blocks.join_rows(key_bulk)
-        (existing,) = execute_packed(client, [exists])  # type: ignore[arg-type]
+        (existing,) = call(exists, 1)
         if existing == 0:
             return None
         head = blocks.constant(b"*3\r\n$5\r\nHMGET\r\n", n)
         packed = blocks.join_rows([head, *key_bulk, blocks.constant(_bulk(ts_name), n)])
-        replies = execute_packed(client, [packed], replies=n)  # type: ignore[arg-type]
-        return [r[0] for r in replies]  # type: ignore[index]
+        return [r[0] for r in call(packed, n)]  # type: ignore[index]
     with client.pipeline(transaction=False) as pipe:
         for raw_key in blocks.row_list(key):
             pipe.hmget(raw_key, [ts_name])  # type: ignore[arg-type]  # redis-py accepts bytes keys
@@ -324,7 +279,7 @@ def write_batches(
         "fields": fields,
         "ts_name": ts_name,
     }
-    sink = None if atomic else _Sink(client)
+    sink = None if atomic else WriteSink(client)
     try:
         for batch in batches:
             for start in range(0, batch.num_rows, chunk_rows):

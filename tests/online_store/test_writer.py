@@ -3,6 +3,7 @@ Cluster."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from redis.cluster import RedisCluster
 from foundation.errors import InvalidEntityError, SchemaMismatchError
 from online_store.codec import encode_timestamps, encode_values, field_name, ts_field
 from online_store.keys import encode_entity_keys
-from online_store.rawpipe import execute_packed
+from online_store.rawpipe import HeldConnection
 from online_store.reader import ReadPlan, ViewReadSpec
 from online_store.value_types import ValueType
 from online_store.write_plan import WriteSpec
@@ -141,15 +142,14 @@ def test_random_duplicates_across_chunks_match_a_naive_reference(redis_url: str)
     assert _read(client, keys) == [expected[k][0] for k in keys]
 
 
-def _slow_sends(delay: float) -> Callable[..., list[object]]:
-    """``execute_packed`` that holds each chunk's writes back (a busy Redis), reads not."""
+def _slow_sends(delay: float) -> Callable[..., None]:
+    """``HeldConnection.send`` that holds each chunk's writes back (a busy Redis)."""
+    send = HeldConnection.send
 
-    def slow(
-        client: redis.Redis, packed: list[bytes], *, replies: int | None = None
-    ) -> list[object]:
+    def slow(self: HeldConnection, packed: bytes, replies: int) -> None:
         if threading.current_thread().name.startswith("redis-writer"):
             time.sleep(delay)
-        return execute_packed(client, packed, replies=replies)
+        send(self, packed, replies)
 
     return slow
 
@@ -223,7 +223,7 @@ def test_bulk_path_keeps_the_newest_row_per_key_across_chunks_in_flight(
             "event_ts": pa.array([T0 + timedelta(seconds=t) for _, _, t, _ in items], TS),
         }
     )
-    with mock.patch("online_store.writer.execute_packed", _slow_sends(0.01)):
+    with mock.patch.object(HeldConnection, "send", _slow_sends(0.01)):
         write_batches(client, COMPOUND, table.to_batches(), project="p", chunk_rows=chunk_rows)
     ordered = sorted(expected)
     redis_keys = encode_entity_keys(
@@ -295,3 +295,73 @@ def test_a_key_value_out_of_the_keys_range_is_refused_before_any_write(redis_url
         write_batches(client, spec, table.to_batches(), project="p")
     assert client.exists(*keys) == 0
     client.close()
+
+
+class _RepliesHeldBack:
+    """A loopback proxy to Redis that, once the client has sent writes (``HSET``), holds
+    Redis's replies back until the client sends its next read (``EXISTS``): a Redis whose
+    answers take long to arrive. It gives up after ``patience`` seconds and records it."""
+
+    def __init__(self, redis_url: str, patience: float = 3.0) -> None:
+        address = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+        self._upstream = (address["host"], address["port"])
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._writes = threading.Event()
+        self._read_behind = threading.Event()
+        self._patience = patience
+        self.waited_out = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        client, _ = self._listener.accept()
+        server = socket.create_connection(self._upstream)
+        threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+        self._replies(server, client)
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        since_writes = b""  # the tail of what the client sent since its first HSET
+        while data := client.recv(65536):
+            if not self._writes.is_set() and b"HSET" in data:
+                data_after = data[data.index(b"HSET") :]
+                self._writes.set()
+            else:
+                data_after = data
+            if self._writes.is_set():
+                if b"EXISTS" in since_writes + data_after:
+                    self._read_behind.set()
+                since_writes = (since_writes + data_after)[-8:]
+            server.sendall(data)
+
+    def _replies(self, server: socket.socket, client: socket.socket) -> None:
+        while data := server.recv(65536):
+            if self._writes.is_set() and not self._read_behind.is_set():
+                self.waited_out = not self._read_behind.wait(self._patience) or self.waited_out
+            client.sendall(data)
+
+
+def test_the_next_chunks_read_goes_out_behind_the_writes_without_waiting_for_their_replies(
+    redis_url: str,
+) -> None:
+    """Each chunk of a bulk write costs one round trip, not two: chunk 2's read of the
+    stored times is sent right behind chunk 1's writes, before their replies are in."""
+    proxy = _RepliesHeldBack(redis_url)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port)
+    stats = write_batches(
+        client, COMPOUND, _compound_rows(4).to_batches(), project="p", chunk_rows=2
+    )
+    assert not proxy.waited_out
+    assert (stats.rows_in, stats.rows_written) == (4, 4)
+    assert redis.Redis.from_url(redis_url).dbsize() == 4
+    client.close()
+
+
+def _compound_rows(n: int) -> pa.Table:
+    return pa.table(
+        {
+            "shop": list(range(n)),
+            "item": ["x"] * n,
+            "price": [float(i) for i in range(n)],
+            "event_ts": pa.array([T0 + timedelta(seconds=i) for i in range(n)], TS),
+        }
+    )
