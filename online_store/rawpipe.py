@@ -58,24 +58,33 @@ def execute_packed(
     conn = pool.get_connection()
     try:
         conn.send_packed_command([b"".join(packed)], check_health=False)
-        want = len(packed) if replies is None else replies
-        out: list[object] = []
-        error: redis.ResponseError | None = None
-        for _ in range(want):
-            try:
-                out.append(conn.read_response(disable_decoding=True))
-            except redis.ResponseError as exc:  # an error reply; the stream stays in step
-                error = error or exc
-                out.append(exc)
-        if error is not None:
-            raise error
-        return out
+        return _read_replies(conn, len(packed) if replies is None else replies)
     except BaseException:
         # The reply stream may be half-read: never hand this connection out again.
         conn.disconnect()
         raise
     finally:
         pool.release(conn)
+
+
+def _read_replies(conn: Any, want: int) -> list[object]:
+    """``want`` replies from ``conn``; an error reply is raised once all are read, so the
+    stream stays in step.
+
+    Raises:
+        redis.ResponseError: the first error reply.
+    """
+    out: list[object] = []
+    error: redis.ResponseError | None = None
+    for _ in range(want):
+        try:
+            out.append(conn.read_response(disable_decoding=True))
+        except redis.ResponseError as exc:
+            error = error or exc
+            out.append(exc)
+    if error is not None:
+        raise error
+    return out
 
 
 class HeldConnection:
@@ -121,22 +130,15 @@ class HeldConnection:
         """Read every reply owed (the first error reply is raised after all are read)."""
         if not self._owed:
             return []
-        conn, want = self._conn, self._owed
-        out: list[object] = []
-        error: redis.ResponseError | None = None
         try:
-            for _ in range(want):
-                try:
-                    out.append(conn.read_response(disable_decoding=True))
-                except redis.ResponseError as exc:  # an error reply; the stream stays in step
-                    error = error or exc
-                    out.append(exc)
+            out = _read_replies(self._conn, self._owed)
+        except redis.ResponseError:
+            self._owed = 0  # every reply was read: the connection stays in step
+            raise
         except BaseException:
             self._discard()
             raise
         self._owed = 0
-        if error is not None:
-            raise error
         return out
 
     def close(self) -> None:

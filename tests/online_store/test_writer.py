@@ -20,6 +20,7 @@ from redis.cluster import RedisCluster
 
 from foundation.errors import InvalidEntityError, SchemaMismatchError
 from online_store.codec import encode_timestamps, encode_values, field_name, ts_field
+from online_store.embedded import EmbeddedRedis
 from online_store.keys import encode_entity_keys
 from online_store.rawpipe import HeldConnection
 from online_store.reader import ReadPlan, ViewReadSpec
@@ -365,3 +366,37 @@ def _compound_rows(n: int) -> pa.Table:
             "event_ts": pa.array([T0 + timedelta(seconds=i) for i in range(n)], TS),
         }
     )
+
+
+def test_a_redis_refusing_writes_mid_bulk_write_raises_and_a_rerun_converges(
+    redis_server_factory: Callable[..., EmbeddedRedis],
+) -> None:
+    """Writes refused from the first chunk on (maxmemory reached as it goes out): the
+    error replies, read while the next chunk's read is already behind them, fail the
+    write, and the same write once Redis has room stores the rest."""
+    server = redis_server_factory(persistent=False)
+    client, admin = redis.Redis.from_url(server.url), redis.Redis.from_url(server.url)
+    chunks: list[int] = []
+
+    def refuse_after_the_first_chunk(done: int) -> None:
+        chunks.append(done)
+        if len(chunks) == 1:
+            admin.config_set("maxmemory", 1)
+
+    table = _compound_rows(6)
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            write_batches(
+                client, COMPOUND, table.to_batches(), project="p", chunk_rows=2,
+                progress=refuse_after_the_first_chunk,
+            )  # fmt: skip
+    finally:
+        admin.config_set("maxmemory", 0)
+    # Chunk 1 was handed to the writer before the refusal: stored whole, or not at all.
+    stored = client.dbsize()
+    assert stored in (0, 2)
+    rerun = write_batches(client, COMPOUND, table.to_batches(), project="p", chunk_rows=2)
+    assert (rerun.rows_in, rerun.rows_written) == (6, 6 - stored)
+    assert client.dbsize() == 6
+    client.close()
+    admin.close()
