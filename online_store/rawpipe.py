@@ -1,10 +1,11 @@
-"""A leaner pipeline for bulk writes to a single Redis server.
+"""Bulk writes to Redis without a redis-py pipeline: whole-chunk RESP buffers on one held
+connection.
 
 redis-py spends ~10 µs of Python per pipelined command (queueing, packing, one
-``parse_response`` per reply); for a materialization that is most of the wall time.
-Here commands are packed by hiredis in C and sent in one write, and the replies are read
-with the connection's own ``read_response`` (redis-py's hiredis parser) without building
-a pipeline. The connection comes from (and returns to) the client's own pool, so AUTH,
+``parse_response`` per reply); for a materialization that is most of the wall time. Here a
+chunk's commands arrive as one RESP buffer (built by ``online_store.writer``), go out in one
+write, and the replies are read with the connection's own ``read_response`` (redis-py's
+hiredis parser). The connection comes from (and returns to) the client's own pool, so AUTH,
 SELECT, TLS and unix sockets are redis-py's.
 
 The raw path is only for ``redis.Redis`` (not cluster): :class:`WriteSink` sends a cluster
@@ -13,19 +14,13 @@ client's commands through ordinary pipelines, which route every command to its s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import hiredis
 import redis
 
 T = TypeVar("T")
-
-
-def pack(args: Sequence[bytes | str | int]) -> bytes:
-    """RESP encoding of one command (hiredis, in C)."""
-    return bytes(hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
 
 
 def supports_raw(client: object) -> bool:
@@ -33,58 +28,6 @@ def supports_raw(client: object) -> bool:
     return isinstance(client, redis.Redis) and not getattr(
         client, "single_connection_client", False
     )
-
-
-def execute_packed(
-    client: redis.Redis, packed: list[bytes], *, replies: int | None = None
-) -> list[object]:
-    """Send pre-packed commands in one round trip and return every reply in order.
-
-    Args:
-        client: a ``redis.Redis`` client.
-        packed: commands from :func:`pack` (an item may hold several commands).
-        replies: number of replies to wait for (default: one per item).
-
-    Returns:
-        One reply per command (bytes, int, list, None).
-
-    Raises:
-        redis.ResponseError: the server answered a command with an error.
-        redis.ConnectionError: the connection broke (it is discarded, not reused).
-    """
-    if not packed:
-        return []
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([b"".join(packed)], check_health=False)
-        return _read_replies(conn, len(packed) if replies is None else replies)
-    except BaseException:
-        # The reply stream may be half-read: never hand this connection out again.
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
-def _read_replies(conn: Any, want: int) -> list[object]:
-    """``want`` replies from ``conn``; an error reply is raised once all are read, so the
-    stream stays in step.
-
-    Raises:
-        redis.ResponseError: the first error reply.
-    """
-    out: list[object] = []
-    error: redis.ResponseError | None = None
-    for _ in range(want):
-        try:
-            out.append(conn.read_response(disable_decoding=True))
-        except redis.ResponseError as exc:
-            error = error or exc
-            out.append(exc)
-    if error is not None:
-        raise error
-    return out
 
 
 class HeldConnection:
@@ -128,17 +71,21 @@ class HeldConnection:
 
     def settle(self) -> list[object]:
         """Read every reply owed (the first error reply is raised after all are read)."""
-        if not self._owed:
-            return []
+        out: list[object] = []
+        error: redis.ResponseError | None = None
         try:
-            out = _read_replies(self._conn, self._owed)
-        except redis.ResponseError:
-            self._owed = 0  # every reply was read: the connection stays in step
-            raise
+            for _ in range(self._owed):
+                try:
+                    out.append(self._conn.read_response(disable_decoding=True))
+                except redis.ResponseError as exc:  # an error reply; the stream stays in step
+                    error = error or exc
+                    out.append(exc)
         except BaseException:
             self._discard()
             raise
         self._owed = 0
+        if error is not None:
+            raise error
         return out
 
     def close(self) -> None:

@@ -316,6 +316,7 @@ class _RepliesHeldBack:
 
     def _serve(self) -> None:
         client, _ = self._listener.accept()
+        self._listener.close()
         server = socket.create_connection(self._upstream)
         threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
         self._replies(server, client)
