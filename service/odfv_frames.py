@@ -1,8 +1,12 @@
 """The pandas frames around a pandas-mode transformation, as Arrow would build them.
 
 The input frame is built straight from NumPy when every column is one plain kind that
-Arrow's inference would read the same way (floats, int64, bools, strings, no nulls):
-half the cost of the Arrow round trip on the one-row lookups that dominate serving. Any
+Arrow's inference would read the same way (floats, int64, bools, strings, no nulls), one
+2-D block per dtype as Arrow lays them out, made with pandas' interface for libraries that
+build frames (``pandas.core.internals.api.make_block``, which pyarrow's ``to_pandas`` uses):
+a third of the Arrow round trip's cost on the one-row lookups that dominate serving, and of
+``pd.DataFrame``'s, which checks and wraps every column. Where that interface does not
+build what ``pd.DataFrame`` builds (checked once, at import), ``pd.DataFrame`` does. Any
 other column (nulls, timestamps, lists, mixed kinds) takes the Arrow route, so the frame
 the UDF sees is always the one ``transform_arrow`` would build. An output column is read
 back as ``Array.from_pandas`` reads it, via NumPy when no NaN can be among its values.
@@ -16,6 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+try:  # pandas' interface for libraries that build frames (pyarrow's to_pandas uses it)
+    from pandas.core.internals import BlockManager
+    from pandas.core.internals.api import make_block
+except ImportError:  # pragma: no cover - a pandas without it: pd.DataFrame builds frames
+    BlockManager = make_block = None  # type: ignore[assignment,misc]
 
 # Integers a double holds exactly: Arrow refuses to mix larger ones with floats.
 _EXACT_IN_DOUBLE = 2**53
@@ -50,24 +60,58 @@ def numpy_kinds(values: list[Any]) -> frozenset[type] | None:
     return kinds
 
 
-def _numpy_column(values: list[Any]) -> np.ndarray[Any, Any] | None:
-    """``values`` as Arrow's inference and ``to_pandas`` would give them, or None for Arrow."""
-    kinds = numpy_kinds(values)
-    return None if kinds is None else np.array(values, dtype=_NUMPY_DTYPES[kinds])
-
-
 def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
     """The frame ``pa.Table.from_pydict(columns).to_pandas()`` gives, built without Arrow
     when every column allows it (see the module notes)."""
     rows = len(next(iter(columns.values()), ()))
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    for name, values in columns.items():
-        array = _numpy_column(values) if rows else None
-        if array is None:
+    dtypes = []
+    for values in columns.values():
+        kinds = numpy_kinds(values) if rows else None
+        if kinds is None:
             frame: pd.DataFrame = pa.Table.from_pydict(dict(columns)).to_pandas(use_threads=False)
             return frame
-        arrays[name] = array
-    return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
+        dtypes.append(_NUMPY_DTYPES[kinds])
+    if not _BLOCKS_AGREE:
+        pairs = zip(columns.items(), dtypes, strict=True)
+        arrays = {name: np.array(values, dtype=dtype) for (name, values), dtype in pairs}
+        return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
+    return _from_blocks(columns, dtypes, rows)
+
+
+def _from_blocks(columns: Mapping[str, list[Any]], dtypes: list[Any], rows: int) -> pd.DataFrame:
+    """The frame of ``columns`` of ``dtypes``: one 2-D block per dtype, made through pandas'
+    interface for downstream libraries as pyarrow's ``to_pandas`` makes them (a third of
+    ``pd.DataFrame``'s cost on a one-row lookup, which checks and wraps every column)."""
+    lists = list(columns.values())
+    groups: dict[Any, list[int]] = {}
+    for position, dtype in enumerate(dtypes):
+        groups.setdefault(dtype, []).append(position)
+    blocks = [
+        make_block(np.array([lists[i] for i in positions], dtype=dtype), positions, ndim=2)
+        for dtype, positions in groups.items()
+    ]
+    manager = BlockManager(blocks, [pd.Index(list(columns)), pd.RangeIndex(rows)])
+    return pd.DataFrame._from_mgr(manager, manager.axes)  # type: ignore[attr-defined,no-any-return]
+
+
+def _blocks_agree() -> bool:
+    """Whether this pandas builds from blocks the frame ``pd.DataFrame`` builds (else the
+    input frame is built by ``pd.DataFrame``): checked once, on every kind of column."""
+    sample: dict[str, list[Any]] = {
+        "a": [1.5, 2.0], "b": [1, 2], "c": ["x", "y"], "d": [True, False],
+        "e": [3, 4.5], "f": [0.5, 1.0],
+    }  # fmt: skip
+    dtypes = [_NUMPY_DTYPES[numpy_kinds(values)] for values in sample.values()]  # type: ignore[index]
+    arrays = {n: np.array(v, dtype=t) for (n, v), t in zip(sample.items(), dtypes, strict=True)}
+    try:
+        built = _from_blocks(sample, dtypes, 2)
+        pd.testing.assert_frame_equal(built, pd.DataFrame(arrays), check_exact=True)
+    except Exception:  # any failure means: build with the public constructor
+        return False
+    return True
+
+
+_BLOCKS_AGREE = _blocks_agree()
 
 
 _PLAIN_KINDS = frozenset("iub")  # integer, unsigned, bool: no NaN to turn into null
