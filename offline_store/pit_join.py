@@ -21,10 +21,11 @@ more rows than the entity rows (``ViewSpec.match_first``) is joined in two steps
 1. An ``ASOF LEFT JOIN`` of the entity rows to the source's (keys, event time) alone gives
    each entity row the greatest event time at or before t (``__m<i>``): two narrow columns
    are sorted, not whole rows, and no struct is compared.
-2. A second scan keeps only the rows at a matched (keys, event time) (a semi join on step 1),
-   and the ASOF join above, with the matched time as one more key and the event time left
-   out of the struct, picks among them: the same winner, with structs compared over these
-   candidates alone (one per entity key and time, unless tied).
+2. A second scan keeps only the rows at a matched (keys, event time) (a semi join on step 1):
+   one per entity key and time, unless tied. Where several tie, all but the greatest order
+   key (without the event time, the same for all of them) are deleted, the winner the ASOF
+   join above would pick among them; structs are compared in those groups alone.
+3. The entity rows find their row by a plain hash join on (keys, matched time).
 
 The step-1 joins run once, into a narrow temp table (row id, keys, matched times), and each
 such view's candidate rows into one of their own, each a statement of its own (the
@@ -101,16 +102,18 @@ _MATCHES = "__matches"
 
 def _probe_column(view: ViewSpec) -> str:
     """The entity-side probe matching the shape of ``view``'s order key."""
-    return "__probe" + ("_m" if view.match_first else "") + ("1" if view.single_file else "")
+    return "__probe" + ("1" if view.single_file else "")
 
 
 def _probes(views: list[ViewSpec]) -> str:
-    """The probe columns the views need: (t, +inf, first file, '', 0), without t for views
-    whose event time is matched first, without the file fields for single-file views."""
+    """The probe columns of the views joined by ASOF (not those matched first, see
+    :func:`_view_cte`): (t, +inf, first file, '', 0), without the file fields for
+    single-file views."""
     probes = {}
     for view in views:
-        parts = [] if view.match_first else [f"'ts': e.{ENTITY_TS}"]
-        parts.append(f"'cr': {_BIGINT_MAX}")
+        if view.match_first:
+            continue
+        parts = [f"'ts': e.{ENTITY_TS}", f"'cr': {_BIGINT_MAX}"]
         if not view.single_file:
             parts.append(f"'o': {FILE_ORDER_FIRST}, 'f': ''")
         parts.append("'rn': CAST(0 AS BIGINT)")
@@ -201,7 +204,8 @@ def _view_cte(
         matched.append(f"CAST({ts} AS TIMESTAMPTZ) = {_MATCHES}.__m{index}")
         rows += f" SEMI JOIN {_MATCHES} ON {' AND '.join(matched)}"
         on.append(f"e.__m{index} = {alias}.__ts")
-    on.append(f"e.{_probe_column(view)} >= {alias}.__ord")
+    else:
+        on.append(f"e.{_probe_column(view)} >= {alias}.__ord")
     body = f"SELECT {', '.join(select)} {rows} WHERE {_pruning(view, ts, min_ts, max_ts)}"
     if view.ttl_micros > 0:
         in_window = (
@@ -213,7 +217,25 @@ def _view_cte(
         f"CASE WHEN {in_window} THEN {alias}.{c} END AS {q(f.output_name)}"
         for c, f in zip(feat_cols, view.features, strict=True)
     ]
-    return alias, body, f"ASOF LEFT JOIN {alias} ON {' AND '.join(on)}", outs
+    # Matched first, the candidates are one row per (keys, event time) once their ties are
+    # dropped (:func:`_drop_ties`): a plain hash join finds an entity row's.
+    kind = "LEFT JOIN" if view.match_first else "ASOF LEFT JOIN"
+    return alias, body, f"{kind} {alias} ON {' AND '.join(on)}", outs
+
+
+def _drop_ties(alias: str, keys: int) -> str:
+    """Delete from a view's candidates every row that a row at the same (keys, event time)
+    beats on the order key, leaving the winner the ASOF join on it would pick. Only the
+    (usually no) tied groups are aggregated: counting is cheaper than comparing structs."""
+    group = [f"__k{j}" for j in range(keys)] + ["__ts"]
+    same = " AND ".join(f"v.{c} = d.{c}" for c in group)
+    best = " AND ".join(f"{alias}.{c} = b.{c}" for c in group)
+    tied = f"SELECT {', '.join(group)} FROM {alias} GROUP BY ALL HAVING count(*) > 1"
+    winners = (
+        f"SELECT {', '.join(f'v.{c}' for c in group)}, max(v.__ord) AS __best FROM {alias} v "
+        f"SEMI JOIN ({tied}) d ON {same} GROUP BY ALL"
+    )
+    return f"DELETE FROM {alias} USING ({winners}) b WHERE {best} AND {alias}.__ord < b.__best"
 
 
 def build_pit_query(
@@ -278,6 +300,7 @@ def build_pit_query(
         name, rows, join, outs = _view_cte(i, view, min_ts, max_ts)
         if view.match_first:  # its candidates only: one row per matched (keys, time), or ties
             setup.append(f"CREATE OR REPLACE TEMP TABLE {name} AS {rows}")
+            setup.append(_drop_ties(name, len(view.join_keys)))
         else:
             ctes.append(f"{name} AS ({rows})")
         joins.append(join)

@@ -28,12 +28,16 @@ def _source(path: Path) -> None:
         pa.table(
             {
                 "driver_id": pa.array([i % 20 for i in range(rows)], pa.int64()),
+                # Two rows per (driver, time): the greater created time decides, and where
+                # those tie too (one pair in three), the later row.
                 "event_timestamp": pa.array(
-                    [T0 + timedelta(hours=i // 20) for i in range(rows)], pa.timestamp("us", "UTC")
+                    [T0 + timedelta(hours=i // 40) for i in range(rows)], pa.timestamp("us", "UTC")
                 ),
-                # Every fifth row ties the one before it on (driver, time): created decides.
                 "created": pa.array(
-                    [T0 + timedelta(hours=i // 20, seconds=i % 3) for i in range(rows)],
+                    [
+                        T0 + timedelta(hours=i // 40, seconds=(i // 20) % 2 * (i % 3))
+                        for i in range(rows)
+                    ],
                     pa.timestamp("us", "UTC"),
                 ),
                 "rate": pa.array([float(i) for i in range(rows)]),
@@ -95,9 +99,11 @@ def test_matched_first_steps_are_statements_of_their_own_with_the_same_rows(
     with job_connection(settings, reuse=False) as con:
         setup, rows = _run(con, _view(path, match_first=True))
     assert one_setup == ()
-    # Step 1's matches, then the view's candidate rows, each into a temp table the query reads.
-    assert len(setup) == 2
-    assert all(s.startswith("CREATE OR REPLACE TEMP TABLE") for s in setup)
+    # Step 1's matches, then the view's candidate rows, each into a temp table the query
+    # reads, then the candidates that lose a tie deleted.
+    assert len(setup) == 3
+    assert all(s.startswith("CREATE OR REPLACE TEMP TABLE") for s in setup[:2])
+    assert setup[2].startswith("DELETE FROM __v0")
     assert rows == one_rows
     matched = [r for r in rows if r[-1] is not None]
     assert 0 < len(matched) < len(rows)  # hits, and misses past the TTL or before any row
