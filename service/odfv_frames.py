@@ -2,11 +2,13 @@
 
 The input frame is built straight from NumPy when every column is one plain kind that
 Arrow's inference would read the same way (floats, int64, bools, strings, no nulls), one
-2-D block per dtype as Arrow lays them out, made with pandas' interface for libraries that
-build frames (``pandas.core.internals.api.make_block``, which pyarrow's ``to_pandas`` uses):
-a third of the Arrow round trip's cost on the one-row lookups that dominate serving, and of
-``pd.DataFrame``'s, which checks and wraps every column. Where that interface does not
-build what ``pd.DataFrame`` builds (checked once, at import), ``pd.DataFrame`` does. Any
+2-D block per dtype as Arrow lays them out, made the way pyarrow's ``to_pandas`` makes them
+on pandas 2 (``make_block`` of ``pandas.core.internals.api``, pandas' interface for such
+libraries, then a ``BlockManager`` and ``DataFrame._from_mgr``): a third of the Arrow round
+trip's cost on the one-row lookups that dominate serving, and of ``pd.DataFrame``'s, which
+checks and wraps every column. ``_from_mgr`` is not public API, so the two builds are
+compared once, at import, on every kind of column; where they differ (or the names are
+gone) ``pd.DataFrame`` builds the frame. Any
 other column (nulls, timestamps, lists, mixed kinds) takes the Arrow route, so the frame
 the UDF sees is always the one ``transform_arrow`` would build. An output column is read
 back as ``Array.from_pandas`` reads it, via NumPy when no NaN can be among its values.
@@ -79,9 +81,8 @@ def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
 
 
 def _from_blocks(columns: Mapping[str, list[Any]], dtypes: list[Any], rows: int) -> pd.DataFrame:
-    """The frame of ``columns`` of ``dtypes``: one 2-D block per dtype, made through pandas'
-    interface for downstream libraries as pyarrow's ``to_pandas`` makes them (a third of
-    ``pd.DataFrame``'s cost on a one-row lookup, which checks and wraps every column)."""
+    """The frame of ``columns`` of ``dtypes``: one 2-D block per dtype, made as pyarrow's
+    ``to_pandas`` makes them (see the module notes)."""
     lists = list(columns.values())
     groups: dict[Any, list[int]] = {}
     for position, dtype in enumerate(dtypes):
