@@ -73,7 +73,9 @@ def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
             frame: pd.DataFrame = pa.Table.from_pydict(dict(columns)).to_pandas(use_threads=False)
             return frame
         dtypes.append(_NUMPY_DTYPES[kinds])
-    if not _BLOCKS_AGREE:
+    if not _BLOCKS_AGREE or pd.get_option("future.infer_string"):
+        # Strings as pandas' string dtype (an option a repo may turn on after this import):
+        # the public constructor knows when.
         pairs = zip(columns.items(), dtypes, strict=True)
         arrays = {name: np.array(values, dtype=dtype) for (name, values), dtype in pairs}
         return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)

@@ -142,6 +142,15 @@ def test_the_input_frame_is_built_from_blocks_on_this_pandas() -> None:
     assert odfv_frames._blocks_agree()
 
 
+def test_strings_take_pandas_string_dtype_when_a_repo_turns_it_on_after_import() -> None:
+    columns = {"a": [1.5], "b": ["x"], "c": [2]}
+    with pd.option_context("future.infer_string", True):
+        frame = input_frame(columns)
+        expected = pa.Table.from_pydict(columns).to_pandas()
+    assert str(frame.dtypes["b"]) == str(expected.dtypes["b"]) != "object"
+    pd.testing.assert_frame_equal(frame, expected)
+
+
 def test_a_pandas_whose_block_interface_fails_builds_the_frame_with_pd_dataframe() -> None:
     columns = {"a": [1.5], "b": ["x"], "c": [2]}
     with mock.patch.object(odfv_frames, "make_block", side_effect=TypeError("changed")):
