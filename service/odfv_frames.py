@@ -66,20 +66,33 @@ def input_frame(columns: Mapping[str, list[Any]]) -> pd.DataFrame:
     """The frame ``pa.Table.from_pydict(columns).to_pandas()`` gives, built without Arrow
     when every column allows it (see the module notes)."""
     rows = len(next(iter(columns.values()), ()))
-    dtypes = []
-    for values in columns.values():
-        kinds = numpy_kinds(values) if rows else None
-        if kinds is None:
-            frame: pd.DataFrame = pa.Table.from_pydict(dict(columns)).to_pandas(use_threads=False)
-            return frame
-        dtypes.append(_NUMPY_DTYPES[kinds])
+    dtypes = _numpy_dtypes(columns) if rows else None
+    if dtypes is None:
+        frame: pd.DataFrame = pa.Table.from_pydict(dict(columns)).to_pandas(use_threads=False)
+        return frame
     if not _BLOCKS_AGREE or pd.get_option("future.infer_string"):
         # Strings as pandas' string dtype (an option a repo may turn on after this import):
         # the public constructor knows when.
-        pairs = zip(columns.items(), dtypes, strict=True)
-        arrays = {name: np.array(values, dtype=dtype) for (name, values), dtype in pairs}
-        return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
+        return _from_arrays(columns, dtypes, rows)
     return _from_blocks(columns, dtypes, rows)
+
+
+def _numpy_dtypes(columns: Mapping[str, list[Any]]) -> list[Any] | None:
+    """Each column's NumPy dtype when every column can skip Arrow, else None."""
+    dtypes = []
+    for values in columns.values():
+        kinds = numpy_kinds(values)
+        if kinds is None:
+            return None
+        dtypes.append(_NUMPY_DTYPES[kinds])
+    return dtypes
+
+
+def _from_arrays(columns: Mapping[str, list[Any]], dtypes: list[Any], rows: int) -> pd.DataFrame:
+    """The frame of ``columns`` of ``dtypes`` by the public constructor: one array each."""
+    pairs = zip(columns.items(), dtypes, strict=True)
+    arrays = {name: np.array(values, dtype=dtype) for (name, values), dtype in pairs}
+    return pd.DataFrame(arrays, index=pd.RangeIndex(rows), copy=False)
 
 
 def _from_blocks(columns: Mapping[str, list[Any]], dtypes: list[Any], rows: int) -> pd.DataFrame:
@@ -104,11 +117,12 @@ def _blocks_agree() -> bool:
         "a": [1.5, 2.0], "b": [1, 2], "c": ["x", "y"], "d": [True, False],
         "e": [3, 4.5], "f": [0.5, 1.0],
     }  # fmt: skip
-    dtypes = [_NUMPY_DTYPES[numpy_kinds(values)] for values in sample.values()]  # type: ignore[index]
-    arrays = {n: np.array(v, dtype=t) for (n, v), t in zip(sample.items(), dtypes, strict=True)}
+    dtypes = _numpy_dtypes(sample)
+    assert dtypes is not None  # every sample column is a plain kind
     try:
         built = _from_blocks(sample, dtypes, 2)
-        pd.testing.assert_frame_equal(built, pd.DataFrame(arrays), check_exact=True)
+        expected = _from_arrays(sample, dtypes, 2)
+        pd.testing.assert_frame_equal(built, expected, check_exact=True)
     except Exception:  # any failure means: build with the public constructor
         return False
     return True
